@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine:
+#   make run   -> creates .venv, installs xent_jax[experiments], reproduces every experiment
+#   make test  -> creates .venv, installs xent_jax[test], runs the suite with x64 off and on
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
+PYTEST_ARGS ?=
+
+.PHONY: run test test-x32 test-x64 lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[experiments]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(PY) -m experiments.reproduce --workdir=$(WORKDIR)
+
+test: $(VENV)/.installed-test
+	$(PY) -m ruff check .
+	JAX_ENABLE_X64=0 $(PY) -m pytest $(PYTEST_ARGS)
+	JAX_ENABLE_X64=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-test
+	$(PY) -m experiments.benchmark --config=configs/benchmark.py --workdir=runs/bench-$(shell date +%Y%m%d-%H%M%S)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""xent_jax: tail-accurate entropy and cross-entropy in JAX."""
