@@ -1,0 +1,174 @@
+"""Shared building blocks: argument checking, dtype policy and tail-accurate primitives.
+
+Nothing here is public API. Every public function of xent_jax funnels its inputs through
+:func:`as_float`, :func:`as_mask` and :func:`log_scale` so that the conventions of SPEC §1
+(dtype policy, trace-time errors naming the argument, ``base``) hold in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+Axis = int | Sequence[int]
+
+# Low-precision floats are computed in float32: their 8- or 11-bit mantissa cannot hold the
+# tail of a log-probability, and the result is returned as float32 (documented per function).
+_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def as_float(x: ArrayLike, name: str, fn: str) -> jax.Array:
+  """Returns ``x`` as a float32/float64 array; integer, bool or complex input is an error."""
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(
+        f"{fn}: `{name}` must be a floating-point array, got dtype {x.dtype} "
+        f"with shape {x.shape}."
+    )
+  if x.dtype in _LOW_PRECISION:
+    x = x.astype(jnp.float32)
+  return x
+
+
+def as_labels(labels: ArrayLike, name: str, fn: str) -> jax.Array:
+  """Returns integer class labels; float or bool labels are an error (they would truncate)."""
+  labels = jnp.asarray(labels)
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise TypeError(
+        f"{fn}: `{name}` must hold integer class indices, got dtype {labels.dtype} "
+        f"with shape {labels.shape}."
+    )
+  return labels
+
+
+def promote(fn: str, **arrays: jax.Array) -> list[jax.Array]:
+  """Casts float arrays to their common float dtype (float64 wins over float32)."""
+  dtype = jnp.result_type(*arrays.values())
+  return [a.astype(dtype) for a in arrays.values()]
+
+
+def normalize_axis(axis: Axis, ndim: int, name: str, fn: str) -> tuple[int, ...]:
+  """Returns ``axis`` as a sorted tuple of non-negative ints, checked against ``ndim``."""
+  axes = (axis,) if isinstance(axis, int) else tuple(axis)
+  if not axes:
+    raise ValueError(f"{fn}: `axis` must name at least one axis, got {axis!r}.")
+  out = []
+  for a in axes:
+    if not isinstance(a, int) or isinstance(a, bool):
+      raise TypeError(f"{fn}: `axis` must be an int or a tuple of ints, got {axis!r}.")
+    if not -ndim <= a < ndim:
+      raise ValueError(
+          f"{fn}: `axis`={axis!r} is out of range for `{name}` of rank {ndim}."
+      )
+    out.append(a % ndim)
+  if len(set(out)) != len(out):
+    raise ValueError(f"{fn}: `axis`={axis!r} repeats an axis.")
+  return tuple(sorted(out))
+
+
+def check_same_shape(fn: str, **arrays: jax.Array) -> None:
+  """Raises a ValueError naming both arguments when shapes differ (no silent broadcasting)."""
+  (n1, a1), (n2, a2) = arrays.items()
+  if a1.shape != a2.shape:
+    raise ValueError(
+        f"{fn}: `{n1}` and `{n2}` must have the same shape, got {a1.shape} and {a2.shape}."
+    )
+
+
+def as_mask(where: ArrayLike | None, shape: tuple[int, ...], fn: str) -> jax.Array | None:
+  """Checks that ``where`` is boolean and broadcastable to ``shape``; returns it broadcast."""
+  if where is None:
+    return None
+  where = jnp.asarray(where)
+  if where.dtype != jnp.bool_:
+    raise TypeError(f"{fn}: `where` must be a boolean mask, got dtype {where.dtype}.")
+  try:
+    return jnp.broadcast_to(where, shape)
+  except ValueError:
+    raise ValueError(
+        f"{fn}: `where` of shape {where.shape} does not broadcast to the input shape {shape}."
+    ) from None
+
+
+def log_scale(base: float | None, fn: str) -> float | None:
+  """Returns 1/ln(base) (the factor turning nats into the unit of ``base``), None for nats."""
+  if base is None:
+    return None
+  try:
+    base = float(base)
+  except TypeError:
+    raise TypeError(
+        f"{fn}: `base` must be a Python number or None (a traced value cannot be checked); "
+        f"got {type(base).__name__}."
+    ) from None
+  if not base > 0 or base == 1 or math.isinf(base):
+    raise ValueError(f"{fn}: `base` must be finite, > 0 and != 1, got {base}.")
+  return 1.0 / math.log(base)
+
+
+def in_base(x: jax.Array, scale: float | None) -> jax.Array:
+  """Converts a value in nats to the requested base (a no-op for nats)."""
+  return x if scale is None else x * jnp.asarray(scale, x.dtype)
+
+
+def check_smoothing(label_smoothing: float, fn: str) -> float:
+  """Label smoothing must be a Python float in [0, 1]."""
+  try:
+    eps = float(label_smoothing)
+  except TypeError:
+    raise TypeError(
+        f"{fn}: `label_smoothing` must be a Python number, got "
+        f"{type(label_smoothing).__name__}."
+    ) from None
+  if not 0.0 <= eps <= 1.0:
+    raise ValueError(f"{fn}: `label_smoothing` must be in [0, 1], got {eps}.")
+  return eps
+
+
+def log_accurate(p: jax.Array) -> jax.Array:
+  """log(p) with full relative precision also for p close to 1.
+
+  For p > 1/2, p - 1 is exact (Sterbenz) and log1p keeps the relative precision of the
+  small result; a plain log near 1 may lose it depending on the backend's implementation.
+  """
+  return jnp.where(p > 0.5, jnp.log1p(p - 1), jnp.log(p))
+
+
+def log1m_accurate(p: jax.Array) -> jax.Array:
+  """log(1 - p) with full relative precision for every p in [0, 1].
+
+  For p < 1/2 log1p(-p) is accurate; for p >= 1/2, 1 - p is exact (Sterbenz) so log is.
+  """
+  return jnp.where(p < 0.5, jnp.log1p(-p), jnp.log(1 - p))
+
+
+def mul0(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a * b with 0 * anything = 0 (the 0·log 0 = 0 convention, also for 0 · inf)."""
+  return jnp.where(a == 0, jnp.zeros((), a.dtype), a * b)
+
+
+def xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
+  """x · log(y) with 0 · log(anything) = 0 in the value and in the gradient.
+
+  The inner ``where`` keeps log(y) away from the x = 0 entries, so that their gradient is an
+  exact 0 instead of 0 · inf = NaN (the "double where" idiom).
+  """
+  nonzero = x != 0
+  safe_y = jnp.where(nonzero, y, jnp.ones((), y.dtype))
+  return jnp.where(nonzero, x * log_accurate(safe_y), jnp.zeros((), x.dtype))
+
+
+def xlog1my(x: jax.Array, y: jax.Array) -> jax.Array:
+  """x · log(1 - y) with the same 0 · log(anything) = 0 convention as :func:`xlogy`."""
+  nonzero = x != 0
+  safe_y = jnp.where(nonzero, y, jnp.zeros((), y.dtype))
+  return jnp.where(nonzero, x * log1m_accurate(safe_y), jnp.zeros((), x.dtype))
+
+
+def masked(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Zeroes the entries excluded by ``mask`` (value and gradient)."""
+  return x if mask is None else jnp.where(mask, x, jnp.zeros((), x.dtype))

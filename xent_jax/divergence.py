@@ -1,0 +1,146 @@
+"""Divergences between distributions: KL (seed §3.1–3.2: H(p, q) = H(p) + KL(p‖q)) and JS.
+
+KL(p‖q) = H(p, q) - H(p) is what cross-entropy adds on top of the target's own entropy, the
+"distance" the seed's §3.2 alludes to. Same conventions as :mod:`xent_jax.cross_entropy`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from xent_jax import _core
+from xent_jax.softmax import _log_softmax
+
+
+def _nonnegative(x: jax.Array) -> jax.Array:
+  # The exact value is ≥ 0 (Gibbs); rounding can leave -1 ulp when p ≈ q. Clamping only
+  # moves the result towards the truth, and `where` (not maximum) keeps the full gradient.
+  return jnp.where(x < 0, jnp.zeros((), x.dtype), x)
+
+
+def _pair(fn, p, q, axis, where, base, names=("p", "q")):
+  """Checks and canonicalises a (p, q) pair of distributions; returns (p, q, axes, mask, scale)."""
+  p, q = _core.as_float(p, names[0], fn), _core.as_float(q, names[1], fn)
+  _core.check_same_shape(fn, **{names[0]: p, names[1]: q})
+  p, q = _core.promote(fn, p=p, q=q)
+  axes = _core.normalize_axis(axis, p.ndim, names[0], fn)
+  mask = _core.as_mask(where, p.shape, fn)
+  return p, q, axes, mask, _core.log_scale(base, fn)
+
+
+def kl_divergence(
+    p: ArrayLike,
+    q: ArrayLike,
+    axis: _core.Axis = -1,
+    *,
+    where: ArrayLike | None = None,
+    base: float | None = None,
+) -> jax.Array:
+  r"""Kullback–Leibler divergence KL(p‖q) of model q from target p.
+
+  .. math::
+    \mathrm{KL}(p\|q) = \sum_j p_j \log\frac{p_j}{q_j} = H(p, q) - H(p) \ge 0 .
+
+  Summed term by term (p_j (log p_j - log q_j)), so p ≈ q gives a small result without the
+  cancellation of H(p, q) - H(p); absolute error ≤ 1e-6·(1 + H(p, q)) in float32 (SPEC §2).
+  0·log 0 = 0; p_j > 0 with q_j = 0 gives +inf. Never negative.
+
+  Args:
+    p: target probabilities ``[..., C, ...]``.
+    q: model probabilities, same shape.
+    axis: the class axis (int or tuple of ints).
+    where: optional boolean mask broadcastable to ``p``; False entries are excluded.
+    base: logarithm base; None for nats.
+
+  Returns:
+    KL(p‖q) per example: ``p`` with ``axis`` removed.
+
+  >>> float(kl_divergence([1.0, 0.0], [0.5, 0.5], base=2))
+  1.0
+  """
+  p, q, axes, mask, scale = _pair("kl_divergence", p, q, axis, where, base)
+  terms = _core.masked(_core.xlogy(p, p) - _core.xlogy(p, q), mask)
+  return _core.in_base(_nonnegative(jnp.sum(terms, axis=axes)), scale)
+
+
+def kl_divergence_from_logits(
+    p_logits: ArrayLike,
+    q_logits: ArrayLike,
+    axis: _core.Axis = -1,
+    *,
+    where: ArrayLike | None = None,
+    base: float | None = None,
+) -> jax.Array:
+  r"""KL(softmax(p_logits) ‖ softmax(q_logits)), from tail-accurate log-softmaxes.
+
+  .. math::
+    \mathrm{KL}(p\|q) = \sum_j p_j (\log p_j - \log q_j), \quad
+    \log p = \mathrm{log\_softmax}(z^p),\; \log q = \mathrm{log\_softmax}(z^q).
+
+  Both log-probabilities come from :func:`xent_jax.log_softmax`, so a dominant class keeps
+  its tiny log-probability; classes with p_j = 0 (a -inf p-logit) contribute 0, a -inf
+  q-logit where p_j > 0 gives +inf. Gradient w.r.t. ``q_logits``: softmax(q) - p.
+
+  Args:
+    p_logits: target logits ``[..., C, ...]``.
+    q_logits: model logits, same shape.
+    axis: the class axis (int or tuple of ints).
+    where: optional boolean mask broadcastable to the logits; False entries are excluded.
+    base: logarithm base; None for nats.
+
+  Returns:
+    KL per example: the logits' shape with ``axis`` removed.
+
+  >>> float(kl_divergence_from_logits([0.0, 0.0], [0.0, 0.0]))
+  0.0
+  """
+  fn = "kl_divergence_from_logits"
+  p_logits, q_logits, axes, mask, scale = _pair(
+      fn, p_logits, q_logits, axis, where, base, names=("p_logits", "q_logits")
+  )
+  log_p = _log_softmax(p_logits, axes, mask)
+  log_q = _log_softmax(q_logits, axes, mask)
+  p = jnp.exp(log_p)
+  # Double where: the p = 0 entries never see (-inf) - (-inf), in value or in gradient.
+  support = p > 0
+  log_ratio = jnp.where(support, log_p, 0) - jnp.where(support, log_q, 0)
+  terms = jnp.where(support, p * log_ratio, 0)
+  return _core.in_base(_nonnegative(jnp.sum(terms, axis=axes)), scale)
+
+
+def js_divergence(
+    p: ArrayLike,
+    q: ArrayLike,
+    axis: _core.Axis = -1,
+    *,
+    where: ArrayLike | None = None,
+    base: float | None = None,
+) -> jax.Array:
+  r"""Jensen–Shannon divergence, the symmetrised and bounded KL.
+
+  .. math::
+    \mathrm{JS}(p, q) = \tfrac12 \mathrm{KL}(p\|m) + \tfrac12 \mathrm{KL}(q\|m),
+    \qquad m = \tfrac12 (p + q), \qquad 0 \le \mathrm{JS} \le \log 2 .
+
+  Unlike cross-entropy and KL it is symmetric, and finite even where the supports differ.
+
+  Args:
+    p: probabilities ``[..., C, ...]``.
+    q: probabilities, same shape.
+    axis: the class axis (int or tuple of ints).
+    where: optional boolean mask broadcastable to ``p``; False entries are excluded.
+    base: logarithm base; None for nats.
+
+  Returns:
+    JS(p, q) per example: ``p`` with ``axis`` removed.
+
+  >>> float(js_divergence([1.0, 0.0], [0.0, 1.0], base=2))
+  1.0
+  """
+  p, q, axes, mask, scale = _pair("js_divergence", p, q, axis, where, base)
+  m = (p + q) / 2
+  xlogy = _core.xlogy
+  terms = (xlogy(p, p) - xlogy(p, m) + xlogy(q, q) - xlogy(q, m)) / 2
+  return _core.in_base(_nonnegative(jnp.sum(_core.masked(terms, mask), axis=axes)), scale)
