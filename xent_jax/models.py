@@ -1,0 +1,419 @@
+"""Logistic and softmax regression: logits, probabilities, losses and closed-form gradients.
+
+The models of the seed's §4 (logistic regression trained with cross-entropy) and §2.2
+(softmax as the multi-class output). Parameters are plain dicts of arrays, so any
+``jax.grad``/``optax`` code can train them:
+
+* logistic regression: ``{"w": [D], "b": []}``, logit ``z_n = x_n · w + b``;
+* softmax regression: ``{"w": [D, K], "b": [K]}``, logits ``z_n = x_n W + b``.
+
+Every loss is the *mean* over the N examples plus an optional L2 penalty
+``(l2 / 2) ‖w‖²`` on the weights (never on the bias), and every loss has a closed-form
+gradient next to it (``*_grad``), which the tests compare with ``jax.grad``.
+
+Shape and label errors are raised at trace time (shapes) or eagerly when the labels are
+concrete (values); under ``jax.jit`` an out-of-range label gives a NaN loss, as the
+library's cross-entropies do.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from xent_jax.cross_entropy import (
+    sigmoid_binary_cross_entropy,
+    softmax_cross_entropy_with_integer_labels,
+)
+from xent_jax.softmax import log_sigmoid, log_softmax, sigmoid
+
+Params = dict[str, jax.Array]
+
+__all__ = [
+    "init_logistic_regression",
+    "logistic_regression_logits",
+    "logistic_regression_probs",
+    "logistic_regression_loss",
+    "logistic_regression_grad",
+    "seed_section_4_1_loss",
+    "init_softmax_regression",
+    "softmax_regression_logits",
+    "softmax_regression_probs",
+    "softmax_regression_loss",
+    "softmax_regression_grad",
+]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _float_dtype(dtype=None):
+  return jnp.dtype(dtype) if dtype is not None else jnp.zeros(()).dtype
+
+
+def _check_features(x_NxD: ArrayLike, w_shape: tuple[int, ...]) -> jax.Array:
+  x_NxD = jnp.asarray(x_NxD)
+  if x_NxD.ndim != 2:
+    raise ValueError(f"x must have rank 2 [N, D]; got x.shape={x_NxD.shape}.")
+  if not jnp.issubdtype(x_NxD.dtype, jnp.floating):
+    x_NxD = x_NxD.astype(_float_dtype())
+  if x_NxD.shape[1] != w_shape[0]:
+    raise ValueError(
+        f"x has {x_NxD.shape[1]} features but params['w'] has shape {w_shape}; "
+        f"got x.shape={x_NxD.shape}."
+    )
+  return x_NxD
+
+
+def _check_labels(y_N: ArrayLike, num_examples: int, *, high: int, integer: bool) -> jax.Array:
+  """Checks shape (always) and values (only when concrete, i.e. outside jit)."""
+  y_N = jnp.asarray(y_N)
+  if y_N.shape != (num_examples,):
+    raise ValueError(
+        f"y must have shape [N]=({num_examples},) to match x; got y.shape={y_N.shape}."
+    )
+  if integer and not jnp.issubdtype(y_N.dtype, jnp.integer):
+    raise TypeError(f"y must hold integer class labels; got y.dtype={y_N.dtype}.")
+  if not isinstance(y_N, jax.core.Tracer) and num_examples:
+    y_np = np.asarray(y_N)
+    if np.any(~(y_np >= 0)) or np.any(~(y_np <= high)):  # `~(>=)` also catches NaN.
+      bad = y_np[~((y_np >= 0) & (y_np <= high))][0]
+      raise ValueError(f"y must lie in [0, {high}]; found y={bad}.")
+  return y_N
+
+
+def _check_params(params: Params, ndim: int) -> None:
+  if not isinstance(params, dict) or set(params) != {"w", "b"}:
+    raise ValueError(f"params must be a dict with keys 'w' and 'b'; got {params!r:.80}.")
+  w_shape, b_shape = jnp.shape(params["w"]), jnp.shape(params["b"])
+  if len(w_shape) != ndim or b_shape != w_shape[1:]:
+    want = "w [D], b []" if ndim == 1 else "w [D, K], b [K]"
+    raise ValueError(
+        f"params must have shapes {want}; got params['w'].shape={w_shape}, "
+        f"params['b'].shape={b_shape}."
+    )
+
+
+def _l2_penalty(w: jax.Array, l2: float) -> jax.Array:
+  return 0.5 * l2 * jnp.sum(jnp.square(w))
+
+
+def _init(shape_w, shape_b, *, key, scale, dtype) -> Params:
+  dtype = _float_dtype(dtype)
+  if key is None:
+    w = jnp.zeros(shape_w, dtype)
+  else:
+    w = scale * jax.random.normal(key, shape_w, dtype)
+  return {"w": w, "b": jnp.zeros(shape_b, dtype)}
+
+
+# ------------------------------------------------------------------ logistic regression
+
+
+def init_logistic_regression(
+    num_features: int, *, key: jax.Array | None = None, scale: float = 0.01, dtype=None
+) -> Params:
+  r"""Initial logistic-regression parameters ``{"w": [D], "b": []}``.
+
+  .. math::
+    w = 0 \text{ (no key) or } w \sim \mathcal{N}(0, \text{scale}^2 I), \quad b = 0
+
+  Args:
+    num_features: D.
+    key: optional PRNG key; without one ``w`` is zero (the loss is convex, so zero is
+      a fine start).
+    scale: standard deviation of the random ``w``.
+    dtype: float dtype; the default float dtype (float32 unless x64) when None.
+
+  Returns:
+    ``{"w": [D], "b": []}``.
+
+  >>> init_logistic_regression(3)["w"]
+  Array([0., 0., 0.], dtype=float32)
+  """
+  return _init((num_features,), (), key=key, scale=scale, dtype=dtype)
+
+
+def logistic_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
+  r"""Logits of logistic regression (seed §4.2: the argument of σ).
+
+  .. math::
+    z_n = x_n \cdot w + b
+
+  Args:
+    params: ``{"w": [D], "b": []}``.
+    x_NxD: features, ``[N, D]``.
+
+  Returns:
+    Logits, ``[N]``.
+
+  >>> params = {"w": jnp.array([1.0, -1.0]), "b": jnp.array(0.5)}
+  >>> logistic_regression_logits(params, jnp.array([[2.0, 1.0]]))
+  Array([1.5], dtype=float32)
+  """
+  _check_params(params, 1)
+  x_NxD = _check_features(x_NxD, jnp.shape(params["w"]))
+  return x_NxD @ params["w"] + params["b"]
+
+
+def logistic_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
+  r"""Predicted probability of class 1 (seed §4.1: :math:`\hat y = \sigma(x)`).
+
+  .. math::
+    \hat y_n = \sigma(x_n \cdot w + b) = \frac{1}{1 + e^{-(x_n \cdot w + b)}}
+
+  Args:
+    params: ``{"w": [D], "b": []}``.
+    x_NxD: features, ``[N, D]``.
+
+  Returns:
+    Probabilities in [0, 1], ``[N]``.
+
+  >>> params = {"w": jnp.array([1.0]), "b": jnp.array(0.0)}
+  >>> logistic_regression_probs(params, jnp.array([[0.0]]))
+  Array([0.5], dtype=float32)
+  """
+  return sigmoid(logistic_regression_logits(params, x_NxD))
+
+
+def logistic_regression_loss(
+    params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
+) -> jax.Array:
+  r"""Mean binary cross-entropy of logistic regression, plus an optional L2 penalty.
+
+  The correct version of the seed's §4.1 loss: both classes contribute.
+
+  .. math::
+    L(w, b) = -\frac{1}{N} \sum_{n=1}^N \big[ y_n \log \sigma(z_n)
+      + (1 - y_n) \log(1 - \sigma(z_n)) \big] + \frac{\lambda}{2} \lVert w \rVert^2,
+    \quad z_n = x_n \cdot w + b
+
+  Computed from the logits with :func:`xent_jax.sigmoid_binary_cross_entropy` (stable
+  for any logit: no ``log(σ)`` of a rounded probability).
+
+  Args:
+    params: ``{"w": [D], "b": []}``.
+    x_NxD: features, ``[N, D]``.
+    y_N: labels in [0, 1] (hard 0/1 or soft), ``[N]``.
+    l2: :math:`\lambda \ge 0`, the weight-decay strength (not applied to ``b``).
+
+  Returns:
+    Scalar loss.
+
+  >>> params = init_logistic_regression(2)
+  >>> logistic_regression_loss(params, jnp.ones((4, 2)), jnp.array([0, 1, 1, 0]))
+  Array(0.6931472, dtype=float32)
+  """
+  z_N = logistic_regression_logits(params, x_NxD)
+  y_N = _check_labels(y_N, z_N.shape[0], high=1, integer=False).astype(z_N.dtype)
+  return jnp.mean(sigmoid_binary_cross_entropy(z_N, y_N)) + _l2_penalty(params["w"], l2)
+
+
+def logistic_regression_grad(
+    params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
+) -> Params:
+  r"""Closed-form gradient of :func:`logistic_regression_loss` (seed §4.2).
+
+  .. math::
+    \nabla_w L = -\frac{1}{N} \sum_{n=1}^N (y_n - \sigma_n)\, x_n + \lambda w, \qquad
+    \nabla_b L = -\frac{1}{N} \sum_{n=1}^N (y_n - \sigma_n)
+
+  It is derived from :math:`\sigma' = \sigma (1 - \sigma)`; the seed states the ``w``
+  part (its β) without the penalty.
+
+  Args:
+    params: ``{"w": [D], "b": []}``.
+    x_NxD: features, ``[N, D]``.
+    y_N: labels in [0, 1], ``[N]``.
+    l2: :math:`\lambda \ge 0`.
+
+  Returns:
+    ``{"w": [D], "b": []}``, same structure as ``params``.
+
+  >>> params = init_logistic_regression(1)
+  >>> logistic_regression_grad(params, jnp.array([[1.0], [2.0]]), jnp.array([1, 0]))["w"]
+  Array([0.25], dtype=float32)
+  """
+  x_NxD = _check_features(x_NxD, jnp.shape(params["w"]))
+  sigma_N = logistic_regression_probs(params, x_NxD)
+  y_N = _check_labels(y_N, x_NxD.shape[0], high=1, integer=False).astype(sigma_N.dtype)
+  residual_N = sigma_N - y_N
+  num_examples = x_NxD.shape[0]
+  grad_w = residual_N @ x_NxD / num_examples + l2 * params["w"]
+  return {"w": grad_w, "b": jnp.mean(residual_N)}
+
+
+def seed_section_4_1_loss(params: Params, x_NxD: ArrayLike, y_N: ArrayLike) -> jax.Array:
+  r"""The loss exactly as the seed's §4.1 writes it — **not** the cross-entropy.
+
+  .. math::
+    L_{4.1}(w, b) = -\frac{1}{N} \sum_{n=1}^N y_n \log \sigma(x_n \cdot w + b)
+
+  The seed omits the :math:`(1 - y_n) \log(1 - \sigma_n)` term, so examples with
+  :math:`y_n = 0` contribute nothing and the loss falls to 0 by predicting class 1
+  everywhere (:math:`b \to \infty`): it has no minimiser, and its gradient,
+  :math:`-\frac{1}{N} \sum_n y_n (1 - \sigma_n) x_n`, differs from the seed's §4.2
+  formula :math:`-\frac{1}{N} \sum_n (y_n - \sigma_n) x_n`. Kept for the errata
+  experiment (E4/E5); use :func:`logistic_regression_loss` to train.
+
+  Computed with the tail-accurate ``log_sigmoid`` (``log σ(z) = -softplus(-z)``).
+
+  Args:
+    params: ``{"w": [D], "b": []}``.
+    x_NxD: features, ``[N, D]``.
+    y_N: labels in [0, 1], ``[N]``.
+
+  Returns:
+    Scalar loss.
+
+  >>> params = init_logistic_regression(1)
+  >>> seed_section_4_1_loss(params, jnp.ones((2, 1)), jnp.array([1, 0]))
+  Array(0.34657365, dtype=float32)
+  """
+  z_N = logistic_regression_logits(params, x_NxD)
+  y_N = _check_labels(y_N, z_N.shape[0], high=1, integer=False).astype(z_N.dtype)
+  # Where y = 0 the term is 0 even if log σ(z) = -inf (z = -inf): 0·(-inf) would be NaN.
+  return -jnp.mean(jnp.where(y_N == 0, 0.0, y_N * log_sigmoid(z_N)))
+
+
+# ------------------------------------------------------------------- softmax regression
+
+
+def init_softmax_regression(
+    num_features: int,
+    num_classes: int,
+    *,
+    key: jax.Array | None = None,
+    scale: float = 0.01,
+    dtype=None,
+) -> Params:
+  r"""Initial softmax-regression parameters ``{"w": [D, K], "b": [K]}``.
+
+  .. math::
+    W = 0 \text{ (no key) or } W_{dk} \sim \mathcal{N}(0, \text{scale}^2), \quad b = 0
+
+  Args:
+    num_features: D.
+    num_classes: K.
+    key: optional PRNG key; without one ``w`` is zero.
+    scale: standard deviation of the random ``w``.
+    dtype: float dtype; the default float dtype when None.
+
+  Returns:
+    ``{"w": [D, K], "b": [K]}``.
+
+  >>> init_softmax_regression(2, 3)["w"].shape
+  (2, 3)
+  """
+  return _init((num_features, num_classes), (num_classes,), key=key, scale=scale, dtype=dtype)
+
+
+def softmax_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
+  r"""Logits of softmax regression.
+
+  .. math::
+    z_{nk} = \sum_d x_{nd} W_{dk} + b_k
+
+  Args:
+    params: ``{"w": [D, K], "b": [K]}``.
+    x_NxD: features, ``[N, D]``.
+
+  Returns:
+    Logits, ``[N, K]``.
+
+  >>> params = {"w": jnp.eye(2), "b": jnp.array([0.0, 1.0])}
+  >>> softmax_regression_logits(params, jnp.array([[3.0, 4.0]]))
+  Array([[3., 5.]], dtype=float32)
+  """
+  _check_params(params, 2)
+  x_NxD = _check_features(x_NxD, jnp.shape(params["w"]))
+  return x_NxD @ params["w"] + params["b"][None, :]
+
+
+def softmax_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
+  r"""Predicted class distribution of softmax regression (seed §2.2–2.3).
+
+  .. math::
+    p_{nk} = \frac{e^{z_{nk}}}{\sum_j e^{z_{nj}}}
+
+  Computed as ``exp(log_softmax(z))`` with the library's tail-accurate log-softmax.
+
+  Args:
+    params: ``{"w": [D, K], "b": [K]}``.
+    x_NxD: features, ``[N, D]``.
+
+  Returns:
+    Probabilities, ``[N, K]``; each row sums to 1.
+
+  >>> params = init_softmax_regression(2, 4)
+  >>> softmax_regression_probs(params, jnp.ones((1, 2)))
+  Array([[0.25, 0.25, 0.25, 0.25]], dtype=float32)
+  """
+  return jnp.exp(log_softmax(softmax_regression_logits(params, x_NxD), axis=-1))
+
+
+def softmax_regression_loss(
+    params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
+) -> jax.Array:
+  r"""Mean softmax cross-entropy with integer labels, plus an optional L2 penalty.
+
+  .. math::
+    L(W, b) = -\frac{1}{N} \sum_{n=1}^N \log p_{n y_n} + \frac{\lambda}{2} \lVert W \rVert_F^2
+
+  Computed from the logits with
+  :func:`xent_jax.softmax_cross_entropy_with_integer_labels` (tail accurate).
+
+  Args:
+    params: ``{"w": [D, K], "b": [K]}``.
+    x_NxD: features, ``[N, D]``.
+    y_N: integer labels in ``[0, K)``, ``[N]``.
+    l2: :math:`\lambda \ge 0` (not applied to ``b``).
+
+  Returns:
+    Scalar loss.
+
+  >>> params = init_softmax_regression(2, 4)
+  >>> softmax_regression_loss(params, jnp.ones((2, 2)), jnp.array([0, 3]))
+  Array(1.3862944, dtype=float32)
+  """
+  z_NxK = softmax_regression_logits(params, x_NxD)
+  num_examples, num_classes = z_NxK.shape
+  y_N = _check_labels(y_N, num_examples, high=num_classes - 1, integer=True)
+  loss_N = softmax_cross_entropy_with_integer_labels(z_NxK, y_N)
+  return jnp.mean(loss_N) + _l2_penalty(params["w"], l2)
+
+
+def softmax_regression_grad(
+    params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
+) -> Params:
+  r"""Closed-form gradient of :func:`softmax_regression_loss`.
+
+  .. math::
+    \nabla_W L = -\frac{1}{N} X^\top (Y - P) + \lambda W, \qquad
+    \nabla_b L = -\frac{1}{N} \sum_{n=1}^N (Y_n - P_n)
+
+  with :math:`Y` the one-hot labels ``[N, K]`` and :math:`P` the predicted
+  probabilities; the multi-class form of the seed's §4.2 gradient.
+
+  Args:
+    params: ``{"w": [D, K], "b": [K]}``.
+    x_NxD: features, ``[N, D]``.
+    y_N: integer labels in ``[0, K)``, ``[N]``.
+    l2: :math:`\lambda \ge 0`.
+
+  Returns:
+    ``{"w": [D, K], "b": [K]}``.
+
+  >>> params = init_softmax_regression(1, 2)
+  >>> softmax_regression_grad(params, jnp.ones((1, 1)), jnp.array([1]))["b"]
+  Array([ 0.5, -0.5], dtype=float32)
+  """
+  x_NxD = _check_features(x_NxD, jnp.shape(params["w"]))
+  p_NxK = softmax_regression_probs(params, x_NxD)
+  num_examples, num_classes = p_NxK.shape
+  y_N = _check_labels(y_N, num_examples, high=num_classes - 1, integer=True)
+  residual_NxK = p_NxK - jax.nn.one_hot(y_N, num_classes, dtype=p_NxK.dtype)
+  grad_w = x_NxD.T @ residual_NxK / num_examples + l2 * params["w"]
+  return {"w": grad_w, "b": jnp.mean(residual_NxK, axis=0)}
