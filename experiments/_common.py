@@ -33,6 +33,7 @@ absl and matplotlib are imported where they are used), so importing it stays lig
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import datetime
 import importlib
@@ -461,9 +462,15 @@ def _environment() -> dict:
 
 def _one_line(error: BaseException) -> str:
     """A one-line message for an exception (the last line of an embedded traceback)."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    if isinstance(error, (KeyError, AttributeError)):
-        return "unknown config key " + " ".join(lines).replace('"', "")
+    text = str(error).strip()
+    if isinstance(error, (KeyError, AttributeError)):  # ml_collections quotes it (twice)
+        for _ in range(2):
+            with contextlib.suppress(ValueError, SyntaxError):
+                text = ast.literal_eval(text) if text[:1] in "'\"" else text
+        return "unknown config key: " + " ".join(text.split())
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if isinstance(error, OSError) and lines:
+        return f"cannot load the --config file: {lines[-1]}"
     if any(line.startswith("Traceback") for line in lines):
         return lines[0].rstrip(":") + " " + lines[-1]
     return " ".join(lines) or type(error).__name__
@@ -505,7 +512,7 @@ def run_app(body: Callable[[], None]) -> None:
         try:
             rest = flag_values(argv)
             if "config" in flag_values:
-                _ = flag_values.config  # a config file that fails to load reports here
+                flag_values.config.to_dict()  # a config file that failed to load raises here
             return rest
         except Exception as error:
             _die(_one_line(error))

@@ -100,9 +100,9 @@ def _compute(config, bounds, base) -> dict:
     split = np.cumsum([z.size for z in logits])[:-1]
     h_MxN, h_MxI, h_MxWxK = (h.reshape(z.shape) for h, z in
                              zip(np.split(arr.pop("entropy_L"), split), logits, strict=True))
-    dtype = arr["raw_tanh_N"].dtype
-    return {**arr, "x_N": x_N, "entropy_MxN": h_MxN,
-            "sigmoid_MxN": np.split(arr.pop("sigmoid_L"), split)[0].reshape(logits[0].shape),
+    sigmoid_MxN = arr.pop("sigmoid_L")[: split[0]].reshape(logits[0].shape)
+    dtype = h_MxN.dtype
+    return {**arr, "x_N": x_N, "entropy_MxN": h_MxN, "sigmoid_MxN": sigmoid_MxN,
             "integral_M": np.trapezoid(h_MxI.astype(float), x_MxI),
             "window_mean_MxW": h_MxWxK.mean(-1, dtype=float), "p_P": p_P.astype(dtype)}
 
@@ -154,7 +154,8 @@ def _windows(bounds, mean_MxW) -> list[dict]:
 def _probabilities(config, arr, nats):
     """§2.1–2.4: H(p) on a p-grid, the normalised tanh, softmax(β z) as β grows."""
     h_P, half = arr["binary_entropy_P"], config.probability_num // 2
-    # Every step towards p = 1/2 must raise H: the smallest rise on either side (> 0 if so).
+    # Every step towards p = 1/2 should raise H: the smallest rise on either side (≥ 0 up to
+    # rounding if so; near p = 1/2 the rise 2·δp² falls below float32 resolution on fine grids).
     rise = min(float(np.diff(h_P[: half + 1]).min()), float(-np.diff(h_P[half:]).max()))
     softmax_BxC, tanh_p_N = arr["softmax_BxC"], arr["tanh_probability_N"]
     return {
@@ -196,8 +197,12 @@ def run(config, workdir: _common.Workdir) -> dict:
     results = _common.to_jsonable(results)
     eps = float(np.finfo(h_MxN.dtype).eps)  # of the dtype xent_jax computed in
     results["claims"] = _claims(results, eps, x_np[1] - x_np[0])
-    results["summary"] = {f"{m['name']}: {k}": m[k] for m in results["models"]
-                          for k in ("grid_mean_entropy", "integral", "integral_closed_form")}
+    grid_window = results["windows"][-1]
+    results["summary"] = {
+        **{f"{m['name']}: {k}": m[k] for m in results["models"]
+           for k in ("grid_mean_entropy", "integral", "integral_closed_form")},
+        f"ranking on the grid [{grid_window['lo']:g}, {grid_window['hi']:g}], low to high":
+            " < ".join(grid_window["ranking_low_to_high"])}
     workdir.log("grid means: %s", [round(m["grid_mean_entropy"], 4) for m in results["models"]])
     _figure(workdir, x_np, arr["sigmoid_MxN"], h_MxN, results)
     return results
