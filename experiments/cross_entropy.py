@@ -109,18 +109,19 @@ def measures(target, model, x_N, *, base=None) -> dict:
   }
 
 
-def closed_form_intervals(target, model, lo, hi) -> list[list[float]]:
+def closed_form_intervals(target, model, lo=-np.inf, hi=np.inf) -> list[list[float]]:
   """Where (z_p - z_q)·z_q > 0 on [lo, hi], i.e. H(p, q) < H(q), from the derivation.
 
   The product is quadratic in x with roots x_= = (a_q - a_p)/(b_p - b_q) (if b_p ≠ b_q) and
-  x_½ = -a_q/b_q; its sign is constant between consecutive roots, read at the midpoint.
+  x_½ = -a_q/b_q; its sign is constant between consecutive roots, read at an inner point.
+  ``lo``/``hi`` may be ∓inf (the whole real line).
   """
   (a_p, b_p), (a_q, b_q) = target, model
   roots = [-a_q / b_q + 0.0] + ([(a_q - a_p) / (b_p - b_q)] if b_p != b_q else [])
   cuts = [lo, *sorted(r for r in set(roots) if lo < r < hi), hi]
   intervals = []
   for left, right in zip(cuts, cuts[1:], strict=False):
-    mid = 0.5 * (left + right)
+    mid = right - 1 if left == -np.inf else (left + 1 if right == np.inf else 0.5 * (left + right))
     if (a_p - a_q + (b_p - b_q) * mid) * (a_q + b_q * mid) > 0:
       if intervals and intervals[-1][1] == left:
         intervals[-1][1] = right
@@ -160,6 +161,7 @@ def _below_model_entropy(target, model, config) -> dict:
   error = max((abs(u - v) for f, c in zip(found, closed, strict=False)
                for u, v in zip(f, c, strict=True)), default=0.0)
   return {"intervals": found, "closed_form_intervals": closed,
+          "closed_form_on_real_line": closed_form_intervals(target, model),
           "max_endpoint_error": error if same_shape else float("inf"),
           "grid_fraction": sum(r - le for le, r in found) / (hi - lo)}
 
@@ -207,8 +209,9 @@ def run(config, workdir: _common.Workdir) -> dict:
       "grid_spacing": x_N[1] - x_N[0], "models": {PAIR_NAMES[0]: target, PAIR_NAMES[1]: model},
       "pairs": [forward, reverse]})
   results["claims"] = _claims(results, eps)
+  lo, hi = config.grid.start, config.grid.stop
   results["summary"] = {
-      f"H({p['target']}, {p['model']}) < H({p['model']}) on x in":
+      f"H({p['target']}, {p['model']}) < H({p['model']}) for x in [{lo:g}, {hi:g}] on":
       " ∪ ".join(f"({lo:.6f}, {hi:.6f})" for lo, hi in p["H(p,q)_below_H(q)"]["intervals"])
       for p in results["pairs"]}
   for p in results["pairs"]:
@@ -219,7 +222,11 @@ def run(config, workdir: _common.Workdir) -> dict:
 
 
 def _describe(intervals) -> str:
-  return " ∪ ".join(f"({lo:.6g}, {hi:.6g})" for lo, hi in intervals) or "nowhere"
+  """"(-1, -0.5) ∪ (0, ∞)" for a list of [lo, hi] (floats, or "inf"/"-inf" from JSON)."""
+  def fmt(v):
+    v = float(v)
+    return f"{v:.6g}" if np.isfinite(v) else ("∞" if v > 0 else "-∞")
+  return " ∪ ".join(f"({fmt(lo)}, {fmt(hi)})" for lo, hi in intervals) or "nowhere"
 
 
 def _claims(r: dict, eps: float) -> list[dict]:
@@ -228,9 +235,9 @@ def _claims(r: dict, eps: float) -> list[dict]:
   below = [p["H(p,q)_below_H(q)"] for p in r["pairs"]]
   tol = 16 * eps  # rounding of a difference of O(1) values
   scale = max(p["mean_over_grid"]["H(p,q)"] for p in r["pairs"])
-  where = "; ".join(f"H({p['target']}, {p['model']}) < H({p['model']}) for x in "
-                    f"{_describe(b['intervals'])}" for p, b in zip(r["pairs"], below,
-                                                                  strict=True))
+  where = "; ".join(f"H({p['target']}, {p['model']}) < H({p['model']}) exactly for x in "
+                    f"{_describe(b['closed_form_on_real_line'])}" for p, b in zip(
+                        r["pairs"], below, strict=True))
   return [
       _common.claim(
           "3.1-cross-entropy-asymmetric", "3.1", "交叉熵不是对称的: H(p, q) ≠ H(q, p)",
@@ -298,7 +305,7 @@ def _figure(workdir, x_N, m_fwd, m_rev, results) -> None:
   ax.set(xlabel="x", ylabel=f"difference ({unit})", xlim=(-4, 3),
          title="H(p,q) - H(q) = -(p - q)·logit(q) and KL(p‖q) ≥ 0")
   for ax in axes:
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left")  # a fixed place: "best" scans every point
     ax.grid(alpha=0.3)
   workdir.save_figure(fig, "cross_entropy.png")
 

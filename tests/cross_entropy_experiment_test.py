@@ -118,6 +118,10 @@ class CrossEntropyExperimentTest(chex.TestCase):
     # (z_p - z_q)·z_q = (3 - x)·(x - 1) > 0 on (1, 3) for p = σ(2), q = σ(-1 + x).
     self.assertEqual(e2.closed_form_intervals((2.0, 0.0), (-1.0, 1.0), -5.0, 5.0),
                      [[1.0, 3.0]])
+    self.assertEqual(e2.closed_form_intervals((1.0, 2.0), (0.0, 1.0)),
+                     [[-np.inf, -1.0], [0.0, np.inf]])
+    self.assertEqual(self.rev["H(p,q)_below_H(q)"]["closed_form_on_real_line"],
+                     [["-inf", -1.0], [0.0, "inf"]])
     # Parallel logits (no crossing): sign of (a_p - a_q)·z_q.
     self.assertEqual(e2.closed_form_intervals((1.0, 1.0), (0.0, 1.0), -5.0, 5.0), [[0.0, 5.0]])
 
