@@ -270,7 +270,7 @@ def seed_section_4_1_loss(params: Params, x_NxD: ArrayLike, y_N: ArrayLike) -> j
 
   >>> params = init_logistic_regression(1)
   >>> seed_section_4_1_loss(params, jnp.ones((2, 1)), jnp.array([1, 0]))
-  Array(0.34657365, dtype=float32)
+  Array(0.3465736, dtype=float32)
   """
   z_N = logistic_regression_logits(params, x_NxD)
   y_N = _check_labels(y_N, z_N.shape[0], high=1, integer=False).astype(z_N.dtype)
