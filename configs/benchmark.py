@@ -1,0 +1,61 @@
+"""Config of the SPEC §6 benchmark, ``experiments/benchmark.py``.
+
+From the repository root::
+
+    python -m experiments.benchmark --config=configs/benchmark.py --workdir=runs/bench
+    python -m experiments.benchmark --config=configs/benchmark.py:smoke --workdir=/tmp/bench
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python -m experiments.benchmark \
+        --config=configs/benchmark.py --workdir=runs/bench-hugetlb
+    python -m experiments.benchmark --config=configs/benchmark.py --config.repeats=9 \
+        --config.sections='("softmax", "entropy")' --workdir=runs/bench-softmax
+"""
+
+import ml_collections
+
+# The benchmark's groups of cases, in the order they run.
+SECTIONS = ("sigmoid", "softmax", "entropy", "train_step", "optimum", "import")
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+  """The default config (a few minutes), or a ``variant`` ("smoke": tiny sizes, seconds)."""
+  config = ml_collections.ConfigDict()
+  config.sections = SECTIONS  # which groups of cases to run (a subset of SECTIONS)
+  config.seed = 0  # seed of every synthetic input (numpy and jax.random)
+  config.warmup = 1  # untimed calls of each contender after compiling, before timing
+  config.repeats = 5  # timed calls per contender, interleaved round-robin; median reported
+  # Elementwise sigmoid BCE, `.mean()` of it: number of float32 logits (64M = 2**26).
+  config.sigmoid_size = 2**26
+  # B×C shapes of the softmax cross-entropies (integer and dense targets) and of the entropy.
+  config.softmax_shapes = ((65536, 1000), (4096, 32000))
+  config.logit_scale = 4.0  # logits ~ N(0, scale²): a mix of confident and uncertain rows
+  # Logistic regression: X [N, d] float32 from the true model w* ~ N(0, s²/d), b*, as in
+  # xent_jax.data.make_logistic_data.
+  config.num_features = 100  # d
+  config.weight_scale = 1.0  # s
+  config.bias = 0.5  # b*
+  config.train_step_sizes = (200_000, 1_000_000)  # N of the timed SGD train step
+  config.learning_rate = 0.1  # SGD learning rate of the timed train step
+  config.optimum_sizes = (200_000, 1_000_000)  # N of the time-to-optimum races
+  config.optimum_methods = ("lbfgs", "newton")  # our JAX solvers (the fastest one counts)
+  config.optimum_repeats = 3  # full runs per solver, compile included each time; median
+  config.optimum_rtol = 1e-6  # relative gap to the float64 optimum that counts as reached
+  config.optimum_gtol = 1e-6  # our solvers stop once the gradient's L2 norm is ≤ this
+  config.optimum_max_iter = 100  # iteration cap of our solvers
+  config.import_repeats = 7  # fresh interpreters per import statement; median reported
+  config.save_hlo = True  # write each compiled function's optimised HLO to WORKDIR/hlo/
+
+  if variant == "smoke":  # every section at tiny sizes; no warm-up, one solver
+    config.warmup = 0
+    config.repeats = 2
+    config.sigmoid_size = 2**14
+    config.softmax_shapes = ((64, 100),)
+    config.train_step_sizes = (2000,)
+    config.num_features = 10
+    config.optimum_sizes = (2000,)
+    config.optimum_methods = ("newton",)
+    config.optimum_repeats = 1
+    config.import_repeats = 1
+    config.save_hlo = False
+  elif variant is not None:
+    raise ValueError(f"unknown config variant {variant!r} (known: 'smoke')")
+  return config

@@ -1,0 +1,172 @@
+"""The SPEC §6 benchmark on its smoke config: the table's structure, never the speed.
+
+Timings are not asserted anywhere (they belong to ``python -m experiments.benchmark``);
+what is checked is that every case ran, every number is positive and finite, every SPEC §6
+target got a verdict, and that the solvers raced against scikit-learn really reach the
+float64 optimum.
+"""
+
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import chex
+import jax
+import numpy as np
+from absl.testing import absltest
+
+from experiments import _common, benchmark
+
+
+def _expected_rows(config) -> list[tuple[str, str]]:
+  """(operation, pass) of every row the config asks for, in order."""
+  kernel = [("fwd",), ("fwd+bwd",)]
+  rows = [("sigmoid", p) for (p,) in kernel]
+  for _ in config.softmax_shapes:
+    rows += [(op, p) for op in ("softmax_int", "softmax_dense") for (p,) in kernel]
+  rows += [("entropy", p) for _ in config.softmax_shapes for (p,) in kernel]
+  rows += [("train_step", "step")] * len(config.train_step_sizes)
+  rows += [("optimum", "fit")] * len(config.optimum_sizes)
+  return rows + [("import", "import")]
+
+
+def _positive_finite(test, value, where):
+  test.assertIsInstance(value, (int, float), where)
+  test.assertTrue(math.isfinite(value) and value > 0, f"{where} = {value!r}")
+
+
+class BenchmarkSmokeTest(chex.TestCase):
+  """Runs the smoke benchmark once into a temporary workdir."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.workdir = Path(tempfile.mkdtemp()) / "bench"
+    cls.config = _common.load_config("benchmark", "smoke")
+    _common.run_experiment("benchmark", benchmark.run, cls.config, cls.workdir,
+                           validate=benchmark.validate)
+    cls.results = json.loads((cls.workdir / "results.json").read_text("utf-8"))
+    cls.table = (cls.workdir / "benchmark.md").read_text("utf-8")
+
+  def test_one_row_per_case_and_pass(self):
+    got = [(r["operation"], r["pass"]) for r in self.results["rows"]]
+    self.assertEqual(got, _expected_rows(self.config))
+
+  def test_markdown_table_matches_results(self):
+    tables = [b.splitlines() for b in self.table.split("\n\n") if b.startswith("|")]
+    self.assertLen(tables, 2)  # the ratios, then compile times and XLA buffer sizes
+    header, rule, *body = tables[0]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    self.assertEqual(columns[:3], ["operation", "shape", "pass"])
+    self.assertIn("ours/anchor", columns)
+    self.assertEqual(rule.count("|"), header.count("|"))
+    self.assertLen(body, len(self.results["rows"]))
+    for line, row in zip(body, self.results["rows"], strict=True):
+      cells = [c.strip() for c in line.strip("|").split("|")]
+      self.assertLen(cells, len(columns))
+      self.assertTrue(cells[0].startswith(row["operation"]), line)
+      self.assertEqual(float(cells[columns.index("ours/anchor")]),
+                       round(row["ratios"]["ours/anchor"], 2))
+      self.assertEqual(cells[-1], "-" if "target" not in row else
+                       ("yes" if row["target"]["met"] else "**no**"))
+    compiled = [r for r in self.results["rows"] if "compile_s" in r]
+    self.assertLen(tables[1], 2 + len(compiled))
+
+  def test_every_number_positive_and_finite(self):
+    for i, row in enumerate(self.results["rows"]):
+      where = f"row {i} ({row['operation']} {row['pass']})"
+      for key in ("ours_s", "anchor_s"):
+        _positive_finite(self, row[key], f"{where} {key}")
+      if row["read_s"] is not None:
+        _positive_finite(self, row["read_s"], f"{where} read_s")
+      for name, value in row["ratios"].items():
+        _positive_finite(self, value, f"{where} {name}")
+      for key in ("compile_s", "xla_buffer_bytes"):
+        for who, value in row.get(key, {}).items():
+          _positive_finite(self, value, f"{where} {key}.{who}")
+      for who, samples in row["samples_s"].items():
+        self.assertLen(samples, self.config.optimum_repeats if row["operation"] == "optimum"
+                       else self.config.import_repeats if row["operation"] == "import"
+                       else self.config.repeats)
+        for s in samples:
+          _positive_finite(self, s, f"{where} sample of {who}")
+
+  def test_every_spec_target_has_a_verdict(self):
+    judged = {(r["operation"], r["pass"]) for r in self.results["rows"] if "target" in r}
+    self.assertEqual(judged, set(benchmark.TARGETS))
+    for row in self.results["rows"]:
+      if "target" in row:
+        target = row["target"]
+        self.assertEqual(target["measured"], row["ratios"][target["ratio"]])
+        bound_ok = (target["measured"] <= target["bound"] if target["op"] == "<="
+                    else target["measured"] >= target["bound"])
+        self.assertEqual(target["met"], bound_ok and row.get("reached_optimum", True))
+
+  def test_solvers_reach_the_float64_optimum(self):
+    (row,) = [r for r in self.results["rows"] if r["operation"] == "optimum"]
+    self.assertIn(row["method"], self.config.optimum_methods)
+    for name, solver in row["solvers"].items():
+      # J* is a minimum: nothing (not even scikit-learn) lies below it beyond round-off.
+      self.assertGreaterEqual(solver["relative_gap"], -1e-12, name)
+    for method in self.config.optimum_methods:
+      self.assertLessEqual(row["solvers"][method]["relative_gap"], self.config.optimum_rtol)
+
+  def test_machine_description(self):
+    machine = self.results["machine"]
+    self.assertEqual(machine["jax"], jax.__version__)
+    self.assertGreaterEqual(machine["usable_cores"], 1)
+    self.assertIn("GLIBC_TUNABLES", machine)
+    self.assertIn(f"jax {jax.__version__}", self.table)
+
+
+class ReferenceOptimumTest(chex.TestCase):
+
+  def test_matches_scipy_lbfgs(self):
+    from scipy import optimize
+
+    config = _common.load_config("benchmark", "smoke")
+    x_NxD, y_N = benchmark.logistic_data(config, 500)
+    j_star = benchmark.reference_optimum(x_NxD, y_N)
+    x64 = np.hstack([x_NxD.astype(np.float64), np.ones((len(y_N), 1))])
+
+    def fun(theta):
+      z = x64 @ theta
+      return np.mean(np.logaddexp(0, z) - y_N * z), x64.T @ (1 / (1 + np.exp(-z)) - y_N) / len(z)
+    scipy_min = optimize.minimize(fun, np.zeros(x64.shape[1]), jac=True, method="L-BFGS-B",
+                                  options={"gtol": 1e-12, "ftol": 1e-15}).fun
+    np.testing.assert_allclose(j_star, scipy_min, rtol=1e-12)
+
+
+class TimeInterleavedTest(chex.TestCase):
+
+  def test_warmup_repeats_and_rotation(self):
+    calls = []
+    runners = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    times = benchmark.time_interleaved(runners, warmup=1, repeats=3)
+    self.assertEqual("".join(calls), "abc" + "abc" + "bca" + "cab")
+    for label in "abc":
+      self.assertLen(times[label]["samples_s"], 3)
+      self.assertEqual(times[label]["median_s"], float(np.median(times[label]["samples_s"])))
+
+
+class ValidateTest(chex.TestCase):
+
+  def test_rejects_bad_values_and_unknown_keys(self):
+    for key, value, message in (("repeats", 0, "repeats"), ("sections", ("gpu",), "sections"),
+                                ("softmax_shapes", ((4, 5, 6),), "softmax_shapes"),
+                                ("optimum_methods", ("adam",), "optimum_methods")):
+      config = _common.load_config("benchmark", "smoke")
+      with config.unlocked():
+        config[key] = value
+      with self.assertRaisesRegex(_common.ConfigError, message):
+        benchmark.validate(config)
+    config = _common.load_config("benchmark")
+    with config.unlocked():
+      config.speed = 1
+    with self.assertRaisesRegex(_common.ConfigError, "speed"):
+      benchmark.validate(config)
+
+
+if __name__ == "__main__":
+  absltest.main()
