@@ -46,7 +46,7 @@ import optax
 import xent_jax
 from configs.benchmark import SECTIONS
 from experiments import _common
-from xent_jax import models
+from xent_jax import models, training
 
 # SPEC §6 targets: (ratio that is compared, comparison, bound).
 TARGETS = {
@@ -280,22 +280,12 @@ def _plain_step(params, x_NxD, y_N, *, learning_rate):
   return jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
 
 
-def _sgd_step(state, x_NxD, y_N, *, optimizer):
-  """Ours: value_and_grad of models.logistic_regression_loss, then an optax update.
-
-  (xent_jax.training.train_step does the same on a TrainState; it was not committed when
-  this benchmark was written, so the step is spelled out here.)
-  """
-  params, opt_state = state
-  loss, grads = jax.value_and_grad(models.logistic_regression_loss)(params, x_NxD, y_N)
-  updates, opt_state = optimizer.update(grads, opt_state, params)
-  return (optax.apply_updates(params, updates), opt_state), loss
-
-
 def _train_step_rows(config, workdir, hlo_dir) -> list[dict]:
   rows = []
-  optimizer = optax.sgd(config.learning_rate)
-  ours = functools.partial(_sgd_step, optimizer=optimizer)
+  optimizer = training.sgd(config.learning_rate)  # optax.sgd
+  step = functools.partial(training.train_step, loss_fn=models.logistic_regression_loss,
+                           optimizer=optimizer)
+  ours = lambda state, x_NxD, y_N: step(state, (x_NxD, y_N))
   plain = functools.partial(_plain_step, learning_rate=config.learning_rate)
   for n in config.train_step_sizes:
     x_np, y_np = logistic_data(config, n)
@@ -303,14 +293,15 @@ def _train_step_rows(config, workdir, hlo_dir) -> list[dict]:
     params = models.init_logistic_regression(config.num_features)
     case = _Case(f"train_step_{n}", hlo_dir)
     case.compile("read", jnp.sum, x_NxD)
-    case.compile("ours", ours, (params, optimizer.init(params)), x_NxD, y_N, donate=(0,))
+    state = training.init_train_state(params, optimizer)
+    case.compile("ours", ours, state, x_NxD, y_N, donate=(0,))
     case.compile("anchor", plain, params, x_NxD, y_N, donate=(0,))
     load = os.getloadavg()[0]
     times = case.time(config)
     row = _row("train_step", f"{n}x{config.num_features}", "step", "plain jax.grad step", times,
                case, read_factor=2.0, load=load,
-               ours_impl="jax.value_and_grad(models.logistic_regression_loss) + optax.sgd, "
-               "jitted, (params, opt_state) donated")
+               ours_impl="xent_jax.training.train_step(loss_fn=models.logistic_regression_loss, "
+               "optimizer=training.sgd), jitted, TrainState donated")
     workdir.log("train step N=%d: ours %.1f ms (%.0f%% of 2 reads), plain %.1f ms (%.0f%%), "
                 "load %.1f", n, 1e3 * row["ours_s"], 100 * row["ratios"]["read/ours"],
                 1e3 * row["anchor_s"], 100 * row["ratios"]["read/anchor"], load)
