@@ -8,6 +8,7 @@ Nothing here is public API. Every public function of xent_jax funnels its inputs
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import jax
@@ -21,9 +22,18 @@ Axis = int | Sequence[int]
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
+def _asarray(x: ArrayLike, name: str, fn: str) -> jax.Array:
+  """jnp.asarray, with an error naming the argument for strings, objects or ragged lists."""
+  try:
+    return jnp.asarray(x)
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"{fn}: `{name}` must be an array of numbers, got {type(x).__name__} "
+                    f"({e}).") from None
+
+
 def as_float(x: ArrayLike, name: str, fn: str) -> jax.Array:
   """Returns ``x`` as a float32/float64 array; integer, bool or complex input is an error."""
-  x = jnp.asarray(x)
+  x = _asarray(x, name, fn)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(
         f"{fn}: `{name}` must be a floating-point array, got dtype {x.dtype} "
@@ -36,7 +46,7 @@ def as_float(x: ArrayLike, name: str, fn: str) -> jax.Array:
 
 def as_labels(labels: ArrayLike, name: str, fn: str) -> jax.Array:
   """Returns integer class labels; float or bool labels are an error (they would truncate)."""
-  labels = jnp.asarray(labels)
+  labels = _asarray(labels, name, fn)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(
         f"{fn}: `{name}` must hold integer class indices, got dtype {labels.dtype} "
@@ -53,13 +63,14 @@ def promote(fn: str, **arrays: jax.Array) -> list[jax.Array]:
 
 def normalize_axis(axis: Axis, ndim: int, name: str, fn: str) -> tuple[int, ...]:
   """Returns ``axis`` as a sorted tuple of non-negative ints, checked against ``ndim``."""
-  axes = (axis,) if isinstance(axis, int) else tuple(axis)
+  try:
+    axes = [_as_int(a) for a in (axis if isinstance(axis, Sequence) else (axis,))]
+  except TypeError:
+    raise TypeError(f"{fn}: `axis` must be an int or a tuple of ints, got {axis!r}.") from None
   if not axes:
     raise ValueError(f"{fn}: `axis` must name at least one axis, got {axis!r}.")
   out = []
   for a in axes:
-    if not isinstance(a, int) or isinstance(a, bool):
-      raise TypeError(f"{fn}: `axis` must be an int or a tuple of ints, got {axis!r}.")
     if not -ndim <= a < ndim:
       raise ValueError(
           f"{fn}: `axis`={axis!r} is out of range for `{name}` of rank {ndim}."
@@ -68,6 +79,13 @@ def normalize_axis(axis: Axis, ndim: int, name: str, fn: str) -> tuple[int, ...]
   if len(set(out)) != len(out):
     raise ValueError(f"{fn}: `axis`={axis!r} repeats an axis.")
   return tuple(sorted(out))
+
+
+def _as_int(a) -> int:
+  """A Python int from any integer scalar (NumPy and concrete JAX ints too; not bools)."""
+  if isinstance(a, bool | str | bytes):
+    raise TypeError(a)
+  return operator.index(a)
 
 
 def check_same_shape(fn: str, **arrays: jax.Array) -> None:
@@ -83,7 +101,7 @@ def as_mask(where: ArrayLike | None, shape: tuple[int, ...], fn: str) -> jax.Arr
   """Checks that ``where`` is boolean and broadcastable to ``shape``; returns it broadcast."""
   if where is None:
     return None
-  where = jnp.asarray(where)
+  where = _asarray(where, "where", fn)
   if where.dtype != jnp.bool_:
     raise TypeError(f"{fn}: `where` must be a boolean mask, got dtype {where.dtype}.")
   try:
@@ -99,6 +117,8 @@ def log_scale(base: float | None, fn: str) -> float | None:
   if base is None:
     return None
   try:
+    if isinstance(base, str | bytes):
+      raise TypeError
     base = float(base)
   except TypeError:
     raise TypeError(
@@ -118,6 +138,8 @@ def in_base(x: jax.Array, scale: float | None) -> jax.Array:
 def check_smoothing(label_smoothing: float, fn: str) -> float:
   """Label smoothing must be a Python float in [0, 1]."""
   try:
+    if isinstance(label_smoothing, str | bytes):
+      raise TypeError
     eps = float(label_smoothing)
   except TypeError:
     raise TypeError(
