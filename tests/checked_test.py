@@ -1,0 +1,295 @@
+"""Tests for xent_jax.checked: value checks eagerly, under jit, vmap and grad (SPEC §1, §5)."""
+
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+from jax.experimental import checkify
+
+import xent_jax as xj
+from xent_jax.checked import sum_tolerance
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Float64 arrays silently become float32 under JAX_ENABLE_X64=0: test float64 only when on.
+DTYPES = (np.float32, np.float64) if jax.config.jax_enable_x64 else (np.float32,)
+# Eagerly (and under vmap/grad) a failed check is a ValueError; under an outer jit XLA
+# reports the host callback's exception as a jax.errors.JaxRuntimeError with the same text.
+EAGER_ERROR = checkify.JaxRuntimeError
+JIT_ERROR = jax.errors.JaxRuntimeError
+
+
+def _dirichlet(rng, shape, dtype):
+  x = rng.gamma(1.0, size=shape)
+  return (x / x.sum(axis=-1, keepdims=True)).astype(dtype)
+
+
+def _valid_calls(dtype):
+  """One valid call (args, kwargs) per public function, on seeded random data."""
+  rng = np.random.default_rng(0)
+  p, q = _dirichlet(rng, (4, 5), dtype), _dirichlet(rng, (4, 5), dtype)
+  z, z2 = (rng.normal(size=(2, 4, 5)) * 3).astype(dtype)
+  z[0, 1] = -np.inf  # a class of probability 0 is valid
+  x = (rng.normal(size=(4, 5)) * 3).astype(dtype)
+  u = rng.uniform(size=(4, 5)).astype(dtype)
+  labels = rng.integers(0, 5, size=4)
+  where = rng.random((4, 5)) < 0.7
+  where[:, 0] = True
+  # Renormalised over the included classes; the excluded entries keep values that the
+  # checks must ignore (they sum to more than 1 with the included ones).
+  p_where = np.where(where, p / np.sum(p, axis=-1, keepdims=True, where=where), p).astype(dtype)
+  return {
+      "entropy": ((p_where,), {"where": where, "base": 2}),
+      "entropy_from_logits": ((z,), {"where": where}),
+      "binary_entropy": ((u,), {}),
+      "binary_entropy_from_logits": ((x,), {"base": 2.0}),
+      "cross_entropy": ((p, q), {}),
+      "softmax_cross_entropy": ((z, q), {"label_smoothing": 0.1}),
+      "softmax_cross_entropy_with_integer_labels": ((z, labels), {}),
+      "binary_cross_entropy": ((u, u[::-1]), {}),
+      "sigmoid_binary_cross_entropy": ((x, u), {"label_smoothing": 0.2}),
+      "kl_divergence": ((p, q), {"axis": (-1,)}),
+      "kl_divergence_from_logits": ((z, z2), {}),
+      "js_divergence": ((p, q), {"base": 2}),
+      "log_softmax": ((z,), {"where": where}),
+      "sigmoid": ((x,), {}),
+      "log_sigmoid": ((x,), {}),
+      "tanh_probability": ((x,), {}),
+  }
+
+
+def _error_text(rule, index, value):
+  """The regex of a message: the rule text, then the first offending index and value."""
+  return re.escape(rule) + r".*at index " + re.escape(index) + r": \w[\w ]* = " + re.escape(value)
+
+
+class CheckedPassThroughTest(chex.TestCase):
+
+  @parameterized.parameters(*sorted(_valid_calls(np.float32)))
+  def test_valid_inputs_give_the_unwrapped_output(self, name):
+    args, kwargs = _valid_calls(DTYPES[-1])[name]
+    fn = getattr(xj, name)
+    got = xj.checked(fn)(*args, **kwargs)
+    # checked runs fn compiled (together with the checks): the same program as jax.jit(fn).
+    expected = jax.jit(lambda *a: fn(*a, **kwargs))(*args)
+    self.assertEqual(got.dtype, expected.dtype)
+    np.testing.assert_array_equal(got, expected)
+
+  @parameterized.parameters("softmax_cross_entropy_with_integer_labels", "js_divergence", "sigmoid")
+  def test_valid_inputs_under_jit(self, name):
+    args, kwargs = _valid_calls(DTYPES[-1])[name]
+    fn = getattr(xj, name)
+    got = jax.jit(lambda *a: xj.checked(fn)(*a, **kwargs))(*args)
+    # Compared under the same transformation: XLA may fuse jitted code differently.
+    np.testing.assert_array_equal(got, jax.jit(lambda *a: fn(*a, **kwargs))(*args))
+
+  def test_grad_is_the_closed_form(self):
+    rng = np.random.default_rng(1)
+    z, t = (rng.normal(size=(3, 6)) * 4).astype(np.float32), _dirichlet(rng, (3, 6), np.float32)
+    loss = lambda z: xj.checked(xj.softmax_cross_entropy)(z, t, label_smoothing=0.1).sum()
+    z64 = z.astype(np.float64)
+    softmax = np.exp(z64 - z64.max(-1, keepdims=True))
+    softmax /= softmax.sum(-1, keepdims=True)
+    expected = softmax - (0.9 * t + 0.1 / 6)  # ∂H/∂z = softmax(z) - smoothed targets
+    for wrap in (lambda g: g, jax.jit):
+      np.testing.assert_allclose(wrap(jax.grad(loss))(z), expected, rtol=1e-5, atol=1e-6)
+
+  def test_vmap_matches_unwrapped(self):
+    rng = np.random.default_rng(2)
+    p, q = _dirichlet(rng, (2, 4, 3), np.float32)
+    got = jax.vmap(xj.checked(xj.kl_divergence))(p, q)
+    expected = np.sum(p * (np.log(p.astype(np.float64)) - np.log(q)), axis=-1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+  def test_wraps_signature_and_docstring(self):
+    wrapped = xj.checked(xj.entropy)
+    self.assertIs(wrapped.__wrapped__, xj.entropy)
+    self.assertEqual(wrapped.__name__, "entropy")
+    self.assertEqual(wrapped.__doc__, xj.entropy.__doc__)
+
+  def test_rejects_a_function_it_does_not_know(self):
+    with self.assertRaisesRegex(TypeError, r"checked: `fn` must be one of xent_jax's measures"):
+      xj.checked(jnp.log)
+
+
+class CheckedRejectsTest(chex.TestCase):
+  """Each rule, eagerly, under an outer jit, and under vmap; with index and value."""
+
+  _P = np.array([[0.5, 0.5], [0.25, 0.75], [0.5, 0.5], [0.5, 0.5]], np.float32)
+  _BAD_Q = np.array([[0.5, 0.5], [0.25, 0.75], [0.5, 0.5], [0.47, 0.5]], np.float32)
+
+  def _assert_raises(self, fn, args, pattern, under_jit=False, **kwargs):
+    """Eagerly, and (a compile each, so for a few rules) under an outer jax.jit."""
+    wrapped = xj.checked(fn)
+    with self.assertRaisesRegex(EAGER_ERROR, pattern):
+      wrapped(*args, **kwargs)
+    if under_jit:
+      with self.assertRaisesRegex(JIT_ERROR, pattern):
+        jax.block_until_ready(jax.jit(lambda *a: wrapped(*a, **kwargs))(*args))
+
+  def test_sum_message_names_function_argument_rule_index_value(self):
+    tol = sum_tolerance(np.float32, 2)
+    pattern = re.escape(
+        f"kl_divergence: `q` must sum to 1 along axis -1 (|sum - 1| ≤ {tol:.2g}); "
+        "first offending example at index (3,): sum = 0.97000003"
+    )
+    self._assert_raises(xj.kl_divergence, (self._P, self._BAD_Q), pattern, under_jit=True)
+
+  def test_vmap_reports_the_offending_example(self):
+    pattern = _error_text("kl_divergence: `q` must sum to 1", "()", "0.97000003")
+    with self.assertRaisesRegex(EAGER_ERROR, pattern):
+      jax.vmap(xj.checked(xj.kl_divergence))(self._P, self._BAD_Q)
+    with self.assertRaisesRegex(JIT_ERROR, pattern):
+      jax.block_until_ready(jax.jit(jax.vmap(xj.checked(xj.kl_divergence)))(self._P, self._BAD_Q))
+
+  def test_grad_of_invalid_input_raises(self):
+    loss = lambda q: xj.checked(xj.cross_entropy)(self._P, q).sum()
+    with self.assertRaisesRegex(EAGER_ERROR, "`q` must sum to 1"):
+      jax.grad(loss)(self._BAD_Q)
+
+  @parameterized.named_parameters(
+      ("nan", np.nan, "`q` must not contain NaN", "nan"),
+      ("above_one", 1.5, "`q` must lie in [0, 1]", "1.5"),
+      ("negative", -0.5, "`q` must lie in [0, 1]", "-0.5"),
+      ("plus_inf", np.inf, "`q` must lie in [0, 1]", "inf"),
+  )
+  def test_probability_entries(self, bad, rule, shown):
+    q = self._P.copy()
+    q[2, 1] = bad
+    self._assert_raises(
+        xj.cross_entropy, (self._P, q), _error_text(f"cross_entropy: {rule}", "(2, 1)", shown))
+
+  def test_nan_is_reported_before_the_sum(self):
+    q = self._BAD_Q.copy()
+    q[3, 1] = np.nan
+    with self.assertRaisesRegex(EAGER_ERROR, r"`q` must not contain NaN.*index \(3, 1\)"):
+      xj.checked(xj.js_divergence)(self._P, q)
+
+  def test_plus_inf_logit(self):
+    z = np.zeros((2, 3, 4), np.float32)
+    z[1, 0, 2] = np.inf
+    pattern = _error_text("log_softmax: `logits` must not be +inf", "(1, 0, 2)", "inf")
+    self._assert_raises(xj.log_softmax, (z,), pattern, under_jit=True)
+
+  def test_minus_inf_logits_are_valid_but_not_all_of_them(self):
+    z = np.array([[0.0, -np.inf], [-np.inf, -np.inf]], np.float32)
+    wrapped = xj.checked(xj.entropy_from_logits)
+    np.testing.assert_array_equal(wrapped(z[:1]), [0.0])
+    pattern = _error_text("entropy_from_logits: `logits` must have a finite logit", "(1,)", "-inf")
+    self._assert_raises(xj.entropy_from_logits, (z,), pattern)
+
+  def test_sigmoid_logits_may_be_infinite_but_not_nan(self):
+    z = np.array([np.inf, -np.inf, 0.0], np.float32)
+    y = np.array([1.0, 0.0, 0.5], np.float32)
+    np.testing.assert_array_equal(
+        xj.checked(xj.sigmoid_binary_cross_entropy)(z, y), [0.0, 0.0, np.log(2, dtype=np.float32)])
+    z[2] = np.nan
+    pattern = _error_text("sigmoid_binary_cross_entropy: `logits` must not contain NaN", "(2,)", "nan")
+    self._assert_raises(xj.sigmoid_binary_cross_entropy, (z, y), pattern)
+
+  @parameterized.named_parameters(("negative", -1), ("too_large", 4), ("far", 2**20))
+  def test_integer_labels_out_of_range(self, bad):
+    z = np.zeros((3, 4), np.float32)
+    labels = np.array([0, bad, 3])
+    pattern = _error_text(
+        "softmax_cross_entropy_with_integer_labels: `labels` must be in [0, 4)", "(1,)", str(bad))
+    self._assert_raises(
+        xj.softmax_cross_entropy_with_integer_labels, (z, labels), pattern, under_jit=bad < 0)
+
+  def test_labels_out_of_range_are_allowed_in_padding_rows(self):
+    z = np.zeros((3, 4), np.float32)
+    labels = np.array([0, -1, 7])
+    where = np.array([[True], [False], [False]])
+    fn = xj.softmax_cross_entropy_with_integer_labels
+    got = xj.checked(fn)(z, labels, where=where)
+    np.testing.assert_allclose(got, [np.log(4), 0.0, 0.0], rtol=1e-6)
+    labels[0] = 5  # a row with included classes is checked
+    with self.assertRaisesRegex(EAGER_ERROR, r"`labels` must be in \[0, 4\).*index \(0,\)"):
+      xj.checked(fn)(z, labels, where=where)
+
+  def test_label_on_an_excluded_class(self):
+    z = np.zeros((2, 4), np.float32)
+    where = np.array([True, False, True, True])
+    pattern = _error_text("`labels` must name a class included by `where`", "(1,)", "1")
+    self._assert_raises(
+        xj.softmax_cross_entropy_with_integer_labels, (z, np.array([0, 1])), pattern, where=where)
+
+  def test_where_excluding_every_class(self):
+    p = np.full((3, 2), 0.5, np.float32)
+    where = np.array([[True, True], [True, True], [False, False]])
+    pattern = _error_text("entropy: `where` must include at least one class of every example",
+                          "(2,)", "0")
+    self._assert_raises(xj.entropy, (p,), pattern, under_jit=True, where=where)
+
+  def test_entries_excluded_by_where_are_not_inspected(self):
+    p = np.array([[0.5, 0.5, np.nan], [1.0, 0.0, 7.0]], np.float32)
+    where = np.array([True, True, False])
+    got = xj.checked(xj.entropy)(p, where=where)
+    np.testing.assert_allclose(got, [np.log(2), 0.0], rtol=1e-6)
+
+  def test_sum_respects_where_and_tuple_axes(self):
+    p = np.full((2, 2, 3), 1 / 6, np.float32)
+    np.testing.assert_allclose(xj.checked(xj.entropy)(p, axis=(1, 2)), [np.log(6)] * 2, rtol=1e-6)
+    with self.assertRaisesRegex(EAGER_ERROR, re.escape("must sum to 1 along axis -1")):
+      xj.checked(xj.entropy)(p)
+    where = np.array([True, True, False])  # 4 of the 6 classes: renormalised, 1.5 × 1/6
+    got = xj.checked(xj.entropy)(p * 1.5, axis=(1, 2), where=where)
+    np.testing.assert_allclose(got, [np.log(4)] * 2, rtol=1e-6)
+    with self.assertRaisesRegex(EAGER_ERROR, r"sum = 0\.6666"):
+      xj.checked(xj.entropy)(p, axis=(1, 2), where=where)
+
+  def test_base_is_a_trace_time_error(self):
+    for base in (0, -2.0, 1, 1.0):
+      with self.assertRaisesRegex(ValueError, r"entropy: `base` must be finite, > 0 and != 1"):
+        xj.checked(xj.entropy)(self._P, base=base)
+
+
+class SumToleranceTest(chex.TestCase):
+  """|sum - 1| just inside the documented tolerance passes, just outside fails."""
+
+  @parameterized.product(dtype=DTYPES, num_classes=(1, 2, 7), side=(-1, 1), inside=(True, False))
+  def test_edges(self, dtype, num_classes, side, inside):
+    tol = sum_tolerance(dtype, num_classes)
+    self.assertLess(tol, 1e-4 if dtype == np.float32 else 1e-13)
+    if side == 1 and num_classes == 1:
+      self.skipTest("a single class above 1 is a probability > 1, not a sum error")
+    p = 2.0 ** -np.arange(1, num_classes + 1)
+    p[-1] *= 2  # dyadic: the sum is exactly 1 in any dtype
+    p[-1] += side * tol * (0.9 if inside else 1.1)
+    p = p.astype(dtype)
+    total = float(jnp.sum(jnp.asarray(p)))  # the sum as the check computes it
+    self.assertEqual(abs(total - 1) <= tol, inside)  # the edge survives rounding
+    wrapped = xj.checked(xj.entropy)
+    if inside:
+      p64 = p.astype(np.float64)
+      np.testing.assert_allclose(wrapped(p), -np.sum(p64 * np.log(p64)), rtol=1e-5)
+    else:
+      with self.assertRaisesRegex(EAGER_ERROR, "`probs` must sum to 1"):
+        wrapped(p)
+
+  def test_dtype_aware(self):
+    f32, f16, bf16 = (sum_tolerance(d, 10) for d in (np.float32, np.float16, jnp.bfloat16))
+    self.assertAlmostEqual(f32, 2 * 2**-23 + 8 * 2**-23 * np.sqrt(10))
+    self.assertAlmostEqual(bf16, 2 * 2**-7 + 8 * 2**-23 * np.sqrt(10))
+    self.assertLess(f32, f16)
+    self.assertLess(f16, bf16)
+    self.assertLess(sum_tolerance(np.float64, 10), 1e-14)
+
+  def test_honest_distributions_pass(self):
+    """Softmax outputs, x / x.sum() in float32, and their bfloat16/float16 roundings."""
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(4, 1000)) * 5
+    softmax = np.exp(z - z.max(-1, keepdims=True)).astype(np.float32)
+    softmax /= softmax.sum(-1, keepdims=True)
+    for p in (softmax, _dirichlet(rng, (4, 1000), np.float32)):
+      for dtype in (np.float32, jnp.bfloat16, np.float16):
+        p_low = jnp.asarray(p).astype(dtype)
+        p64 = np.asarray(p_low, np.float64)
+        expected = -np.sum(p64 * np.log(np.where(p64 > 0, p64, 1)), axis=-1)
+        np.testing.assert_allclose(xj.checked(xj.entropy)(p_low), expected, rtol=1e-5)
+
+if __name__ == "__main__":
+  absltest.main()
