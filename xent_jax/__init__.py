@@ -5,6 +5,7 @@ The public API (SPEC §1) is re-exported here; each function lives in one module
 :mod:`xent_jax.divergence`.
 """
 
+from xent_jax.checked import checked
 from xent_jax.cross_entropy import (
     binary_cross_entropy,
     cross_entropy,
@@ -27,6 +28,7 @@ __all__ = [
     "binary_cross_entropy",
     "binary_entropy",
     "binary_entropy_from_logits",
+    "checked",
     "cross_entropy",
     "entropy",
     "entropy_from_logits",
