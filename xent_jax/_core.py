@@ -174,21 +174,22 @@ def mul0(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
-  """x · log(y) with 0 · log(anything) = 0 in the value and in the gradient.
+  """x · log(y) with 0 · log 0 = 0 in the value and in the gradient.
 
-  The inner ``where`` keeps log(y) away from the x = 0 entries, so that their gradient is an
-  exact 0 instead of 0 · inf = NaN (the "double where" idiom).
+  Only the point x = 0, y = 0 is special: there y is replaced by 1 inside the log (the
+  "double where" idiom), so that the value and both partial derivatives are 0 instead of
+  0 · inf = NaN. At x = 0 < y the derivative in x is the ordinary log(y).
   """
-  nonzero = x != 0
-  safe_y = jnp.where(nonzero, y, jnp.ones((), y.dtype))
-  return jnp.where(nonzero, x * log_accurate(safe_y), jnp.zeros((), x.dtype))
+  zero_log_zero = (x == 0) & (y == 0)
+  safe_y = jnp.where(zero_log_zero, jnp.ones((), y.dtype), y)
+  return x * log_accurate(safe_y)
 
 
 def xlog1my(x: jax.Array, y: jax.Array) -> jax.Array:
-  """x · log(1 - y) with the same 0 · log(anything) = 0 convention as :func:`xlogy`."""
-  nonzero = x != 0
-  safe_y = jnp.where(nonzero, y, jnp.zeros((), y.dtype))
-  return jnp.where(nonzero, x * log1m_accurate(safe_y), jnp.zeros((), x.dtype))
+  """x · log(1 - y) with the same 0 · log 0 = 0 convention as :func:`xlogy` (at y = 1)."""
+  zero_log_zero = (x == 0) & (y == 1)
+  safe_y = jnp.where(zero_log_zero, jnp.zeros((), y.dtype), y)
+  return x * log1m_accurate(safe_y)
 
 
 def masked(x: jax.Array, mask: jax.Array | None) -> jax.Array:

@@ -16,7 +16,15 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from xent_jax import _core
-from xent_jax.softmax import shifted_logits, softmax_parts
+from xent_jax.softmax import (
+    clamp_neg_inf,
+    log_normalizer,
+    masked_logits,
+    row_max,
+    row_sum,
+    shift,
+    with_inf_guard,
+)
 
 
 def cross_entropy(
@@ -71,15 +79,32 @@ def _smoothed_targets(targets, mask, eps, axes):
   return jnp.where(mask, (1 - eps) * targets + eps / jnp.maximum(k, 1), 0)
 
 
+_LOG2 = math.log(2.0)
+
+
+def _inf_where_positive(t: jax.Array) -> jax.Array:
+  """+inf where t > 0 and 0 where t = 0, in arithmetic only: sign(t) / (1 - sign(t))."""
+  sign = jnp.sign(t)
+  return sign / (1 - sign)
+
+
 def _softmax_xent_fwd(logits, targets, axes, mask, eps):
-  parts = softmax_parts(logits, axes, mask)
+  z = masked_logits(logits, mask)
   t = _smoothed_targets(targets, mask, eps, axes)
-  t_sum = jnp.sum(t, axis=axes, keepdims=True)
-  # H = Σ t_j (L - d_j) = L·Σt - Σ t_j d_j: both terms ≥ 0 for t ≥ 0 (d ≤ 0), so nothing
-  # cancels; t_j d_j is 0 where t_j = 0 even on a -inf logit (0·log 0 = 0).
-  td = jnp.sum(_core.mul0(t, parts.d), axis=axes, keepdims=True)
-  loss = jnp.squeeze(parts.lse * t_sum - td, axes)
-  return loss, (logits, t, mask, parts.m, parts.lse, t_sum)
+
+  def body(z, m, exact):
+    lse = log_normalizer(z, m, axes, exact)
+    d = shift(z, m, exact)
+    d_fin = clamp_neg_inf(d)
+    # H = Σ_j t_j (L - d_j): every term ≥ 0, so nothing cancels. On an impossible class
+    # (d = -inf) the term is 0 for t_j = 0 (0·log 0 = 0) and +inf for t_j > 0: d is clamped
+    # to -fmax and the infinity put back as min(inf·[d = -inf], inf·[t > 0]), never 0·inf.
+    terms = t * (lse - d_fin) + jnp.minimum(d_fin - d, _inf_where_positive(t))
+    return lse, row_sum(terms, axes)
+
+  m = row_max(z, axes)
+  lse, loss = with_inf_guard(body, z, m)
+  return jnp.squeeze(loss, axes), (z, t, mask, m, lse)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 4))
@@ -88,15 +113,22 @@ def _softmax_xent(logits, targets, axes, mask, eps):
 
 
 def _softmax_xent_bwd(axes, eps, res, g):
-  logits, t, mask, m, lse, t_sum = res
+  z, t, mask, m, lse = res
   g = jnp.expand_dims(g, axes)
-  d = shifted_logits(logits, m, mask)
+  d = shift(z, m)
+  t_sum = row_sum(t, axes)
   # ∂H/∂z = (Σt)·softmax(z) - t, recomputed from the logits in one fused pass instead of
   # keeping a [B, C] softmax alive between the passes.
-  grad_logits = g * (t_sum * jnp.exp(d - lse) - t)
-  # ∂H/∂t = -log q = L - d (+inf on an impossible class, 0 where excluded); the smoothing
-  # map t = (1-ε)·targets + ε/K has slope (1-ε).
-  grad_targets = _core.masked(g * (1 - eps) * jnp.where(t == 0, 0, lse - d), mask)
+  # For a dominant class (q > 1/2) T·q - t is formed as T·expm1(d - L) + (T - t): with
+  # one-hot targets q - 1 = expm1(log q) keeps the precision that 1 - q ≈ Σ_{j≠y} q_j has.
+  log_q = d - lse
+  grad_logits = g * jnp.where(
+      log_q > -_LOG2, t_sum * jnp.expm1(log_q) + (t_sum - t), t_sum * jnp.exp(log_q) - t
+  )
+  # ∂H/∂t = -log q = L - d: +inf on an impossible class, except where t = 0 there (the
+  # 0·log 0 term is the constant 0); 0 where excluded. The smoothing has slope (1-ε).
+  log_q_neg = jnp.where((t == 0) & (d == -jnp.inf), 0, lse - d)
+  grad_targets = _core.masked(g * (1 - eps) * log_q_neg, mask)
   return grad_logits, grad_targets, None
 
 
@@ -151,34 +183,43 @@ def softmax_cross_entropy(
   return _core.in_base(_softmax_xent(logits, targets, axes, mask, eps), scale)
 
 
-def _label_terms(logits, labels, axis, mask, eps):
-  """The pieces of the integer-label loss shared by the forward and backward passes."""
+def _label_terms(logits, labels, axis, mask):
+  """(labels with the class axis, valid, K = classes in the support, row has support)."""
   num_classes = logits.shape[axis]
   labels = jnp.expand_dims(labels, axis)
-  # A one-hot comparison against an iota fuses into the reduction pass; out-of-range labels
-  # (negative included) match no class and are turned into NaN below, never wrapped.
-  is_label = jax.lax.broadcasted_iota(labels.dtype, logits.shape, axis) == labels
   valid = (labels >= 0) & (labels < num_classes)
   if mask is None:
-    k = jnp.asarray(num_classes, logits.dtype)
-  else:
-    k = jnp.maximum(jnp.sum(mask, axis=axis, keepdims=True, dtype=logits.dtype), 1)
-  return is_label, valid, k
+    return labels, valid, jnp.asarray(num_classes, logits.dtype), None
+  k = jnp.sum(mask, axis=axis, keepdims=True, dtype=logits.dtype)
+  return labels, valid, jnp.maximum(k, 1), k > 0
 
 
 def _int_xent_fwd(logits, labels, axis, mask, eps):
-  parts = softmax_parts(logits, (axis,), mask)
-  is_label, valid, k = _label_terms(logits, labels, axis, mask, eps)
-  # H = L - d_y: L ≥ 0 and -d_y ≥ 0, so the loss keeps full relative precision also when
-  # the label wins by a large margin (H = log1p(Σ e^{d_j}) ≈ Σ e^{d_j} ≪ 1).
-  d_label = jnp.sum(jnp.where(is_label, parts.d, 0), axis=axis, keepdims=True)
-  loss = parts.lse - (1 - eps) * d_label
-  if eps:
-    d_sum = jnp.sum(_core.masked(parts.d, mask), axis=axis, keepdims=True)
-    loss = loss - eps / k * d_sum
+  z = masked_logits(logits, mask)
+  axes = (axis,)
+  labels_e, valid, k, has_support = _label_terms(logits, labels, axis, mask)
+  # The label's logit is gathered (one element per example), not picked with a one-hot
+  # compare inside the reduction pass, which would slow the pass down (see softmax.py).
+  # Out-of-range labels are clipped here and turned into NaN below, never wrapped.
+  index = jnp.clip(labels_e, 0, logits.shape[axis] - 1)
+  z_label = jnp.take_along_axis(z, index, axis=axis)
+
+  def body(z, m, exact):
+    lse = log_normalizer(z, m, axes, exact)
+    # H = L - d_y: L ≥ 0 and -d_y ≥ 0, so the loss keeps full relative precision also when
+    # the label wins by a large margin (H = log1p(Σ e^{d_j}) ≈ Σ e^{d_j} ≪ 1).
+    loss = (lse - shift(z_label, m)) * (1 - eps)
+    if eps:  # + (ε/K) Σ_j (L - d_j) over the support: every term ≥ 0
+      smooth = row_sum(_core.masked(lse - shift(z, m, exact), mask), axes)
+      loss = loss + eps / k * smooth
+    return lse, loss
+
+  m = row_max(z, axes)
+  lse, loss = with_inf_guard(body, z, m)
   loss = jnp.where(valid, loss, jnp.nan)
-  loss = jnp.where(parts.support, loss, 0)  # a fully masked row (e.g. padding) costs 0
-  return jnp.squeeze(loss, axis), (logits, labels, mask, parts.m, parts.lse, parts.support)
+  if has_support is not None:
+    loss = jnp.where(has_support, loss, 0)  # a fully masked row (e.g. padding) costs 0
+  return jnp.squeeze(loss, axis), (z, labels, mask, m, lse)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 4))
@@ -187,15 +228,21 @@ def _int_xent(logits, labels, axis, mask, eps):
 
 
 def _int_xent_bwd(axis, eps, res, g):
-  logits, labels, mask, m, lse, support = res
-  is_label, valid, k = _label_terms(logits, labels, axis, mask, eps)
-  g = jnp.where(support & valid, jnp.expand_dims(g, axis), 0)
-  d = shifted_logits(logits, m, mask)
-  target = jnp.where(is_label, jnp.asarray(1 - eps, d.dtype), 0)
+  z, labels, mask, m, lse = res
+  labels, valid, k, has_support = _label_terms(z, labels, axis, mask)
+  g = jnp.where(valid, jnp.expand_dims(g, axis), 0)
+  if has_support is not None:
+    g = jnp.where(has_support, g, 0)
+  # The backward pass writes a [B, C] output anyway, so the one-hot compare is cheap here.
+  is_label = jax.lax.broadcasted_iota(labels.dtype, z.shape, axis) == labels
+  # ∂H/∂z = softmax(z) - target, target = (1-ε)·onehot + ε/K, recomputed in one fused pass
+  # (see _softmax_xent_bwd). At the label q - (1-ε) is formed as expm1(log q) + ε: q - 1
+  # keeps the relative precision of 1 - q = Σ_{j≠y} q_j when the label dominates.
+  log_q = shift(z, m) - lse
+  grad = jnp.where(is_label, jnp.expm1(log_q) + eps, jnp.exp(log_q))
   if eps:
-    target = target + _core.masked(jnp.broadcast_to(eps / k, d.shape), mask)
-  # ∂H/∂z = softmax(z) - target, recomputed in one fused pass (see _softmax_xent_bwd).
-  grad_logits = g * (jnp.exp(d - lse) - target)
+    grad = grad - _core.masked(jnp.broadcast_to(eps / k, z.shape), mask)
+  grad_logits = g * grad
   return grad_logits, None, None
 
 
@@ -236,7 +283,8 @@ def softmax_cross_entropy_with_integer_labels(
     Loss per example, shape of ``labels``.
 
   >>> import jax.numpy as jnp
-  >>> float(softmax_cross_entropy_with_integer_labels(jnp.array([0.0, -30.0]), 0))  # doctest: +ELLIPSIS
+  >>> z = jnp.array([0.0, -30.0])
+  >>> float(softmax_cross_entropy_with_integer_labels(z, 0))  # doctest: +ELLIPSIS
   9.35762...e-14
   """
   fn = "softmax_cross_entropy_with_integer_labels"
@@ -286,12 +334,19 @@ def binary_cross_entropy(p: ArrayLike, q: ArrayLike, *, base: float | None = Non
 
 
 def _sigmoid_xent_fwd(logits, labels):
+  # -y log σ(z) - (1-y) log σ(-z) = log1p(e^{-|z|}) + c·|z| with c = 1-y for z > 0 and
+  # c = y for z < 0: every term is ≥ 0 (no max(z,0) - z·y that cancels for y ≈ 1), one exp
+  # and one log1p per element.
+  # Speed: arithmetic only (sign, min, division), no compare or select, so that XLA:CPU
+  # fuses this into the caller's `.mean()` instead of writing a temporary first.
+  # Infinite logits: |z| is clamped to fmax in c·|z|, and the infinity is put back as
+  # min(|z| - min(|z|, fmax), inf·[c > 0]): (+inf, y=1) gives 0, (+inf, y<1) gives +inf,
+  # never 0·inf = NaN.
   a = jnp.abs(logits)
-  # -y log σ(z) - (1-y) log σ(-z) = log1p(e^{-|z|}) + c·|z|, c = 1-y for z > 0 and y for
-  # z ≤ 0: all terms ≥ 0, one exp and one log1p per element, and no max(z,0) - z·y that
-  # would cancel for y ≈ 1. mul0 makes 0·inf = 0 so that (+inf, 1) gives 0, not NaN.
-  c = jnp.where(logits > 0, 1 - labels, labels)
-  loss = jnp.log1p(jnp.exp(-a)) + _core.mul0(c, a)
+  a_fin = jnp.minimum(a, jnp.finfo(logits.dtype).max)
+  s = jnp.sign(logits)
+  c = (1 + s) / 2 * (1 - labels) + (1 - s) / 2 * labels
+  loss = jnp.log1p(jnp.exp(-a)) + c * a_fin + jnp.minimum(a - a_fin, _inf_where_positive(c))
   return loss, (logits, labels)
 
 

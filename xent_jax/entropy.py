@@ -14,7 +14,15 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from xent_jax import _core
-from xent_jax.softmax import shifted_logits, softmax_parts
+from xent_jax.softmax import (
+    clamp_neg_inf,
+    log_normalizer,
+    masked_logits,
+    row_max,
+    row_sum,
+    shift,
+    with_inf_guard,
+)
 
 
 def entropy(
@@ -57,14 +65,20 @@ def entropy(
 
 
 def _entropy_fwd(logits, axes, mask):
-  parts = softmax_parts(logits, axes, mask)
-  # H = Σ_j q_j (L - d_j) = L - d̄ with d̄ = Σ_j q_j d_j = Σ_j e^{d_j} d_j / Σ_j e^{d_j}.
-  # L ≥ 0 and -d̄ ≥ 0 add without cancellation; the sum shares the pass (and the exp) that
-  # computes L, so the forward pass reads the logits twice and writes nothing of size C.
-  ed = jnp.where(parts.exp_d > 0, parts.exp_d * parts.d, 0)
-  d_bar = jnp.sum(ed, axis=axes, keepdims=True) / jnp.exp(parts.lse)
-  h = parts.lse - d_bar
-  return jnp.squeeze(h, axes), (logits, mask, parts.m, parts.lse, d_bar)
+  z = masked_logits(logits, mask)
+
+  def body(z, m, exact):
+    lse = log_normalizer(z, m, axes, exact)
+    d = shift(z, m, exact)
+    # d̄ = Σ_j q_j d_j ≤ 0 with q = e^{d - L}; then H = Σ_j q_j (L - d_j) = L - d̄, a sum of
+    # two non-negative terms. clamp_neg_inf makes q·d = 0 (not 0·(-inf)) on impossible
+    # classes; the pass depends on L, so XLA cannot fuse it with the normaliser's pass.
+    d_bar = row_sum(jnp.exp(d - lse) * clamp_neg_inf(d), axes)
+    return lse, d_bar
+
+  m = row_max(z, axes)
+  lse, d_bar = with_inf_guard(body, z, m)
+  return jnp.squeeze(lse - d_bar, axes), (z, m, lse, d_bar)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -73,12 +87,15 @@ def _entropy_from_logits(logits, axes, mask):
 
 
 def _entropy_bwd(axes, res, g):
-  logits, mask, m, lse, d_bar = res
-  d = shifted_logits(logits, m, mask)
-  q = jnp.exp(d - lse)
-  # ∂H/∂z_i = -q_i (log q_i + H) = -q_i (d_i - d̄): the mean log-probability is subtracted
-  # once per row instead of forming log q_i + H, which cancels for the dominant class.
-  grad = jnp.where(q > 0, -q * (d - d_bar), 0) * jnp.expand_dims(g, axes)
+  z, m, lse, d_bar = res
+  d = shift(z, m)
+  # ∂H/∂z_i = -q_i (log q_i + H) = -q_i (d_i - d̄): the mean log-probability d̄ is
+  # subtracted once per row instead of forming log q_i + H, which cancels for the dominant
+  # class. One fused pass writes the gradient; no [B, C] softmax is kept from the forward.
+  # q_i·|d_i - d̄| is formed as exp(d_i - L + log|d_i - d̄|): q_i alone may be subnormal
+  # (flushed to 0 on CPU) while the product, up to 88x larger, is a normal number.
+  r = clamp_neg_inf(d) - d_bar
+  grad = -jnp.sign(r) * jnp.exp(d - lse + jnp.log(jnp.abs(r))) * jnp.expand_dims(g, axes)
   return grad, None
 
 
@@ -158,7 +175,8 @@ def _binary_entropy_from_logits(z):
   e = jnp.exp(-a)
   # H(σ(z)) = log(1 + e^{-|z|}) + |z| σ(-|z|): both terms ≥ 0 (no cancellation) and each
   # keeps relative precision for large |z| (log1p, and σ(-|z|) = e/(1+e) with no 1 - σ).
-  return jnp.log1p(e) + _core.mul0(e, a) / (1 + e)
+  # e·min(a, fmax) is 0 at z = ±inf (e = 0) without 0·inf or a select.
+  return jnp.log1p(e) + e * jnp.minimum(a, jnp.finfo(z.dtype).max) / (1 + e)
 
 
 @_binary_entropy_from_logits.defjvp
