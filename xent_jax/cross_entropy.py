@@ -17,7 +17,6 @@ from jax.typing import ArrayLike
 
 from xent_jax import _core
 from xent_jax.softmax import (
-    clamp_neg_inf,
     log_normalizer,
     masked_logits,
     row_max,
@@ -91,20 +90,22 @@ def _inf_where_positive(t: jax.Array) -> jax.Array:
 def _softmax_xent_fwd(logits, targets, axes, mask, eps):
   z = masked_logits(logits, mask)
   t = _smoothed_targets(targets, mask, eps, axes)
+  t_sum = row_sum(t, axes)
 
   def body(z, m, exact):
     lse = log_normalizer(z, m, axes, exact)
-    d = shift(z, m, exact)
-    d_fin = clamp_neg_inf(d)
-    # H = Σ_j t_j (L - d_j): every term ≥ 0, so nothing cancels. On an impossible class
-    # (d = -inf) the term is 0 for t_j = 0 (0·log 0 = 0) and +inf for t_j > 0: d is clamped
-    # to -fmax and the infinity put back as min(inf·[d = -inf], inf·[t > 0]), never 0·inf.
-    terms = t * (lse - d_fin) + jnp.minimum(d_fin - d, _inf_where_positive(t))
-    return lse, row_sum(terms, axes)
+    # H = Σ_j t_j (L - d_j) = L·Σt + Σ_j t_j (-d_j): both terms ≥ 0, so nothing cancels
+    # (and the pass broadcasts one row value, m, which XLA:CPU fuses well). On an impossible
+    # class (-d = +inf) the term is 0 for t_j = 0 (0·log 0 = 0) and +inf for t_j > 0: -d is
+    # clamped to fmax and the infinity put back as min(inf·[d = -inf], inf·[t > 0]).
+    neg_d = -shift(z, m, exact)
+    neg_d_fin = jnp.minimum(neg_d, jnp.finfo(z.dtype).max)
+    terms = t * neg_d_fin + jnp.minimum(neg_d - neg_d_fin, _inf_where_positive(t))
+    return lse, lse * t_sum + row_sum(terms, axes)
 
   m = row_max(z, axes)
   lse, loss = with_inf_guard(body, z, m)
-  return jnp.squeeze(loss, axes), (z, t, mask, m, lse)
+  return jnp.squeeze(loss, axes), (z, t, mask, m, lse, t_sum)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 4))
@@ -113,10 +114,9 @@ def _softmax_xent(logits, targets, axes, mask, eps):
 
 
 def _softmax_xent_bwd(axes, eps, res, g):
-  z, t, mask, m, lse = res
+  z, t, mask, m, lse, t_sum = res
   g = jnp.expand_dims(g, axes)
   d = shift(z, m)
-  t_sum = row_sum(t, axes)
   # ∂H/∂z = (Σt)·softmax(z) - t, recomputed from the logits in one fused pass instead of
   # keeping a [B, C] softmax alive between the passes.
   # For a dominant class (q > 1/2) T·q - t is formed as T·expm1(d - L) + (T - t): with
@@ -342,9 +342,9 @@ def _sigmoid_xent_fwd(logits, labels):
   # Infinite logits: |z| is clamped to fmax in c·|z|, and the infinity is put back as
   # min(|z| - min(|z|, fmax), inf·[c > 0]): (+inf, y=1) gives 0, (+inf, y<1) gives +inf,
   # never 0·inf = NaN.
-  a = jnp.abs(logits)
-  a_fin = jnp.minimum(a, jnp.finfo(logits.dtype).max)
   s = jnp.sign(logits)
+  a = s * logits  # |z|, in an op that fuses
+  a_fin = jnp.minimum(a, jnp.finfo(logits.dtype).max)
   c = (1 + s) / 2 * (1 - labels) + (1 - s) / 2 * labels
   loss = jnp.log1p(jnp.exp(-a)) + c * a_fin + jnp.minimum(a - a_fin, _inf_where_positive(c))
   return loss, (logits, labels)
@@ -357,10 +357,10 @@ def _sigmoid_xent(logits, labels):
 
 def _sigmoid_xent_bwd(res, g):
   logits, labels = res
-  e = jnp.exp(-jnp.abs(logits))
-  sig = jnp.where(logits >= 0, 1 / (1 + e), e / (1 + e))
-  # ∂/∂z = σ(z) - y, and ∂/∂y = -z (infinite at infinite logits, 0 where g = 0).
-  return g * (sig - labels), _core.mul0(g, -logits)
+  # ∂/∂z = σ(z) - y, and ∂/∂y = -z (infinite at infinite logits, 0 where g = 0). σ is the
+  # logistic op (accurate in both tails), not exp(-|z|) again: XLA would share that with
+  # the forward pass and write it out as a temporary.
+  return g * (jax.nn.sigmoid(logits) - labels), _core.mul0(g, -logits)
 
 
 _sigmoid_xent.defvjp(_sigmoid_xent_fwd, _sigmoid_xent_bwd)

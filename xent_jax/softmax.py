@@ -63,16 +63,17 @@ def shift(z: jax.Array, m: jax.Array, exact: bool = True) -> jax.Array:
 
 
 def with_inf_guard(fn, z: jax.Array, m: jax.Array):
-  """fn(z, m, exact), with ``exact=True`` only when some row maximum is +inf.
+  """fn(z, m, exact), recomputed with ``exact=True`` only when some row maximum is +inf.
 
   A +inf logit takes all the mass of its row (ties share it): the limit of a large logit.
+  The fast form runs outside the conditional (XLA:CPU compiles passes inside a
+  conditional branch less well); the exact one only when it is needed.
   """
+  fast = fn(z, m, exact=False)
   return jax.lax.cond(
       jnp.any(m == jnp.inf),
-      functools.partial(fn, exact=True),
-      functools.partial(fn, exact=False),
-      z,
-      m,
+      lambda: fn(z, m, exact=True),
+      lambda: fast,
   )
 
 
