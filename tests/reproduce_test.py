@@ -32,7 +32,10 @@ def test_smoke_reproduction_writes_the_report(tmp_path):
             assert f"]({name}/{figure})" in text
             assert (tmp_path / "all" / name / figure).is_file()
     assert "Total, imports and compilation included" in text
-    assert "[1/1] entropy_comparison" in (tmp_path / "all" / "log.txt").read_text("utf-8")
+    log = (tmp_path / "all" / "log.txt").read_text("utf-8")
+    n = len(reproduce.EXPERIMENTS)
+    for i, name in enumerate(reproduce.EXPERIMENTS, 1):
+        assert f"[{i}/{n}] {name}" in log
 
 
 def _fake_experiment(monkeypatch, name, run):
