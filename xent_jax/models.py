@@ -130,8 +130,8 @@ def init_logistic_regression(
   Returns:
     ``{"w": [D], "b": []}``.
 
-  >>> init_logistic_regression(3)["w"]
-  Array([0., 0., 0.], dtype=float32)
+  >>> init_logistic_regression(3)["w"].round(6).tolist()
+  [0.0, 0.0, 0.0]
   """
   return _init((num_features,), (), key=key, scale=scale, dtype=dtype)
 
@@ -150,8 +150,8 @@ def logistic_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
     Logits, ``[N]``.
 
   >>> params = {"w": jnp.array([1.0, -1.0]), "b": jnp.array(0.5)}
-  >>> logistic_regression_logits(params, jnp.array([[2.0, 1.0]]))
-  Array([1.5], dtype=float32)
+  >>> logistic_regression_logits(params, jnp.array([[2.0, 1.0]])).round(6).tolist()
+  [1.5]
   """
   _check_params(params, 1)
   x_NxD = _check_features(x_NxD, jnp.shape(params["w"]))
@@ -172,8 +172,8 @@ def logistic_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
     Probabilities in [0, 1], ``[N]``.
 
   >>> params = {"w": jnp.array([1.0]), "b": jnp.array(0.0)}
-  >>> logistic_regression_probs(params, jnp.array([[0.0]]))
-  Array([0.5], dtype=float32)
+  >>> logistic_regression_probs(params, jnp.array([[0.0]])).round(6).tolist()
+  [0.5]
   """
   return sigmoid(logistic_regression_logits(params, x_NxD))
 
@@ -203,8 +203,8 @@ def logistic_regression_loss(
     Scalar loss.
 
   >>> params = init_logistic_regression(2)
-  >>> logistic_regression_loss(params, jnp.ones((4, 2)), jnp.array([0, 1, 1, 0]))
-  Array(0.6931472, dtype=float32)
+  >>> round(float(logistic_regression_loss(params, jnp.ones((4, 2)), jnp.array([0, 1, 1, 0]))), 6)
+  0.693147
   """
   z_N = logistic_regression_logits(params, x_NxD)
   y_N = _check_labels(y_N, z_N.shape[0], high=1, integer=False).astype(z_N.dtype)
@@ -233,8 +233,9 @@ def logistic_regression_grad(
     ``{"w": [D], "b": []}``, same structure as ``params``.
 
   >>> params = init_logistic_regression(1)
-  >>> logistic_regression_grad(params, jnp.array([[1.0], [2.0]]), jnp.array([1, 0]))["w"]
-  Array([0.25], dtype=float32)
+  >>> g = logistic_regression_grad(params, jnp.array([[1.0], [2.0]]), jnp.array([1, 0]))
+  >>> g["w"].round(6).tolist()
+  [0.25]
   """
   x_NxD = _check_features(x_NxD, jnp.shape(params["w"]))
   sigma_N = logistic_regression_probs(params, x_NxD)
@@ -269,8 +270,8 @@ def seed_section_4_1_loss(params: Params, x_NxD: ArrayLike, y_N: ArrayLike) -> j
     Scalar loss.
 
   >>> params = init_logistic_regression(1)
-  >>> seed_section_4_1_loss(params, jnp.ones((2, 1)), jnp.array([1, 0]))
-  Array(0.3465736, dtype=float32)
+  >>> round(float(seed_section_4_1_loss(params, jnp.ones((2, 1)), jnp.array([1, 0]))), 6)
+  0.346574
   """
   z_N = logistic_regression_logits(params, x_NxD)
   y_N = _check_labels(y_N, z_N.shape[0], high=1, integer=False).astype(z_N.dtype)
@@ -324,8 +325,8 @@ def softmax_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
     Logits, ``[N, K]``.
 
   >>> params = {"w": jnp.eye(2), "b": jnp.array([0.0, 1.0])}
-  >>> softmax_regression_logits(params, jnp.array([[3.0, 4.0]]))
-  Array([[3., 5.]], dtype=float32)
+  >>> softmax_regression_logits(params, jnp.array([[3.0, 4.0]])).round(6).tolist()
+  [[3.0, 5.0]]
   """
   _check_params(params, 2)
   x_NxD = _check_features(x_NxD, jnp.shape(params["w"]))
@@ -348,8 +349,8 @@ def softmax_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
     Probabilities, ``[N, K]``; each row sums to 1.
 
   >>> params = init_softmax_regression(2, 4)
-  >>> softmax_regression_probs(params, jnp.ones((1, 2)))
-  Array([[0.25, 0.25, 0.25, 0.25]], dtype=float32)
+  >>> softmax_regression_probs(params, jnp.ones((1, 2))).round(6).tolist()
+  [[0.25, 0.25, 0.25, 0.25]]
   """
   return jnp.exp(log_softmax(softmax_regression_logits(params, x_NxD), axis=-1))
 
@@ -375,8 +376,8 @@ def softmax_regression_loss(
     Scalar loss.
 
   >>> params = init_softmax_regression(2, 4)
-  >>> softmax_regression_loss(params, jnp.ones((2, 2)), jnp.array([0, 3]))
-  Array(1.3862944, dtype=float32)
+  >>> round(float(softmax_regression_loss(params, jnp.ones((2, 2)), jnp.array([0, 3]))), 6)
+  1.386294
   """
   z_NxK = softmax_regression_logits(params, x_NxD)
   num_examples, num_classes = z_NxK.shape
@@ -407,8 +408,8 @@ def softmax_regression_grad(
     ``{"w": [D, K], "b": [K]}``.
 
   >>> params = init_softmax_regression(1, 2)
-  >>> softmax_regression_grad(params, jnp.ones((1, 1)), jnp.array([1]))["b"]
-  Array([ 0.5, -0.5], dtype=float32)
+  >>> softmax_regression_grad(params, jnp.ones((1, 1)), jnp.array([1]))["b"].round(6).tolist()
+  [0.5, -0.5]
   """
   x_NxD = _check_features(x_NxD, jnp.shape(params["w"]))
   p_NxK = softmax_regression_probs(params, x_NxD)
