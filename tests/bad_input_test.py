@@ -285,7 +285,8 @@ def _zero_class_cases():
 
 
 # ---------------------------------------------------------------------------------------
-# Valid edge inputs beyond the valid calls: one class, an empty batch, float16/bfloat16.
+# Valid edge inputs beyond the valid calls: one class and an empty batch (functions with a
+# class axis), float16/bfloat16 (all).
 
 
 def _edge_cases():
@@ -296,8 +297,8 @@ def _edge_cases():
                  np.ones((4, 1), np.float32) if k == "dist" else _f32([[0], [5], [-80], [80]]))
              for a, k in kinds.items()}
       yield name, "one_class", _replace(name, where=None, **one)
-    yield name, "empty_batch", _replace(name, **{a: x[:0] for a, x in arrays.items()},
-                                        **({"where": _W[:0]} if "where" in kwargs else {}))
+      yield name, "empty_batch", _replace(name, **{a: x[:0] for a, x in arrays.items()},
+                                          **({"where": _W[:0]} if "where" in kwargs else {}))
     low = jnp.bfloat16 if i % 2 else jnp.float16  # each function meets one of the two
     yield name, f"{jnp.dtype(low).name}", _replace(
         name, **{a: jnp.asarray(x, low) for a, x in arrays.items() if kinds[a] != "labels"})
@@ -358,7 +359,10 @@ class BadInputTest(chex.TestCase):
   @parameterized.named_parameters((name, name) for name in _VALID)
   def test_valid_edge_inputs_through_checked(self, name):
     kwargs = _VALID[name][0]
-    got = xj.checked(getattr(xj, name))(**kwargs)
+    fn = getattr(xj, name)
+    got = xj.checked(fn)(**kwargs)
+    # Passed through unchanged: checked(fn) runs the program of jax.jit(fn).
+    np.testing.assert_array_equal(got, jax.jit(lambda kw: fn(**kw))(kwargs))
     expected = _reference(name, kwargs)
     self.assertEqual(got.dtype, np.float32)
     self.assertFalse(np.any(np.isnan(got)), "a valid input gave NaN")
