@@ -81,6 +81,15 @@ def normalize_axis(axis: Axis, ndim: int, name: str, fn: str) -> tuple[int, ...]
   return tuple(sorted(out))
 
 
+def check_classes(x: jax.Array, axes: tuple[int, ...], name: str, fn: str) -> None:
+  """A softmax needs at least one class: a zero-size class axis is a clear ValueError."""
+  if any(x.shape[a] == 0 for a in axes):
+    raise ValueError(
+        f"{fn}: `{name}` of shape {x.shape} has no classes along axis {axes}; a softmax "
+        "needs at least one."
+    )
+
+
 def _as_int(a) -> int:
   """A Python int from any integer scalar (NumPy and concrete JAX ints too; not bools)."""
   if isinstance(a, bool | str | bytes):

@@ -177,6 +177,7 @@ def softmax_cross_entropy(
   _core.check_same_shape(fn, logits=logits, targets=targets)
   logits, targets = _core.promote(fn, logits=logits, targets=targets)
   axes = _core.normalize_axis(axis, logits.ndim, "logits", fn)
+  _core.check_classes(logits, axes, "logits", fn)
   mask = _core.as_mask(where, logits.shape, fn)
   eps = _core.check_smoothing(label_smoothing, fn)
   scale = _core.log_scale(base, fn)
@@ -290,9 +291,10 @@ def softmax_cross_entropy_with_integer_labels(
   fn = "softmax_cross_entropy_with_integer_labels"
   logits = _core.as_float(logits, "logits", fn)
   labels = _core.as_labels(labels, "labels", fn)
-  if not isinstance(axis, int) or isinstance(axis, bool):
+  if isinstance(axis, (tuple, list)):
     raise TypeError(f"{fn}: `axis` must be a single int (the class axis), got {axis!r}.")
   (axis,) = _core.normalize_axis(axis, logits.ndim, "logits", fn)
+  _core.check_classes(logits, (axis,), "logits", fn)
   expected = logits.shape[:axis] + logits.shape[axis + 1 :]
   if labels.shape != expected:
     raise ValueError(
@@ -400,7 +402,7 @@ def sigmoid_binary_cross_entropy(
   """
   fn = "sigmoid_binary_cross_entropy"
   logits = _core.as_float(logits, "logits", fn)
-  labels = jnp.asarray(labels)
+  labels = _core._asarray(labels, "labels", fn)
   if jnp.issubdtype(labels.dtype, jnp.integer) or labels.dtype == jnp.bool_:
     labels = labels.astype(logits.dtype)  # 0/1 integer labels are exact in any float
   labels = _core.as_float(labels, "labels", fn)

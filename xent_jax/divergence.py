@@ -100,6 +100,7 @@ def kl_divergence_from_logits(
   p_logits, q_logits, axes, mask, scale = _pair(
       fn, p_logits, q_logits, axis, where, base, names=("p_logits", "q_logits")
   )
+  _core.check_classes(p_logits, axes, "p_logits", fn)
   log_p = _log_softmax(p_logits, axes, mask)
   log_q = _log_softmax(q_logits, axes, mask)
   p = jnp.exp(log_p)

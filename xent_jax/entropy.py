@@ -137,6 +137,7 @@ def entropy_from_logits(
   fn = "entropy_from_logits"
   logits = _core.as_float(logits, "logits", fn)
   axes = _core.normalize_axis(axis, logits.ndim, "logits", fn)
+  _core.check_classes(logits, axes, "logits", fn)
   mask = _core.as_mask(where, logits.shape, fn)
   scale = _core.log_scale(base, fn)
   return _core.in_base(_entropy_from_logits(logits, axes, mask), scale)

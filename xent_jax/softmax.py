@@ -168,6 +168,7 @@ def log_softmax(
   fn = "log_softmax"
   logits = _core.as_float(logits, "logits", fn)
   axes = _core.normalize_axis(axis, logits.ndim, "logits", fn)
+  _core.check_classes(logits, axes, "logits", fn)
   mask = _core.as_mask(where, logits.shape, fn)
   return _log_softmax(logits, axes, mask)
 
