@@ -27,6 +27,9 @@ EXPERIMENTS = (
     "entropy_comparison",  # E1, seed §2.1-2.6
     "cross_entropy",  # E2, seed §3.1-3.2
     "order_matters",  # E3, seed §3.3
+    "gradient_check",  # E4, seed §4.2
+    "train_logistic",  # E5, seed §4.1-4.2, 5
+    "softmax_regression",  # E6, seed §2.2-2.3
     "model_comparison",  # E7, seed §2.6, 3.2, 5
 )
 TIME_BUDGET_S = 60.0

@@ -179,6 +179,7 @@ def log1m_accurate(p: jax.Array) -> jax.Array:
 
 def mul0(a: jax.Array, b: jax.Array) -> jax.Array:
   """a * b with 0 * anything = 0 (the 0·log 0 = 0 convention, also for 0 · inf)."""
+  a = jnp.asarray(a)
   return jnp.where(a == 0, jnp.zeros((), a.dtype), a * b)
 
 

@@ -219,7 +219,9 @@ def log_sigmoid(x: ArrayLike) -> jax.Array:
   -9.357...e-14
   """
   x = _core.as_float(x, "x", "log_sigmoid")
-  return jnp.minimum(x, 0) - jnp.log1p(jnp.exp(-jnp.abs(x)))
+  # -softplus(-x) = -(max(-x, 0) + log1p(e^{-|x|})), with JAX's logaddexp rules: the same
+  # two non-negative terms, and the derivative σ(-x) also at the kink x = 0.
+  return -jax.nn.softplus(-x)
 
 
 def tanh_probability(x: ArrayLike) -> jax.Array:
