@@ -1,0 +1,370 @@
+"""Tests for xent_jax.cross_entropy against the mpmath reference, identities and optax."""
+
+import functools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl.testing import absltest, parameterized
+from jax.test_util import check_grads
+
+import xent_jax as xj
+from tests import _grids
+from tests import _mp_reference as ref
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def _jit_grad(fn, **kwargs):
+  """jax.grad under jit (an eager grad compiles every primitive separately: slow)."""
+  return jax.jit(jax.grad(fn, **kwargs))
+
+
+def _labels(c, dtype) -> np.ndarray:
+  """Integer labels for the logit grid: the dominant class on even rows, random on odd ones."""
+  z = _grids.logits(c, dtype)
+  rng = np.random.default_rng(c)
+  return np.where(np.arange(len(z)) % 2 == 0, z.argmax(axis=1), rng.integers(0, c, len(z)))
+
+
+def _dense_targets(c, dtype) -> np.ndarray:
+  """Targets with exact 0/1 entries and tails, one row per logit row."""
+  z = _grids.logits(c, dtype)
+  return _grids.probs(c, dtype, seed=1)[np.arange(len(z)) % len(_grids.probs(c, dtype, seed=1))]
+
+
+def _exactly_normalized_targets(c, dtype) -> np.ndarray:
+  """The dense targets on a 2^-20 grid, summing to exactly 1 in every dtype.
+
+  A gradient test needs Σt = 1 exactly: with targets that sum to 1 only up to rounding,
+  ∂H/∂z = (Σt)·softmax - t differs from "softmax - targets" by (Σt - 1)·softmax.
+  """
+  t = np.round(_dense_targets(c, dtype).astype(np.float64) * 2**20) / 2**20
+  top = t.argmax(axis=1)
+  t[np.arange(len(t)), top] += 1 - t.sum(axis=1)  # exact: multiples of 2^-20 in [0, 1]
+  assert np.all(t.astype(dtype).sum(axis=1, dtype=np.float64) == 1)
+  return t.astype(dtype)
+
+
+@functools.cache
+def _sce_ref(c, dtype, smoothing=0.0, masked=False):
+  z = _grids.logits(c, dtype)
+  where = _grids.mask(z.shape, c) if masked else None
+  return ref.softmax_cross_entropy(z, _dense_targets(c, dtype), where, smoothing)
+
+
+@functools.cache
+def _int_ref(c, dtype, smoothing=0.0, masked=False):
+  z = _grids.logits(c, dtype)
+  where = _grids.mask(z.shape, c) if masked else None
+  return ref.softmax_cross_entropy_with_integer_labels(z, _labels(c, dtype), where, smoothing)
+
+
+class SoftmaxCrossEntropyTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(_grids.dtype_params(c=_grids.CLASS_COUNTS))
+  def test_integer_labels_match_mpmath(self, dtype, c):
+    _grids.skip_eager_unless(self, c)
+    z = _grids.logits(c, dtype)
+    got = self.variant(xj.softmax_cross_entropy_with_integer_labels)(z, _labels(c, dtype))
+    self.assertEqual(got.dtype, np.dtype(dtype))
+    ref.assert_accurate(got, _int_ref(c, dtype), dtype,
+                        name="softmax_cross_entropy_with_integer_labels")
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(_grids.dtype_params(c=(2, 3, 10, 1000)))
+  def test_dense_targets_match_mpmath(self, dtype, c):
+    _grids.skip_eager_unless(self, c)
+    z = _grids.logits(c, dtype)
+    got = self.variant(xj.softmax_cross_entropy)(z, _dense_targets(c, dtype))
+    self.assertEqual(got.dtype, np.dtype(dtype))
+    ref.assert_accurate(got, _sce_ref(c, dtype), dtype, name="softmax_cross_entropy")
+
+  @chex.variants(with_jit=True)
+  @parameterized.named_parameters(_grids.dtype_params(smoothing=(0.1,), masked=(False, True)))
+  def test_smoothing_and_where_match_mpmath(self, dtype, smoothing, masked):
+    z = _grids.logits(10, dtype)
+    where = _grids.mask(z.shape, 10) if masked else None
+    dense = self.variant(lambda z, t: xj.softmax_cross_entropy(
+        z, t, where=where, label_smoothing=smoothing))(z, _dense_targets(10, dtype))
+    ref.assert_accurate(dense, _sce_ref(10, dtype, smoothing, masked), dtype,
+                        name="softmax_cross_entropy")
+    labels = _labels(10, dtype)
+    if masked:  # keep each label on a class that the mask keeps
+      labels = np.argmax(np.where(where, z, -np.inf), axis=1)
+      exact = ref.softmax_cross_entropy_with_integer_labels(z, labels, where, smoothing)
+    else:
+      exact = _int_ref(10, dtype, smoothing)
+    sparse = self.variant(lambda z, y: xj.softmax_cross_entropy_with_integer_labels(
+        z, y, where=where, label_smoothing=smoothing))(z, labels)
+    ref.assert_accurate(sparse, exact, dtype, name="softmax_cross_entropy_with_integer_labels")
+
+  def test_issue_done_check(self):
+    got = _grids.JIT.softmax_cross_entropy_with_integer_labels(jnp.array([[0.0, -30.0]]), jnp.array([0]))
+    exact = ref.softmax_cross_entropy_with_integer_labels(np.array([[0.0, -30.0]], np.float32),
+                                                          np.array([0]))
+    np.testing.assert_allclose(got, exact.value, rtol=1e-6)
+
+  @parameterized.named_parameters(_grids.dtype_params(c=(10, 1000)))
+  def test_integer_labels_equal_one_hot(self, dtype, c):
+    z, labels = _grids.logits(c, dtype), _labels(c, dtype)
+    dense = _grids.JIT.softmax_cross_entropy(z, ref.one_hot(labels, c, dtype))
+    sparse = _grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels)
+    np.testing.assert_allclose(sparse, dense, rtol=2 * ref.RTOL[np.dtype(dtype)],
+                               atol=np.finfo(dtype).tiny)
+    smooth_dense = _grids.JIT.softmax_cross_entropy(z[:, :], ref.one_hot(labels, c, dtype) * 0.8 + 0.2 / c)
+    np.testing.assert_allclose(
+        _grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels, label_smoothing=0.2),
+        smooth_dense, rtol=4 * ref.RTOL[np.dtype(dtype)])
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_label_smoothing_equals_smoothed_dense_targets(self, dtype):
+    z = (np.random.default_rng(1).normal(size=(30, 5)) * 4).astype(dtype)
+    t = _grids.softmax64(np.random.default_rng(2).normal(size=(30, 5)) * 3)
+    rtol = 4 * ref.RTOL[np.dtype(dtype)]
+    np.testing.assert_allclose(_grids.JIT.softmax_cross_entropy(z, t.astype(dtype), label_smoothing=0.3),
+                               _grids.JIT.softmax_cross_entropy(z, (0.7 * t + 0.3 / 5).astype(dtype)),
+                               rtol=rtol)
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_where_equals_dropping_the_classes(self, dtype):
+    z, t = _grids.logits(10, dtype), _dense_targets(10, dtype)
+    keep = np.array([True, False, True, True, True, False, True, True, False, True])
+    rtol = ref.RTOL[np.dtype(dtype)]
+    np.testing.assert_allclose(_grids.JIT.softmax_cross_entropy(z, t, where=keep),
+                               _grids.JIT.softmax_cross_entropy(z[:, keep], t[:, keep]), rtol=rtol)
+    np.testing.assert_allclose(
+        _grids.JIT.softmax_cross_entropy(z, t, where=keep, label_smoothing=0.1),
+        _grids.JIT.softmax_cross_entropy(z[:, keep], t[:, keep], label_smoothing=0.1), rtol=rtol)
+    labels = np.array([0, 2, 3, 4, 6, 7, 9])
+    np.testing.assert_allclose(
+        _grids.JIT.softmax_cross_entropy_with_integer_labels(z[: len(labels)], labels, where=keep),
+        _grids.JIT.softmax_cross_entropy_with_integer_labels(z[: len(labels), keep], np.arange(7)),
+        rtol=rtol)
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_out_of_range_labels_are_nan_unless_masked(self, dtype):
+    z = _grids.logits(3, dtype)[:4]
+    labels = np.array([-1, 3, 100, 1])
+    got = np.asarray(_grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels))
+    self.assertTrue(np.all(np.isnan(got[:3])), got)
+    self.assertTrue(np.isfinite(got[3]))
+    nothing = np.zeros(z.shape, bool)
+    np.testing.assert_array_equal(
+        _grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels, where=nothing), 0)
+    np.testing.assert_array_equal(_grids.JIT.softmax_cross_entropy(z, np.abs(z), where=nothing), 0)
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_base_2(self, dtype):
+    z, labels = _grids.logits(10, dtype), _labels(10, dtype)
+    exact = ref.softmax_cross_entropy_with_integer_labels(z, labels, base=2)
+    ref.assert_accurate(_grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels, base=2), exact,
+                        dtype, name="softmax_cross_entropy_with_integer_labels")
+    np.testing.assert_allclose(
+        _grids.JIT.softmax_cross_entropy(z, _dense_targets(10, dtype), base=2),
+        _grids.JIT.softmax_cross_entropy(z, _dense_targets(10, dtype)) / math.log(2),
+        rtol=2 * ref.RTOL[np.dtype(dtype)])
+
+  def test_no_retracing(self):
+    f = jax.jit(chex.assert_max_traces(
+        lambda z, y: _grids.JIT.softmax_cross_entropy_with_integer_labels(z, y, label_smoothing=0.1), n=1))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+      loss = f(rng.normal(size=(4, 5)).astype(np.float32), rng.integers(0, 5, 4))
+      self.assertTrue(np.all(loss > 0))
+
+
+class SoftmaxCrossEntropyGradientTest(chex.TestCase):
+
+  @parameterized.named_parameters(_grids.dtype_params(c=(2, 3, 10)))
+  def test_integer_label_gradient_is_softmax_minus_one_hot(self, dtype, c):
+    z, labels = _grids.logits(c, dtype), _labels(c, dtype)
+    grad = _jit_grad(lambda z: jnp.sum(
+        _grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels)))(z)
+    chex.assert_tree_all_finite(grad)
+    exact = ref.softmax_cross_entropy_grad(z, ref.one_hot(labels, c, dtype), exact_targets=True)
+    ref.assert_accurate(grad, exact, dtype, name="grad softmax_cross_entropy_with_integer_labels")
+
+  @parameterized.named_parameters(_grids.dtype_params(c=(2, 3, 10), masked=(False, True)))
+  def test_dense_gradient_is_softmax_minus_targets(self, dtype, c, masked):
+    z, t = _grids.logits(c, dtype), _exactly_normalized_targets(c, dtype)
+    where = _grids.mask(z.shape, c) if masked else None
+    if masked:  # targets supported on the kept classes only, still summing to exactly 1
+      t = np.where(where, t, 0).astype(dtype)
+      t[np.arange(len(t)), np.argmax(np.where(where, z, -np.inf), axis=1)] += 1 - t.sum(axis=1)
+    grad = _jit_grad(lambda z: jnp.sum(_grids.JIT.softmax_cross_entropy(z, t, where=where)))(z)
+    chex.assert_tree_all_finite(grad)
+    ref.assert_accurate(grad, ref.softmax_cross_entropy_grad(z, t, where), dtype,
+                        name="grad softmax_cross_entropy")
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_gradient_finite_at_extremes(self, dtype):
+    big = _grids.MAX_LOGIT[np.dtype(dtype)]
+    z = np.array([[big, -big, -np.inf], [-np.inf, 0.0, -big], [0.0, -np.inf, -np.inf]], dtype)
+    t = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], dtype)
+    chex.assert_tree_all_finite(_jit_grad(lambda z: jnp.sum(_grids.JIT.softmax_cross_entropy(z, t)))(z))
+    chex.assert_tree_all_finite(_jit_grad(lambda z: jnp.sum(
+        _grids.JIT.softmax_cross_entropy_with_integer_labels(z, np.array([1, 2, 0]))))(z))
+
+  def test_check_grads_float64(self):
+    if not jax.config.jax_enable_x64:
+      self.skipTest("float64 needs JAX_ENABLE_X64=1")
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(4, 5)) * 3
+    # Probabilities bounded away from 0: the finite differences step by ±1e-4 or so.
+    t = _grids.softmax64(rng.uniform(-1, 1, size=(4, 5)))
+    check_grads(_grids.JIT.softmax_cross_entropy, (z, t), order=1, modes=["rev"])
+    check_grads(lambda z: _grids.JIT.softmax_cross_entropy_with_integer_labels(
+        z, np.array([0, 4, 2, 2]), label_smoothing=0.1), (z,), order=1, modes=["rev"])
+    check_grads(_grids.JIT.cross_entropy, (t, _grids.softmax64(rng.uniform(-1, 1, size=(4, 5)))), order=1, modes=["rev"])
+    check_grads(_grids.JIT.sigmoid_binary_cross_entropy, (z, rng.random((4, 5))), order=1, modes=["rev"])
+    check_grads(_grids.JIT.binary_cross_entropy, (rng.random(6), rng.uniform(0.05, 0.95, 6)), order=1,
+                modes=["rev"])
+
+
+class CrossEntropyTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(_grids.dtype_params(c=(2, 3, 10, 1000)))
+  def test_matches_mpmath(self, dtype, c):
+    _grids.skip_eager_unless(self, c)
+    p, q = _grids.probs(c, dtype), _grids.probs(c, dtype, seed=2)
+    q = np.where((q == 0) & (p > 0), np.finfo(dtype).tiny, q)  # finite H(p, q)
+    got = self.variant(xj.cross_entropy)(p, q)
+    self.assertEqual(got.dtype, np.dtype(dtype))
+    ref.assert_accurate(got, ref.cross_entropy(p, q), dtype, name="cross_entropy")
+    where = _grids.mask(p.shape, c + 1)
+    got = self.variant(lambda p, q: xj.cross_entropy(p, q, where=where, base=2))(p, q)
+    ref.assert_accurate(got, ref.cross_entropy(p, q, where, base=2), dtype, name="cross_entropy")
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_zero_q_under_positive_p_is_infinite(self, dtype):
+    p = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]], dtype)
+    q = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]], dtype)
+    exact = ref.cross_entropy(p, q)
+    self.assertEqual(exact.value[0], np.inf)
+    ref.assert_accurate(_grids.JIT.cross_entropy(p, q), exact, dtype, name="cross_entropy")
+
+  @parameterized.named_parameters(_grids.dtype_params(c=(3, 10, 1000)))
+  def test_cross_entropy_with_itself_is_entropy(self, dtype, c):
+    p = _grids.probs(c, dtype)
+    np.testing.assert_allclose(_grids.JIT.cross_entropy(p, p), _grids.JIT.entropy(p),
+                               rtol=2 * ref.RTOL[np.dtype(dtype)], atol=np.finfo(dtype).tiny)
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_gradient_zero_for_zero_probability_target(self, dtype):
+    p = np.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]], dtype)
+    q = np.array([[0.25, 0.75, 0.0], [1.0, 0.0, 0.0]], dtype)
+    gp, gq = _jit_grad(lambda p, q: jnp.sum(_grids.JIT.cross_entropy(p, q)), argnums=(0, 1))(p, q)
+    self.assertFalse(np.isnan(gp).any() or np.isnan(gq).any())
+    np.testing.assert_array_equal(np.asarray(gq)[p == 0], 0)
+    np.testing.assert_allclose(np.asarray(gq)[p > 0], -(p / np.where(q > 0, q, 1))[p > 0],
+                               rtol=2 * ref.RTOL[np.dtype(dtype)])
+
+
+class BinaryCrossEntropyTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(_grids.dtype_params(base=(None, 2)))
+  def test_binary_cross_entropy_matches_mpmath(self, dtype, base):
+    probs = _grids.elementwise_probs(dtype)
+    p, q = probs[:, None], probs[None, ::3]
+    p, q = np.broadcast_arrays(p, q)
+    got = self.variant(lambda p, q: xj.binary_cross_entropy(p, q, base=base))(p, q)
+    self.assertEqual(got.dtype, np.dtype(dtype))
+    ref.assert_accurate(got, ref.binary_cross_entropy(p, q, base=base), dtype,
+                        name="binary_cross_entropy")
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(_grids.dtype_params(smoothing=(0.0, 0.1)))
+  def test_sigmoid_binary_cross_entropy_matches_mpmath(self, dtype, smoothing):
+    z = _grids.elementwise_logits(dtype)
+    y = np.array([0.0, 1.0, 0.5, 0.25, 1e-3], dtype)
+    z, y = np.broadcast_arrays(z[:, None], y[None, :])
+    got = self.variant(lambda z, y: xj.sigmoid_binary_cross_entropy(
+        z, y, label_smoothing=smoothing))(z, y)
+    self.assertEqual(got.dtype, np.dtype(dtype))
+    ref.assert_accurate(got, ref.sigmoid_binary_cross_entropy(z, y, smoothing), dtype,
+                        name="sigmoid_binary_cross_entropy")
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_sigmoid_gradient_is_sigmoid_minus_label(self, dtype):
+    z = _grids.elementwise_logits(dtype)
+    y = np.random.default_rng(9).integers(0, 2, z.shape).astype(dtype)
+    grad = _jit_grad(lambda z: jnp.sum(_grids.JIT.sigmoid_binary_cross_entropy(z, y)))(z)
+    chex.assert_tree_all_finite(grad)
+    ref.assert_accurate(grad, ref.sigmoid_binary_cross_entropy_grad(z, y), dtype,
+                        name="grad sigmoid_binary_cross_entropy")
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_sigmoid_equals_binary_of_sigmoid(self, dtype):
+    z = np.random.default_rng(5).normal(size=50).astype(dtype) * 3
+    y = np.random.default_rng(6).random(50).astype(dtype)
+    s = jax.nn.sigmoid(z)
+    exact = ref.binary_cross_entropy(y, np.asarray(s))  # also absorbs the rounding of σ
+    np.testing.assert_array_less(
+        np.abs(_grids.JIT.sigmoid_binary_cross_entropy(z, y) - _grids.JIT.binary_cross_entropy(y, s)),
+        2 * ref.RTOL[np.dtype(dtype)] * exact.value + 4 * exact.abs_cond
+        + 4 * np.spacing(exact.value.astype(dtype)))
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_binary_gradients_finite_at_0_and_1(self, dtype):
+    p = np.array([0.0, 1.0, 0.0, 1.0, 0.5], dtype)
+    q = np.array([0.0, 1.0, 0.5, 0.5, 0.5], dtype)
+    gp, gq = _jit_grad(lambda p, q: jnp.sum(_grids.JIT.binary_cross_entropy(p, q)), argnums=(0, 1))(p, q)
+    self.assertFalse(np.isnan(gp).any() or np.isnan(gq).any())
+    big = _grids.MAX_LOGIT[np.dtype(dtype)]
+    z = np.array([big, -big, np.inf, -np.inf], dtype)
+    for y in (0.0, 1.0):
+      g = _jit_grad(lambda z, y=y: jnp.sum(_grids.JIT.sigmoid_binary_cross_entropy(z, jnp.full_like(z, y))))(z)
+      chex.assert_tree_all_finite(g)
+
+
+class OptaxComparisonTest(absltest.TestCase):
+  """Same inputs: optax is measurably wrong (vs mpmath), xent_jax is within SPEC §2."""
+
+  def test_dominant_label_class(self):
+    z = np.array([[0.0, -20.0], [5.0, -17.0], [0.0, -30.0]], np.float32)
+    labels = np.array([0, 0, 0])
+    exact = ref.softmax_cross_entropy_with_integer_labels(z, labels)
+    for theirs in (optax.softmax_cross_entropy_with_integer_labels(z, labels),
+                   optax.softmax_cross_entropy(z, ref.one_hot(labels, 2, np.float32))):
+      rel = np.abs(np.asarray(theirs, np.float64) - exact.value) / exact.value
+      self.assertTrue(np.all(rel > 0.5), rel)
+    ref.assert_accurate(_grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels), exact,
+                        np.float32, name="softmax_cross_entropy_with_integer_labels")
+    ref.assert_accurate(_grids.JIT.softmax_cross_entropy(z, ref.one_hot(labels, 2, np.float32)), exact,
+                        np.float32, name="softmax_cross_entropy")
+
+  def test_impossible_class_with_zero_target(self):
+    z = np.array([[0.0, -np.inf], [-np.inf, 2.0]], np.float32)
+    t = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    exact = ref.softmax_cross_entropy(z, t)
+    self.assertTrue(np.all(np.isnan(optax.softmax_cross_entropy(z, t))))
+    self.assertFalse(np.isnan(exact.value).any())
+    ref.assert_accurate(_grids.JIT.softmax_cross_entropy(z, t), exact, np.float32,
+                        name="softmax_cross_entropy")
+
+  def test_sigmoid_at_infinite_logit(self):
+    z = np.array([np.inf, -np.inf], np.float32)
+    y = np.array([1.0, 0.0], np.float32)
+    exact = ref.sigmoid_binary_cross_entropy(z, y)
+    self.assertTrue(np.all(np.isnan(optax.sigmoid_binary_cross_entropy(z, y))))
+    ref.assert_accurate(_grids.JIT.sigmoid_binary_cross_entropy(z, y), exact, np.float32,
+                        name="sigmoid_binary_cross_entropy")
+
+  def test_sigmoid_tail(self):
+    # A confidently right logit: the loss is e^-z, not 0 (optax also gets this one right).
+    z = np.array([20.0, 30.0, 50.0], np.float32)
+    y = np.ones(3, np.float32)
+    exact = ref.sigmoid_binary_cross_entropy(z, y)
+    ref.assert_accurate(_grids.JIT.sigmoid_binary_cross_entropy(z, y), exact, np.float32,
+                        name="sigmoid_binary_cross_entropy")
+
+
+if __name__ == "__main__":
+  absltest.main()
