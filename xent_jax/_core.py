@@ -160,6 +160,16 @@ def check_smoothing(label_smoothing: float, fn: str) -> float:
   return eps
 
 
+def distribution_pair(fn, p, q, axis, where, base, names=("p", "q")):
+  """Checks and canonicalises a (p, q) pair of distributions; returns (p, q, axes, mask, scale)."""
+  p, q = as_float(p, names[0], fn), as_float(q, names[1], fn)
+  check_same_shape(fn, **{names[0]: p, names[1]: q})
+  p, q = promote(fn, p=p, q=q)
+  axes = normalize_axis(axis, p.ndim, names[0], fn)
+  mask = as_mask(where, p.shape, fn)
+  return p, q, axes, mask, log_scale(base, fn)
+
+
 def log_accurate(p: jax.Array) -> jax.Array:
   """log(p) with full relative precision also for p close to 1.
 

@@ -56,13 +56,7 @@ def cross_entropy(
   >>> float(cross_entropy([1.0, 0.0], [0.5, 0.5], base=2))
   1.0
   """
-  fn = "cross_entropy"
-  p, q = _core.as_float(p, "p", fn), _core.as_float(q, "q", fn)
-  _core.check_same_shape(fn, p=p, q=q)
-  p, q = _core.promote(fn, p=p, q=q)
-  axes = _core.normalize_axis(axis, p.ndim, "p", fn)
-  mask = _core.as_mask(where, p.shape, fn)
-  scale = _core.log_scale(base, fn)
+  p, q, axes, mask, scale = _core.distribution_pair("cross_entropy", p, q, axis, where, base)
   terms = _core.masked(-_core.xlogy(p, q), mask)
   return _core.in_base(jnp.sum(terms, axis=axes), scale)
 

@@ -20,16 +20,6 @@ def _nonnegative(x: jax.Array) -> jax.Array:
   return jnp.where(x < 0, jnp.zeros((), x.dtype), x)
 
 
-def _pair(fn, p, q, axis, where, base, names=("p", "q")):
-  """Checks and canonicalises a (p, q) pair of distributions; returns (p, q, axes, mask, scale)."""
-  p, q = _core.as_float(p, names[0], fn), _core.as_float(q, names[1], fn)
-  _core.check_same_shape(fn, **{names[0]: p, names[1]: q})
-  p, q = _core.promote(fn, p=p, q=q)
-  axes = _core.normalize_axis(axis, p.ndim, names[0], fn)
-  mask = _core.as_mask(where, p.shape, fn)
-  return p, q, axes, mask, _core.log_scale(base, fn)
-
-
 def kl_divergence(
     p: ArrayLike,
     q: ArrayLike,
@@ -60,7 +50,7 @@ def kl_divergence(
   >>> float(kl_divergence([1.0, 0.0], [0.5, 0.5], base=2))
   1.0
   """
-  p, q, axes, mask, scale = _pair("kl_divergence", p, q, axis, where, base)
+  p, q, axes, mask, scale = _core.distribution_pair("kl_divergence", p, q, axis, where, base)
   terms = _core.masked(_core.xlogy(p, p) - _core.xlogy(p, q), mask)
   return _core.in_base(_nonnegative(jnp.sum(terms, axis=axes)), scale)
 
@@ -97,7 +87,7 @@ def kl_divergence_from_logits(
   0.0
   """
   fn = "kl_divergence_from_logits"
-  p_logits, q_logits, axes, mask, scale = _pair(
+  p_logits, q_logits, axes, mask, scale = _core.distribution_pair(
       fn, p_logits, q_logits, axis, where, base, names=("p_logits", "q_logits")
   )
   _core.check_classes(p_logits, axes, "p_logits", fn)
@@ -140,7 +130,7 @@ def js_divergence(
   >>> float(js_divergence([1.0, 0.0], [0.0, 1.0], base=2))
   1.0
   """
-  p, q, axes, mask, scale = _pair("js_divergence", p, q, axis, where, base)
+  p, q, axes, mask, scale = _core.distribution_pair("js_divergence", p, q, axis, where, base)
   m = (p + q) / 2
   xlogy = _core.xlogy
   terms = (xlogy(p, p) - xlogy(p, m) + xlogy(q, q) - xlogy(q, m)) / 2
