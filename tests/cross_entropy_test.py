@@ -103,6 +103,31 @@ class SoftmaxCrossEntropyTest(chex.TestCase):
         z, y, where=where, label_smoothing=smoothing))(z, labels)
     ref.assert_accurate(sparse, exact, dtype, name="softmax_cross_entropy_with_integer_labels")
 
+  @parameterized.named_parameters(_grids.dtype_params(c=_grids.CLASS_COUNTS))
+  def test_value_under_differentiation_matches_mpmath(self, dtype, c):
+    # jax.vjp runs the fast path's forward rule, an implementation separate from the plain
+    # call's (it materialises the exponentials for the backward pass).
+    z, labels = _grids.logits(c, dtype), _labels(c, dtype)
+    sparse = jax.jit(lambda z: jax.vjp(
+        lambda z: xj.softmax_cross_entropy_with_integer_labels(z, labels), z)[0])(z)
+    ref.assert_accurate(sparse, _int_ref(c, dtype), dtype,
+                        name="softmax_cross_entropy_with_integer_labels under vjp")
+    if c <= 1000:
+      t = _dense_targets(c, dtype)
+      dense = jax.jit(lambda z, t: jax.vjp(xj.softmax_cross_entropy, z, t)[0])(z, t)
+      ref.assert_accurate(dense, _sce_ref(c, dtype), dtype, name="softmax_cross_entropy under vjp")
+
+  def test_dominant_one_hot_targets_under_differentiation(self):
+    # -log q of a class that wins by 30 nats next to a large maximum (m + L would round L away).
+    z = np.array([[80.0, 50.0, 45.0], [0.0, -30.0, -35.0]], np.float32)
+    t = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
+    exact = ref.softmax_cross_entropy(z, t, None, 0.0)
+    for got in (jax.jit(lambda z: jax.vjp(lambda z: xj.softmax_cross_entropy(z, t), z)[0])(z),
+                _grids.JIT.softmax_cross_entropy(z, t),
+                jax.jit(lambda z: jax.vjp(lambda z: xj.softmax_cross_entropy_with_integer_labels(
+                    z, np.array([0, 0])), z)[0])(z)):
+      ref.assert_accurate(got, exact, np.float32, name="softmax_cross_entropy, dominant class")
+
   def test_issue_done_check(self):
     got = _grids.JIT.softmax_cross_entropy_with_integer_labels(jnp.array([[0.0, -30.0]]), jnp.array([0]))
     exact = ref.softmax_cross_entropy_with_integer_labels(np.array([[0.0, -30.0]], np.float32),

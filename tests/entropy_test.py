@@ -55,6 +55,15 @@ class EntropyTest(chex.TestCase):
     self.assertEqual(got.dtype, np.dtype(dtype))
     ref.assert_accurate(got, _entropy_from_logits_ref(c, dtype), dtype, name="entropy_from_logits")
 
+  @parameterized.named_parameters(_grids.dtype_params(c=_grids.CLASS_COUNTS))
+  def test_entropy_from_logits_under_differentiation_matches_mpmath(self, dtype, c):
+    # jax.vjp runs the fast path's forward rule, an implementation separate from the plain
+    # call's.
+    z = _grids.logits(c, dtype)
+    got = jax.jit(lambda z: jax.vjp(xj.entropy_from_logits, z)[0])(z)
+    ref.assert_accurate(got, _entropy_from_logits_ref(c, dtype), dtype,
+                        name="entropy_from_logits under vjp")
+
   @chex.variants(with_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(c=(3, 10)))
   def test_where_matches_mpmath(self, dtype, c):

@@ -15,13 +15,18 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from xent_jax import _core
+from xent_jax import _core, _rows
 from xent_jax.softmax import (
+    accurate_lse,
+    as_rows,
+    is_fast_case,
     log_normalizer,
     masked_logits,
     row_max,
     row_sum,
+    separate,
     shift,
+    softmax_stats,
     with_inf_guard,
 )
 
@@ -129,6 +134,66 @@ def _softmax_xent_bwd(axes, eps, res, g):
 _softmax_xent.defvjp(_softmax_xent_fwd, _softmax_xent_bwd)
 
 
+# Fast path of the dense cross-entropy, [B, C] logits (see softmax.py), H = Σ_j t_j (L - d_j)
+# with d = z - max z (every term ≥ 0).
+#  * Forward: one YNN pass computes the max, L = log1p(Σ_j frac(e^{d_j}) + (Σ_j floor(e^{d_j})
+#    - 1)) -- exact also with ties at the max, floor counts them -- and Σ_j t_j (L - d_j).
+#    Rows that come out non-finite (±inf logits, NaN) take the general path.
+#  * Forward+backward: `softmax_stats` writes e = exp(d) once, H = Σt·L + Σ_j t_j (-d_j)
+#    (L from `accurate_lse`); the gradient Σt·e/S - t is formed in place in that buffer, as
+#    Σt·(e/S - 1) + (Σt - t) at the maxima (e = 1), where 1 - 1/S = expm1(L)/S keeps the
+#    precision of the tail.
+
+
+def _exact_softmax_xent(z_KxC, t_KxC):
+  return _softmax_xent(z_KxC, t_KxC, (1,), None, 0.0)
+
+
+def _exact_softmax_xent_grads(z_KxC, t_KxC, g_K):
+  return jax.vjp(_exact_softmax_xent, z_KxC, t_KxC)[1](g_K)
+
+
+@jax.custom_vjp
+def _softmax_xent_fast(z_BxC, t_BxC):
+  d = z_BxC - jnp.max(z_BxC, axis=1, keepdims=True)
+  e = jnp.exp(d)
+  ties = jnp.floor(e)  # 1 at each maximum, else 0
+  lse = jnp.log1p(jnp.sum(e - ties, axis=1, keepdims=True)
+                  + (jnp.sum(ties, axis=1, keepdims=True) - 1))
+  loss = row_sum(t_BxC * (lse - d), (1,))[:, 0]
+  return _rows.fix_rows(~jnp.isfinite(loss), _exact_softmax_xent, loss, z_BxC, t_BxC,
+                        row_size=z_BxC.shape[1])
+
+
+def _softmax_xent_fast_fwd(z_BxC, t_BxC):
+  z_stats, z_loss = separate(z_BxC, 2)
+  m, e, total = softmax_stats(z_stats)
+  # H = Σt·L + Σ_j t_j (-d_j): two non-negative terms, the second independent of L.
+  x = row_sum(t_BxC * (row_max(z_loss, (1,)) - z_loss), (1,))
+  t_sum = row_sum(t_BxC, (1,))
+  # log Σe is off by a few 1e-8 where Σe < 2: that matters only where H ≪ Σt.
+  dominant = (total < 2) & (x + t_sum * jnp.log(total) < 0.25 * t_sum)
+  lse = accurate_lse(e, total, dominant)
+  loss = (t_sum * lse + x)[:, 0]
+  bad = ~(jnp.isfinite(loss) & jnp.isfinite(total[:, 0]))
+  loss = _rows.fix_rows(bad, _exact_softmax_xent, loss, z_BxC, t_BxC, row_size=z_BxC.shape[1])
+  return loss, (z_BxC, t_BxC, e, m, total, lse, t_sum, bad)
+
+
+def _softmax_xent_fast_bwd(res, g_B):
+  z_BxC, t_BxC, e, m, total, lse, t_sum, bad = res
+  g = g_B[:, None]
+  at_max = t_sum * (-jnp.expm1(lse) / total) + (t_sum - t_BxC)  # Σt·(1/S - 1) + (Σt - t)
+  grad_z = g * jnp.where(e >= 1, at_max, t_sum * (e / total) - t_BxC)
+  grad_t = g * (lse - (z_BxC - m))
+  grads = _rows.fix_rows(bad, _exact_softmax_xent_grads, (grad_z, grad_t), z_BxC, t_BxC, g_B,
+                         row_size=z_BxC.shape[1])
+  return grads
+
+
+_softmax_xent_fast.defvjp(_softmax_xent_fast_fwd, _softmax_xent_fast_bwd)
+
+
 def softmax_cross_entropy(
     logits: ArrayLike,
     targets: ArrayLike,
@@ -175,7 +240,11 @@ def softmax_cross_entropy(
   mask = _core.as_mask(where, logits.shape, fn)
   eps = _core.check_smoothing(label_smoothing, fn)
   scale = _core.log_scale(base, fn)
-  return _core.in_base(_softmax_xent(logits, targets, axes, mask, eps), scale)
+  if is_fast_case(logits, axes, mask, eps):
+    loss = _softmax_xent_fast(as_rows(logits), as_rows(targets)).reshape(logits.shape[:-1])
+  else:
+    loss = _softmax_xent(logits, targets, axes, mask, eps)
+  return _core.in_base(loss, scale)
 
 
 def _label_terms(logits, labels, axis, mask):
@@ -244,6 +313,84 @@ def _int_xent_bwd(axis, eps, res, g):
 _int_xent.defvjp(_int_xent_fwd, _int_xent_bwd)
 
 
+# Fast path of the integer-label cross-entropy, [B, C] logits (see softmax.py). The shift
+# is the label's own logit, not the row max: H = log Σ_j e^{z_j - z_y} needs no max pass,
+# and the label's term is exactly e^0 = 1.
+#  * Forward: S = Σ_j e^{z_j - z_y} in one YNN pass, H = log S. Where S ≥ 2, H ≥ log 2 is
+#    accurate. Where S < 2 the label is the strict maximum (another class would add ≥ 1),
+#    so H = log1p(Σ_j (e^{u_j} - floor(e^{u_j}))) exactly: that pass runs over the flagged
+#    rows only, or over all rows when they are many (a confident model). Rows where S is
+#    not finite (a class 88 nats above the label, ±inf or NaN logits) take the general path.
+#  * Forward+backward: e = exp(z - z_y) is written once with the label's entry set to 0, so
+#    R = Σ e = Σ_{j≠y} e^{z_j - z_y} has no 1 to round against: H = log1p(R) is exact in
+#    every finite row. The gradient softmax - onehot is e/(1+R) with -R/(1+R) at the label,
+#    formed in place in the same buffer.
+
+
+def _exact_int_xent(z_KxC, y_K):
+  return _int_xent(z_KxC, y_K, 1, None, 0.0)
+
+
+def _exact_int_xent_grad(z_KxC, y_K, g_K):
+  return jax.vjp(lambda z: _exact_int_xent(z, y_K), z_KxC)[1](g_K)[0]
+
+
+def _label_shift(z_BxC, y_B):
+  """(z - z_y, clipped labels, valid): out-of-range labels are clipped, then made NaN."""
+  num_classes = z_BxC.shape[1]
+  y_clipped = jnp.clip(y_B, 0, num_classes - 1)
+  z_label = jnp.take_along_axis(z_BxC, y_clipped[:, None], axis=1)
+  return z_BxC - z_label, y_clipped, (y_B >= 0) & (y_B < num_classes)
+
+
+@jax.custom_vjp
+def _int_xent_fast(z_BxC, y_B):
+  num_rows, num_classes = z_BxC.shape
+  u = _label_shift(z_BxC, y_B)[0]
+  total = row_sum(jnp.exp(u), (1,))[:, 0]
+  loss = jnp.log(total)
+  dominant = total < 2  # NaN compares False
+  bad = ~(total < jnp.inf)
+
+  def non_label_mass():  # recomputes u inside the branch: never a [B, C] operand
+    e = jnp.exp(_label_shift(z_BxC, y_B)[0])
+    return row_sum(e - jnp.floor(e), (1,))[:, 0]
+
+  many = jnp.sum(dominant) > num_rows // 8
+  mass = jax.lax.cond(many, non_label_mass, lambda: jnp.zeros_like(total))
+  loss = jnp.where(many & dominant, jnp.log1p(mass), loss)
+  loss = _rows.fix_rows(bad | (dominant & ~many), _exact_int_xent, loss, z_BxC, y_B,
+                        row_size=num_classes)
+  return jnp.where(_label_shift(z_BxC, y_B)[2], loss, jnp.nan)
+
+
+def _int_xent_fast_fwd(z_BxC, y_B):
+  num_rows, num_classes = z_BxC.shape
+  u, y_clipped, valid = _label_shift(z_BxC, y_B)
+  rows = jnp.arange(num_rows)
+  e = jnp.exp(u).at[rows, y_clipped].set(0)  # becomes the gradient, in place
+  mass = jnp.sum(e, axis=1)
+  bad = ~(mass < jnp.inf)
+  loss = _rows.fix_rows(bad, _exact_int_xent, jnp.log1p(mass), z_BxC, y_B,
+                        row_size=num_classes)
+  return jnp.where(valid, loss, jnp.nan), (z_BxC, y_B, e, mass, bad)
+
+
+def _int_xent_fast_bwd(res, g_B):
+  z_BxC, y_B, e, mass, bad = res
+  _, y_clipped, valid = _label_shift(z_BxC, y_B)
+  g_B = jnp.where(valid, g_B, 0)
+  total = 1 + mass
+  grad = (e * (g_B / total)[:, None]).at[jnp.arange(len(y_B)), y_clipped].set(
+      -g_B * (mass / total))
+  grad = _rows.fix_rows(bad, _exact_int_xent_grad, grad, z_BxC, y_B, g_B,
+                        row_size=z_BxC.shape[1])
+  return grad, None
+
+
+_int_xent_fast.defvjp(_int_xent_fast_fwd, _int_xent_fast_bwd)
+
+
 def softmax_cross_entropy_with_integer_labels(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -298,7 +445,11 @@ def softmax_cross_entropy_with_integer_labels(
   mask = _core.as_mask(where, logits.shape, fn)
   eps = _core.check_smoothing(label_smoothing, fn)
   scale = _core.log_scale(base, fn)
-  return _core.in_base(_int_xent(logits, labels, axis, mask, eps), scale)
+  if is_fast_case(logits, (axis,), mask, eps):
+    loss = _int_xent_fast(as_rows(logits), labels.reshape(-1)).reshape(labels.shape)
+  else:
+    loss = _int_xent(logits, labels, axis, mask, eps)
+  return _core.in_base(loss, scale)
 
 
 def binary_cross_entropy(p: ArrayLike, q: ArrayLike, *, base: float | None = None) -> jax.Array:

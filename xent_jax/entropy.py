@@ -8,18 +8,22 @@ gives nats, ``base=2`` bits; float16/bfloat16 inputs are computed and returned i
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from xent_jax import _core
+from xent_jax import _core, _rows
 from xent_jax.softmax import (
+    as_rows,
     clamp_neg_inf,
+    is_fast_case,
     log_normalizer,
     masked_logits,
     row_max,
     row_sum,
+    separate,
     shift,
     with_inf_guard,
 )
@@ -102,6 +106,77 @@ def _entropy_bwd(axes, res, g):
 _entropy_from_logits.defvjp(_entropy_fwd, _entropy_bwd)
 
 
+# Fast path of entropy_from_logits under differentiation, [B, C] logits (see softmax.py).
+# The forward rule makes two YNN passes (Σe and Σ e·d, e = exp(d), d = z - max z) and
+# H = log Σe - d̄; rows with a dominant class and a small H, where log Σe is not accurate
+# enough, get the log1p of the non-maximal mass (see `_entropy_fast_fwd`). The backward
+# pass writes -q_i (d_i - d̄) once. q_i = e^{x_i}, x = d - L, is subnormal (flushed to 0
+# on CPU) for x < -87 in float32 while q_i·|d_i - d̄| can still be normal: there the
+# exponent is raised by 16 and the product scaled back, a select between constants that
+# costs nothing in the pass (the general path pays a log per element for the same).
+
+_UNDERFLOW = {jnp.dtype(jnp.float32): -80.0, jnp.dtype(jnp.float64): -700.0}
+_RAISE = 16.0
+
+
+def _exact_entropy(z_KxC):
+  return _entropy_from_logits(z_KxC, (1,), None)
+
+
+def _exact_entropy_grad(z_KxC, g_K):
+  return jax.vjp(_exact_entropy, z_KxC)[1](g_K)[0]
+
+
+def _entropy_fast_fwd(z_BxC):
+  num_rows, num_classes = z_BxC.shape
+  z1, z2 = separate(z_BxC, 2)  # each pass fuses its own row max (see `separate`)
+  m = row_max(z1, (1,))
+  total = row_sum(jnp.exp(z1 - m), (1,))
+  d = z2 - row_max(z2, (1,))
+  d_bar = row_sum(jnp.exp(d) * clamp_neg_inf(d), (1,)) / total
+  h = jnp.log(total) - d_bar
+  # log Σe has an absolute error of a few 1e-8: relative to H it matters only where H is
+  # small, i.e. a dominant class (Σe < 2). Those rows get L = log1p of the non-maximal
+  # mass: from one more pass over all rows when they are many, else row by row.
+  dominant = ((total < 2) & (h < 0.25))[:, 0]
+  many = jnp.sum(dominant) > num_rows // 8
+
+  def exact_lse():
+    (z3,) = separate(z_BxC, 1)
+    e = jnp.exp(z3 - row_max(z3, (1,)))
+    return jnp.where(total < 2, jnp.log1p(row_sum(e - jnp.floor(e), (1,))), jnp.log(total))
+
+  lse = jax.lax.cond(many, exact_lse, lambda: jnp.log(total))
+  h = (lse - d_bar)[:, 0]
+  bad = ~jnp.isfinite(h) | (dominant & ~many)  # also ±inf logits, NaN, an all -inf row
+  h = _rows.fix_rows(bad, _exact_entropy, h, z_BxC, row_size=num_classes)
+  return h, (z_BxC, m, lse, d_bar, bad)
+
+
+def _entropy_fast_bwd(res, g_B):
+  z_BxC, m, lse, d_bar, bad = res
+  # A barrier keeps XLA from sharing `z - m` and the broadcast clamp constant with the
+  # forward passes by writing them out as [B, C] temporaries.
+  lowest = jnp.asarray(jnp.finfo(z_BxC.dtype).min, z_BxC.dtype)
+  z_BxC, m, lowest = jax.lax.optimization_barrier((z_BxC, m, lowest))
+  d = z_BxC - m
+  x = d - lse  # log q
+  r = jnp.maximum(d, lowest) - d_bar  # as clamp_neg_inf: finite where d = -inf (q = 0)
+  low = x < _UNDERFLOW[x.dtype]
+  grad = (jnp.exp(x + jnp.where(low, _RAISE, 0.0)) * r) * (
+      -g_B[:, None] * jnp.where(low, math.exp(-_RAISE), 1.0))
+  grad = _rows.fix_rows(bad, _exact_entropy_grad, grad, z_BxC, g_B, row_size=z_BxC.shape[1])
+  return (grad,)
+
+
+@jax.custom_vjp
+def _entropy_fast(z_BxC):
+  return _exact_entropy(z_BxC)
+
+
+_entropy_fast.defvjp(_entropy_fast_fwd, _entropy_fast_bwd)
+
+
 def entropy_from_logits(
     logits: ArrayLike,
     axis: _core.Axis = -1,
@@ -140,7 +215,11 @@ def entropy_from_logits(
   _core.check_classes(logits, axes, "logits", fn)
   mask = _core.as_mask(where, logits.shape, fn)
   scale = _core.log_scale(base, fn)
-  return _core.in_base(_entropy_from_logits(logits, axes, mask), scale)
+  if is_fast_case(logits, axes, mask):
+    h = _entropy_fast(as_rows(logits)).reshape(logits.shape[:-1])
+  else:
+    h = _entropy_from_logits(logits, axes, mask)
+  return _core.in_base(h, scale)
 
 
 def binary_entropy(p: ArrayLike, *, base: float | None = None) -> jax.Array:

@@ -27,12 +27,25 @@ from xent_jax import _core
 # Σ e^d ≥ 2, log(Σ e^d) ≥ log 2 is already accurate. Every measure is then a sum of
 # non-negative terms (L - d_j ≥ 0), so nothing cancels.
 #
-# Speed (XLA:CPU in jax 0.10): every pass over the [B, C] logits is one single-output
-# reduction of arithmetic only (exp, subtract, multiply, max, min), whose result goes
-# through `_fence`. A compare/select inside the pass, a second reduction over the same
-# input, or elementwise ops applied to the reduced value all make XLA fuse the pass into a
-# form that runs 3-7x slower (measured). The extra log1p pass runs only when some row has
-# Σ e^d < 2 (a dominant class), decided by lax.cond.
+# Speed (XLA:CPU in jax 0.10). XLA hands a reduction whose inputs are computed by
+# arithmetic only (exp, log1p, floor, subtract, multiply, max, min, iota; no compare, no
+# select) to YNNPACK, which fuses the whole chain -- even a row max, the exp-sum that uses
+# it and a second reduction that uses both -- into one cache-blocked pass over the input
+# (measured: max + Σ exp at 3x a read pass, where the same two passes run separately at 4x).
+# A compare or select inside the chain, two reductions that are both outputs, or a
+# materialised [B, C] temporary split it into separate passes. Each elementwise op inside
+# such a pass costs about a third of a read pass. A fresh [B, C] output costs 3x a read pass
+# with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` and 10x without.
+#
+# Hence two implementations of each softmax measure, chosen at trace time:
+#  * the fast path (class axis last, no `where`, no label smoothing: what a training loop
+#    calls) -- forward: one YNN pass whose formula is exact for almost every row, plus an
+#    exact recomputation of the rows it flags (`_rows.fix_rows`); forward+backward: the
+#    exponentials are materialised once into the buffer that becomes the gradient, then
+#    reduced and rescaled in place (the structure optax gets from autodiff, tail-accurate);
+#  * the general path below (any axes, masks, smoothing, ±inf logits): one fast reduction
+#    per pass through `_fence`, and the extra log1p pass only when some row has Σ e^d < 2,
+#    decided by lax.cond. The fast paths fall back to it row by row.
 
 
 def _fence(x: jax.Array) -> jax.Array:
@@ -97,6 +110,51 @@ def log_normalizer(z: jax.Array, m: jax.Array, axes: tuple[int, ...], exact: boo
 def clamp_neg_inf(d: jax.Array) -> jax.Array:
   """max(d, -fmax): lets q · d be 0 where d = -inf and q = e^d = 0, with arithmetic only."""
   return jnp.maximum(d, -jnp.finfo(d.dtype).max)
+
+
+def is_fast_case(x: jax.Array, axes: tuple[int, ...], mask, smoothing: float = 0.0) -> bool:
+  """Whether the fast path applies: class axis last, nothing masked or smoothed, B ≥ 1."""
+  return axes == (x.ndim - 1,) and x.size > 0 and mask is None and smoothing == 0
+
+
+def as_rows(x: jax.Array) -> jax.Array:
+  """``[..., C]`` as ``[B, C]`` (a free reshape)."""
+  return x.reshape(-1, x.shape[-1])
+
+
+def separate(x: jax.Array, n: int) -> tuple[jax.Array, ...]:
+  """``n`` references to ``x`` that XLA keeps apart (no copy is made).
+
+  Without it XLA shares a subexpression of several passes over ``x`` (``x - max``, an
+  ``exp``) by writing it out as a [B, C] temporary, which costs more than recomputing it
+  inside each fused pass.
+  """
+  return jax.lax.optimization_barrier((x,) * n)
+
+
+def softmax_stats(z_BxC: jax.Array):
+  """Materialised exponentials of the logits and their row sums.
+
+  Returns ``(m, e, total)``: the row max ``m`` ``[B, 1]`` (0 for an all ``-inf`` row),
+  ``e = exp(z - m)`` ``[B, C]`` and ``total = Σ e`` ``[B, 1]``. A ``+inf`` logit makes its
+  row NaN: the callers recompute such rows with the general path.
+  """
+  m = row_max(z_BxC, (1,))
+  e = jnp.exp(z_BxC - m)
+  return m, e, jnp.sum(e, axis=1, keepdims=True)
+
+
+def accurate_lse(e: jax.Array, total: jax.Array, needed: jax.Array) -> jax.Array:
+  """L = log Σe, with full relative precision in the rows where ``needed`` (a dominant class).
+
+  ``log(total)`` is accurate where total ≥ 2; below, L = log1p of the non-maximal mass,
+  Σ (e - floor e), which costs one more pass over ``e`` -- run only if some row needs it.
+  """
+  def exact():
+    return jnp.where(total < 2, jnp.log1p(jnp.sum(e - jnp.floor(e), axis=1, keepdims=True)),
+                     jnp.log(total))
+
+  return jax.lax.cond(jnp.any(needed), exact, lambda: jnp.log(total))
 
 
 def masked_logits(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
