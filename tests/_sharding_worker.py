@@ -36,7 +36,16 @@ def run(mesh=None) -> dict[str, np.ndarray]:
       optimizer=sm_opt, num_epochs=2, batch_size=64,
       batch_sharding=None if mesh is None else training.data_sharding(mesh))
 
+  # The same full-batch run with the features stored feature-major, split along N.
+  fm_state = replicate(training.init_train_state(models.init_logistic_regression(6), opt))
+  fm_batch = place((data.feature_major(logistic.train.x), logistic.train.y))
+  fm_state, fm_metrics = training.train_full_batch(
+      fm_state, fm_batch, loss_fn=functools.partial(models.logistic_regression_loss, l2=1e-3),
+      optimizer=opt, num_steps=60)
+
   out = {"w": state.params["w"], "b": state.params["b"], "loss": metrics["loss"],
+         "fm_w": fm_state.params["w"], "fm_loss": fm_metrics["loss"],
+         "fm_shard_columns": fm_batch[0].x_DxN.addressable_shards[0].data.shape[1],
          "softmax_w": sm_state.params["w"], "softmax_b": sm_state.params["b"],
          "softmax_loss": sm_metrics["loss"],
          "batch_devices": len(batch[0].sharding.device_set),

@@ -9,7 +9,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 from jax import test_util as jtu
 
-from xent_jax import models
+from xent_jax import data, models
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -156,6 +156,38 @@ class LogisticRegressionTest(chex.TestCase):
       models.logistic_regression_logits({"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}, np.ones((1, 3)))
     with self.assertRaisesRegex(ValueError, "keys 'w' and 'b'"):
       models.logistic_regression_logits({"w": jnp.ones(3)}, np.ones((1, 3)))
+
+
+class FeatureMajorTest(chex.TestCase):
+  """The same matrix stored [D, N] gives the models' values and gradients (float64 reference)."""
+
+  @chex.variants(with_jit=True)
+  @parameterized.named_parameters(("logistic", None), ("softmax", 4))
+  def test_values_and_gradients_equal_row_major(self, num_classes):
+    params, x, y = _random_problem(7, num_classes=num_classes)
+    if num_classes is None:
+      loss_fn, grad_fn, np_ref = (models.logistic_regression_loss, models.logistic_regression_grad,
+                                  _np_logistic_loss_and_grad)
+    else:
+      loss_fn, grad_fn, np_ref = (models.softmax_regression_loss, models.softmax_regression_grad,
+                                  _np_softmax_loss_and_grad)
+    fm = data.feature_major(x)
+    chex.assert_shape(fm.x_DxN, (x.shape[1], x.shape[0]))
+    self.assertEqual(fm.shape, x.shape)
+    loss_ref, grad_ref = np_ref(params, x, y, 0.05)
+    loss = self.variant(functools.partial(loss_fn, l2=0.05))(params, fm, y)
+    np.testing.assert_allclose(loss, loss_ref, rtol=RTOL)
+    autodiff = self.variant(jax.grad(functools.partial(loss_fn, l2=0.05)))(params, fm, y)
+    closed = self.variant(functools.partial(grad_fn, l2=0.05))(params, fm, y)
+    self.assertLess(_max_rel_err(autodiff, grad_ref), RTOL)
+    self.assertLess(_max_rel_err(closed, grad_ref), RTOL)
+
+  def test_wrong_features_raise_naming_the_array(self):
+    params, x, y = _random_problem(8)
+    with self.assertRaisesRegex(ValueError, r"x has 64 features .*x\.x_DxN\.shape=\(64, 5\)"):
+      models.logistic_regression_loss(params, data.FeatureMajor(x), y)
+    with self.assertRaisesRegex(ValueError, "rank 2"):
+      data.feature_major(np.ones(3))
 
 
 class SoftmaxRegressionTest(chex.TestCase):

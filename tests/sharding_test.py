@@ -50,7 +50,8 @@ class ShardingTest(absltest.TestCase):
     self.assertEqual(int(sharded["shard_rows"]), 2048 // 8)
     self.assertTrue(bool(sharded["params_replicated"]))
     self.assertEqual(int(single["batch_devices"]), 1)
-    for key in ("w", "b", "loss", "softmax_w", "softmax_b", "softmax_loss"):
+    self.assertEqual(int(sharded["fm_shard_columns"]), 2048 // 8)  # feature-major: N split
+    for key in ("w", "b", "loss", "softmax_w", "softmax_b", "softmax_loss", "fm_w", "fm_loss"):
       self.assertEqual(sharded[key].dtype, single[key].dtype, key)
       np.testing.assert_allclose(sharded[key], single[key], rtol=RTOL, atol=RTOL, err_msg=key)
     # ... and both runs trained: the losses fell.

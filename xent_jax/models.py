@@ -11,6 +11,10 @@ Every loss is the *mean* over the N examples plus an optional L2 penalty
 ``(l2 / 2) ‖w‖²`` on the weights (never on the bias), and every loss has a closed-form
 gradient next to it (``*_grad``), which the tests compare with ``jax.grad``.
 
+Features are ``x_NxD`` ``[N, D]``, or the same matrix stored feature-major
+(:class:`xent_jax.data.FeatureMajor`, ``[D, N]``), which makes both products of the
+gradient stream contiguous memory on CPU (see its docstring for the measured effect).
+
 Shape and label errors are raised at trace time (shapes) or eagerly when the labels are
 concrete (values); under ``jax.jit`` an out-of-range label gives a NaN loss, as the
 library's cross-entropies do.
@@ -27,6 +31,7 @@ from xent_jax.cross_entropy import (
     sigmoid_binary_cross_entropy,
     softmax_cross_entropy_with_integer_labels,
 )
+from xent_jax.data import FeatureMajor
 from xent_jax.softmax import log_sigmoid, log_softmax, sigmoid
 
 Params = dict[str, jax.Array]
@@ -53,18 +58,22 @@ def _float_dtype(dtype=None):
   return jnp.dtype(dtype) if dtype is not None else jnp.zeros(()).dtype
 
 
-def _check_features(x_NxD: ArrayLike, w_shape: tuple[int, ...]) -> jax.Array:
-  x_NxD = jnp.asarray(x_NxD)
-  if x_NxD.ndim != 2:
-    raise ValueError(f"x must have rank 2 [N, D]; got x.shape={x_NxD.shape}.")
-  if not jnp.issubdtype(x_NxD.dtype, jnp.floating):
-    x_NxD = x_NxD.astype(_float_dtype())
-  if x_NxD.shape[1] != w_shape[0]:
+def _check_features(x_NxD, w_shape: tuple[int, ...]) -> tuple[jax.Array, bool]:
+  """(the feature array, whether it is feature-major ``[D, N]``), checked against ``w``."""
+  feature_major = isinstance(x_NxD, FeatureMajor)
+  x = jnp.asarray(x_NxD.x_DxN if feature_major else x_NxD)
+  name, d_axis = ("x.x_DxN", 0) if feature_major else ("x", 1)
+  if x.ndim != 2:
+    want = "[D, N]" if feature_major else "[N, D]"
+    raise ValueError(f"{name} must have rank 2 {want}; got {name}.shape={x.shape}.")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(_float_dtype())
+  if x.shape[d_axis] != w_shape[0]:
     raise ValueError(
-        f"x has {x_NxD.shape[1]} features but params['w'] has shape {w_shape}; "
-        f"got x.shape={x_NxD.shape}."
+        f"x has {x.shape[d_axis]} features but params['w'] has shape {w_shape}; "
+        f"got {name}.shape={x.shape}."
     )
-  return x_NxD
+  return x, feature_major
 
 
 def _check_labels(y_N: ArrayLike, num_examples: int, *, high: int, integer: bool) -> jax.Array:
@@ -144,7 +153,8 @@ def logistic_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
 
   Args:
     params: ``{"w": [D], "b": []}``.
-    x_NxD: features, ``[N, D]``.
+    x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
+      as ``[D, N]`` (faster full-batch steps on CPU).
 
   Returns:
     Logits, ``[N]``.
@@ -154,8 +164,10 @@ def logistic_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
   [1.5]
   """
   _check_params(params, 1)
-  x_NxD = _check_features(x_NxD, jnp.shape(params["w"]))
-  return x_NxD @ params["w"] + params["b"]
+  x, feature_major = _check_features(x_NxD, jnp.shape(params["w"]))
+  # w @ X_DxN, not X_DxNᵀ w: XLA:CPU lowers this order (and its transpose, the gradient's
+  # X_DxN @ r) to two contiguous streams; the other order becomes a strided loop.
+  return (params["w"] @ x if feature_major else x @ params["w"]) + params["b"]
 
 
 def logistic_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
@@ -166,7 +178,8 @@ def logistic_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
 
   Args:
     params: ``{"w": [D], "b": []}``.
-    x_NxD: features, ``[N, D]``.
+    x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
+      as ``[D, N]`` (faster full-batch steps on CPU).
 
   Returns:
     Probabilities in [0, 1], ``[N]``.
@@ -195,7 +208,8 @@ def logistic_regression_loss(
 
   Args:
     params: ``{"w": [D], "b": []}``.
-    x_NxD: features, ``[N, D]``.
+    x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
+      as ``[D, N]`` (faster full-batch steps on CPU).
     y_N: labels in [0, 1] (hard 0/1 or soft), ``[N]``.
     l2: :math:`\lambda \ge 0`, the weight-decay strength (not applied to ``b``).
 
@@ -225,7 +239,8 @@ def logistic_regression_grad(
 
   Args:
     params: ``{"w": [D], "b": []}``.
-    x_NxD: features, ``[N, D]``.
+    x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
+      as ``[D, N]`` (faster full-batch steps on CPU).
     y_N: labels in [0, 1], ``[N]``.
     l2: :math:`\lambda \ge 0`.
 
@@ -237,13 +252,13 @@ def logistic_regression_grad(
   >>> g["w"].round(6).tolist()
   [0.25]
   """
-  x_NxD = _check_features(x_NxD, jnp.shape(params["w"]))
+  x, feature_major = _check_features(x_NxD, jnp.shape(params["w"]))
   sigma_N = logistic_regression_probs(params, x_NxD)
-  y_N = _check_labels(y_N, x_NxD.shape[0], high=1, integer=False).astype(sigma_N.dtype)
+  num_examples = sigma_N.shape[0]
+  y_N = _check_labels(y_N, num_examples, high=1, integer=False).astype(sigma_N.dtype)
   residual_N = sigma_N - y_N
-  num_examples = x_NxD.shape[0]
-  grad_w = residual_N @ x_NxD / num_examples + l2 * params["w"]
-  return {"w": grad_w, "b": jnp.mean(residual_N)}
+  x_t_r = x @ residual_N if feature_major else residual_N @ x  # Xᵀ r
+  return {"w": x_t_r / num_examples + l2 * params["w"], "b": jnp.mean(residual_N)}
 
 
 def seed_section_4_1_loss(params: Params, x_NxD: ArrayLike, y_N: ArrayLike) -> jax.Array:
@@ -263,7 +278,8 @@ def seed_section_4_1_loss(params: Params, x_NxD: ArrayLike, y_N: ArrayLike) -> j
 
   Args:
     params: ``{"w": [D], "b": []}``.
-    x_NxD: features, ``[N, D]``.
+    x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
+      as ``[D, N]`` (faster full-batch steps on CPU).
     y_N: labels in [0, 1], ``[N]``.
 
   Returns:
@@ -319,7 +335,8 @@ def softmax_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
 
   Args:
     params: ``{"w": [D, K], "b": [K]}``.
-    x_NxD: features, ``[N, D]``.
+    x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
+      as ``[D, N]`` (faster full-batch steps on CPU).
 
   Returns:
     Logits, ``[N, K]``.
@@ -329,8 +346,8 @@ def softmax_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
   [[3.0, 5.0]]
   """
   _check_params(params, 2)
-  x_NxD = _check_features(x_NxD, jnp.shape(params["w"]))
-  return x_NxD @ params["w"] + params["b"][None, :]
+  x, feature_major = _check_features(x_NxD, jnp.shape(params["w"]))
+  return (x.T if feature_major else x) @ params["w"] + params["b"][None, :]
 
 
 def softmax_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
@@ -343,7 +360,8 @@ def softmax_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
 
   Args:
     params: ``{"w": [D, K], "b": [K]}``.
-    x_NxD: features, ``[N, D]``.
+    x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
+      as ``[D, N]`` (faster full-batch steps on CPU).
 
   Returns:
     Probabilities, ``[N, K]``; each row sums to 1.
@@ -368,7 +386,8 @@ def softmax_regression_loss(
 
   Args:
     params: ``{"w": [D, K], "b": [K]}``.
-    x_NxD: features, ``[N, D]``.
+    x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
+      as ``[D, N]`` (faster full-batch steps on CPU).
     y_N: integer labels in ``[0, K)``, ``[N]``.
     l2: :math:`\lambda \ge 0` (not applied to ``b``).
 
@@ -400,7 +419,8 @@ def softmax_regression_grad(
 
   Args:
     params: ``{"w": [D, K], "b": [K]}``.
-    x_NxD: features, ``[N, D]``.
+    x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
+      as ``[D, N]`` (faster full-batch steps on CPU).
     y_N: integer labels in ``[0, K)``, ``[N]``.
     l2: :math:`\lambda \ge 0`.
 
@@ -411,10 +431,10 @@ def softmax_regression_grad(
   >>> softmax_regression_grad(params, jnp.ones((1, 1)), jnp.array([1]))["b"].round(6).tolist()
   [0.5, -0.5]
   """
-  x_NxD = _check_features(x_NxD, jnp.shape(params["w"]))
+  x, feature_major = _check_features(x_NxD, jnp.shape(params["w"]))
   p_NxK = softmax_regression_probs(params, x_NxD)
   num_examples, num_classes = p_NxK.shape
   y_N = _check_labels(y_N, num_examples, high=num_classes - 1, integer=True)
   residual_NxK = p_NxK - jax.nn.one_hot(y_N, num_classes, dtype=p_NxK.dtype)
-  grad_w = x_NxD.T @ residual_NxK / num_examples + l2 * params["w"]
+  grad_w = (x if feature_major else x.T) @ residual_NxK / num_examples + l2 * params["w"]
   return {"w": grad_w, "b": jnp.mean(residual_NxK, axis=0)}
