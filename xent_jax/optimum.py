@@ -122,9 +122,12 @@ def softmax_regression_objective(params, x_NxD, y_N, *, l2: float = 0.0) -> floa
   return float(_softmax_value_and_grad(_as_f64(params), x, y, l2)[0])
 
 
-def _single_threaded_blas():
-  # The problems are small (N·D·K ~ 1e6): BLAS threads only add synchronisation, which
-  # costs 5× on a busy 2-core machine. threadpoolctl ships with scikit-learn; optional.
+def single_threaded_blas():
+  """A context in which numpy's BLAS runs one thread (a no-op without threadpoolctl).
+
+  The problems here are small (N·D·K ~ 1e6): BLAS threads only add synchronisation, which
+  costs 5× on a busy 2-core machine. threadpoolctl ships with scikit-learn; optional.
+  """
   try:
     from threadpoolctl import threadpool_limits
   except ImportError:
@@ -153,7 +156,7 @@ def _minimize(value_and_grad, params0, *, tol: float, max_iter: int) -> Optimum:
   # ftol=0: stop when the gradient is small (gtol) or the line search can gain nothing more
   # in float64, never merely because one step decreased the objective only a little.
   options = {"maxiter": max_iter, "gtol": tol, "ftol": 0.0, "maxcor": 30}
-  with _single_threaded_blas():
+  with single_threaded_blas():
     result = optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B", options=options)
   params = unflatten(result.x)
   value, grad = value_and_grad(params)

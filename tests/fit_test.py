@@ -1,0 +1,97 @@
+"""Tests for xent_jax.fit: L-BFGS reaches the independent float64 optimum (xent_jax.optimum)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from xent_jax import fit, optimum
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+X64 = jax.config.jax_enable_x64
+# The objective is evaluated in float64 at the returned parameters: the gap to the float64
+# optimum reflects how far the iteration went, not the float32 round-off of J.
+GAP_RTOL = 1e-7
+
+
+def _logistic_problem(seed, num_examples, num_features, dtype=np.float32, bias=0.5):
+  """Labels from a known logistic model (non-separable), features N(0, 1) in ``dtype``."""
+  rng = np.random.default_rng(seed)
+  w = rng.normal(size=num_features) / np.sqrt(num_features)
+  x = rng.normal(size=(num_examples, num_features)).astype(dtype)
+  p = 1 / (1 + np.exp(-(x.astype(np.float64) @ w + bias)))
+  return x, (rng.random(num_examples) < p).astype(np.int32)
+
+
+def _gap(result, x, y, l2, reference):
+  value = optimum.logistic_regression_objective(result.params, x, y, l2=l2)
+  return (value - reference.value) / reference.value
+
+
+class FitLogisticRegressionTest(chex.TestCase):
+
+  @parameterized.named_parameters(
+      ("unpenalised", 0.0, 3000), ("l2", 1e-2, 3000),
+      ("warm_started", 0.0, 40000), ("warm_started_l2", 1e-3, 40000))
+  def test_reaches_the_float64_optimum(self, l2, num_examples):
+    x, y = _logistic_problem(0, num_examples, 12)
+    reference = optimum.logistic_regression_optimum(x, y, l2=l2)
+    result = fit.fit_logistic_regression(x, y, l2=l2, warm_start=16384)
+    self.assertTrue(result.converged)
+    gap = _gap(result, x, y, l2, reference)
+    self.assertGreaterEqual(gap, -1e-12)  # J* is the minimum
+    self.assertLessEqual(gap, GAP_RTOL)
+    np.testing.assert_allclose(result.params["w"], reference.params["w"], atol=2e-3)
+    self.assertGreaterEqual(result.num_gradients, result.num_iterations + 1)
+    self.assertLessEqual(result.gap_estimate, 1e-9)
+
+  def test_misaligned_numpy_rows_equal_an_aligned_copy(self):
+    # A float32 array whose data starts 4 bytes past a 64-byte boundary: the first rows are
+    # split off and summed on the host, the rest is read in place by XLA.
+    x, y = _logistic_problem(1, 2001, 7)
+    buffer = np.empty(x.size + 32, np.float32)
+    start = (-buffer.ctypes.data % 64) // 4 + 1
+    shifted = buffer[start:start + x.size].reshape(x.shape)
+    shifted[...] = x
+    self.assertNotEqual(shifted.ctypes.data % 64, 0)
+    self.assertGreater(fit._aligned_split(shifted), 0)
+    a = fit.fit_logistic_regression(shifted, y)
+    b = fit.fit_logistic_regression(jnp.asarray(x), y)  # a JAX array: nothing split off
+    np.testing.assert_allclose(a.params["w"], b.params["w"], rtol=1e-4, atol=1e-5)
+    self.assertEqual(a.num_iterations, b.num_iterations)
+
+  def test_gradient_sums_equal_float64(self):
+    x, y = _logistic_problem(2, 500, 4)
+    theta = np.array([0.3, -0.2, 0.1, 0.5, -0.7])
+    got = fit._gradient_sums(jnp.asarray(theta, x.dtype), jnp.asarray(x), jnp.asarray(y, x.dtype))
+    want = fit._host_gradient_sums(theta, x.astype(np.float64), y.astype(np.float64))
+    z = x.astype(np.float64) @ theta[:-1] + theta[-1]
+    r = 1 / (1 + np.exp(-z)) - y
+    np.testing.assert_allclose(want, np.append(r @ x, r.sum()), rtol=1e-12)
+    np.testing.assert_allclose(got, want, rtol=1e-12 if X64 else 1e-4, atol=1e-3)
+
+  def test_separable_data_stop_near_the_infimum(self):
+    # No minimiser: J → 0 as w → ∞. The fit stops once J is within tol of that infimum.
+    x = np.array([[-2.0], [-1.0], [1.0], [2.0]], np.float32)
+    y = np.array([0, 0, 1, 1])
+    result = fit.fit_logistic_regression(x, y, tol=1e-6)
+    self.assertTrue(result.converged)
+    self.assertGreater(float(result.params["w"][0]), 3.0)
+    self.assertLess(optimum.logistic_regression_objective(result.params, x, y), 1e-4)
+
+  def test_bad_inputs_raise_naming_the_argument(self):
+    x, y = _logistic_problem(3, 10, 2)
+    with self.assertRaisesRegex(ValueError, "`x_NxD`"):
+      fit.fit_logistic_regression(x[:, 0], y)
+    with self.assertRaisesRegex(ValueError, "`y_N`"):
+      fit.fit_logistic_regression(x, y[:5])
+    with self.assertRaisesRegex(ValueError, r"`y_N` must hold labels in \[0, 1\]"):
+      fit.fit_logistic_regression(x, y + 1)
+    with self.assertRaisesRegex(ValueError, "`l2`"):
+      fit.fit_logistic_regression(x, y, l2=-1.0)
+
+
+if __name__ == "__main__":
+  absltest.main()
