@@ -19,6 +19,7 @@ from xent_jax import _core, _rows
 from xent_jax.softmax import (
     accurate_lse,
     as_rows,
+    exact_guard,
     is_fast_case,
     log_normalizer,
     masked_logits,
@@ -86,7 +87,7 @@ def _inf_where_positive(t: jax.Array) -> jax.Array:
   return sign / (1 - sign)
 
 
-def _softmax_xent_fwd(logits, targets, axes, mask, eps):
+def _softmax_xent_fwd(logits, targets, axes, mask, eps, guard=with_inf_guard):
   z = masked_logits(logits, mask)
   t = _smoothed_targets(targets, mask, eps, axes)
   t_sum = row_sum(t, axes)
@@ -103,7 +104,7 @@ def _softmax_xent_fwd(logits, targets, axes, mask, eps):
     return lse, lse * t_sum + row_sum(terms, axes)
 
   m = row_max(z, axes)
-  lse, loss = with_inf_guard(body, z, m)
+  lse, loss = guard(body, z, m)
   return jnp.squeeze(loss, axes), (z, t, mask, m, lse, t_sum)
 
 
@@ -146,11 +147,12 @@ _softmax_xent.defvjp(_softmax_xent_fwd, _softmax_xent_bwd)
 
 
 def _exact_softmax_xent(z_KxC, t_KxC):
-  return _softmax_xent(z_KxC, t_KxC, (1,), None, 0.0)
+  return _softmax_xent_fwd(z_KxC, t_KxC, (1,), None, 0.0, exact_guard)[0]
 
 
 def _exact_softmax_xent_grads(z_KxC, t_KxC, g_K):
-  return jax.vjp(_exact_softmax_xent, z_KxC, t_KxC)[1](g_K)
+  res = _softmax_xent_fwd(z_KxC, t_KxC, (1,), None, 0.0, exact_guard)[1]
+  return _softmax_xent_bwd((1,), 0.0, res, g_K)[:2]  # d/dlogits, d/dtargets
 
 
 @jax.custom_vjp
@@ -258,7 +260,7 @@ def _label_terms(logits, labels, axis, mask):
   return labels, valid, jnp.maximum(k, 1), k > 0
 
 
-def _int_xent_fwd(logits, labels, axis, mask, eps):
+def _int_xent_fwd(logits, labels, axis, mask, eps, guard=with_inf_guard):
   z = masked_logits(logits, mask)
   axes = (axis,)
   labels_e, valid, k, has_support = _label_terms(logits, labels, axis, mask)
@@ -279,7 +281,7 @@ def _int_xent_fwd(logits, labels, axis, mask, eps):
     return lse, loss
 
   m = row_max(z, axes)
-  lse, loss = with_inf_guard(body, z, m)
+  lse, loss = guard(body, z, m)
   loss = jnp.where(valid, loss, jnp.nan)
   if has_support is not None:
     loss = jnp.where(has_support, loss, 0)  # a fully masked row (e.g. padding) costs 0
@@ -328,11 +330,12 @@ _int_xent.defvjp(_int_xent_fwd, _int_xent_bwd)
 
 
 def _exact_int_xent(z_KxC, y_K):
-  return _int_xent(z_KxC, y_K, 1, None, 0.0)
+  return _int_xent_fwd(z_KxC, y_K, 1, None, 0.0, exact_guard)[0]
 
 
 def _exact_int_xent_grad(z_KxC, y_K, g_K):
-  return jax.vjp(lambda z: _exact_int_xent(z, y_K), z_KxC)[1](g_K)[0]
+  res = _int_xent_fwd(z_KxC, y_K, 1, None, 0.0, exact_guard)[1]
+  return _int_xent_bwd(1, 0.0, res, g_K)[0]
 
 
 def _label_shift(z_BxC, y_B):

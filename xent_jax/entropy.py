@@ -18,6 +18,7 @@ from xent_jax import _core, _rows
 from xent_jax.softmax import (
     as_rows,
     clamp_neg_inf,
+    exact_guard,
     is_fast_case,
     log_normalizer,
     masked_logits,
@@ -68,7 +69,7 @@ def entropy(
   return _core.in_base(jnp.sum(terms, axis=axes), scale)
 
 
-def _entropy_fwd(logits, axes, mask):
+def _entropy_fwd(logits, axes, mask, guard=with_inf_guard):
   z = masked_logits(logits, mask)
 
   def body(z, m, exact):
@@ -81,7 +82,7 @@ def _entropy_fwd(logits, axes, mask):
     return lse, d_bar
 
   m = row_max(z, axes)
-  lse, d_bar = with_inf_guard(body, z, m)
+  lse, d_bar = guard(body, z, m)
   return jnp.squeeze(lse - d_bar, axes), (z, m, lse, d_bar)
 
 
@@ -120,11 +121,11 @@ _RAISE = 16.0
 
 
 def _exact_entropy(z_KxC):
-  return _entropy_from_logits(z_KxC, (1,), None)
+  return _entropy_fwd(z_KxC, (1,), None, exact_guard)[0]
 
 
 def _exact_entropy_grad(z_KxC, g_K):
-  return jax.vjp(_exact_entropy, z_KxC)[1](g_K)[0]
+  return _entropy_bwd((1,), _entropy_fwd(z_KxC, (1,), None, exact_guard)[1], g_K)[0]
 
 
 def _entropy_fast_fwd(z_BxC):
@@ -171,7 +172,7 @@ def _entropy_fast_bwd(res, g_B):
 
 @jax.custom_vjp
 def _entropy_fast(z_BxC):
-  return _exact_entropy(z_BxC)
+  return _entropy_from_logits(z_BxC, (1,), None)  # the general path without differentiation
 
 
 _entropy_fast.defvjp(_entropy_fast_fwd, _entropy_fast_bwd)
