@@ -349,7 +349,7 @@ def _label_shift(z_BxC, y_B):
 @jax.custom_vjp
 def _int_xent_fast(z_BxC, y_B):
   num_rows, num_classes = z_BxC.shape
-  u = _label_shift(z_BxC, y_B)[0]
+  u, _, valid = _label_shift(z_BxC, y_B)
   total = row_sum(jnp.exp(u), (1,))[:, 0]
   loss = jnp.log(total)
   dominant = total < 2  # NaN compares False
@@ -364,7 +364,7 @@ def _int_xent_fast(z_BxC, y_B):
   loss = jnp.where(many & dominant, jnp.log1p(mass), loss)
   loss = _rows.fix_rows(bad | (dominant & ~many), _exact_int_xent, loss, z_BxC, y_B,
                         row_size=num_classes)
-  return jnp.where(_label_shift(z_BxC, y_B)[2], loss, jnp.nan)
+  return jnp.where(valid, loss, jnp.nan)
 
 
 def _int_xent_fast_fwd(z_BxC, y_B):
