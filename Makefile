@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?= -n 2
 
-.PHONY: run test test-x32 test-x64 lint bench clean
+.PHONY: run test lint format bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,14 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 run: $(VENV)/.installed-run
 	$(PY) -m experiments.reproduce --workdir=$(WORKDIR)
 
-test: $(VENV)/.installed-test
+lint: $(VENV)/.installed-test
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(VENV)/.installed-test
+	$(PY) -m ruff format .
+
+test: lint
 	JAX_ENABLE_X64=0 $(PY) -m pytest $(PYTEST_ARGS)
 	JAX_ENABLE_X64=1 $(PY) -m pytest $(PYTEST_ARGS)
 

@@ -60,11 +60,11 @@ COMPLETION_FILES = ("results.json", "timing.json", "REPORT.md")
 
 
 class ConfigError(ValueError):
-    """A config value that an experiment cannot run with (reported as one line, exit 2)."""
+  """A config value that an experiment cannot run with (reported as one line, exit 2)."""
 
 
 class WorkdirError(RuntimeError):
-    """A workdir that would be overwritten without permission (reported as one line, exit 2)."""
+  """A workdir that would be overwritten without permission (reported as one line, exit 2)."""
 
 
 # --------------------------------------------------------------------------- config checks
@@ -74,487 +74,525 @@ Checker = Callable[[str, Any], None]
 
 
 def _fail(key: str, must: str, value: Any) -> None:
-    raise ConfigError(f"config.{key} must be {must}, got {value!r}")
+  raise ConfigError(f"config.{key} must be {must}, got {value!r}")
 
 
 def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_bounds(key, value, low, high, low_open, high_open, nonzero, what) -> None:
-    if not math.isfinite(value):
-        _fail(key, f"a finite {what}", value)
-    if low is not None and (value < low or (low_open and value == low)):
-        _fail(key, f"{'>' if low_open else '>='} {low}", value)
-    if high is not None and (value > high or (high_open and value == high)):
-        _fail(key, f"{'<' if high_open else '<='} {high}", value)
-    if nonzero and value == 0:
-        _fail(key, "non-zero", value)
+  if not math.isfinite(value):
+    _fail(key, f"a finite {what}", value)
+  if low is not None and (value < low or (low_open and value == low)):
+    _fail(key, f"{'>' if low_open else '>='} {low}", value)
+  if high is not None and (value > high or (high_open and value == high)):
+    _fail(key, f"{'<' if high_open else '<='} {high}", value)
+  if nonzero and value == 0:
+    _fail(key, "non-zero", value)
 
 
 def real(low=None, high=None, *, low_open=False, high_open=False, nonzero=False) -> Checker:
-    """A finite real number (an int is accepted) within the given bounds."""
+  """A finite real number (an int is accepted) within the given bounds."""
 
-    def check(key, value):
-        if not _is_real(value):
-            _fail(key, "a real number", value)
-        _check_bounds(key, value, low, high, low_open, high_open, nonzero, "real number")
+  def check(key, value):
+    if not _is_real(value):
+      _fail(key, "a real number", value)
+    _check_bounds(key, value, low, high, low_open, high_open, nonzero, "real number")
 
-    return check
+  return check
 
 
 def integer(low=None, high=None) -> Checker:
-    """An int (not a bool) within [low, high]."""
+  """An int (not a bool) within [low, high]."""
 
-    def check(key, value):
-        if not isinstance(value, int) or isinstance(value, bool):
-            _fail(key, "an integer", value)
-        _check_bounds(key, value, low, high, False, False, False, "integer")
+  def check(key, value):
+    if not isinstance(value, int) or isinstance(value, bool):
+      _fail(key, "an integer", value)
+    _check_bounds(key, value, low, high, False, False, False, "integer")
 
-    return check
+  return check
 
 
 def reals(*, min_length=1, increasing=False, **bounds) -> Checker:
-    """A tuple/list of at least ``min_length`` reals, each passing ``real(**bounds)``."""
-    element = real(**bounds)
+  """A tuple/list of at least ``min_length`` reals, each passing ``real(**bounds)``."""
+  element = real(**bounds)
 
-    def check(key, value):
-        if not isinstance(value, (tuple, list)) or len(value) < min_length:
-            _fail(key, f"a tuple of at least {min_length} numbers", value)
-        for i, v in enumerate(value):
-            element(f"{key}[{i}]", v)
-        if increasing and any(b <= a for a, b in zip(value, value[1:], strict=False)):
-            _fail(key, "strictly increasing", value)
+  def check(key, value):
+    if not isinstance(value, (tuple, list)) or len(value) < min_length:
+      _fail(key, f"a tuple of at least {min_length} numbers", value)
+    for i, v in enumerate(value):
+      element(f"{key}[{i}]", v)
+    if increasing and any(b <= a for a, b in zip(value, value[1:], strict=False)):
+      _fail(key, "strictly increasing", value)
 
-    return check
+  return check
 
 
 def choice(*options) -> Checker:
-    """One of ``options``."""
+  """One of ``options``."""
 
-    def check(key, value):
-        if value not in options:
-            _fail(key, f"one of {options}", value)
+  def check(key, value):
+    if value not in options:
+      _fail(key, f"one of {options}", value)
 
-    return check
+  return check
 
 
 def boolean() -> Checker:
-    """True or False."""
+  """True or False."""
 
-    def check(key, value):
-        if not isinstance(value, bool):
-            _fail(key, "True or False", value)
+  def check(key, value):
+    if not isinstance(value, bool):
+      _fail(key, "True or False", value)
 
-    return check
+  return check
 
 
 def learning_rate() -> Checker:
-    """A learning rate: a real number > 0."""
-    return real(low=0, low_open=True)
+  """A learning rate: a real number > 0."""
+  return real(low=0, low_open=True)
 
 
 def smoothing() -> Checker:
-    """A label-smoothing ε in [0, 1)."""
-    return real(low=0, high=1, high_open=True)
+  """A label-smoothing ε in [0, 1)."""
+  return real(low=0, high=1, high_open=True)
 
 
 def grid(min_num=2) -> Checker:
-    """A group ``{start, stop, num}``: finite start < stop and an integer num >= min_num."""
+  """A group ``{start, stop, num}``: finite start < stop and an integer num >= min_num."""
 
-    def check(key, value):
-        spec = {"start": real(), "stop": real(), "num": integer(low=min_num)}
-        check_config(value, spec, prefix=f"{key}.")
-        if value["start"] >= value["stop"]:
-            _fail(key, "a non-empty grid with start < stop", dict(_flatten(value)))
+  def check(key, value):
+    spec = {"start": real(), "stop": real(), "num": integer(low=min_num)}
+    check_config(value, spec, prefix=f"{key}.")
+    if value["start"] >= value["stop"]:
+      _fail(key, "a non-empty grid with start < stop", dict(_flatten(value)))
 
-    return check
+  return check
 
 
 def _flatten(config: Mapping, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted key, leaf value) pairs of a nested config."""
-    items = []
-    for key, value in config.items():
-        if isinstance(value, Mapping) or hasattr(value, "to_dict"):
-            items += _flatten(value, f"{prefix}{key}.")
-        else:
-            items.append((f"{prefix}{key}", value))
-    return items
+  """(dotted key, leaf value) pairs of a nested config."""
+  items = []
+  for key, value in config.items():
+    if isinstance(value, Mapping) or hasattr(value, "to_dict"):
+      items += _flatten(value, f"{prefix}{key}.")
+    else:
+      items.append((f"{prefix}{key}", value))
+  return items
 
 
 def check_config(config: Mapping, spec: Mapping[str, Checker], *, prefix: str = "") -> None:
-    """Checks that ``config`` has exactly the keys of ``spec`` and that each value passes.
+  """Checks that ``config`` has exactly the keys of ``spec`` and that each value passes.
 
-    A spec key may name a group (e.g. ``"grid": grid()``): its checker gets the whole group.
-    Raises ConfigError for the first unknown key, missing key or bad value.
-    """
-    covered = set()
-    for key, checker in spec.items():
-        node = config
-        try:
-            for part in key.split("."):
-                node = node[part]
-        except (KeyError, TypeError, AttributeError):
-            raise ConfigError(f"config.{prefix}{key} is missing") from None
-        checker(prefix + key, node)
-        covered.add(key)
-    for key, _ in _flatten(config):
-        if not any(key == c or key.startswith(c + ".") for c in covered):
-            raise ConfigError(f"config.{prefix}{key} is not a known key of this experiment")
+  A spec key may name a group (e.g. ``"grid": grid()``): its checker gets the whole group.
+  Raises ConfigError for the first unknown key, missing key or bad value.
+  """
+  covered = set()
+  for key, checker in spec.items():
+    node = config
+    try:
+      for part in key.split("."):
+        node = node[part]
+    except (KeyError, TypeError, AttributeError):
+      raise ConfigError(f"config.{prefix}{key} is missing") from None
+    checker(prefix + key, node)
+    covered.add(key)
+  for key, _ in _flatten(config):
+    if not any(key == c or key.startswith(c + ".") for c in covered):
+      raise ConfigError(f"config.{prefix}{key} is not a known key of this experiment")
 
 
 # ---------------------------------------------------------------- deterministic JSON output
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Converts results to plain JSON values; NaN/±inf become "nan"/"inf"/"-inf"."""
-    import numpy as np
+  """Converts results to plain JSON values; NaN/±inf become "nan"/"inf"/"-inf"."""
+  import numpy as np
 
-    if obj is None or isinstance(obj, (str, bool)):
-        return obj
-    if isinstance(obj, Mapping) or hasattr(obj, "to_dict"):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (int, np.integer)) and not isinstance(obj, np.bool_):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        return value if math.isfinite(value) else ("nan" if value != value else
-                                                   ("inf" if value > 0 else "-inf"))
-    if hasattr(obj, "__array__"):
-        array = np.asarray(obj)
-        return to_jsonable(array.item() if array.ndim == 0 else array.tolist())
-    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON: {obj!r}")
+  if obj is None or isinstance(obj, (str, bool)):
+    return obj
+  if isinstance(obj, Mapping) or hasattr(obj, "to_dict"):
+    return {str(k): to_jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [to_jsonable(v) for v in obj]
+  if isinstance(obj, (int, np.integer)) and not isinstance(obj, np.bool_):
+    return int(obj)
+  if isinstance(obj, np.bool_):
+    return bool(obj)
+  if isinstance(obj, (float, np.floating)):
+    value = float(obj)
+    return (
+      value
+      if math.isfinite(value)
+      else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
+    )
+  if hasattr(obj, "__array__"):
+    array = np.asarray(obj)
+    return to_jsonable(array.item() if array.ndim == 0 else array.tolist())
+  raise TypeError(f"cannot serialise {type(obj).__name__} to JSON: {obj!r}")
 
 
 def dumps(obj: Any) -> bytes:
-    """Deterministic JSON bytes: sorted keys, fixed indentation, shortest float repr."""
-    text = json.dumps(to_jsonable(obj), sort_keys=True, indent=2, ensure_ascii=False,
-                      allow_nan=False)
-    return (text + "\n").encode("utf-8")
+  """Deterministic JSON bytes: sorted keys, fixed indentation, shortest float repr."""
+  text = json.dumps(to_jsonable(obj), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
+  return (text + "\n").encode("utf-8")
 
 
 def atomic_write(path: Path | str, data: bytes | str) -> Path:
-    """Writes ``data`` to ``path`` via a temp file in the same directory and ``os.replace``.
+  """Writes ``data`` to ``path`` via a temp file in the same directory and ``os.replace``.
 
-    Readers (and a crash or Ctrl-C at any point) see the old file or the complete new one,
-    never a partial file; the temp file is removed if the write is interrupted.
-    """
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+  Readers (and a crash or Ctrl-C at any point) see the old file or the complete new one,
+  never a partial file; the temp file is removed if the write is interrupted.
+  """
+  path = Path(path)
+  if isinstance(data, str):
+    data = data.encode("utf-8")
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+  return path
 
 
 def write_json(path: Path | str, obj: Any) -> Path:
-    """Atomically writes ``obj`` as deterministic JSON."""
-    return atomic_write(path, dumps(obj))
+  """Atomically writes ``obj`` as deterministic JSON."""
+  return atomic_write(path, dumps(obj))
 
 
 # -------------------------------------------------------------------------------- claims
 
 
-def claim(claim_id: str, seed_section: str, statement: str, measured: Any, *, holds,
-          condition: str | None = None, correction: str | None = None) -> dict:
-    """One verdict on a claim of the seed, decided by the caller's measured values.
+def claim(
+  claim_id: str,
+  seed_section: str,
+  statement: str,
+  measured: Any,
+  *,
+  holds,
+  condition: str | None = None,
+  correction: str | None = None,
+) -> dict:
+  """One verdict on a claim of the seed, decided by the caller's measured values.
 
-    Args:
-      claim_id: short stable id, e.g. ``"2.6-model-3-lowest-entropy"``.
-      seed_section: the seed's section, e.g. ``"2.6"``.
-      statement: what the seed claims (a short paraphrase, optionally quoting it).
-      measured: the measured value(s) the verdict rests on (number, string or flat dict).
-      holds: a computed boolean (Python or numpy/jax scalar bool): does the claim hold as
-        stated, in general?
-      condition: where ``holds`` is False, the condition under which it does hold (computed
-        from the measurements); gives the verdict "partly". None: it holds nowhere ("fails").
-      correction: the correct statement, required whenever the verdict is not "holds"
-        (listed in the report's errata).
+  Args:
+    claim_id: short stable id, e.g. ``"2.6-model-3-lowest-entropy"``.
+    seed_section: the seed's section, e.g. ``"2.6"``.
+    statement: what the seed claims (a short paraphrase, optionally quoting it).
+    measured: the measured value(s) the verdict rests on (number, string or flat dict).
+    holds: a computed boolean (Python or numpy/jax scalar bool): does the claim hold as
+      stated, in general?
+    condition: where ``holds`` is False, the condition under which it does hold (computed
+      from the measurements); gives the verdict "partly". None: it holds nowhere ("fails").
+    correction: the correct statement, required whenever the verdict is not "holds"
+      (listed in the report's errata).
 
-    Returns:
-      ``{"id", "seed_section", "statement", "measured", "holds", "verdict"}`` plus
-      ``"condition"`` (verdict "partly") and ``"correction"`` (verdict not "holds").
-    """
-    holds = _as_bool(holds, claim_id)
-    verdict = "holds" if holds else ("partly" if condition else "fails")
-    result = {"id": claim_id, "seed_section": str(seed_section), "statement": statement,
-              "measured": to_jsonable(measured), "holds": holds, "verdict": verdict}
-    if verdict == "partly":
-        result["condition"] = condition
-    if verdict != "holds":
-        if not correction:
-            raise ValueError(f"claim {claim_id!r} does not hold: give the correct statement")
-        result["correction"] = correction
-    return result
+  Returns:
+    ``{"id", "seed_section", "statement", "measured", "holds", "verdict"}`` plus
+    ``"condition"`` (verdict "partly") and ``"correction"`` (verdict not "holds").
+  """
+  holds = _as_bool(holds, claim_id)
+  verdict = "holds" if holds else ("partly" if condition else "fails")
+  result = {
+    "id": claim_id,
+    "seed_section": str(seed_section),
+    "statement": statement,
+    "measured": to_jsonable(measured),
+    "holds": holds,
+    "verdict": verdict,
+  }
+  if verdict == "partly":
+    result["condition"] = condition
+  if verdict != "holds":
+    if not correction:
+      raise ValueError(f"claim {claim_id!r} does not hold: give the correct statement")
+    result["correction"] = correction
+  return result
 
 
 def _as_bool(value: Any, claim_id: str) -> bool:
-    import numpy as np
+  import numpy as np
 
-    array = np.asarray(value)
-    if array.shape != () or array.dtype != np.bool_:
-        raise TypeError(f"claim {claim_id!r}: holds must be a computed boolean, got {value!r}")
-    return bool(array)
+  array = np.asarray(value)
+  if array.shape != () or array.dtype != np.bool_:
+    raise TypeError(f"claim {claim_id!r}: holds must be a computed boolean, got {value!r}")
+  return bool(array)
 
 
 def _check_results(name: str, results: Any) -> None:
-    if not isinstance(results, dict) or not isinstance(results.get("claims"), list):
-        raise TypeError(f"{name}.run must return a dict with a 'claims' list")
-    for c in results["claims"]:
-        missing = {"id", "seed_section", "statement", "measured", "holds", "verdict"} - set(c)
-        if missing or c["verdict"] not in VERDICTS:
-            raise TypeError(f"{name}: malformed claim {c!r} (use _common.claim)")
+  if not isinstance(results, dict) or not isinstance(results.get("claims"), list):
+    raise TypeError(f"{name}.run must return a dict with a 'claims' list")
+  for c in results["claims"]:
+    missing = {"id", "seed_section", "statement", "measured", "holds", "verdict"} - set(c)
+    if missing or c["verdict"] not in VERDICTS:
+      raise TypeError(f"{name}: malformed claim {c!r} (use _common.claim)")
 
 
 # ------------------------------------------------------------------------ workdir and logs
 
 
 class _AtomicLogHandler(logging.Handler):
-    """Keeps the log in memory and rewrites ``log.txt`` atomically after every record."""
+  """Keeps the log in memory and rewrites ``log.txt`` atomically after every record."""
 
-    def __init__(self, path: Path):
-        super().__init__()
-        self.path, self.lines = path, []
+  def __init__(self, path: Path):
+    super().__init__()
+    self.path, self.lines = path, []
 
-    def emit(self, record):
-        self.lines.append(self.format(record) + "\n")
-        atomic_write(self.path, "".join(self.lines))
+  def emit(self, record):
+    self.lines.append(self.format(record) + "\n")
+    atomic_write(self.path, "".join(self.lines))
 
 
 @contextlib.contextmanager
 def logger_to(path: Path, name: str):
-    """A logger writing to ``path`` (atomically) and to stderr; handlers removed on exit."""
-    logger = logging.getLogger(f"xent_jax.experiments.{name}")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    formatter = logging.Formatter("%(asctime)s %(name)s] %(message)s", "%H:%M:%S")
-    handlers = [_AtomicLogHandler(path), logging.StreamHandler(sys.stderr)]
+  """A logger writing to ``path`` (atomically) and to stderr; handlers removed on exit."""
+  logger = logging.getLogger(f"xent_jax.experiments.{name}")
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+  formatter = logging.Formatter("%(asctime)s %(name)s] %(message)s", "%H:%M:%S")
+  handlers = [_AtomicLogHandler(path), logging.StreamHandler(sys.stderr)]
+  for handler in handlers:
+    handler.setFormatter(formatter)
+    logger.addHandler(handler)
+  try:
+    yield logger
+  finally:
     for handler in handlers:
-        handler.setFormatter(formatter)
-        logger.addHandler(handler)
-    try:
-        yield logger
-    finally:
-        for handler in handlers:
-            logger.removeHandler(handler)
+      logger.removeHandler(handler)
 
 
 class Workdir:
-    """Where one experiment run writes: ``path``, ``log(msg)``, ``save_figure(fig, name)``."""
+  """Where one experiment run writes: ``path``, ``log(msg)``, ``save_figure(fig, name)``."""
 
-    def __init__(self, path: Path, logger: logging.Logger):
-        self.path, self.logger, self.figures = path, logger, []
+  def __init__(self, path: Path, logger: logging.Logger):
+    self.path, self.logger, self.figures = path, logger, []
 
-    def log(self, message: str, *args) -> None:
-        """Logs one line to ``log.txt`` and stderr."""
-        self.logger.info(message, *args)
+  def log(self, message: str, *args) -> None:
+    """Logs one line to ``log.txt`` and stderr."""
+    self.logger.info(message, *args)
 
-    def save_figure(self, fig, filename: str) -> str:
-        """Saves a matplotlib figure as PNG atomically, closes it, returns the file name."""
-        import matplotlib.pyplot as plt
+  def save_figure(self, fig, filename: str) -> str:
+    """Saves a matplotlib figure as PNG atomically, closes it, returns the file name."""
+    import matplotlib.pyplot as plt
 
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
-        plt.close(fig)
-        atomic_write(self.path / filename, buffer.getvalue())
-        self.figures.append(filename)
-        return filename
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(self.path / filename, buffer.getvalue())
+    self.figures.append(filename)
+    return filename
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
-    """``plt.subplots`` on the non-interactive Agg backend (matplotlib imported lazily)."""
-    import matplotlib
+  """``plt.subplots`` on the non-interactive Agg backend (matplotlib imported lazily)."""
+  import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
 
-    return plt.subplots(nrows, ncols, layout="constrained", **kwargs)
+  return plt.subplots(nrows, ncols, layout="constrained", **kwargs)
 
 
 def default_workdir(name: str) -> Path:
-    """A fresh ``runs/<name>-<timestamp>[-k]`` path that does not exist yet."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, k = RUNS_DIR / f"{name}-{stamp}", 1
-    while path.exists():
-        k += 1
-        path = RUNS_DIR / f"{name}-{stamp}-{k}"
-    return path
+  """A fresh ``runs/<name>-<timestamp>[-k]`` path that does not exist yet."""
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  path, k = RUNS_DIR / f"{name}-{stamp}", 1
+  while path.exists():
+    k += 1
+    path = RUNS_DIR / f"{name}-{stamp}-{k}"
+  return path
 
 
 def prepare_workdir(path: Path | str, *, overwrite: bool) -> Path:
-    """Creates ``path``; a non-empty existing one needs ``overwrite`` (else WorkdirError)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise WorkdirError(f"workdir {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise WorkdirError(f"workdir {path} is not empty; pass --overwrite to reuse it "
-                               "(its results would be replaced) or choose another --workdir")
-        for name in COMPLETION_FILES:
-            with contextlib.suppress(FileNotFoundError):
-                (path / name).unlink()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+  """Creates ``path``; a non-empty existing one needs ``overwrite`` (else WorkdirError)."""
+  path = Path(path)
+  if path.exists() and not path.is_dir():
+    raise WorkdirError(f"workdir {path} exists and is not a directory")
+  if path.is_dir() and any(path.iterdir()):
+    if not overwrite:
+      raise WorkdirError(
+        f"workdir {path} is not empty; pass --overwrite to reuse it "
+        "(its results would be replaced) or choose another --workdir"
+      )
+    for name in COMPLETION_FILES:
+      with contextlib.suppress(FileNotFoundError):
+        (path / name).unlink()
+  path.mkdir(parents=True, exist_ok=True)
+  return path
 
 
 def load_config(name: str, variant: str | None = None):
-    """``configs/<name>.py``'s ``get_config(variant)``, locked like the absl flag's."""
-    module = importlib.import_module(f"configs.{name}")
-    config = module.get_config(variant) if variant else module.get_config()
-    config.lock()
-    return config
+  """``configs/<name>.py``'s ``get_config(variant)``, locked like the absl flag's."""
+  module = importlib.import_module(f"configs.{name}")
+  config = module.get_config(variant) if variant else module.get_config()
+  config.lock()
+  return config
 
 
-def run_experiment(name: str, run_fn: Callable, config, workdir: Path | str, *,
-                   validate: Callable | None = None, overwrite: bool = False) -> dict:
-    """Validates ``config``, then runs ``run_fn(config, Workdir)`` writing every output.
+def run_experiment(
+  name: str,
+  run_fn: Callable,
+  config,
+  workdir: Path | str,
+  *,
+  validate: Callable | None = None,
+  overwrite: bool = False,
+) -> dict:
+  """Validates ``config``, then runs ``run_fn(config, Workdir)`` writing every output.
 
-    Raises ConfigError (nothing written) or WorkdirError (nothing written) before compute.
-    Returns the results as written to ``results.json``.
-    """
-    if validate is not None:
-        validate(config)
-    path = prepare_workdir(workdir, overwrite=overwrite)
-    write_json(path / "config.json", config.to_dict() if hasattr(config, "to_dict") else config)
-    start_utc, start = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
-    with logger_to(path / "log.txt", name) as logger:
-        workdir = Workdir(path, logger)
-        workdir.log("%s: running in %s", name, path)
-        results = run_fn(config, workdir)
-        _check_results(name, results)
-        results = {**results, "experiment": name, "figures": sorted(workdir.figures)}
-        write_json(path / "results.json", results)
-        wall_s = time.perf_counter() - start
-        write_json(path / "timing.json", {"wall_s": wall_s, "started_utc": start_utc.isoformat(),
-                                          **_environment()})
-        verdicts = [c["verdict"] for c in results["claims"]]
-        workdir.log("%s: %d claims (%s) in %.2f s", name, len(verdicts),
-                    ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS), wall_s)
-    return to_jsonable(results)
+  Raises ConfigError (nothing written) or WorkdirError (nothing written) before compute.
+  Returns the results as written to ``results.json``.
+  """
+  if validate is not None:
+    validate(config)
+  path = prepare_workdir(workdir, overwrite=overwrite)
+  write_json(path / "config.json", config.to_dict() if hasattr(config, "to_dict") else config)
+  start_utc, start = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
+  with logger_to(path / "log.txt", name) as logger:
+    workdir = Workdir(path, logger)
+    workdir.log("%s: running in %s", name, path)
+    results = run_fn(config, workdir)
+    _check_results(name, results)
+    results = {**results, "experiment": name, "figures": sorted(workdir.figures)}
+    write_json(path / "results.json", results)
+    wall_s = time.perf_counter() - start
+    write_json(
+      path / "timing.json",
+      {"wall_s": wall_s, "started_utc": start_utc.isoformat(), **_environment()},
+    )
+    verdicts = [c["verdict"] for c in results["claims"]]
+    workdir.log(
+      "%s: %d claims (%s) in %.2f s",
+      name,
+      len(verdicts),
+      ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS),
+      wall_s,
+    )
+  return to_jsonable(results)
 
 
 def _environment() -> dict:
-    """Versions and mode the numbers were computed with (kept out of results.json)."""
-    env = {"python": sys.version.split()[0]}
-    if "jax" in sys.modules:
-        jax = sys.modules["jax"]
-        env.update(jax=jax.__version__, backend=jax.default_backend(),
-                   x64=bool(jax.config.jax_enable_x64))
-    return env
+  """Versions and mode the numbers were computed with (kept out of results.json)."""
+  env = {"python": sys.version.split()[0]}
+  if "jax" in sys.modules:
+    jax = sys.modules["jax"]
+    env.update(
+      jax=jax.__version__, backend=jax.default_backend(), x64=bool(jax.config.jax_enable_x64)
+    )
+  return env
 
 
 # ---------------------------------------------------------------------------- absl entry
 
 
 def _one_line(error: BaseException) -> str:
-    """A one-line message for an exception (the last line of an embedded traceback)."""
-    text = str(error).strip()
-    if isinstance(error, (KeyError, AttributeError)):  # ml_collections quotes it (twice)
-        for _ in range(2):
-            with contextlib.suppress(ValueError, SyntaxError):
-                text = ast.literal_eval(text) if text[:1] in "'\"" else text
-        return "unknown config key: " + " ".join(text.split())
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if isinstance(error, OSError) and lines:
-        return f"cannot load the --config file: {lines[-1]}"
-    if any(line.startswith("Traceback") for line in lines):
-        return lines[0].rstrip(":") + " " + lines[-1]
-    return " ".join(lines) or type(error).__name__
+  """A one-line message for an exception (the last line of an embedded traceback)."""
+  text = str(error).strip()
+  if isinstance(error, (KeyError, AttributeError)):  # ml_collections quotes it (twice)
+    for _ in range(2):
+      with contextlib.suppress(ValueError, SyntaxError):
+        text = ast.literal_eval(text) if text[:1] in "'\"" else text
+    return "unknown config key: " + " ".join(text.split())
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if isinstance(error, OSError) and lines:
+    return f"cannot load the --config file: {lines[-1]}"
+  if any(line.startswith("Traceback") for line in lines):
+    return lines[0].rstrip(":") + " " + lines[-1]
+  return " ".join(lines) or type(error).__name__
 
 
 def _die(message: str, code: int = 2):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
 
 
 def _raise_exit(signum, frame):
-    """SIGTERM → SystemExit, so that pending atomic writes clean up their temp files."""
-    del frame
-    raise SystemExit(128 + signum)
+  """SIGTERM → SystemExit, so that pending atomic writes clean up their temp files."""
+  del frame
+  raise SystemExit(128 + signum)
 
 
 def experiment_name(run_fn: Callable) -> str:
-    """The experiment's name: its module's last component (also when run as __main__)."""
-    module = sys.modules.get(run_fn.__module__)
-    spec = getattr(module, "__spec__", None)
-    if spec is not None and spec.name:
-        return spec.name.rsplit(".", 1)[-1]
-    return Path(getattr(module, "__file__", "experiment")).stem
+  """The experiment's name: its module's last component (also when run as __main__)."""
+  module = sys.modules.get(run_fn.__module__)
+  spec = getattr(module, "__spec__", None)
+  if spec is not None and spec.name:
+    return spec.name.rsplit(".", 1)[-1]
+  return Path(getattr(module, "__file__", "experiment")).stem
 
 
 def run_app(body: Callable[[], None]) -> None:
-    """``absl.app.run(body)`` with one-line errors instead of tracebacks.
+  """``absl.app.run(body)`` with one-line errors instead of tracebacks.
 
-    A bad flag, config override or config file, a ConfigError or WorkdirError print one
-    ``error:`` line on stderr and exit with status 2; stray arguments are rejected; Ctrl-C
-    exits with 130 and SIGTERM with 143, after pending atomic writes have cleaned up.
-    """
-    from absl import app, flags
-    from absl import logging as absl_logging
+  A bad flag, config override or config file, a ConfigError or WorkdirError print one
+  ``error:`` line on stderr and exit with status 2; stray arguments are rejected; Ctrl-C
+  exits with 130 and SIGTERM with 143, after pending atomic writes have cleaned up.
+  """
+  from absl import app, flags
+  from absl import logging as absl_logging
 
-    flag_values = flags.FLAGS
+  flag_values = flags.FLAGS
 
-    def parse(argv):
-        try:
-            rest = flag_values(argv)
-            if "config" in flag_values:
-                flag_values.config.to_dict()  # a config file that failed to load raises here
-            return rest
-        except Exception as error:
-            _die(_one_line(error))
+  def parse(argv):
+    try:
+      rest = flag_values(argv)
+      if "config" in flag_values:
+        flag_values.config.to_dict()  # a config file that failed to load raises here
+      return rest
+    except Exception as error:
+      _die(_one_line(error))
 
-    def wrapped(argv):
-        if len(argv) > 1:
-            _die(f"unexpected arguments {argv[1:]} (settings go in --config.key=value)")
-        absl_logging.set_verbosity(absl_logging.WARNING)  # no INFO chatter from libraries
-        signal.signal(signal.SIGTERM, _raise_exit)
-        try:
-            body()
-        except (ConfigError, WorkdirError) as error:
-            _die(str(error))
-        except KeyboardInterrupt:
-            _die("interrupted; the files already in the workdir are complete", 130)
+  def wrapped(argv):
+    if len(argv) > 1:
+      _die(f"unexpected arguments {argv[1:]} (settings go in --config.key=value)")
+    absl_logging.set_verbosity(absl_logging.WARNING)  # no INFO chatter from libraries
+    signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+      body()
+    except (ConfigError, WorkdirError) as error:
+      _die(str(error))
+    except KeyboardInterrupt:
+      _die("interrupted; the files already in the workdir are complete", 130)
 
-    app.run(wrapped, flags_parser=parse)
+  app.run(wrapped, flags_parser=parse)
 
 
 def main(run_fn: Callable, validate: Callable | None = None) -> None:
-    """The absl entry point of an experiment (``if __name__ == "__main__": main(run, validate)``).
+  """The absl entry point of an experiment (``if __name__ == "__main__": main(run, validate)``).
 
-    Flags: ``--config`` (default ``configs/<name>.py``; ``:smoke`` and ``--config.key=value``
-    overrides), ``--workdir`` (default a fresh ``runs/<name>-<timestamp>``), ``--overwrite``.
-    """
-    from absl import flags
-    from ml_collections import config_flags
+  Flags: ``--config`` (default ``configs/<name>.py``; ``:smoke`` and ``--config.key=value``
+  overrides), ``--workdir`` (default a fresh ``runs/<name>-<timestamp>``), ``--overwrite``.
+  """
+  from absl import flags
+  from ml_collections import config_flags
 
-    name = experiment_name(run_fn)
-    flags.DEFINE_string("workdir", None, "Output directory (default: runs/<name>-<timestamp>).")
-    flags.DEFINE_bool("overwrite", False, "Allow reusing a non-empty --workdir.")
-    try:
-        config_flags.DEFINE_config_file(
-            "config", str(CONFIGS_DIR / f"{name}.py"), "Experiment config file.",
-            lock_config=True)
-    except Exception as error:  # overrides of the default config are parsed here already
-        _die(_one_line(error))
+  name = experiment_name(run_fn)
+  flags.DEFINE_string("workdir", None, "Output directory (default: runs/<name>-<timestamp>).")
+  flags.DEFINE_bool("overwrite", False, "Allow reusing a non-empty --workdir.")
+  try:
+    config_flags.DEFINE_config_file(
+      "config", str(CONFIGS_DIR / f"{name}.py"), "Experiment config file.", lock_config=True
+    )
+  except Exception as error:  # overrides of the default config are parsed here already
+    _die(_one_line(error))
 
-    def body():
-        flag_values = flags.FLAGS
-        run_experiment(name, run_fn, flag_values.config,
-                       flag_values.workdir or default_workdir(name), validate=validate,
-                       overwrite=flag_values.overwrite)
+  def body():
+    flag_values = flags.FLAGS
+    run_experiment(
+      name,
+      run_fn,
+      flag_values.config,
+      flag_values.workdir or default_workdir(name),
+      validate=validate,
+      overwrite=flag_values.overwrite,
+    )
 
-    run_app(body)
+  run_app(body)

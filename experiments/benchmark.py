@@ -50,32 +50,44 @@ from xent_jax import data, fit, models, training
 
 # SPEC §6 targets: (ratio that is compared, comparison, bound).
 TARGETS = {
-    ("sigmoid", "fwd"): ("ours/anchor", "<=", 0.25),
-    ("sigmoid", "fwd+bwd"): ("ours/anchor", "<=", 0.5),
-    ("softmax_int", "fwd"): ("ours/anchor", "<=", 1.0),
-    ("softmax_int", "fwd+bwd"): ("ours/anchor", "<=", 1.0),
-    ("softmax_dense", "fwd"): ("ours/anchor", "<=", 1.0),
-    ("softmax_dense", "fwd+bwd"): ("ours/anchor", "<=", 1.0),
-    ("entropy", "fwd+bwd"): ("ours/anchor", "<=", 0.5),
-    ("train_step", "step"): ("read/ours", ">=", 0.75),
-    ("optimum", "fit"): ("ours/anchor", "<=", 1.0),
-    ("import", "import"): ("ours/anchor", "<=", 1.1),
+  ("sigmoid", "fwd"): ("ours/anchor", "<=", 0.25),
+  ("sigmoid", "fwd+bwd"): ("ours/anchor", "<=", 0.5),
+  ("softmax_int", "fwd"): ("ours/anchor", "<=", 1.0),
+  ("softmax_int", "fwd+bwd"): ("ours/anchor", "<=", 1.0),
+  ("softmax_dense", "fwd"): ("ours/anchor", "<=", 1.0),
+  ("softmax_dense", "fwd+bwd"): ("ours/anchor", "<=", 1.0),
+  ("entropy", "fwd+bwd"): ("ours/anchor", "<=", 0.5),
+  ("train_step", "step"): ("read/ours", ">=", 0.75),
+  ("optimum", "fit"): ("ours/anchor", "<=", 1.0),
+  ("import", "import"): ("ours/anchor", "<=", 1.1),
 }
 
 
 def validate(config) -> None:
   """Rejects unknown keys and bad values before any compute."""
   positive = _common.integer(low=1)
-  _common.check_config(config, {
+  _common.check_config(
+    config,
+    {
       "sections": _tuple_of(_common.choice(*SECTIONS)),
-      "seed": _common.integer(low=0), "warmup": _common.integer(low=0), "repeats": positive,
-      "sigmoid_size": positive, "softmax_shapes": _tuple_of(_pair(positive)),
-      "logit_scale": _common.real(low=0, low_open=True), "num_features": positive,
-      "weight_scale": _common.real(low=0), "bias": _common.real(),
-      "train_step_sizes": _tuple_of(positive), "learning_rate": _common.learning_rate(),
-      "optimum_sizes": _tuple_of(positive), "optimum_repeats": positive,
+      "seed": _common.integer(low=0),
+      "warmup": _common.integer(low=0),
+      "repeats": positive,
+      "sigmoid_size": positive,
+      "softmax_shapes": _tuple_of(_pair(positive)),
+      "logit_scale": _common.real(low=0, low_open=True),
+      "num_features": positive,
+      "weight_scale": _common.real(low=0),
+      "bias": _common.real(),
+      "train_step_sizes": _tuple_of(positive),
+      "learning_rate": _common.learning_rate(),
+      "optimum_sizes": _tuple_of(positive),
+      "optimum_repeats": positive,
       "optimum_rtol": _common.real(low=0, low_open=True),
-      "import_repeats": positive, "save_hlo": _common.boolean()})
+      "import_repeats": positive,
+      "save_hlo": _common.boolean(),
+    },
+  )
 
 
 def _tuple_of(element: _common.Checker) -> _common.Checker:
@@ -84,6 +96,7 @@ def _tuple_of(element: _common.Checker) -> _common.Checker:
       raise _common.ConfigError(f"config.{key} must be a non-empty tuple, got {value!r}")
     for i, v in enumerate(value):
       element(f"{key}[{i}]", v)
+
   return check
 
 
@@ -93,6 +106,7 @@ def _pair(element: _common.Checker) -> _common.Checker:
       raise _common.ConfigError(f"config.{key} must be a pair (B, C), got {value!r}")
     for i, v in enumerate(value):
       element(f"{key}[{i}]", v)
+
   return check
 
 
@@ -125,6 +139,7 @@ class _Case:
     def run_threaded():  # the output (or its first element) is the next call's input
       out = jax.block_until_ready(compiled(*carried))
       carried[donate[0]] = out[0] if isinstance(out, tuple) else out
+
     self.runners[label] = run_threaded
 
   def time(self, config) -> dict[str, dict]:
@@ -132,8 +147,9 @@ class _Case:
     return time_interleaved(self.runners, warmup=config.warmup, repeats=config.repeats)
 
 
-def time_interleaved(runners: dict[str, Callable[[], Any]], *, warmup: int,
-                     repeats: int) -> dict[str, dict]:
+def time_interleaved(
+  runners: dict[str, Callable[[], Any]], *, warmup: int, repeats: int
+) -> dict[str, dict]:
   """Calls each runner round-robin (order rotated each round); seconds per call."""
   labels = list(runners)
   for _ in range(warmup):
@@ -146,8 +162,7 @@ def time_interleaved(runners: dict[str, Callable[[], Any]], *, warmup: int,
       start = time.perf_counter()
       runners[label]()
       samples[label].append(time.perf_counter() - start)
-  return {label: {"median_s": float(np.median(s)), "samples_s": s}
-          for label, s in samples.items()}
+  return {label: {"median_s": float(np.median(s)), "samples_s": s} for label, s in samples.items()}
 
 
 def _buffer_bytes(compiled) -> int | None:
@@ -155,43 +170,77 @@ def _buffer_bytes(compiled) -> int | None:
   stats = compiled.memory_analysis()
   if stats is None:
     return None
-  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
-             + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+  return int(
+    stats.argument_size_in_bytes
+    + stats.output_size_in_bytes
+    + stats.temp_size_in_bytes
+    - stats.alias_size_in_bytes
+  )
 
 
-def _row(operation: str, shape: str, pass_: str, anchor: str, times: dict, case: _Case | None,
-         *, ours="ours", anchor_label="anchor", read: str | None = "read", read_factor=1.0,
-         **extra) -> dict:
+def _row(
+  operation: str,
+  shape: str,
+  pass_: str,
+  anchor: str,
+  times: dict,
+  case: _Case | None,
+  *,
+  ours="ours",
+  anchor_label="anchor",
+  read: str | None = "read",
+  read_factor=1.0,
+  **extra,
+) -> dict:
   """One table row: medians, ratios and the SPEC §6 verdict (None where no target)."""
   t_ours, t_anchor = times[ours]["median_s"], times[anchor_label]["median_s"]
   t_read = times[read]["median_s"] * read_factor if read else None
   ratios = {"ours/anchor": t_ours / t_anchor}
   if t_read is not None:
-    ratios.update({"ours/read": t_ours / t_read, "anchor/read": t_anchor / t_read,
-                   "read/ours": t_read / t_ours, "read/anchor": t_read / t_anchor})
+    ratios.update(
+      {
+        "ours/read": t_ours / t_read,
+        "anchor/read": t_anchor / t_read,
+        "read/ours": t_read / t_ours,
+        "read/anchor": t_read / t_anchor,
+      }
+    )
   target = TARGETS.get((operation, pass_))
-  row = {"operation": operation, "shape": shape, "pass": pass_, "anchor": anchor,
-         "ours_s": t_ours, "anchor_s": t_anchor, "read_s": t_read, "ratios": ratios,
-         "samples_s": {"ours": times[ours]["samples_s"],
-                       "anchor": times[anchor_label]["samples_s"]}, **extra}
+  row = {
+    "operation": operation,
+    "shape": shape,
+    "pass": pass_,
+    "anchor": anchor,
+    "ours_s": t_ours,
+    "anchor_s": t_anchor,
+    "read_s": t_read,
+    "ratios": ratios,
+    "samples_s": {"ours": times[ours]["samples_s"], "anchor": times[anchor_label]["samples_s"]},
+    **extra,
+  }
   if case is not None:
     row["compile_s"] = {"ours": case.compile_s[ours], "anchor": case.compile_s[anchor_label]}
-    row["xla_buffer_bytes"] = {"ours": case.xla_bytes[ours],
-                               "anchor": case.xla_bytes[anchor_label]}
+    row["xla_buffer_bytes"] = {"ours": case.xla_bytes[ours], "anchor": case.xla_bytes[anchor_label]}
   if target is not None:
     key, op, bound = target
     measured = ratios[key]
     met = measured <= bound if op == "<=" else measured >= bound
-    row["target"] = {"ratio": key, "op": op, "bound": bound, "measured": measured,
-                     "met": bool(met and extra.get("reached_optimum", True))}
+    row["target"] = {
+      "ratio": key,
+      "op": op,
+      "bound": bound,
+      "measured": measured,
+      "met": bool(met and extra.get("reached_optimum", True)),
+    }
   return row
 
 
 # ------------------------------------------------------------------- elementwise/softmax
 
 
-def _kernel_rows(config, workdir, hlo_dir, operation, shape, anchor, ours_loss, anchor_loss,
-                 args) -> list[dict]:
+def _kernel_rows(
+  config, workdir, hlo_dir, operation, shape, anchor, ours_loss, anchor_loss, args
+) -> list[dict]:
   """Forward and forward+backward (grad w.r.t. the first argument) of two scalar losses."""
   case = _Case(f"{operation}_{shape}", hlo_dir)
   case.compile("read", jnp.sum, args[0])
@@ -200,12 +249,30 @@ def _kernel_rows(config, workdir, hlo_dir, operation, shape, anchor, ours_loss, 
     case.compile(f"{label}_bwd", jax.value_and_grad(loss), *args)
   load = os.getloadavg()[0]
   times = case.time(config)
-  workdir.log("%s %s: ours %.1f ms, %s %.1f ms, read %.1f ms (load %.1f)", operation, shape,
-              1e3 * times["ours"]["median_s"], anchor, 1e3 * times["anchor"]["median_s"],
-              1e3 * times["read"]["median_s"], load)
-  return [_row(operation, shape, "fwd", anchor, times, case, load=load),
-          _row(operation, shape, "fwd+bwd", anchor, times, case, ours="ours_bwd",
-               anchor_label="anchor_bwd", load=load)]
+  workdir.log(
+    "%s %s: ours %.1f ms, %s %.1f ms, read %.1f ms (load %.1f)",
+    operation,
+    shape,
+    1e3 * times["ours"]["median_s"],
+    anchor,
+    1e3 * times["anchor"]["median_s"],
+    1e3 * times["read"]["median_s"],
+    load,
+  )
+  return [
+    _row(operation, shape, "fwd", anchor, times, case, load=load),
+    _row(
+      operation,
+      shape,
+      "fwd+bwd",
+      anchor,
+      times,
+      case,
+      ours="ours_bwd",
+      anchor_label="anchor_bwd",
+      load=load,
+    ),
+  ]
 
 
 def _sigmoid_rows(config, workdir, hlo_dir) -> list[dict]:
@@ -214,9 +281,16 @@ def _sigmoid_rows(config, workdir, hlo_dir) -> list[dict]:
   logits = config.logit_scale * jax.random.normal(k_z, (n,), jnp.float32)
   labels = jax.random.bernoulli(k_y, 0.5, (n,)).astype(jnp.float32)
   return _kernel_rows(
-      config, workdir, hlo_dir, "sigmoid", f"{n}", "optax",
-      lambda z, y: xent_jax.sigmoid_binary_cross_entropy(z, y).mean(),
-      lambda z, y: optax.sigmoid_binary_cross_entropy(z, y).mean(), (logits, labels))
+    config,
+    workdir,
+    hlo_dir,
+    "sigmoid",
+    f"{n}",
+    "optax",
+    lambda z, y: xent_jax.sigmoid_binary_cross_entropy(z, y).mean(),
+    lambda z, y: optax.sigmoid_binary_cross_entropy(z, y).mean(),
+    (logits, labels),
+  )
 
 
 def _softmax_inputs(config, b: int, c: int):
@@ -231,16 +305,29 @@ def _softmax_rows(config, workdir, hlo_dir) -> list[dict]:
   for b, c in config.softmax_shapes:
     logits, labels, k_t = _softmax_inputs(config, b, c)
     rows += _kernel_rows(
-        config, workdir, hlo_dir, "softmax_int", f"{b}x{c}", "optax",
-        lambda z, y: xent_jax.softmax_cross_entropy_with_integer_labels(z, y).mean(),
-        lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y).mean(),
-        (logits, labels))
+      config,
+      workdir,
+      hlo_dir,
+      "softmax_int",
+      f"{b}x{c}",
+      "optax",
+      lambda z, y: xent_jax.softmax_cross_entropy_with_integer_labels(z, y).mean(),
+      lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y).mean(),
+      (logits, labels),
+    )
     targets = jax.nn.softmax(jax.random.normal(k_t, (b, c), jnp.float32))
     del labels
     rows += _kernel_rows(
-        config, workdir, hlo_dir, "softmax_dense", f"{b}x{c}", "optax",
-        lambda z, t: xent_jax.softmax_cross_entropy(z, t).mean(),
-        lambda z, t: optax.softmax_cross_entropy(z, t).mean(), (logits, targets))
+      config,
+      workdir,
+      hlo_dir,
+      "softmax_dense",
+      f"{b}x{c}",
+      "optax",
+      lambda z, t: xent_jax.softmax_cross_entropy(z, t).mean(),
+      lambda z, t: optax.softmax_cross_entropy(z, t).mean(),
+      (logits, targets),
+    )
   return rows
 
 
@@ -251,9 +338,16 @@ def _entropy_rows(config, workdir, hlo_dir) -> list[dict]:
   for b, c in config.softmax_shapes:
     logits, _, _ = _softmax_inputs(config, b, c)
     rows += _kernel_rows(
-        config, workdir, hlo_dir, "entropy", f"{b}x{c}", "distrax",
-        lambda z: xent_jax.entropy_from_logits(z).mean(),
-        lambda z: distrax.Categorical(logits=z).entropy().mean(), (logits,))
+      config,
+      workdir,
+      hlo_dir,
+      "entropy",
+      f"{b}x{c}",
+      "distrax",
+      lambda z: xent_jax.entropy_from_logits(z).mean(),
+      lambda z: distrax.Categorical(logits=z).entropy().mean(),
+      (logits,),
+    )
   return rows
 
 
@@ -272,8 +366,10 @@ def logistic_data(config, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _plain_step(params, x_NxD, y_N, *, learning_rate):
   """What a user writes by hand: jax.grad of optax's loss, then params - lr * grad."""
+
   def loss(p):
     return optax.sigmoid_binary_cross_entropy(x_NxD @ p["w"] + p["b"], y_N).mean()
+
   grads = jax.grad(loss)(params)
   return jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
 
@@ -281,8 +377,9 @@ def _plain_step(params, x_NxD, y_N, *, learning_rate):
 def _train_step_rows(config, workdir, hlo_dir) -> list[dict]:
   rows = []
   optimizer = training.sgd(config.learning_rate)  # optax.sgd
-  step = functools.partial(training.train_step, loss_fn=models.logistic_regression_loss,
-                           optimizer=optimizer)
+  step = functools.partial(
+    training.train_step, loss_fn=models.logistic_regression_loss, optimizer=optimizer
+  )
   ours = lambda state, x, y_N: step(state, (x, y_N))
   plain = functools.partial(_plain_step, learning_rate=config.learning_rate)
   for n in config.train_step_sizes:
@@ -300,16 +397,31 @@ def _train_step_rows(config, workdir, hlo_dir) -> list[dict]:
     load = os.getloadavg()[0]
     times = case.time(config)
     row_major = times["ours_row_major"]["median_s"]
-    row = _row("train_step", f"{n}x{config.num_features}", "step", "plain jax.grad step", times,
-               case, read_factor=2.0, load=load,
-               ours_impl="xent_jax.training.train_step(loss_fn=models.logistic_regression_loss, "
-               "optimizer=training.sgd) on data.feature_major(X), jitted, TrainState donated",
-               row_major_s=row_major, row_major_read_over_ours=2 * times["read"]["median_s"]
-               / row_major)
-    workdir.log("train step N=%d: ours %.1f ms (%.0f%% of 2 reads; row-major X %.0f%%), plain "
-                "%.1f ms (%.0f%%), load %.1f", n, 1e3 * row["ours_s"],
-                100 * row["ratios"]["read/ours"], 100 * row["row_major_read_over_ours"],
-                1e3 * row["anchor_s"], 100 * row["ratios"]["read/anchor"], load)
+    row = _row(
+      "train_step",
+      f"{n}x{config.num_features}",
+      "step",
+      "plain jax.grad step",
+      times,
+      case,
+      read_factor=2.0,
+      load=load,
+      ours_impl="xent_jax.training.train_step(loss_fn=models.logistic_regression_loss, "
+      "optimizer=training.sgd) on data.feature_major(X), jitted, TrainState donated",
+      row_major_s=row_major,
+      row_major_read_over_ours=2 * times["read"]["median_s"] / row_major,
+    )
+    workdir.log(
+      "train step N=%d: ours %.1f ms (%.0f%% of 2 reads; row-major X %.0f%%), plain "
+      "%.1f ms (%.0f%%), load %.1f",
+      n,
+      1e3 * row["ours_s"],
+      100 * row["ratios"]["read/ours"],
+      100 * row["row_major_read_over_ours"],
+      1e3 * row["anchor_s"],
+      100 * row["ratios"]["read/anchor"],
+      load,
+    )
     rows.append(row)
   return rows
 
@@ -362,8 +474,12 @@ def _fit_sklearn(x_np, y_np):
     warnings.simplefilter("always")
     model = LogisticRegression(C=np.inf, solver="lbfgs").fit(x_np, y_np)
   params = {"w": model.coef_[0], "b": model.intercept_[0]}
-  return time.perf_counter() - start, params, int(model.n_iter_[0]), [
-      str(w.message) for w in caught]
+  return (
+    time.perf_counter() - start,
+    params,
+    int(model.n_iter_[0]),
+    [str(w.message) for w in caught],
+  )
 
 
 def _optimum_rows(config, workdir, hlo_dir) -> list[dict]:
@@ -382,18 +498,38 @@ def _optimum_rows(config, workdir, hlo_dir) -> list[dict]:
     summary = {}
     for label, runs in fits.items():
       gap = (objective64(runs[-1][1], x_np, y_np) - j_star) / j_star
-      summary[label] = {"median_s": float(np.median([r[0] for r in runs])),
-                        "samples_s": [r[0] for r in runs], "iterations": runs[-1][2],
-                        "relative_gap": gap, "reached": bool(gap <= config.optimum_rtol)}
+      summary[label] = {
+        "median_s": float(np.median([r[0] for r in runs])),
+        "samples_s": [r[0] for r in runs],
+        "iterations": runs[-1][2],
+        "relative_gap": gap,
+        "reached": bool(gap <= config.optimum_rtol),
+      }
     times = {"ours": summary["ours"], "anchor": summary["sklearn"]}
-    row = _row("optimum", f"{n}x{config.num_features}", "fit", "sklearn lbfgs", times, None,
-               read=None, method="xent_jax.fit", solvers=summary,
-               reference_objective=j_star, reference_s=reference_s,
-               sklearn_warnings=fits["sklearn"][-1][3],
-               reached_optimum=summary["ours"]["reached"], load=os.getloadavg()[0])
-    workdir.log("optimum N=%d: %s", n, {k: (round(v["median_s"], 3), v["iterations"],
-                                             f"{v['relative_gap']:.1e}")
-                                         for k, v in summary.items()})
+    row = _row(
+      "optimum",
+      f"{n}x{config.num_features}",
+      "fit",
+      "sklearn lbfgs",
+      times,
+      None,
+      read=None,
+      method="xent_jax.fit",
+      solvers=summary,
+      reference_objective=j_star,
+      reference_s=reference_s,
+      sklearn_warnings=fits["sklearn"][-1][3],
+      reached_optimum=summary["ours"]["reached"],
+      load=os.getloadavg()[0],
+    )
+    workdir.log(
+      "optimum N=%d: %s",
+      n,
+      {
+        k: (round(v["median_s"], 3), v["iterations"], f"{v['relative_gap']:.1e}")
+        for k, v in summary.items()
+      },
+    )
     rows.append(row)
   return rows
 
@@ -405,13 +541,18 @@ def _import_rows(config, workdir, hlo_dir) -> list[dict]:
   del hlo_dir
 
   def importer(statement):
-    code = (f"import time; t = time.perf_counter(); {statement}; "
-            "print(time.perf_counter() - t)")
+    code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
 
     def run():
-      out = subprocess.run([sys.executable, "-c", code], cwd=_common.REPO_ROOT, check=True,
-                           capture_output=True, text=True)
+      out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=_common.REPO_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+      )
       runner.seconds.append(float(out.stdout.split()[-1]))
+
     runner = run
     runner.seconds = []
     return runner
@@ -419,12 +560,23 @@ def _import_rows(config, workdir, hlo_dir) -> list[dict]:
   runners = {"ours": importer("import xent_jax"), "anchor": importer("import jax, optax")}
   time_interleaved(runners, warmup=config.warmup, repeats=config.import_repeats)
   # The time the import statement takes inside a fresh interpreter (start-up excluded).
-  times = {k: {"median_s": float(np.median(r.seconds[config.warmup:])),
-               "samples_s": r.seconds[config.warmup:]} for k, r in runners.items()}
-  workdir.log("import: xent_jax %.2f s, jax+optax %.2f s", times["ours"]["median_s"],
-              times["anchor"]["median_s"])
-  return [_row("import", "-", "import", "import jax, optax", times, None, read=None,
-               load=os.getloadavg()[0])]
+  times = {
+    k: {
+      "median_s": float(np.median(r.seconds[config.warmup :])),
+      "samples_s": r.seconds[config.warmup :],
+    }
+    for k, r in runners.items()
+  }
+  workdir.log(
+    "import: xent_jax %.2f s, jax+optax %.2f s",
+    times["ours"]["median_s"],
+    times["anchor"]["median_s"],
+  )
+  return [
+    _row(
+      "import", "-", "import", "import jax, optax", times, None, read=None, load=os.getloadavg()[0]
+    )
+  ]
 
 
 # --------------------------------------------------------------------------------- report
@@ -441,14 +593,23 @@ def machine() -> dict:
       cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
   except (OSError, StopIteration):
     pass
-  return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-          "platform": platform.platform(), "python": platform.python_version(),
-          "jax": jax.__version__, "jaxlib": jaxlib.__version__, "optax": optax.__version__,
-          "distrax": distrax.__version__,
-          "backend": jax.default_backend(), "devices": len(jax.devices()),
-          "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
-          "XLA_FLAGS": os.environ.get("XLA_FLAGS"), "load_avg_start": os.getloadavg(),
-          "memory_stats": jax.devices()[0].memory_stats()}
+  return {
+    "cpu": cpu,
+    "cores": os.cpu_count(),
+    "usable_cores": len(os.sched_getaffinity(0)),
+    "platform": platform.platform(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "optax": optax.__version__,
+    "distrax": distrax.__version__,
+    "backend": jax.default_backend(),
+    "devices": len(jax.devices()),
+    "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
+    "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
+    "load_avg_start": os.getloadavg(),
+    "memory_stats": jax.devices()[0].memory_stats(),
+  }
 
 
 def _fmt(seconds: float | None) -> str:
@@ -461,45 +622,65 @@ def markdown(results: dict) -> str:
   """The table of ratios, one row per case and pass, with the SPEC §6 verdicts."""
   m = results["machine"]
   lines = [
-      f"Machine: {m['cpu']}, {m['usable_cores']} cores; jax {m['jax']}, optax {m['optax']}, "
-      f"distrax {m['distrax']}; GLIBC_TUNABLES={m['GLIBC_TUNABLES']}; load average "
-      f"{m['load_avg_start'][0]:.1f} at start, {results['load_avg_end'][0]:.1f} at end.",
-      "",
-      "| operation | shape | pass | ours | anchor | anchor time | read pass | ours/anchor "
-      "| ours/read | anchor/read | target | met |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    f"Machine: {m['cpu']}, {m['usable_cores']} cores; jax {m['jax']}, optax {m['optax']}, "
+    f"distrax {m['distrax']}; GLIBC_TUNABLES={m['GLIBC_TUNABLES']}; load average "
+    f"{m['load_avg_start'][0]:.1f} at start, {results['load_avg_end'][0]:.1f} at end.",
+    "",
+    "| operation | shape | pass | ours | anchor | anchor time | read pass | ours/anchor "
+    "| ours/read | anchor/read | target | met |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for row in results["rows"]:
     r, target = row["ratios"], row.get("target")
     verdict = "-" if target is None else ("yes" if target["met"] else "**no**")
-    spec = "-" if target is None else (f"{target['ratio']} {target['op']} {target['bound']:g}"
-                                       f" (measured {target['measured']:.2f})")
+    spec = (
+      "-"
+      if target is None
+      else (
+        f"{target['ratio']} {target['op']} {target['bound']:g} (measured {target['measured']:.2f})"
+      )
+    )
     name = row["operation"] + (f" ({row['method']})" if "method" in row else "")
     lines.append(
-        f"| {name} | {row['shape']} | {row['pass']} | {_fmt(row['ours_s'])} | {row['anchor']} "
-        f"| {_fmt(row['anchor_s'])} | {_fmt(row['read_s'])} | {r['ours/anchor']:.2f} "
-        f"| {_ratio(r, 'ours/read')} | {_ratio(r, 'anchor/read')} | {spec} | {verdict} |")
-  lines += ["", "Read pass: a jitted `jnp.sum` over the logits (train step: 2 × `jnp.sum(X)`). "
-            "Times are medians of interleaved repeats; ratios < 1 mean ours is faster."]
+      f"| {name} | {row['shape']} | {row['pass']} | {_fmt(row['ours_s'])} | {row['anchor']} "
+      f"| {_fmt(row['anchor_s'])} | {_fmt(row['read_s'])} | {r['ours/anchor']:.2f} "
+      f"| {_ratio(r, 'ours/read')} | {_ratio(r, 'anchor/read')} | {spec} | {verdict} |"
+    )
+  lines += [
+    "",
+    "Read pass: a jitted `jnp.sum` over the logits (train step: 2 × `jnp.sum(X)`). "
+    "Times are medians of interleaved repeats; ratios < 1 mean ours is faster.",
+  ]
   for row in results["rows"]:
     if row["operation"] == "optimum":
       cold, warm, sk = (row["solvers"][k] for k in ("ours", "ours_warm", "sklearn"))
-      lines.append(f"Optimum N={row['shape']}: xent_jax.fit {_fmt(cold['median_s'])} cold "
-                   f"(compile included), {_fmt(warm['median_s'])} with the gradient already "
-                   f"compiled; {cold['iterations']} L-BFGS steps, relative gap "
-                   f"{cold['relative_gap']:.1e} (scikit-learn: {sk['iterations']} steps, "
-                   f"{sk['relative_gap']:.1e}).")
-  lines += ["",
-            "| operation | shape | pass | compile ours | compile anchor | XLA buffers ours "
-            "| XLA buffers anchor |", "|---|---|---|---|---|---|---|"]
+      lines.append(
+        f"Optimum N={row['shape']}: xent_jax.fit {_fmt(cold['median_s'])} cold "
+        f"(compile included), {_fmt(warm['median_s'])} with the gradient already "
+        f"compiled; {cold['iterations']} L-BFGS steps, relative gap "
+        f"{cold['relative_gap']:.1e} (scikit-learn: {sk['iterations']} steps, "
+        f"{sk['relative_gap']:.1e})."
+      )
+  lines += [
+    "",
+    "| operation | shape | pass | compile ours | compile anchor | XLA buffers ours "
+    "| XLA buffers anchor |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for row in results["rows"]:
     if "compile_s" in row:
       c, b = row["compile_s"], row["xla_buffer_bytes"]
-      lines.append(f"| {row['operation']} | {row['shape']} | {row['pass']} | {_fmt(c['ours'])} "
-                   f"| {_fmt(c['anchor'])} | {_mib(b['ours'])} | {_mib(b['anchor'])} |")
-  lines += ["", "XLA buffers: arguments + outputs + temporaries of the compiled function "
-            "(`memory_analysis()`; `memory_stats()` is "
-            f"{'unavailable' if m['memory_stats'] is None else 'available'} on this backend). "
-            f"Peak RSS of the whole run: {_mib(results['peak_rss_bytes'])}."]
+      lines.append(
+        f"| {row['operation']} | {row['shape']} | {row['pass']} | {_fmt(c['ours'])} "
+        f"| {_fmt(c['anchor'])} | {_mib(b['ours'])} | {_mib(b['anchor'])} |"
+      )
+  lines += [
+    "",
+    "XLA buffers: arguments + outputs + temporaries of the compiled function "
+    "(`memory_analysis()`; `memory_stats()` is "
+    f"{'unavailable' if m['memory_stats'] is None else 'available'} on this backend). "
+    f"Peak RSS of the whole run: {_mib(results['peak_rss_bytes'])}.",
+  ]
   return "\n".join(lines) + "\n"
 
 
@@ -511,9 +692,14 @@ def _mib(nbytes: int | None) -> str:
   return "-" if nbytes is None else f"{nbytes / 2**20:.0f} MiB"
 
 
-_SECTION_RUNNERS = {"sigmoid": _sigmoid_rows, "softmax": _softmax_rows,
-                    "entropy": _entropy_rows, "train_step": _train_step_rows,
-                    "optimum": _optimum_rows, "import": _import_rows}
+_SECTION_RUNNERS = {
+  "sigmoid": _sigmoid_rows,
+  "softmax": _softmax_rows,
+  "entropy": _entropy_rows,
+  "train_step": _train_step_rows,
+  "optimum": _optimum_rows,
+  "import": _import_rows,
+}
 
 
 def run(config, workdir: _common.Workdir) -> dict:

@@ -62,7 +62,9 @@ DTYPES = ("float32", "float64")
 
 def validate(config) -> None:
   """Rejects a config E4 cannot run with (see ``configs/gradient_check.py``)."""
-  _common.check_config(config, {
+  _common.check_config(
+    config,
+    {
       "sigmoid_grid": _common.grid(),
       "num_examples": _common.integer(low=2, high=1_000_000),
       "num_features": _common.integer(low=1, high=10_000),
@@ -70,7 +72,8 @@ def validate(config) -> None:
       "param_scales": _common.reals(low=0, high=1e3),
       "seed": _common.integer(low=0),
       "check_grads_order": _common.choice(1, 2),
-  })
+    },
+  )
 
 
 def _precision(dtype: str):
@@ -95,9 +98,11 @@ def _flat(params) -> np.ndarray:
 def _sigmoid_derivatives(z_Z):
   """σ'(z) by autodiff, as σ(z)·σ(-z), and as the literal σ(z)·(1 - σ(z))."""
   sigma_Z = sigmoid(z_Z)
-  return {"autodiff": jax.vmap(jax.grad(sigmoid))(z_Z),
-          "identity": sigma_Z * sigmoid(-z_Z),  # 1 - σ(z) = σ(-z), without cancellation
-          "literal": sigma_Z * (1 - sigma_Z)}
+  return {
+    "autodiff": jax.vmap(jax.grad(sigmoid))(z_Z),
+    "identity": sigma_Z * sigmoid(-z_Z),  # 1 - σ(z) = σ(-z), without cancellation
+    "literal": sigma_Z * (1 - sigma_Z),
+  }
 
 
 def sigmoid_derivative_reference(z_Z) -> np.ndarray:
@@ -118,12 +123,11 @@ def _sigmoid_check(z_Z: np.ndarray, dtype: str) -> tuple[dict, dict]:
   err = {k: np.abs(v - reference_Z) / reference_Z for k, v in out.items()}
   lost = np.asarray(z_Z, np.float64)[err["literal"] > 0.01]
   return {
-      "max_rel_error_autodiff_vs_identity":
-          _rel_error_elementwise(out["autodiff"], out["identity"]),
-      "max_rel_error_autodiff_vs_reference": err["autodiff"].max(),
-      "max_rel_error_identity_vs_reference": err["identity"].max(),
-      "max_rel_error_literal_vs_reference": err["literal"].max(),
-      "literal_error_above_1pct_for_z_from": lost.min() if lost.size else None,
+    "max_rel_error_autodiff_vs_identity": _rel_error_elementwise(out["autodiff"], out["identity"]),
+    "max_rel_error_autodiff_vs_reference": err["autodiff"].max(),
+    "max_rel_error_identity_vs_reference": err["identity"].max(),
+    "max_rel_error_literal_vs_reference": err["literal"].max(),
+    "literal_error_above_1pct_for_z_from": lost.min() if lost.size else None,
   }, err
 
 
@@ -138,12 +142,13 @@ def random_problem(config) -> dict:
   """The random problem (numpy float64): data, labels and unit-scale parameter directions."""
   rng = np.random.default_rng(config.seed)
   n, d, k = config.num_examples, config.num_features, config.num_classes
-  return {"x_NxD": rng.standard_normal((n, d)),
-          "y_binary_N": rng.integers(0, 2, n).astype(np.int32),
-          "y_class_N": rng.integers(0, k, n).astype(np.int32),
-          "logistic": {"w": rng.standard_normal(d) / np.sqrt(d), "b": rng.standard_normal()},
-          "softmax": {"w": rng.standard_normal((d, k)) / np.sqrt(d),
-                      "b": rng.standard_normal(k)}}
+  return {
+    "x_NxD": rng.standard_normal((n, d)),
+    "y_binary_N": rng.integers(0, 2, n).astype(np.int32),
+    "y_class_N": rng.integers(0, k, n).astype(np.int32),
+    "logistic": {"w": rng.standard_normal(d) / np.sqrt(d), "b": rng.standard_normal()},
+    "softmax": {"w": rng.standard_normal((d, k)) / np.sqrt(d), "b": rng.standard_normal(k)},
+  }
 
 
 def seed_loss_grad(params, x_NxD, y_N):
@@ -170,6 +175,7 @@ def plain_losses():
   The library's cross-entropies carry hand-written (``custom_vjp``) gradients, so
   ``jax.grad`` of them is partly the closed form again; these give an independent autodiff.
   """
+
   def bce(params, x_NxD, y_N):
     z_N = x_NxD @ params["w"] + params["b"]
     return -jnp.mean(y_N * jax.nn.log_sigmoid(z_N) + (1 - y_N) * jax.nn.log_sigmoid(-z_N))
@@ -189,28 +195,34 @@ def _logistic_gradients(params, x_NxD, y_N):
   """Gradients of the mean BCE and of the §4.1 loss: library/plain autodiff, formulas."""
   y_N = y_N.astype(x_NxD.dtype)
   plain = plain_losses()
-  return {"library_autodiff": jax.grad(models.logistic_regression_loss)(params, x_NxD, y_N),
-          "plain_autodiff": jax.grad(plain["logistic"])(params, x_NxD, y_N),
-          "closed_form": models.logistic_regression_grad(params, x_NxD, y_N),
-          "seed_4_1_library_autodiff":
-              jax.grad(models.seed_section_4_1_loss)(params, x_NxD, y_N),
-          "seed_4_1_plain_autodiff": jax.grad(plain["seed_4_1"])(params, x_NxD, y_N),
-          "seed_4_1_derived": seed_loss_grad(params, x_NxD, y_N),
-          "missing_term": missing_term_grad(params, x_NxD, y_N)}
+  return {
+    "library_autodiff": jax.grad(models.logistic_regression_loss)(params, x_NxD, y_N),
+    "plain_autodiff": jax.grad(plain["logistic"])(params, x_NxD, y_N),
+    "closed_form": models.logistic_regression_grad(params, x_NxD, y_N),
+    "seed_4_1_library_autodiff": jax.grad(models.seed_section_4_1_loss)(params, x_NxD, y_N),
+    "seed_4_1_plain_autodiff": jax.grad(plain["seed_4_1"])(params, x_NxD, y_N),
+    "seed_4_1_derived": seed_loss_grad(params, x_NxD, y_N),
+    "missing_term": missing_term_grad(params, x_NxD, y_N),
+  }
 
 
 @jax.jit
 def _softmax_gradients(params, x_NxD, y_N):
   """Gradients of the mean softmax cross-entropy: library/plain autodiff, closed form."""
-  return {"library_autodiff": jax.grad(models.softmax_regression_loss)(params, x_NxD, y_N),
-          "plain_autodiff": jax.grad(plain_losses()["softmax"])(params, x_NxD, y_N),
-          "closed_form": models.softmax_regression_grad(params, x_NxD, y_N)}
+  return {
+    "library_autodiff": jax.grad(models.softmax_regression_loss)(params, x_NxD, y_N),
+    "plain_autodiff": jax.grad(plain_losses()["softmax"])(params, x_NxD, y_N),
+    "closed_form": models.softmax_regression_grad(params, x_NxD, y_N),
+  }
 
 
 def _gradients(problem: dict, model: str, scale: float, dtype: str) -> dict:
   """The gradients of ``model`` at ``scale`` × its parameter direction, as float64 vectors."""
-  fn, y = ((_logistic_gradients, "y_binary_N") if model == "logistic"
-           else (_softmax_gradients, "y_class_N"))
+  fn, y = (
+    (_logistic_gradients, "y_binary_N")
+    if model == "logistic"
+    else (_softmax_gradients, "y_class_N")
+  )
   with _precision(dtype):
     params = {k: jnp.asarray(scale * v, dtype) for k, v in problem[model].items()}
     grads = fn(params, jnp.asarray(problem["x_NxD"], dtype), jnp.asarray(problem[y]))
@@ -219,8 +231,12 @@ def _gradients(problem: dict, model: str, scale: float, dtype: str) -> dict:
 
 def _all_gradients(problem: dict, scales) -> dict:
   """``{model: {dtype: [gradients at each scale]}}``."""
-  return {model: {dtype: [_gradients(problem, model, scale, dtype) for scale in scales]
-                  for dtype in DTYPES} for model in ("logistic", "softmax")}
+  return {
+    model: {
+      dtype: [_gradients(problem, model, scale, dtype) for scale in scales] for dtype in DTYPES
+    }
+    for model in ("logistic", "softmax")
+  }
 
 
 def _compare(grads: dict, scales) -> dict:
@@ -231,18 +247,35 @@ def _compare(grads: dict, scales) -> dict:
     for dtype in DTYPES:
       g = grads[dtype][i]
       cf = g["closed_form"]
-      rows[dtype].append({
+      rows[dtype].append(
+        {
           "scale": scale,
-          **{f"rel_error_{kind}_vs_closed_form": _rel_error(g[kind], cf)
-             for kind in ("library_autodiff", "plain_autodiff")},
-          "max_componentwise_rel_error_plain_vs_closed_form":
-              _rel_error_elementwise(g["plain_autodiff"], cf),
-          **{f"rel_error_{kind}_vs_float64": _rel_error(g[kind], reference)
-             for kind in ("library_autodiff", "plain_autodiff", "closed_form")}})
-  return {dtype: {"by_scale": rows[dtype], "max_rel_error_autodiff_vs_closed_form": max(
-      max(r["rel_error_library_autodiff_vs_closed_form"],
-          r["rel_error_plain_autodiff_vs_closed_form"]) for r in rows[dtype])}
-          for dtype in DTYPES}
+          **{
+            f"rel_error_{kind}_vs_closed_form": _rel_error(g[kind], cf)
+            for kind in ("library_autodiff", "plain_autodiff")
+          },
+          "max_componentwise_rel_error_plain_vs_closed_form": _rel_error_elementwise(
+            g["plain_autodiff"], cf
+          ),
+          **{
+            f"rel_error_{kind}_vs_float64": _rel_error(g[kind], reference)
+            for kind in ("library_autodiff", "plain_autodiff", "closed_form")
+          },
+        }
+      )
+  return {
+    dtype: {
+      "by_scale": rows[dtype],
+      "max_rel_error_autodiff_vs_closed_form": max(
+        max(
+          r["rel_error_library_autodiff_vs_closed_form"],
+          r["rel_error_plain_autodiff_vs_closed_form"],
+        )
+        for r in rows[dtype]
+      ),
+    }
+    for dtype in DTYPES
+  }
 
 
 def _seed_loss_rows(grads: dict, scales) -> dict:
@@ -252,22 +285,31 @@ def _seed_loss_rows(grads: dict, scales) -> dict:
     for dtype in DTYPES:
       g = grads[dtype][i]
       seed, formula = g["seed_4_1_plain_autodiff"], g["closed_form"]
-      rows[dtype].append({
-          "scale": scale, "rel_discrepancy_vs_4_2_formula": _rel_error(seed, formula),
-          "cosine_vs_4_2_formula": float(seed @ formula / np.linalg.norm(seed)
-                                         / np.linalg.norm(formula)),
+      rows[dtype].append(
+        {
+          "scale": scale,
+          "rel_discrepancy_vs_4_2_formula": _rel_error(seed, formula),
+          "cosine_vs_4_2_formula": float(
+            seed @ formula / np.linalg.norm(seed) / np.linalg.norm(formula)
+          ),
           "rel_error_vs_derived": _rel_error(seed, g["seed_4_1_derived"]),
-          "rel_error_library_autodiff_vs_derived":
-              _rel_error(g["seed_4_1_library_autodiff"], g["seed_4_1_derived"]),
-          "rel_error_difference_vs_missing_term":
-              _rel_error(formula - seed, g["missing_term"])})
-  return {dtype: {"by_scale": rows[dtype],
-                  "min_rel_discrepancy": min(r["rel_discrepancy_vs_4_2_formula"]
-                                             for r in rows[dtype]),
-                  "max_rel_error_vs_derived": max(r["rel_error_vs_derived"] for r in rows[dtype]),
-                  "max_rel_error_library_autodiff_vs_derived":
-                      max(r["rel_error_library_autodiff_vs_derived"] for r in rows[dtype])}
-          for dtype in DTYPES}
+          "rel_error_library_autodiff_vs_derived": _rel_error(
+            g["seed_4_1_library_autodiff"], g["seed_4_1_derived"]
+          ),
+          "rel_error_difference_vs_missing_term": _rel_error(formula - seed, g["missing_term"]),
+        }
+      )
+  return {
+    dtype: {
+      "by_scale": rows[dtype],
+      "min_rel_discrepancy": min(r["rel_discrepancy_vs_4_2_formula"] for r in rows[dtype]),
+      "max_rel_error_vs_derived": max(r["rel_error_vs_derived"] for r in rows[dtype]),
+      "max_rel_error_library_autodiff_vs_derived": max(
+        r["rel_error_library_autodiff_vs_derived"] for r in rows[dtype]
+      ),
+    }
+    for dtype in DTYPES
+  }
 
 
 def _check_grads(problem: dict, scales, order: int) -> dict:
@@ -277,15 +319,16 @@ def _check_grads(problem: dict, scales, order: int) -> dict:
   ``jax.custom_vjp`` functions (for their tail-accurate gradients), which JAX cannot
   differentiate in forward mode (no ``jax.jvp``/``jax.jacfwd``/``jax.hessian``).
   """
-  losses = {"logistic": (models.logistic_regression_loss, "y_binary_N"),
-            "softmax": (models.softmax_regression_loss, "y_class_N")}
+  losses = {
+    "logistic": (models.logistic_regression_loss, "y_binary_N"),
+    "softmax": (models.softmax_regression_loss, "y_class_N"),
+  }
   failures, forward = [], {}
   with jax.enable_x64(True):
     x_NxD = jnp.asarray(problem["x_NxD"], jnp.float64)
     for name, (loss_fn, y) in losses.items():
       # jit: check_grads differentiates fn many times; compiled once, each call is cheap.
-      fn = jax.jit(functools.partial(_bind_data, loss_fn, x_NxD=x_NxD,
-                                     y_N=jnp.asarray(problem[y])))
+      fn = jax.jit(functools.partial(_bind_data, loss_fn, x_NxD=x_NxD, y_N=jnp.asarray(problem[y])))
       for scale in scales:
         params = {k: jnp.asarray(scale * v, jnp.float64) for k, v in problem[name].items()}
         try:
@@ -294,10 +337,14 @@ def _check_grads(problem: dict, scales, order: int) -> dict:
           lines = [line.strip() for line in str(error).splitlines() if line.strip()]
           failures.append(f"{name} at scale {scale:g}: " + " ".join(lines[:2]))
       forward[name] = _forward_mode(fn, params)
-  return {"scales": list(scales), "modes": ["rev"], "order": order,
-          "passed": {name: not any(f.startswith(name + " ") for f in failures)
-                     for name in losses},
-          "failures": failures, "forward_mode": forward}
+  return {
+    "scales": list(scales),
+    "modes": ["rev"],
+    "order": order,
+    "passed": {name: not any(f.startswith(name + " ") for f in failures) for name in losses},
+    "failures": failures,
+    "forward_mode": forward,
+  }
 
 
 def _bind_data(loss_fn, params, *, x_NxD, y_N):
@@ -305,7 +352,7 @@ def _bind_data(loss_fn, params, *, x_NxD, y_N):
 
 
 def _forward_mode(fn, params) -> str:
-  """"supported", or the first line of the error ``jax.jvp`` raises."""
+  """ "supported", or the first line of the error ``jax.jvp`` raises."""
   try:
     jax.jvp(fn, (params,), (params,))
   except TypeError as error:
@@ -323,12 +370,15 @@ def run(config, workdir: _common.Workdir) -> dict:
   problem = random_problem(config)
   scales = tuple(config.param_scales)
   grads = _all_gradients(problem, scales)
-  results = _common.to_jsonable({
+  results = _common.to_jsonable(
+    {
       "sigmoid_derivative": {dtype: s for dtype, (s, _) in sigmoid_checks.items()},
       "gradients": {model: _compare(grads[model], scales) for model in grads},
       "seed_4_1_loss": _seed_loss_rows(grads["logistic"], scales),
       "check_grads": _check_grads(problem, scales, config.check_grads_order),
-      "tolerance": {dtype: _tolerances(dtype, config.num_examples) for dtype in DTYPES}})
+      "tolerance": {dtype: _tolerances(dtype, config.num_examples) for dtype in DTYPES},
+    }
+  )
   results["claims"] = _claims(results)
   results["summary"] = _summary(results)
   for key, value in results["summary"].items():
@@ -342,20 +392,40 @@ def run(config, workdir: _common.Workdir) -> dict:
 
 def _tolerances(dtype: str, num_examples: int) -> dict:
   eps = float(np.finfo(dtype).eps)
-  return {"eps": eps, "sigmoid_derivative": 8 * eps,
-          "gradient": 2 * math.ceil(math.log2(num_examples)) * eps}
+  return {
+    "eps": eps,
+    "sigmoid_derivative": 8 * eps,
+    "gradient": 2 * math.ceil(math.log2(num_examples)) * eps,
+  }
 
 
 def _summary(r: dict) -> dict:
   g, seed = r["gradients"], r["seed_4_1_loss"]
-  summary = {f"max rel. error autodiff vs closed form, {model}, {dtype}":
-             g[model][dtype]["max_rel_error_autodiff_vs_closed_form"]
-             for model in g for dtype in DTYPES}
-  summary.update({f"max rel. error of the float32 gradients vs float64, {model}": max(
-      r[f"rel_error_{k}_vs_float64"] for r in g[model]["float32"]["by_scale"]
-      for k in ("library_autodiff", "plain_autodiff", "closed_form")) for model in g})
-  summary.update({f"§4.1 loss: rel. discrepancy of its gradient vs §4.2, scale {row['scale']:g}":
-                  row["rel_discrepancy_vs_4_2_formula"] for row in seed["float64"]["by_scale"]})
+  summary = {
+    f"max rel. error autodiff vs closed form, {model}, {dtype}": g[model][dtype][
+      "max_rel_error_autodiff_vs_closed_form"
+    ]
+    for model in g
+    for dtype in DTYPES
+  }
+  summary.update(
+    {
+      f"max rel. error of the float32 gradients vs float64, {model}": max(
+        r[f"rel_error_{k}_vs_float64"]
+        for r in g[model]["float32"]["by_scale"]
+        for k in ("library_autodiff", "plain_autodiff", "closed_form")
+      )
+      for model in g
+    }
+  )
+  summary.update(
+    {
+      f"§4.1 loss: rel. discrepancy of its gradient vs §4.2, scale {row['scale']:g}": row[
+        "rel_discrepancy_vs_4_2_formula"
+      ]
+      for row in seed["float64"]["by_scale"]
+    }
+  )
   return summary
 
 
@@ -365,58 +435,99 @@ def _claims(r: dict) -> list[dict]:
   seed, cg = r["seed_4_1_loss"], r["check_grads"]
 
   def gradient_holds(model):
-    return all(g[model][d]["max_rel_error_autodiff_vs_closed_form"] <= tol[d]["gradient"]
-               for d in DTYPES) and cg["passed"][model]
+    return (
+      all(
+        g[model][d]["max_rel_error_autodiff_vs_closed_form"] <= tol[d]["gradient"] for d in DTYPES
+      )
+      and cg["passed"][model]
+    )
 
   def gradient_measured(model):
-    return {**{f"max rel. error autodiff (library and plain jax.nn) vs closed form, {d}":
-               g[model][d]["max_rel_error_autodiff_vs_closed_form"] for d in DTYPES},
-            **{f"tolerance {d}": tol[d]["gradient"] for d in DTYPES},
-            f"check_grads (float64, rev, order {cg['order']}) passed": cg["passed"][model]}
+    return {
+      **{
+        f"max rel. error autodiff (library and plain jax.nn) vs closed form, {d}": g[model][d][
+          "max_rel_error_autodiff_vs_closed_form"
+        ]
+        for d in DTYPES
+      },
+      **{f"tolerance {d}": tol[d]["gradient"] for d in DTYPES},
+      f"check_grads (float64, rev, order {cg['order']}) passed": cg["passed"][model],
+    }
 
-  discrepancy = {f"{row['scale']:g}": row["rel_discrepancy_vs_4_2_formula"]
-                 for row in seed["float64"]["by_scale"]}
+  discrepancy = {
+    f"{row['scale']:g}": row["rel_discrepancy_vs_4_2_formula"]
+    for row in seed["float64"]["by_scale"]
+  }
   derived = max(seed[d]["max_rel_error_vs_derived"] / tol[d]["gradient"] for d in DTYPES)
   return [
-      _common.claim(
-          "4.2-sigmoid-derivative", "4.2", "σ'(x) = σ(x)(1 - σ(x))",
-          {**{f"max rel. error jax.grad(σ) vs σ(z)σ(-z), {d}":
-              sd[d]["max_rel_error_autodiff_vs_identity"] for d in DTYPES},
-           **{f"max rel. error jax.grad(σ) vs float64 reference, {d}":
-              sd[d]["max_rel_error_autodiff_vs_reference"] for d in DTYPES},
-           "literal σ(1 - σ) in float32: max rel. error":
-               sd["float32"]["max_rel_error_literal_vs_reference"],
-           "literal σ(1 - σ) in float32: error > 1% for z ≥":
-               sd["float32"]["literal_error_above_1pct_for_z_from"]},
-          holds=all(max(sd[d]["max_rel_error_autodiff_vs_identity"],
-                        sd[d]["max_rel_error_autodiff_vs_reference"])
-                    <= tol[d]["sigmoid_derivative"] for d in DTYPES),
-          correction="jax.grad(σ) differs from σ(z)σ(-z) by more than rounding"),
-      _common.claim(
-          "4.2-gradient-binary-cross-entropy", "4.2",
-          "∇_β L = -(1/n) Σ (y_i - σ_i) x_i, L the (full) mean binary cross-entropy",
-          gradient_measured("logistic"), holds=gradient_holds("logistic"),
-          correction="autodiff and the closed form disagree beyond rounding"),
-      _common.claim(
-          "4.2-gradient-softmax-cross-entropy", "4.2",
-          "its multi-class form (§2.2 softmax): ∇_W L = -(1/n) Xᵀ(Y - P)",
-          gradient_measured("softmax"), holds=gradient_holds("softmax"),
-          correction="autodiff and the closed form disagree beyond rounding"),
-      _common.claim(
-          "4.1-4.2-gradient-of-the-stated-loss", "4.1, 4.2",
-          "the §4.2 gradient -(1/n) Σ (y_i - σ_i) x_i is the gradient of the §4.1 loss "
-          "L = -(1/n) Σ y_i log σ(x_i)",
-          {"rel. discrepancy ‖∇L₄.₁ - g₄.₂‖∞/‖g₄.₂‖∞ (float64) by parameter scale": discrepancy,
-           "max rel. error autodiff ∇L₄.₁ vs -(1/n) Σ y(1 - σ) x, in tolerances": derived},
-          holds=min(seed[d]["min_rel_discrepancy"] for d in DTYPES)
-          <= max(tol[d]["gradient"] for d in DTYPES),
-          correction="the §4.1 loss has gradient -(1/n) Σ y_i (1 - σ_i) x_i (autodiff agrees to "
-          f"{derived:.2g}× the rounding tolerance); it differs from the §4.2 formula by "
-          "(1/n) Σ (1 - y_i) σ_i x_i, the gradient of the omitted -(1/n) Σ (1 - y_i) "
-          "log(1 - σ_i), by a relative "
-          + ", ".join(f"{v:.3g} (scale {k})" for k, v in discrepancy.items())
-          + ". The §4.2 gradient belongs to the full cross-entropy "
-          "-(1/n) Σ [y_i log σ_i + (1 - y_i) log(1 - σ_i)]"),
+    _common.claim(
+      "4.2-sigmoid-derivative",
+      "4.2",
+      "σ'(x) = σ(x)(1 - σ(x))",
+      {
+        **{
+          f"max rel. error jax.grad(σ) vs σ(z)σ(-z), {d}": sd[d][
+            "max_rel_error_autodiff_vs_identity"
+          ]
+          for d in DTYPES
+        },
+        **{
+          f"max rel. error jax.grad(σ) vs float64 reference, {d}": sd[d][
+            "max_rel_error_autodiff_vs_reference"
+          ]
+          for d in DTYPES
+        },
+        "literal σ(1 - σ) in float32: max rel. error": sd["float32"][
+          "max_rel_error_literal_vs_reference"
+        ],
+        "literal σ(1 - σ) in float32: error > 1% for z ≥": sd["float32"][
+          "literal_error_above_1pct_for_z_from"
+        ],
+      },
+      holds=all(
+        max(
+          sd[d]["max_rel_error_autodiff_vs_identity"], sd[d]["max_rel_error_autodiff_vs_reference"]
+        )
+        <= tol[d]["sigmoid_derivative"]
+        for d in DTYPES
+      ),
+      correction="jax.grad(σ) differs from σ(z)σ(-z) by more than rounding",
+    ),
+    _common.claim(
+      "4.2-gradient-binary-cross-entropy",
+      "4.2",
+      "∇_β L = -(1/n) Σ (y_i - σ_i) x_i, L the (full) mean binary cross-entropy",
+      gradient_measured("logistic"),
+      holds=gradient_holds("logistic"),
+      correction="autodiff and the closed form disagree beyond rounding",
+    ),
+    _common.claim(
+      "4.2-gradient-softmax-cross-entropy",
+      "4.2",
+      "its multi-class form (§2.2 softmax): ∇_W L = -(1/n) Xᵀ(Y - P)",
+      gradient_measured("softmax"),
+      holds=gradient_holds("softmax"),
+      correction="autodiff and the closed form disagree beyond rounding",
+    ),
+    _common.claim(
+      "4.1-4.2-gradient-of-the-stated-loss",
+      "4.1, 4.2",
+      "the §4.2 gradient -(1/n) Σ (y_i - σ_i) x_i is the gradient of the §4.1 loss "
+      "L = -(1/n) Σ y_i log σ(x_i)",
+      {
+        "rel. discrepancy ‖∇L₄.₁ - g₄.₂‖∞/‖g₄.₂‖∞ (float64) by parameter scale": discrepancy,
+        "max rel. error autodiff ∇L₄.₁ vs -(1/n) Σ y(1 - σ) x, in tolerances": derived,
+      },
+      holds=min(seed[d]["min_rel_discrepancy"] for d in DTYPES)
+      <= max(tol[d]["gradient"] for d in DTYPES),
+      correction="the §4.1 loss has gradient -(1/n) Σ y_i (1 - σ_i) x_i (autodiff agrees to "
+      f"{derived:.2g}× the rounding tolerance); it differs from the §4.2 formula by "
+      "(1/n) Σ (1 - y_i) σ_i x_i, the gradient of the omitted -(1/n) Σ (1 - y_i) "
+      "log(1 - σ_i), by a relative "
+      + ", ".join(f"{v:.3g} (scale {k})" for k, v in discrepancy.items())
+      + ". The §4.2 gradient belongs to the full cross-entropy "
+      "-(1/n) Σ [y_i log σ_i + (1 - y_i) log(1 - σ_i)]",
+    ),
   ]
 
 
@@ -427,45 +538,79 @@ def _figure(workdir, z_Z, errors, logistic_f64, results) -> None:
   """σ' errors along z; gradient errors by model/scale; §4.1 vs §4.2 gradient components."""
   fig, (ax_s, ax_g, ax_c) = _common.new_figure(1, 3, figsize=(17, 4.8))
   floor = 1e-18  # exact agreement (0) is drawn at this floor of the log axis
-  curves = (("float32", "autodiff", "jax.grad(σ), float32", "C0", "-"),
-            ("float32", "identity", "σ(z)·σ(-z), float32", "C1", "--"),
-            ("float32", "literal", "σ(z)·(1 - σ(z)), float32", "C3", "-"),
-            ("float64", "autodiff", "jax.grad(σ), float64", "C2", "-"))
+  curves = (
+    ("float32", "autodiff", "jax.grad(σ), float32", "C0", "-"),
+    ("float32", "identity", "σ(z)·σ(-z), float32", "C1", "--"),
+    ("float32", "literal", "σ(z)·(1 - σ(z)), float32", "C3", "-"),
+    ("float64", "autodiff", "jax.grad(σ), float64", "C2", "-"),
+  )
   for dtype, key, label, color, ls in curves:
     ax_s.plot(z_Z, np.maximum(errors[dtype][key], floor), color=color, ls=ls, lw=1, label=label)
   for dtype, color in (("float32", "C0"), ("float64", "C2")):
-    ax_s.axhline(results["tolerance"][dtype]["eps"], color=color, ls=":", lw=0.8,
-                 label=f"eps {dtype}")
-  ax_s.set(yscale="log", xlabel="z", ylabel="relative error vs float64 σ'(z)",
-           title="σ'(z) = σ(z)(1 - σ(z)): exact, but 1 - σ cancels")
+    ax_s.axhline(
+      results["tolerance"][dtype]["eps"], color=color, ls=":", lw=0.8, label=f"eps {dtype}"
+    )
+  ax_s.set(
+    yscale="log",
+    xlabel="z",
+    ylabel="relative error vs float64 σ'(z)",
+    title="σ'(z) = σ(z)(1 - σ(z)): exact, but 1 - σ cancels",
+  )
 
   labels, width = [], 0.38
   for m, model in enumerate(("logistic", "softmax")):
     for dtype, offset in (("float32", -width / 2), ("float64", width / 2)):
       rows = results["gradients"][model][dtype]["by_scale"]
       xs = np.arange(len(rows)) + m * (len(rows) + 1) + offset
-      ax_g.bar(xs, [max(r["rel_error_plain_autodiff_vs_closed_form"], floor) for r in rows],
-               width, color="C0" if dtype == "float32" else "C2",
-               label=dtype if m == 0 else None)
+      ax_g.bar(
+        xs,
+        [max(r["rel_error_plain_autodiff_vs_closed_form"], floor) for r in rows],
+        width,
+        color="C0" if dtype == "float32" else "C2",
+        label=dtype if m == 0 else None,
+      )
     labels += [f"{model}\nscale {r['scale']:g}" for r in rows] + [""]
   for dtype, color in (("float32", "C0"), ("float64", "C2")):
-    ax_g.axhline(results["tolerance"][dtype]["gradient"], color=color, ls=":", lw=0.8,
-                 label=f"tolerance {dtype}")
+    ax_g.axhline(
+      results["tolerance"][dtype]["gradient"],
+      color=color,
+      ls=":",
+      lw=0.8,
+      label=f"tolerance {dtype}",
+    )
   ax_g.set_xticks(np.arange(len(labels)), labels, fontsize=7)
-  ax_g.set(yscale="log", ylim=(floor / 2, 1), ylabel="‖g_autodiff - g_closed‖∞ / ‖g_closed‖∞",
-           title=f"jax.grad (plain jax.nn loss) vs closed form; {floor:g}: identical")
+  ax_g.set(
+    yscale="log",
+    ylim=(floor / 2, 1),
+    ylabel="‖g_autodiff - g_closed‖∞ / ‖g_closed‖∞",
+    title=f"jax.grad (plain jax.nn loss) vs closed form; {floor:g}: identical",
+  )
 
   rows = results["seed_4_1_loss"]["float64"]["by_scale"]
   i = max(range(len(rows)), key=lambda i: rows[i]["scale"] == 1.0)  # scale 1 if there is one
   g, scale = logistic_f64[i], rows[i]["scale"]
   lim = np.max(np.abs(g["closed_form"])) * 1.1
   ax_c.plot([-lim, lim], [-lim, lim], color="gray", lw=0.8)
-  ax_c.scatter(g["closed_form"], g["plain_autodiff"], s=14, color="C0",
-               label="jax.grad of the full cross-entropy")
-  ax_c.scatter(g["closed_form"], g["seed_4_1_plain_autodiff"], s=14, color="C3", marker="x",
-               label="jax.grad of the §4.1 loss -(1/n) Σ y log σ")
-  ax_c.set(xlabel="§4.2 formula -(1/n) Σ (y - σ) x, component", ylabel="autodiff, component",
-           title=f"gradient components at parameter scale {scale:g} (float64)")
+  ax_c.scatter(
+    g["closed_form"],
+    g["plain_autodiff"],
+    s=14,
+    color="C0",
+    label="jax.grad of the full cross-entropy",
+  )
+  ax_c.scatter(
+    g["closed_form"],
+    g["seed_4_1_plain_autodiff"],
+    s=14,
+    color="C3",
+    marker="x",
+    label="jax.grad of the §4.1 loss -(1/n) Σ y log σ",
+  )
+  ax_c.set(
+    xlabel="§4.2 formula -(1/n) Σ (y - σ) x, component",
+    ylabel="autodiff, component",
+    title=f"gradient components at parameter scale {scale:g} (float64)",
+  )
   for ax in (ax_s, ax_g, ax_c):
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)

@@ -60,7 +60,9 @@ LOSSES = ("correct H(y, q)", "reversed H(q, y)")
 
 def validate(config) -> None:
   """Rejects a config E3 cannot run with (see ``configs/order_matters.py``)."""
-  _common.check_config(config, {
+  _common.check_config(
+    config,
+    {
       "label_smoothing": _common.real(low=0, high=1, low_open=True, high_open=True),
       "data.seed": _common.integer(low=0),
       "data.num_train": _common.integer(low=2),
@@ -75,7 +77,8 @@ def validate(config) -> None:
       "target_excess_loss": _common.real(low=0, low_open=True),
       "logit_grid": _common.grid(min_num=3),
       "confident_logit": _common.real(low=0, low_open=True),
-  })
+    },
+  )
 
 
 def smoothed_labels(y, label_smoothing):
@@ -123,21 +126,26 @@ def _per_example_curves(z_Z, y_eps, z_P):
   """
   z_3xZ = jnp.broadcast_to(z_Z, (3, *z_Z.shape))
   y_3xZ = jnp.broadcast_to(jnp.stack([y_eps, 0.0, 1.0]).astype(z_Z.dtype)[:, None], z_3xZ.shape)
-  losses = {"correct": sigmoid_binary_cross_entropy,
-            "reversed": lambda z, y: binary_cross_entropy(sigmoid(z), y)}
+  losses = {
+    "correct": sigmoid_binary_cross_entropy,
+    "reversed": lambda z, y: binary_cross_entropy(sigmoid(z), y),
+  }
+
   # Both losses are elementwise, so the gradient of their sum is the per-example derivative.
   def sum_and_values(z, f):
     values = f(z, y_3xZ)
     return values.sum(), values
 
-  grad_value = {k: jax.grad(functools.partial(sum_and_values, f=f), has_aux=True)(z_3xZ)
-                for k, f in losses.items()}
+  grad_value = {
+    k: jax.grad(functools.partial(sum_and_values, f=f), has_aux=True)(z_3xZ)
+    for k, f in losses.items()
+  }
   return {
-      "value": {k: v for k, (_, v) in grad_value.items()},
-      "grad": {k: g for k, (g, _) in grad_value.items()},
-      "closed_form": {"correct": correct_grad(z_Z, y_eps), "reversed": reversed_grad(z_Z, y_eps)},
-      "at_points": {"correct": correct_grad(z_P, y_eps), "reversed": reversed_grad(z_P, y_eps)},
-      "q": sigmoid(z_Z),
+    "value": {k: v for k, (_, v) in grad_value.items()},
+    "grad": {k: g for k, (g, _) in grad_value.items()},
+    "closed_form": {"correct": correct_grad(z_Z, y_eps), "reversed": reversed_grad(z_Z, y_eps)},
+    "at_points": {"correct": correct_grad(z_P, y_eps), "reversed": reversed_grad(z_P, y_eps)},
+    "q": sigmoid(z_Z),
   }
 
 
@@ -147,57 +155,75 @@ def _per_example(config) -> dict:
   z_Z = np.linspace(g.start, g.stop, g.num).astype(jnp.zeros(()).dtype)
   y_eps = smoothed_labels(1.0, config.label_smoothing)
   z0, logit_y = config.confident_logit, float(np.log(y_eps / (1 - y_eps)))
-  c = jax.tree.map(np.asarray, _per_example_curves(
-      z_Z, y_eps, np.asarray([-z0, logit_y], z_Z.dtype)))
+  c = jax.tree.map(
+    np.asarray, _per_example_curves(z_Z, y_eps, np.asarray([-z0, logit_y], z_Z.dtype))
+  )
   grads = {k: v[0] for k, v in c["grad"].items()}  # smoothed label of y = 1
   closed = c["closed_form"]
   interior_Z = (c["q"] > 0) & (c["q"] < 1)  # σ(z) not rounded to exactly 0 or 1
   # Directions are compared where jax.grad is exact (see the "where_q_rounded" error below).
-  disagree_Z = np.where(interior_Z, np.sign(grads["correct"]) != np.sign(grads["reversed"]),
-                        False)
+  disagree_Z = np.where(interior_Z, np.sign(grads["correct"]) != np.sign(grads["reversed"]), False)
   # Relative error where the closed form is a normal number well above underflow.
   normal_Z = np.abs(closed["reversed"]) > np.sqrt(np.finfo(z_Z.dtype).tiny)
   at_z0 = {k: float(v[0]) for k, v in c["at_points"].items()}
   summary = {
-      "smoothed_label": y_eps, "logit_of_smoothed_label": logit_y,
-      "autodiff_vs_closed_form_max_rel_error": {
-          k: np.max(np.abs(grads[k] - closed[k])[normal_Z & interior_Z]
-                    / np.abs(closed[k])[normal_Z & interior_Z]) for k in grads},
-      # Where σ(z) has rounded to exactly 1 (z ≳ 16.6 in float32), jax.grad through
-      # binary_cross_entropy(p, q) drops the d/dp of the term whose coefficient is 0
-      # (1 - p = 0) although its log(1 - q) is finite: a library issue, measured here.
-      "autodiff_vs_closed_form_max_rel_error_where_q_rounded": {
-          k: np.max(np.abs(grads[k] - closed[k])[normal_Z & ~interior_Z]
-                    / np.abs(closed[k])[normal_Z & ~interior_Z], initial=0.0) for k in grads},
-      "directions_disagree_fraction": disagree_Z[interior_Z].mean(),
-      "directions_disagree_on_wrong_predictions_fraction": disagree_Z[z_Z < 0].mean(),
-      "directions_compared_up_to_z": z_Z[interior_Z].max(),
-      "directions_disagree_from_z": z_Z[np.argmax(disagree_Z)] if disagree_Z.any() else None,
-      "directions_disagree_from_z_closed_form": logit_y,
-      "directions_agree_everywhere_below": not disagree_Z[z_Z < logit_y].any(),
-      "reversed_grad_at_smoothed_label": float(c["at_points"]["reversed"][1]),
-      "reversed_grad_min_abs": np.abs(grads["reversed"]).min(),
-      "grad_at_minus_z0": at_z0, "z0": z0,
-      "grad_ratio_reversed_over_correct_at_minus_z0": at_z0["reversed"] / at_z0["correct"],
-      "flip_time_minus_z0_to_0": {"correct": correct_flip_time(z0, y_eps),
-                                  "reversed": reversed_flip_time(z0, y_eps)},
+    "smoothed_label": y_eps,
+    "logit_of_smoothed_label": logit_y,
+    "autodiff_vs_closed_form_max_rel_error": {
+      k: np.max(
+        np.abs(grads[k] - closed[k])[normal_Z & interior_Z]
+        / np.abs(closed[k])[normal_Z & interior_Z]
+      )
+      for k in grads
+    },
+    # Where σ(z) has rounded to exactly 1 (z ≳ 16.6 in float32), jax.grad through
+    # binary_cross_entropy(p, q) drops the d/dp of the term whose coefficient is 0
+    # (1 - p = 0) although its log(1 - q) is finite: a library issue, measured here.
+    "autodiff_vs_closed_form_max_rel_error_where_q_rounded": {
+      k: np.max(
+        np.abs(grads[k] - closed[k])[normal_Z & ~interior_Z]
+        / np.abs(closed[k])[normal_Z & ~interior_Z],
+        initial=0.0,
+      )
+      for k in grads
+    },
+    "directions_disagree_fraction": disagree_Z[interior_Z].mean(),
+    "directions_disagree_on_wrong_predictions_fraction": disagree_Z[z_Z < 0].mean(),
+    "directions_compared_up_to_z": z_Z[interior_Z].max(),
+    "directions_disagree_from_z": z_Z[np.argmax(disagree_Z)] if disagree_Z.any() else None,
+    "directions_disagree_from_z_closed_form": logit_y,
+    "directions_agree_everywhere_below": not disagree_Z[z_Z < logit_y].any(),
+    "reversed_grad_at_smoothed_label": float(c["at_points"]["reversed"][1]),
+    "reversed_grad_min_abs": np.abs(grads["reversed"]).min(),
+    "grad_at_minus_z0": at_z0,
+    "z0": z0,
+    "grad_ratio_reversed_over_correct_at_minus_z0": at_z0["reversed"] / at_z0["correct"],
+    "flip_time_minus_z0_to_0": {
+      "correct": correct_flip_time(z0, y_eps),
+      "reversed": reversed_flip_time(z0, y_eps),
+    },
   }
-  hard = {"points_with_q_in_(0,1)": interior_Z.sum(),
-          "correct_loss_all_finite": bool(np.isfinite(c["value"]["correct"][1:]).all())}
+  hard = {
+    "points_with_q_in_(0,1)": interior_Z.sum(),
+    "correct_loss_all_finite": bool(np.isfinite(c["value"]["correct"][1:]).all()),
+  }
   for row, y in ((1, 0), (2, 1)):
     hard[f"reversed_loss_inf_fraction_where_q_in_(0,1)_y={y}"] = np.isposinf(
-        c["value"]["reversed"][row])[interior_Z].mean()
-    hard[f"reversed_grad_nonfinite_fraction_where_q_in_(0,1)_y={y}"] = (~np.isfinite(
-        c["grad"]["reversed"][row]))[interior_Z].mean()
+      c["value"]["reversed"][row]
+    )[interior_Z].mean()
+    hard[f"reversed_grad_nonfinite_fraction_where_q_in_(0,1)_y={y}"] = (
+      ~np.isfinite(c["grad"]["reversed"][row])
+    )[interior_Z].mean()
   return {"logit": z_Z, "closed_form": closed, "summary": summary, "hard_labels": hard}
 
 
 def _metrics(params, x_NxD, y_N):
   """Held-out accuracy and hard-label cross-entropy of logistic-regression ``params``."""
   z_N = models.logistic_regression_logits(params, x_NxD)
-  return {"test_accuracy": jnp.mean((z_N > 0) == (y_N == 1)),
-          "test_cross_entropy": jnp.mean(sigmoid_binary_cross_entropy(
-              z_N, y_N.astype(z_N.dtype)))}
+  return {
+    "test_accuracy": jnp.mean((z_N > 0) == (y_N == 1)),
+    "test_cross_entropy": jnp.mean(sigmoid_binary_cross_entropy(z_N, y_N.astype(z_N.dtype))),
+  }
 
 
 class Problem(NamedTuple):
@@ -219,11 +245,16 @@ def make_data(*, seed, num_train, num_test, num_features, weight_scale, bias) ->
   w_D = rng.standard_normal(num_features)
   w_D *= weight_scale / np.linalg.norm(w_D)
   x_NxD = rng.standard_normal((num_train + num_test, num_features))
-  y_N = (rng.random(num_train + num_test) < 1 / (1 + np.exp(-(x_NxD @ w_D + bias))))
+  y_N = rng.random(num_train + num_test) < 1 / (1 + np.exp(-(x_NxD @ w_D + bias)))
   dtype = jnp.zeros(()).dtype
   x_NxD, y_N = jnp.asarray(x_NxD, dtype), jnp.asarray(y_N, jnp.int32)
-  return Problem(x_NxD[:num_train], y_N[:num_train], x_NxD[num_train:], y_N[num_train:],
-                 {"w": jnp.asarray(w_D, dtype), "b": jnp.asarray(bias, dtype)})
+  return Problem(
+    x_NxD[:num_train],
+    y_N[:num_train],
+    x_NxD[num_train:],
+    y_N[num_train:],
+    {"w": jnp.asarray(w_D, dtype), "b": jnp.asarray(bias, dtype)},
+  )
 
 
 def _start(problem, label_smoothing, init_scale):
@@ -235,12 +266,14 @@ def _start(problem, label_smoothing, init_scale):
   g = [jax.grad(fn)(init, x_NxD, y_eps_N) for fn in (correct_loss, reversed_loss)]
   g_correct, g_reversed = (jnp.concatenate([v["w"], v["b"][None]]) for v in g)
   diagnostics = {
-      "true_model": {**_metrics(problem.true_params, *test),
-                     "weight_norm": jnp.linalg.norm(problem.true_params["w"])},
-      "initial": _metrics(init, *test),
-      "hard_label_reversed_training_loss": reversed_loss(init, x_NxD, y_N),
-      "initial_grad_cosine": jnp.dot(g_correct, g_reversed)
-      / (jnp.linalg.norm(g_correct) * jnp.linalg.norm(g_reversed)),
+    "true_model": {
+      **_metrics(problem.true_params, *test),
+      "weight_norm": jnp.linalg.norm(problem.true_params["w"]),
+    },
+    "initial": _metrics(init, *test),
+    "hard_label_reversed_training_loss": reversed_loss(init, x_NxD, y_N),
+    "initial_grad_cosine": jnp.dot(g_correct, g_reversed)
+    / (jnp.linalg.norm(g_correct) * jnp.linalg.norm(g_reversed)),
   }
   return (x_NxD, y_eps_N), init, diagnostics
 
@@ -266,15 +299,20 @@ def train_both(problem, label_smoothing, init_scale, *, learning_rate, num_steps
   def step(states, _):
     new, metrics = [], []
     for state, loss_fn in zip(states, loss_fns, strict=True):
-      state_next, m = training.train_step(state, train, loss_fn=loss_fn,
-                                          optimizer=optimizer)
+      state_next, m = training.train_step(state, train, loss_fn=loss_fn, optimizer=optimizer)
       new.append(state_next)
       metrics.append({**m, **_metrics(state.params, *test)})
     return new, metrics
 
   states, metrics = jax.lax.scan(step, states, length=num_steps)
-  final = [{**_metrics(s.params, *test), "weight_norm": jnp.linalg.norm(s.params["w"]),
-            "loss": loss_fn(s.params, *train)} for s, loss_fn in zip(states, loss_fns, strict=True)]
+  final = [
+    {
+      **_metrics(s.params, *test),
+      "weight_norm": jnp.linalg.norm(s.params["w"]),
+      "loss": loss_fn(s.params, *train),
+    }
+    for s, loss_fn in zip(states, loss_fns, strict=True)
+  ]
   return diagnostics, final, metrics
 
 
@@ -287,12 +325,18 @@ def _training(config) -> dict:
   """Trains both losses from the confidently wrong start; curves and summary numbers."""
   problem = make_data(**config.data)
   diagnostics, final, metrics = train_both(
-      problem, config.label_smoothing, config.init_scale, learning_rate=config.learning_rate,
-      num_steps=config.num_steps)
+    problem,
+    config.label_smoothing,
+    config.init_scale,
+    learning_rate=config.learning_rate,
+    num_steps=config.num_steps,
+  )
   diagnostics = jax.tree.map(np.asarray, diagnostics)
   true = diagnostics["true_model"]
-  targets = {"test_accuracy": config.target_accuracy_fraction * float(true["test_accuracy"]),
-             "test_cross_entropy": float(true["test_cross_entropy"]) + config.target_excess_loss}
+  targets = {
+    "test_accuracy": config.target_accuracy_fraction * float(true["test_accuracy"]),
+    "test_cross_entropy": float(true["test_cross_entropy"]) + config.target_excess_loss,
+  }
   # The stored curves keep ~150 log-spaced steps (0 and num_steps included).
   steps_K = np.unique(np.round(np.geomspace(1, config.num_steps + 1, 150)).astype(int) - 1)
   runs = {}
@@ -301,16 +345,20 @@ def _training(config) -> dict:
     # The curves get the final model appended: index t = after t steps, t = 0..num_steps.
     curves = {k: np.append(m[k], f[k]) for k in ("loss", "test_accuracy", "test_cross_entropy")}
     runs[name] = {
-        "steps_to_target_accuracy": _first(curves["test_accuracy"] >= targets["test_accuracy"]),
-        "steps_to_target_cross_entropy": _first(
-            curves["test_cross_entropy"] <= targets["test_cross_entropy"]),
-        "initial_grad_norm": m["grad_norm"][0],
-        "final_test_accuracy": f["test_accuracy"],
-        "final_test_cross_entropy": f["test_cross_entropy"],
-        "min_test_cross_entropy": curves["test_cross_entropy"].min(),
-        "final_weight_norm": f["weight_norm"],
-        "curves": {"step": steps_K, "training_loss": curves["loss"][steps_K],
-                   **{k: curves[k][steps_K] for k in ("test_accuracy", "test_cross_entropy")}},
+      "steps_to_target_accuracy": _first(curves["test_accuracy"] >= targets["test_accuracy"]),
+      "steps_to_target_cross_entropy": _first(
+        curves["test_cross_entropy"] <= targets["test_cross_entropy"]
+      ),
+      "initial_grad_norm": m["grad_norm"][0],
+      "final_test_accuracy": f["test_accuracy"],
+      "final_test_cross_entropy": f["test_cross_entropy"],
+      "min_test_cross_entropy": curves["test_cross_entropy"].min(),
+      "final_weight_norm": f["weight_norm"],
+      "curves": {
+        "step": steps_K,
+        "training_loss": curves["loss"][steps_K],
+        **{k: curves[k][steps_K] for k in ("test_accuracy", "test_cross_entropy")},
+      },
     }
   return {**diagnostics, "targets": targets, "runs": runs}
 
@@ -319,17 +367,27 @@ def run(config, workdir: _common.Workdir) -> dict:
   """Computes E3's numbers, claims and figure (see the module docstring)."""
   per_example = _per_example(config)
   trained = _training(config)
-  results = _common.to_jsonable({
-      "dtype": str(jnp.zeros(()).dtype), "per_example": per_example["summary"],
-      "hard_labels": per_example["hard_labels"], "training": trained})
+  results = _common.to_jsonable(
+    {
+      "dtype": str(jnp.zeros(()).dtype),
+      "per_example": per_example["summary"],
+      "hard_labels": per_example["hard_labels"],
+      "training": trained,
+    }
+  )
   results["claims"] = _claims(results)
   runs = results["training"]["runs"]
-  results["summary"] = {f"{k}: steps to target accuracy": r["steps_to_target_accuracy"]
-                        for k, r in runs.items()}
+  results["summary"] = {
+    f"{k}: steps to target accuracy": r["steps_to_target_accuracy"] for k, r in runs.items()
+  }
   for name, r in runs.items():
-    workdir.log("%s: steps to accuracy %s, to cross-entropy %s; final CE %.4f",
-                name, r["steps_to_target_accuracy"], r["steps_to_target_cross_entropy"],
-                r["final_test_cross_entropy"])
+    workdir.log(
+      "%s: steps to accuracy %s, to cross-entropy %s; final CE %.4f",
+      name,
+      r["steps_to_target_accuracy"],
+      r["steps_to_target_cross_entropy"],
+      r["final_test_cross_entropy"],
+    )
   _figure(workdir, per_example, results)
   return results
 
@@ -344,66 +402,90 @@ def _claims(r: dict) -> list[dict]:
   correct, rev = (tr["runs"][k] for k in LOSSES)
   inf_everywhere = all(v == 1.0 for k, v in hard.items() if k.startswith("reversed_loss_inf"))
   grad_nonfinite = all(v == 1.0 for k, v in hard.items() if k.startswith("reversed_grad_non"))
-  slower = (rev["steps_to_target_accuracy"] is None
-            or rev["steps_to_target_accuracy"] > correct["steps_to_target_accuracy"])
+  slower = (
+    rev["steps_to_target_accuracy"] is None
+    or rev["steps_to_target_accuracy"] > correct["steps_to_target_accuracy"]
+  )
   eps = pe["logit_of_smoothed_label"]
   return [
-      _common.claim(
-          "3.3-order-cannot-be-swapped", "3.3",
-          "交叉熵的顺序不能颠倒: the label must be the first argument, H(y, q)",
-          {"reversed loss +inf where q in (0,1) (hard labels)": inf_everywhere,
-           "reversed training loss at init (hard labels)":
-           tr["hard_label_reversed_training_loss"],
-           "reversed gradient non-finite (hard labels)": grad_nonfinite,
-           "correct loss finite": hard["correct_loss_all_finite"]},
-          holds=inf_everywhere and grad_nonfinite and hard["correct_loss_all_finite"]),
-      _common.claim(
-          "3.3-wrong-order-wrong-gradient-direction", "3.3",
-          "顺序错误会导致梯度方向错误: the reversed order gives the wrong gradient direction",
-          {"hard labels": "gradient non-finite (no direction)" if grad_nonfinite else "finite",
-           "directions disagree for z >": pe["directions_disagree_from_z"],
-           "closed form logit(y_ε)": eps,
-           "fraction of the z-grid where they disagree": pe["directions_disagree_fraction"],
-           "fraction where they disagree on wrong predictions (z < 0)":
-           pe["directions_disagree_on_wrong_predictions_fraction"],
-           "reversed/correct gradient at z = -z0": pe[
-               "grad_ratio_reversed_over_correct_at_minus_z0"], "z0": pe["z0"],
-           "cosine of full-batch gradients at the wrong start": tr["initial_grad_cosine"]},
-          # As stated (the reversed order *causes* a wrong direction), it must point the
-          # wrong way where it matters: on wrong predictions, or for the whole batch.
-          holds=pe["directions_disagree_on_wrong_predictions_fraction"] > 0
-          or tr["initial_grad_cosine"] < 0,
-          condition=(f"only for over-confident predictions, z > logit(y_ε) = {eps:.4g} "
-                     f"(y = 1): there the correct gradient pulls q back to y_ε and the "
-                     f"reversed one pushes it further towards the label")
-          if pe["directions_agree_everywhere_below"] and pe["directions_disagree_fraction"] > 0
-          else None,
-          correction="with hard labels the reversed loss and its gradient are infinite (no "
-          "direction at all); with smoothed labels its gradient -σ(z)σ(-z)·logit(y_ε) points "
-          "towards the label for every wrong or under-confident prediction (full-batch "
-          f"cosine with the correct gradient at a confidently wrong start: "
-          f"{tr['initial_grad_cosine']:.3f}) but vanishes like e^{{-|z|}} "
-          f"({pe['grad_ratio_reversed_over_correct_at_minus_z0']:.2e} × the correct one at "
-          f"z = -{pe['z0']:g}) and never reaches 0 at q = y_ε: the failure is a vanishing "
-          "gradient and an uncalibrated optimum (q → 0/1), not a reversed direction"),
-      _common.claim(
-          "3.3-wrong-order-hurts-training", "3.3",
-          "影响训练效果: the reversed order harms training",
-          {"steps to target accuracy (correct, reversed)":
-           [_steps(correct["steps_to_target_accuracy"]), _steps(rev["steps_to_target_accuracy"])],
-           "steps to target cross-entropy (correct, reversed)":
-           [_steps(correct["steps_to_target_cross_entropy"]),
-            _steps(rev["steps_to_target_cross_entropy"])],
-           "final test cross-entropy (correct, reversed)":
-           [correct["final_test_cross_entropy"], rev["final_test_cross_entropy"]],
-           "initial gradient norm (correct, reversed)":
-           [correct["initial_grad_norm"], rev["initial_grad_norm"]],
-           "final ‖w‖ (correct, reversed, true)":
-           [correct["final_weight_norm"], rev["final_weight_norm"],
-            tr["true_model"]["weight_norm"]]},
-          holds=slower and rev["final_test_cross_entropy"] > correct["final_test_cross_entropy"],
-          correction="in this run the reversed loss trained as fast and as well as the "
-          "correct one"),
+    _common.claim(
+      "3.3-order-cannot-be-swapped",
+      "3.3",
+      "交叉熵的顺序不能颠倒: the label must be the first argument, H(y, q)",
+      {
+        "reversed loss +inf where q in (0,1) (hard labels)": inf_everywhere,
+        "reversed training loss at init (hard labels)": tr["hard_label_reversed_training_loss"],
+        "reversed gradient non-finite (hard labels)": grad_nonfinite,
+        "correct loss finite": hard["correct_loss_all_finite"],
+      },
+      holds=inf_everywhere and grad_nonfinite and hard["correct_loss_all_finite"],
+    ),
+    _common.claim(
+      "3.3-wrong-order-wrong-gradient-direction",
+      "3.3",
+      "顺序错误会导致梯度方向错误: the reversed order gives the wrong gradient direction",
+      {
+        "hard labels": "gradient non-finite (no direction)" if grad_nonfinite else "finite",
+        "directions disagree for z >": pe["directions_disagree_from_z"],
+        "closed form logit(y_ε)": eps,
+        "fraction of the z-grid where they disagree": pe["directions_disagree_fraction"],
+        "fraction where they disagree on wrong predictions (z < 0)": pe[
+          "directions_disagree_on_wrong_predictions_fraction"
+        ],
+        "reversed/correct gradient at z = -z0": pe["grad_ratio_reversed_over_correct_at_minus_z0"],
+        "z0": pe["z0"],
+        "cosine of full-batch gradients at the wrong start": tr["initial_grad_cosine"],
+      },
+      # As stated (the reversed order *causes* a wrong direction), it must point the
+      # wrong way where it matters: on wrong predictions, or for the whole batch.
+      holds=pe["directions_disagree_on_wrong_predictions_fraction"] > 0
+      or tr["initial_grad_cosine"] < 0,
+      condition=(
+        f"only for over-confident predictions, z > logit(y_ε) = {eps:.4g} "
+        f"(y = 1): there the correct gradient pulls q back to y_ε and the "
+        f"reversed one pushes it further towards the label"
+      )
+      if pe["directions_agree_everywhere_below"] and pe["directions_disagree_fraction"] > 0
+      else None,
+      correction="with hard labels the reversed loss and its gradient are infinite (no "
+      "direction at all); with smoothed labels its gradient -σ(z)σ(-z)·logit(y_ε) points "
+      "towards the label for every wrong or under-confident prediction (full-batch "
+      f"cosine with the correct gradient at a confidently wrong start: "
+      f"{tr['initial_grad_cosine']:.3f}) but vanishes like e^{{-|z|}} "
+      f"({pe['grad_ratio_reversed_over_correct_at_minus_z0']:.2e} × the correct one at "
+      f"z = -{pe['z0']:g}) and never reaches 0 at q = y_ε: the failure is a vanishing "
+      "gradient and an uncalibrated optimum (q → 0/1), not a reversed direction",
+    ),
+    _common.claim(
+      "3.3-wrong-order-hurts-training",
+      "3.3",
+      "影响训练效果: the reversed order harms training",
+      {
+        "steps to target accuracy (correct, reversed)": [
+          _steps(correct["steps_to_target_accuracy"]),
+          _steps(rev["steps_to_target_accuracy"]),
+        ],
+        "steps to target cross-entropy (correct, reversed)": [
+          _steps(correct["steps_to_target_cross_entropy"]),
+          _steps(rev["steps_to_target_cross_entropy"]),
+        ],
+        "final test cross-entropy (correct, reversed)": [
+          correct["final_test_cross_entropy"],
+          rev["final_test_cross_entropy"],
+        ],
+        "initial gradient norm (correct, reversed)": [
+          correct["initial_grad_norm"],
+          rev["initial_grad_norm"],
+        ],
+        "final ‖w‖ (correct, reversed, true)": [
+          correct["final_weight_norm"],
+          rev["final_weight_norm"],
+          tr["true_model"]["weight_norm"],
+        ],
+      },
+      holds=slower and rev["final_test_cross_entropy"] > correct["final_test_cross_entropy"],
+      correction="in this run the reversed loss trained as fast and as well as the correct one",
+    ),
   ]
 
 
@@ -415,13 +497,21 @@ def _figure(workdir, per_example, results) -> None:
   z, grad = per_example["logit"], per_example["closed_form"]
   ax = axes[0]
   for k, color in (("correct", "C0"), ("reversed", "C3")):
-    label = "σ(z) - y_ε  (correct H(y_ε, σ(z)))" if k == "correct" else (
-        "-σ(z)σ(-z)·logit(y_ε)  (reversed H(σ(z), y_ε))")
+    label = (
+      "σ(z) - y_ε  (correct H(y_ε, σ(z)))"
+      if k == "correct"
+      else ("-σ(z)σ(-z)·logit(y_ε)  (reversed H(σ(z), y_ε))")
+    )
     ax.plot(z, grad[k], color=color, label=label)
     axes[1].semilogy(z, np.abs(grad[k]), color=color, label=f"|d/dz| {k}")
   for a in axes[:2]:
-    a.axvspan(pe["logit_of_smoothed_label"], z[-1], color="gray", alpha=0.15,
-              label=f"signs differ: z > logit(y_ε) = {pe['logit_of_smoothed_label']:.2f}")
+    a.axvspan(
+      pe["logit_of_smoothed_label"],
+      z[-1],
+      color="gray",
+      alpha=0.15,
+      label=f"signs differ: z > logit(y_ε) = {pe['logit_of_smoothed_label']:.2f}",
+    )
     a.set(xlabel="logit z (label y = 1)")
   ax.axhline(0, color="gray", lw=0.8)
   ax.set(ylabel="d loss / dz (nats)", title=f"per-example gradient, y_ε = {pe['smoothed_label']:g}")
@@ -433,14 +523,25 @@ def _figure(workdir, per_example, results) -> None:
     axes[3].plot(steps, r["curves"]["test_accuracy"], color=color, label=name)
   axes[2].axhline(tr["true_model"]["test_cross_entropy"], color="k", ls=":", label="true model")
   axes[3].axhline(tr["targets"]["test_accuracy"], color="k", ls=":", label="target accuracy")
-  axes[2].set(xscale="symlog", xlim=(0, steps[-1]), xlabel="SGD step",
-              ylabel="held-out H(y, σ(z)) (nats)", yscale="log",
-              title="held-out cross-entropy from a confidently wrong start")
-  axes[3].set(xscale="symlog", xlim=(0, steps[-1]), xlabel="SGD step",
-              ylabel="held-out accuracy", title="held-out accuracy")
+  axes[2].set(
+    xscale="symlog",
+    xlim=(0, steps[-1]),
+    xlabel="SGD step",
+    ylabel="held-out H(y, σ(z)) (nats)",
+    yscale="log",
+    title="held-out cross-entropy from a confidently wrong start",
+  )
+  axes[3].set(
+    xscale="symlog",
+    xlim=(0, steps[-1]),
+    xlabel="SGD step",
+    ylabel="held-out accuracy",
+    title="held-out accuracy",
+  )
   # Fixed legend places: loc="best" scans every plotted point (slow for long curves).
-  for a, loc in zip(axes, ("center left", "lower center", "center left", "center left"),
-                    strict=True):
+  for a, loc in zip(
+    axes, ("center left", "lower center", "center left", "center left"), strict=True
+  ):
     a.legend(fontsize=7, loc=loc)
     a.grid(alpha=0.3)
   workdir.save_figure(fig, "order_matters.png")

@@ -42,7 +42,9 @@ from xent_jax.entropy import entropy_from_logits
 
 def validate(config) -> None:
   """Rejects a config E6 cannot run with (see ``configs/softmax_regression.py``)."""
-  _common.check_config(config, {
+  _common.check_config(
+    config,
+    {
       "test_fraction": _common.real(low=0, high=1, low_open=True, high_open=True),
       "split_seed": _common.integer(low=0),
       "l2": _common.real(low=0, low_open=True),
@@ -52,46 +54,57 @@ def validate(config) -> None:
       "num_checkpoints": _common.integer(low=1),
       "entropy_bins": _common.integer(low=1, high=10_000),
       "optimum_rtol": _common.real(low=0, low_open=True, high=1),
-  })
+    },
+  )
   if config.num_steps % config.num_checkpoints:
-    raise _common.ConfigError(f"config.num_steps = {config.num_steps} must be a multiple of "
-                              f"config.num_checkpoints = {config.num_checkpoints}")
+    raise _common.ConfigError(
+      f"config.num_steps = {config.num_steps} must be a multiple of "
+      f"config.num_checkpoints = {config.num_checkpoints}"
+    )
 
 
 @jax.jit
 def _predictions(params, x_NxD):
   """Held-out predictions: probabilities and their entropy (nats), by the library."""
   logits_NxK = models.softmax_regression_logits(params, x_NxD)
-  return {"probs_NxK": models.softmax_regression_probs(params, x_NxD),
-          "entropy_N": entropy_from_logits(logits_NxK)}
+  return {
+    "probs_NxK": models.softmax_regression_probs(params, x_NxD),
+    "entropy_N": entropy_from_logits(logits_NxK),
+  }
 
 
 def _accuracy(params, batch) -> float:
   """Accuracy of ``params`` on ``batch``, from numpy float64 logits."""
-  logits_NxK = (np.asarray(batch.x, np.float64) @ np.asarray(params["w"], np.float64)
-                + np.asarray(params["b"], np.float64))
+  logits_NxK = np.asarray(batch.x, np.float64) @ np.asarray(params["w"], np.float64) + np.asarray(
+    params["b"], np.float64
+  )
   return float(np.mean(np.argmax(logits_NxK, axis=1) == np.asarray(batch.y)))
 
 
 def _entropy_report(params, batch, num_classes: int, bins: int) -> dict:
   """Entropy of the predictions on ``batch``: mean, histogram, vs confidence and correctness."""
-  out = {k: np.asarray(v, np.float64) for k, v in _predictions(
-      jax.tree.map(jnp.asarray, params), batch.x).items()}
+  out = {
+    k: np.asarray(v, np.float64)
+    for k, v in _predictions(jax.tree.map(jnp.asarray, params), batch.x).items()
+  }
   probs_NxK, entropy_N = out["probs_NxK"], out["entropy_N"]
   correct_N = np.argmax(probs_NxK, axis=1) == np.asarray(batch.y)
   counts, edges = np.histogram(entropy_N, bins=bins, range=(0.0, np.log(num_classes)))
   spread = np.ptp(entropy_N) > 0 and np.ptp(probs_NxK.max(axis=1)) > 0
   return {
-      "mean": entropy_N.mean(), "median": np.median(entropy_N), "min": entropy_N.min(),
-      "max": entropy_N.max(), "histogram": {"counts": counts, "edges": edges},
-      "mean_correct": entropy_N[correct_N].mean() if correct_N.any() else None,
-      "mean_wrong": entropy_N[~correct_N].mean() if (~correct_N).any() else None,
-      "num_wrong": int((~correct_N).sum()),
-      "spearman_vs_max_probability": (
-          float(stats.spearmanr(entropy_N, probs_NxK.max(axis=1)).statistic)
-          if spread else None),
-      "max_abs_row_sum_error": np.abs(probs_NxK.sum(axis=1) - 1).max(),
-      "probability_range": [probs_NxK.min(), probs_NxK.max()],
+    "mean": entropy_N.mean(),
+    "median": np.median(entropy_N),
+    "min": entropy_N.min(),
+    "max": entropy_N.max(),
+    "histogram": {"counts": counts, "edges": edges},
+    "mean_correct": entropy_N[correct_N].mean() if correct_N.any() else None,
+    "mean_wrong": entropy_N[~correct_N].mean() if (~correct_N).any() else None,
+    "num_wrong": int((~correct_N).sum()),
+    "spearman_vs_max_probability": (
+      float(stats.spearmanr(entropy_N, probs_NxK.max(axis=1)).statistic) if spread else None
+    ),
+    "max_abs_row_sum_error": np.abs(probs_NxK.sum(axis=1) - 1).max(),
+    "probability_range": [probs_NxK.min(), probs_NxK.max()],
   }, entropy_N
 
 
@@ -101,20 +114,30 @@ def run(config, workdir: _common.Workdir) -> dict:
   k, d = digits.num_classes, digits.train.x.shape[1]
   reference = optimum.softmax_regression_optimum(*digits.train, k, l2=config.l2)
   checkpoints, loss_T = train_with_checkpoints(
-      models.init_softmax_regression(d, k), digits.train,
-      loss_fn=functools.partial(models.softmax_regression_loss, l2=config.l2),
-      optimizer=training.sgd(config.learning_rate, momentum=config.momentum),
-      num_steps=config.num_steps, num_checkpoints=config.num_checkpoints)
-  objective = [optimum.softmax_regression_objective(p, *digits.train, l2=config.l2)
-               for p in checkpoints]
+    models.init_softmax_regression(d, k),
+    digits.train,
+    loss_fn=functools.partial(models.softmax_regression_loss, l2=config.l2),
+    optimizer=training.sgd(config.learning_rate, momentum=config.momentum),
+    num_steps=config.num_steps,
+    num_checkpoints=config.num_checkpoints,
+  )
+  objective = [
+    optimum.softmax_regression_objective(p, *digits.train, l2=config.l2) for p in checkpoints
+  ]
   before, entropy_before = _entropy_report(checkpoints[0], digits.test, k, config.entropy_bins)
   after, entropy_after = _entropy_report(checkpoints[-1], digits.test, k, config.entropy_bins)
   hit = np.flatnonzero(loss_T - reference.value <= config.optimum_rtol * reference.value)
-  results = _common.to_jsonable({
-      "dtype": str(digits.train.x.dtype), "num_classes": k, "num_features": d,
-      "num_train": digits.train.x.shape[0], "num_test": digits.test.x.shape[0],
-      "l2": config.l2, "num_steps": config.num_steps,
-      "reference_objective": reference.value, "reference_grad_max_abs": reference.grad_max_abs,
+  results = _common.to_jsonable(
+    {
+      "dtype": str(digits.train.x.dtype),
+      "num_classes": k,
+      "num_features": d,
+      "num_train": digits.train.x.shape[0],
+      "num_test": digits.test.x.shape[0],
+      "l2": config.l2,
+      "num_steps": config.num_steps,
+      "reference_objective": reference.value,
+      "reference_grad_max_abs": reference.grad_max_abs,
       "final_objective": objective[-1],
       "final_relative_gap": (objective[-1] - reference.value) / reference.value,
       "steps_to_rtol": int(hit[0]) if hit.size else None,
@@ -124,25 +147,36 @@ def run(config, workdir: _common.Workdir) -> dict:
       "final_params": checkpoints[-1],
       "majority_class_rate": np.bincount(np.asarray(digits.test.y)).max() / len(digits.test.y),
       "log_num_classes": np.log(k),
-      "entropy_before": before, "entropy_after": after,
+      "entropy_before": before,
+      "entropy_after": after,
       "checkpoints": {
-          "step": checkpoint_steps(config.num_steps, config.num_checkpoints),
-          "relative_gap": [(v - reference.value) / reference.value for v in objective],
-          "train_accuracy": [_accuracy(p, digits.train) for p in checkpoints],
-          "test_accuracy": [_accuracy(p, digits.test) for p in checkpoints],
-          "test_cross_entropy": [optimum.softmax_regression_objective(p, *digits.test)
-                                 for p in checkpoints],
-          "test_mean_entropy": [float(np.mean(np.asarray(_predictions(
-              jax.tree.map(jnp.asarray, p), digits.test.x)["entropy_N"]))) for p in checkpoints],
-      }})
+        "step": checkpoint_steps(config.num_steps, config.num_checkpoints),
+        "relative_gap": [(v - reference.value) / reference.value for v in objective],
+        "train_accuracy": [_accuracy(p, digits.train) for p in checkpoints],
+        "test_accuracy": [_accuracy(p, digits.test) for p in checkpoints],
+        "test_cross_entropy": [
+          optimum.softmax_regression_objective(p, *digits.test) for p in checkpoints
+        ],
+        "test_mean_entropy": [
+          float(
+            np.mean(
+              np.asarray(_predictions(jax.tree.map(jnp.asarray, p), digits.test.x)["entropy_N"])
+            )
+          )
+          for p in checkpoints
+        ],
+      },
+    }
+  )
   results["claims"] = _claims(results, config)
   results["summary"] = {
-      f"relative gap to the optimum (λ = {config.l2:g})": results["final_relative_gap"],
-      "steps to within the tolerance": results["steps_to_rtol"],
-      "train / held-out accuracy":
-          f"{results['train_accuracy']:.4f} / {results['test_accuracy']:.4f}",
-      "held-out mean entropy before / after (nats)":
-          f"{before['mean']:.4f} / {after['mean']:.4f}"}
+    f"relative gap to the optimum (λ = {config.l2:g})": results["final_relative_gap"],
+    "steps to within the tolerance": results["steps_to_rtol"],
+    "train / held-out accuracy": (
+      f"{results['train_accuracy']:.4f} / {results['test_accuracy']:.4f}"
+    ),
+    "held-out mean entropy before / after (nats)": f"{before['mean']:.4f} / {after['mean']:.4f}",
+  }
   for key, value in results["summary"].items():
     workdir.log("%s: %s", key, value)
   _figure(workdir, results, loss_T, reference.value, entropy_before, entropy_after)
@@ -157,37 +191,53 @@ def _claims(r: dict, config) -> list[dict]:
   rho = after["spearman_vs_max_probability"]
   wrong_higher = after["mean_wrong"] is not None and after["mean_wrong"] > after["mean_correct"]
   return [
-      _common.claim(
-          "2.2-softmax-outputs-a-distribution", "2.2",
-          "softmax outputs a probability distribution over the classes (values in [0, 1])",
-          {"max |Σ_k p_k - 1|": after["max_abs_row_sum_error"],
-           "min / max p": after["probability_range"]},
-          holds=after["max_abs_row_sum_error"] <= 16 * eps
-          and 0 <= after["probability_range"][0] and after["probability_range"][1] <= 1,
-          correction="the predicted rows are not distributions to rounding"),
-      _common.claim(
-          "2.3-concentrated-means-low-entropy", "2.3",
-          "预测越集中,熵越低;预测越模糊,熵越高: the entropy of the predicted distribution "
-          "reflects the model's uncertainty",
-          {"held-out mean H before training (uniform) / log K": [before["mean"], log_k],
-           "held-out mean H after training": after["mean"],
-           "Spearman(H, max_k p_k) after training": rho,
-           "mean H, correct / wrong predictions": [after["mean_correct"], after["mean_wrong"]],
-           "wrong predictions": after["num_wrong"]},
-          holds=abs(before["mean"] - log_k) <= 8 * eps * log_k and after["mean"] < before["mean"]
-          and rho is not None and rho < -0.8 and wrong_higher,
-          correction="on the held-out digits the entropy did not track the confidence "
-          "(see the rank correlation and the correct/wrong means)"),
-      _common.claim(
-          "4.2-gradient-descent-optimises-softmax", "4.2",
-          "gradient descent optimises the (multi-class) cross-entropy",
-          {"relative gap to the float64 optimum": r["final_relative_gap"],
-           "tolerance": config.optimum_rtol, "steps": r["num_steps"],
-           "held-out accuracy / majority-class rate": [r["test_accuracy"],
-                                                      r["majority_class_rate"]]},
-          holds=r["final_relative_gap"] <= config.optimum_rtol,
-          correction=f"after {r['num_steps']} steps the objective is still "
-          f"{r['final_relative_gap']:.2g} (relative) above the optimum"),
+    _common.claim(
+      "2.2-softmax-outputs-a-distribution",
+      "2.2",
+      "softmax outputs a probability distribution over the classes (values in [0, 1])",
+      {
+        "max |Σ_k p_k - 1|": after["max_abs_row_sum_error"],
+        "min / max p": after["probability_range"],
+      },
+      holds=after["max_abs_row_sum_error"] <= 16 * eps
+      and 0 <= after["probability_range"][0]
+      and after["probability_range"][1] <= 1,
+      correction="the predicted rows are not distributions to rounding",
+    ),
+    _common.claim(
+      "2.3-concentrated-means-low-entropy",
+      "2.3",
+      "预测越集中,熵越低;预测越模糊,熵越高: the entropy of the predicted distribution "
+      "reflects the model's uncertainty",
+      {
+        "held-out mean H before training (uniform) / log K": [before["mean"], log_k],
+        "held-out mean H after training": after["mean"],
+        "Spearman(H, max_k p_k) after training": rho,
+        "mean H, correct / wrong predictions": [after["mean_correct"], after["mean_wrong"]],
+        "wrong predictions": after["num_wrong"],
+      },
+      holds=abs(before["mean"] - log_k) <= 8 * eps * log_k
+      and after["mean"] < before["mean"]
+      and rho is not None
+      and rho < -0.8
+      and wrong_higher,
+      correction="on the held-out digits the entropy did not track the confidence "
+      "(see the rank correlation and the correct/wrong means)",
+    ),
+    _common.claim(
+      "4.2-gradient-descent-optimises-softmax",
+      "4.2",
+      "gradient descent optimises the (multi-class) cross-entropy",
+      {
+        "relative gap to the float64 optimum": r["final_relative_gap"],
+        "tolerance": config.optimum_rtol,
+        "steps": r["num_steps"],
+        "held-out accuracy / majority-class rate": [r["test_accuracy"], r["majority_class_rate"]],
+      },
+      holds=r["final_relative_gap"] <= config.optimum_rtol,
+      correction=f"after {r['num_steps']} steps the objective is still "
+      f"{r['final_relative_gap']:.2g} (relative) above the optimum",
+    ),
   ]
 
 
@@ -196,17 +246,36 @@ def _figure(workdir, r: dict, loss_T, reference: float, entropy_before, entropy_
   fig, (ax_l, ax_a, ax_h) = _common.new_figure(1, 3, figsize=(17, 4.8))
   ck = r["checkpoints"]
   gap_T = (loss_T - reference) / reference
-  ax_l.plot(np.arange(len(gap_T)), np.maximum(gap_T, 1e-16), color="C0",
-            label="training objective: (L_t - L*)/L*")
-  ax_l.axhline(r["final_relative_gap"], color="C0", ls=":", lw=0.8,
-               label=f"final gap in float64: {r['final_relative_gap']:.2g}")
-  ax_l.set(yscale="log", xlabel="step", ylabel="relative gap",
-           title=f"digits, λ = {r['l2']:g}: objective vs the float64 optimum")
+  ax_l.plot(
+    np.arange(len(gap_T)),
+    np.maximum(gap_T, 1e-16),
+    color="C0",
+    label="training objective: (L_t - L*)/L*",
+  )
+  ax_l.axhline(
+    r["final_relative_gap"],
+    color="C0",
+    ls=":",
+    lw=0.8,
+    label=f"final gap in float64: {r['final_relative_gap']:.2g}",
+  )
+  ax_l.set(
+    yscale="log",
+    xlabel="step",
+    ylabel="relative gap",
+    title=f"digits, λ = {r['l2']:g}: objective vs the float64 optimum",
+  )
   ax_c = ax_l.twinx()
-  ax_c.plot(ck["step"], ck["test_cross_entropy"], color="C1", marker=".",
-            label="held-out cross-entropy")
-  ax_c.plot(ck["step"], ck["test_mean_entropy"], color="C2", marker=".",
-            label="held-out mean entropy of the predictions")
+  ax_c.plot(
+    ck["step"], ck["test_cross_entropy"], color="C1", marker=".", label="held-out cross-entropy"
+  )
+  ax_c.plot(
+    ck["step"],
+    ck["test_mean_entropy"],
+    color="C2",
+    marker=".",
+    label="held-out mean entropy of the predictions",
+  )
   ax_c.set(yscale="log", ylabel="nats")
   ax_l.legend(fontsize=7, loc="upper right")
   ax_c.legend(fontsize=7, loc="center right")
@@ -218,17 +287,36 @@ def _figure(workdir, r: dict, loss_T, reference: float, entropy_before, entropy_
   ax_a.legend(fontsize=7)
 
   edges = np.asarray(r["entropy_after"]["histogram"]["edges"])
-  ax_h.hist(entropy_after, bins=edges, color="C1", alpha=0.7,
-            label=f"after training (mean {r['entropy_after']['mean']:.3f})")
-  ax_h.hist(entropy_before, bins=edges, color="C0", alpha=0.7,
-            label=f"before (W = 0, uniform: H = log {r['num_classes']})")
+  ax_h.hist(
+    entropy_after,
+    bins=edges,
+    color="C1",
+    alpha=0.7,
+    label=f"after training (mean {r['entropy_after']['mean']:.3f})",
+  )
+  ax_h.hist(
+    entropy_before,
+    bins=edges,
+    color="C0",
+    alpha=0.7,
+    label=f"before (W = 0, uniform: H = log {r['num_classes']})",
+  )
   ax_h.axvline(r["log_num_classes"], color="gray", ls=":", lw=0.8)
   for key, ls in (("mean_correct", "--"), ("mean_wrong", "-.")):
     if r["entropy_after"][key] is not None:
-      ax_h.axvline(r["entropy_after"][key], color="k", ls=ls, lw=0.8,
-                   label=f"{key.replace('_', ' ')} prediction: {r['entropy_after'][key]:.3f}")
-  ax_h.set(yscale="log", xlabel="entropy of the predicted distribution (nats)",
-           ylabel="held-out examples", title="§2.3: entropy of the predictions")
+      ax_h.axvline(
+        r["entropy_after"][key],
+        color="k",
+        ls=ls,
+        lw=0.8,
+        label=f"{key.replace('_', ' ')} prediction: {r['entropy_after'][key]:.3f}",
+      )
+  ax_h.set(
+    yscale="log",
+    xlabel="entropy of the predicted distribution (nats)",
+    ylabel="held-out examples",
+    title="§2.3: entropy of the predictions",
+  )
   ax_h.legend(fontsize=7)
   for ax in (ax_l, ax_a, ax_h):
     ax.grid(alpha=0.3)

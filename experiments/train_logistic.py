@@ -54,7 +54,9 @@ from xent_jax import data, models, optimum, training
 def validate(config) -> None:
   """Rejects a config E5 cannot run with (see ``configs/train_logistic.py``)."""
   steps = _common.integer(low=1, high=10_000_000)
-  _common.check_config(config, {
+  _common.check_config(
+    config,
+    {
       "synthetic.seed": _common.integer(low=0),
       "synthetic.num_train": _common.integer(low=10),
       "synthetic.num_test": _common.integer(low=1),
@@ -74,21 +76,29 @@ def validate(config) -> None:
       "seed_loss_num_steps": steps,
       "num_checkpoints": _common.integer(low=1),
       "optimum_rtol": _common.real(low=0, low_open=True, high=1),
-  })
-  for key in ("synthetic.num_steps", "breast_cancer.num_steps",
-              "breast_cancer.unpenalised_num_steps", "seed_loss_num_steps"):
+    },
+  )
+  for key in (
+    "synthetic.num_steps",
+    "breast_cancer.num_steps",
+    "breast_cancer.unpenalised_num_steps",
+    "seed_loss_num_steps",
+  ):
     group, _, name = key.rpartition(".")
     num_steps = (config[group] if group else config)[name]
     if num_steps % config.num_checkpoints:
-      raise _common.ConfigError(f"config.{key} = {num_steps} must be a multiple of "
-                                f"config.num_checkpoints = {config.num_checkpoints}")
+      raise _common.ConfigError(
+        f"config.{key} = {num_steps} must be a multiple of "
+        f"config.num_checkpoints = {config.num_checkpoints}"
+      )
 
 
 # ---------------------------------------------------------------------------- training
 
 
-def train_with_checkpoints(params, batch, *, loss_fn, optimizer, num_steps: int,
-                           num_checkpoints: int):
+def train_with_checkpoints(
+  params, batch, *, loss_fn, optimizer, num_steps: int, num_checkpoints: int
+):
   """Trains with :func:`xent_jax.training.train_full_batch`, recording the parameters.
 
   The run is ``num_checkpoints`` calls of one compiled ``lax.scan`` of
@@ -112,9 +122,9 @@ def train_with_checkpoints(params, batch, *, loss_fn, optimizer, num_steps: int,
   checkpoints, losses = [to_host(params)], []
   state = training.init_train_state(jax.tree.map(jax.numpy.array, params), optimizer)
   for _ in range(num_checkpoints):
-    state, metrics = training.train_full_batch(state, batch, loss_fn=loss_fn,
-                                               optimizer=optimizer,
-                                               num_steps=num_steps // num_checkpoints)
+    state, metrics = training.train_full_batch(
+      state, batch, loss_fn=loss_fn, optimizer=optimizer, num_steps=num_steps // num_checkpoints
+    )
     checkpoints.append(to_host(state.params))
     losses.append(np.asarray(metrics["loss"]))
   return checkpoints, np.concatenate(losses)
@@ -134,8 +144,10 @@ def _logits(params, x_NxD) -> np.ndarray:
 def _classify(params, batch) -> dict:
   """Accuracy and the fraction predicted positive (σ > 1/2) of ``params`` on ``batch``."""
   positive_N = _logits(params, batch.x) > 0
-  return {"accuracy": float(np.mean(positive_N == (np.asarray(batch.y) == 1))),
-          "predicted_positive": float(np.mean(positive_N))}
+  return {
+    "accuracy": float(np.mean(positive_N == (np.asarray(batch.y) == 1))),
+    "predicted_positive": float(np.mean(positive_N)),
+  }
 
 
 def _along(checkpoints, batch) -> dict:
@@ -155,51 +167,68 @@ def _cross_entropy_run(dataset, *, l2, optimizer, num_steps, config) -> tuple[di
   reference = optimum.logistic_regression_optimum(*dataset.train, l2=l2)
   loss_fn = functools.partial(models.logistic_regression_loss, l2=l2)
   checkpoints, loss_T = train_with_checkpoints(
-      models.init_logistic_regression(dataset.train.x.shape[1]), dataset.train,
-      loss_fn=loss_fn, optimizer=optimizer, num_steps=num_steps,
-      num_checkpoints=config.num_checkpoints)
-  objective = [optimum.logistic_regression_objective(p, *dataset.train, l2=l2)
-               for p in checkpoints]
+    models.init_logistic_regression(dataset.train.x.shape[1]),
+    dataset.train,
+    loss_fn=loss_fn,
+    optimizer=optimizer,
+    num_steps=num_steps,
+    num_checkpoints=config.num_checkpoints,
+  )
+  objective = [optimum.logistic_regression_objective(p, *dataset.train, l2=l2) for p in checkpoints]
   final = checkpoints[-1]
   return {
-      "l2": l2, "num_steps": num_steps, "reference_objective": reference.value,
-      "reference_grad_max_abs": reference.grad_max_abs, "final_objective": objective[-1],
-      "final_relative_gap": (objective[-1] - reference.value) / reference.value,
-      "steps_to_rtol": _first_step_within(loss_T, reference.value, config.optimum_rtol),
-      "max_abs_param_diff_vs_optimum": max(
-          float(np.max(np.abs(np.asarray(final[k], np.float64) - reference.params[k])))
-          for k in ("w", "b")),
-      "train": _classify(final, dataset.train), "test": _classify(final, dataset.test),
-      "final_params": final,
-      "checkpoints": {"step": checkpoint_steps(num_steps, config.num_checkpoints),
-                      "relative_gap": [(v - reference.value) / reference.value
-                                       for v in objective],
-                      "train_accuracy": _along(checkpoints, dataset.train)["accuracy"],
-                      "test_accuracy": _along(checkpoints, dataset.test)["accuracy"]},
+    "l2": l2,
+    "num_steps": num_steps,
+    "reference_objective": reference.value,
+    "reference_grad_max_abs": reference.grad_max_abs,
+    "final_objective": objective[-1],
+    "final_relative_gap": (objective[-1] - reference.value) / reference.value,
+    "steps_to_rtol": _first_step_within(loss_T, reference.value, config.optimum_rtol),
+    "max_abs_param_diff_vs_optimum": max(
+      float(np.max(np.abs(np.asarray(final[k], np.float64) - reference.params[k])))
+      for k in ("w", "b")
+    ),
+    "train": _classify(final, dataset.train),
+    "test": _classify(final, dataset.test),
+    "final_params": final,
+    "checkpoints": {
+      "step": checkpoint_steps(num_steps, config.num_checkpoints),
+      "relative_gap": [(v - reference.value) / reference.value for v in objective],
+      "train_accuracy": _along(checkpoints, dataset.train)["accuracy"],
+      "test_accuracy": _along(checkpoints, dataset.test)["accuracy"],
+    },
   }, {"loss": loss_T, "reference": reference.value}
 
 
 def _unpenalised_run(dataset, *, optimizer, num_steps, config) -> tuple[dict, dict]:
   """λ = 0 on separable data: the loss and ‖w‖ along training (no minimiser exists)."""
   checkpoints, loss_T = train_with_checkpoints(
-      models.init_logistic_regression(dataset.train.x.shape[1]), dataset.train,
-      loss_fn=models.logistic_regression_loss, optimizer=optimizer, num_steps=num_steps,
-      num_checkpoints=config.num_checkpoints)
+    models.init_logistic_regression(dataset.train.x.shape[1]),
+    dataset.train,
+    loss_fn=models.logistic_regression_loss,
+    optimizer=optimizer,
+    num_steps=num_steps,
+    num_checkpoints=config.num_checkpoints,
+  )
   steps = checkpoint_steps(num_steps, config.num_checkpoints)
   norm_C = np.array([np.linalg.norm(np.asarray(p["w"], np.float64)) for p in checkpoints])
   loss_C = [optimum.logistic_regression_objective(p, *dataset.train) for p in checkpoints]
   half = len(steps) // 2  # growth over the second half (steps T/2 → T)
-  margin_C = [float(np.min(np.where(np.asarray(dataset.train.y) == 1, 1, -1)
-                           * _logits(p, dataset.train.x))) for p in checkpoints]
+  margin_C = [
+    float(np.min(np.where(np.asarray(dataset.train.y) == 1, 1, -1) * _logits(p, dataset.train.x)))
+    for p in checkpoints
+  ]
   return {
-      "num_steps": num_steps, "final_loss": loss_C[-1], "final_w_norm": norm_C[-1],
-      "w_norm_growth_second_half": norm_C[-1] - norm_C[half],
-      "w_norm_per_log_step_second_half":
-          (norm_C[-1] - norm_C[half]) / np.log(steps[-1] / steps[half]),
-      "loss_ratio_second_half": loss_C[-1] / loss_C[half],
-      "train": _classify(checkpoints[-1], dataset.train), "final_params": checkpoints[-1],
-      "checkpoints": {"step": steps, "w_norm": norm_C, "loss": loss_C,
-                      "min_signed_margin": margin_C},
+    "num_steps": num_steps,
+    "final_loss": loss_C[-1],
+    "final_w_norm": norm_C[-1],
+    "w_norm_growth_second_half": norm_C[-1] - norm_C[half],
+    "w_norm_per_log_step_second_half": (norm_C[-1] - norm_C[half])
+    / np.log(steps[-1] / steps[half]),
+    "loss_ratio_second_half": loss_C[-1] / loss_C[half],
+    "train": _classify(checkpoints[-1], dataset.train),
+    "final_params": checkpoints[-1],
+    "checkpoints": {"step": steps, "w_norm": norm_C, "loss": loss_C, "min_signed_margin": margin_C},
   }, {"loss": loss_T}
 
 
@@ -217,15 +246,19 @@ def seed_loss_limit(x_NxD, y_N) -> dict:
   x_pos = np.asarray(x_NxD, np.float64)[np.asarray(y_N) == 1]
   a_DxP = np.concatenate([x_pos, np.ones((len(x_pos), 1))], axis=1).T
   weight = 1e4 * max(1.0, np.abs(a_DxP).max())
-  lam_P, _ = optimize.nnls(np.vstack([a_DxP, weight * np.ones((1, a_DxP.shape[1]))]),
-                           np.concatenate([np.zeros(a_DxP.shape[0]), [weight]]),
-                           maxiter=50 * a_DxP.shape[1])
+  lam_P, _ = optimize.nnls(
+    np.vstack([a_DxP, weight * np.ones((1, a_DxP.shape[1]))]),
+    np.concatenate([np.zeros(a_DxP.shape[0]), [weight]]),
+    maxiter=50 * a_DxP.shape[1],
+  )
   p = a_DxP @ lam_P
   u = p / (p @ p)  # the hard-margin solution
   direction = u / np.linalg.norm(u)
-  return {"direction": {"w": direction[:-1], "b": direction[-1]},
-          "c_norm": float(np.linalg.norm(p[:-1] / p[-1])),
-          "margin_ratio": float(np.min(a_DxP.T @ u))}
+  return {
+    "direction": {"w": direction[:-1], "b": direction[-1]},
+    "c_norm": float(np.linalg.norm(p[:-1] / p[-1])),
+    "margin_ratio": float(np.min(a_DxP.T @ u)),
+  }
 
 
 def _cosine(params, direction) -> float:
@@ -237,33 +270,45 @@ def _cosine(params, direction) -> float:
 def _seed_loss_run(dataset, *, optimizer, num_steps, config) -> tuple[dict, dict]:
   """Training with the §4.1 loss: predictions, accuracy, ‖θ‖ and the limit direction."""
   checkpoints, loss_T = train_with_checkpoints(
-      models.init_logistic_regression(dataset.train.x.shape[1]), dataset.train,
-      loss_fn=models.seed_section_4_1_loss, optimizer=optimizer, num_steps=num_steps,
-      num_checkpoints=config.num_checkpoints)
+    models.init_logistic_regression(dataset.train.x.shape[1]),
+    dataset.train,
+    loss_fn=models.seed_section_4_1_loss,
+    optimizer=optimizer,
+    num_steps=num_steps,
+    num_checkpoints=config.num_checkpoints,
+  )
   limit = seed_loss_limit(*dataset.train)
   limit_params = limit["direction"]
   final = checkpoints[-1]
   positive_rate = float(np.mean(np.asarray(dataset.train.y) == 1))
   return {
-      "num_steps": num_steps, "final_loss": float(loss_T[-1]),
-      "final_b": float(final["b"]),
-      "final_w_norm": float(np.linalg.norm(np.asarray(final["w"], np.float64))),
-      "train_positive_rate": positive_rate,
-      "test_positive_rate": float(np.mean(np.asarray(dataset.test.y) == 1)),
-      "train": _classify(final, dataset.train), "test": _classify(final, dataset.test),
-      "final_params": final,
-      "min_sigma_on_negatives": float(1 / (1 + np.exp(-np.min(
-          _logits(final, dataset.train.x)[np.asarray(dataset.train.y) == 0])))),
-      "limit": {"direction": limit_params, "c_norm": limit["c_norm"],
-                "origin_in_hull": limit["c_norm"] < 1e-6,
-                "margin_ratio": limit["margin_ratio"],
-                "train": _classify(limit_params, dataset.train),
-                "test": _classify(limit_params, dataset.test),
-                "final_cosine": _cosine(final, limit_params)},
-      "checkpoints": {"step": checkpoint_steps(num_steps, config.num_checkpoints),
-                      **{f"train_{k}": v for k, v in _along(checkpoints, dataset.train).items()},
-                      **{f"test_{k}": v for k, v in _along(checkpoints, dataset.test).items()},
-                      "cosine_to_limit": [_cosine(p, limit_params) for p in checkpoints]},
+    "num_steps": num_steps,
+    "final_loss": float(loss_T[-1]),
+    "final_b": float(final["b"]),
+    "final_w_norm": float(np.linalg.norm(np.asarray(final["w"], np.float64))),
+    "train_positive_rate": positive_rate,
+    "test_positive_rate": float(np.mean(np.asarray(dataset.test.y) == 1)),
+    "train": _classify(final, dataset.train),
+    "test": _classify(final, dataset.test),
+    "final_params": final,
+    "min_sigma_on_negatives": float(
+      1 / (1 + np.exp(-np.min(_logits(final, dataset.train.x)[np.asarray(dataset.train.y) == 0])))
+    ),
+    "limit": {
+      "direction": limit_params,
+      "c_norm": limit["c_norm"],
+      "origin_in_hull": limit["c_norm"] < 1e-6,
+      "margin_ratio": limit["margin_ratio"],
+      "train": _classify(limit_params, dataset.train),
+      "test": _classify(limit_params, dataset.test),
+      "final_cosine": _cosine(final, limit_params),
+    },
+    "checkpoints": {
+      "step": checkpoint_steps(num_steps, config.num_checkpoints),
+      **{f"train_{k}": v for k, v in _along(checkpoints, dataset.train).items()},
+      **{f"test_{k}": v for k, v in _along(checkpoints, dataset.test).items()},
+      "cosine_to_limit": [_cosine(p, limit_params) for p in checkpoints],
+    },
   }, {"loss": loss_T}
 
 
@@ -272,45 +317,62 @@ def _seed_loss_run(dataset, *, optimizer, num_steps, config) -> tuple[dict, dict
 
 def _datasets(config) -> dict:
   s, bc = config.synthetic, config.breast_cancer
-  return {"synthetic": data.make_logistic_data(s.seed, s.num_train, s.num_test, s.num_features,
-                                               weight_scale=s.weight_scale, bias=s.bias),
-          "breast_cancer": data.load_breast_cancer(test_fraction=bc.test_fraction,
-                                                   seed=bc.split_seed)}
+  return {
+    "synthetic": data.make_logistic_data(
+      s.seed, s.num_train, s.num_test, s.num_features, weight_scale=s.weight_scale, bias=s.bias
+    ),
+    "breast_cancer": data.load_breast_cancer(test_fraction=bc.test_fraction, seed=bc.split_seed),
+  }
 
 
 def _true_model(dataset) -> dict:
   """The synthetic data's true model on the held-out split: the best one can hope for."""
   test = _classify(dataset.true_params, dataset.test)
-  return {"test_accuracy": test["accuracy"],
-          "test_cross_entropy": optimum.logistic_regression_objective(dataset.true_params,
-                                                                      *dataset.test)}
+  return {
+    "test_accuracy": test["accuracy"],
+    "test_cross_entropy": optimum.logistic_regression_objective(dataset.true_params, *dataset.test),
+  }
 
 
 def run(config, workdir: _common.Workdir) -> dict:
   """Computes E5's numbers, claims and figure (see the module docstring)."""
   datasets = _datasets(config)
   s, bc = config.synthetic, config.breast_cancer
-  optimizers = {"synthetic": training.sgd(s.learning_rate, momentum=s.momentum),
-                "breast_cancer": training.sgd(bc.learning_rate, momentum=bc.momentum)}
+  optimizers = {
+    "synthetic": training.sgd(s.learning_rate, momentum=s.momentum),
+    "breast_cancer": training.sgd(bc.learning_rate, momentum=bc.momentum),
+  }
   results, curves = {}, {}
   results["synthetic"], curves["synthetic"] = _cross_entropy_run(
-      datasets["synthetic"], l2=0.0, optimizer=optimizers["synthetic"],
-      num_steps=s.num_steps, config=config)
+    datasets["synthetic"],
+    l2=0.0,
+    optimizer=optimizers["synthetic"],
+    num_steps=s.num_steps,
+    config=config,
+  )
   results["synthetic"]["true_model"] = _true_model(datasets["synthetic"])
   results["synthetic"]["test_cross_entropy"] = optimum.logistic_regression_objective(
-      optimum.logistic_regression_optimum(*datasets["synthetic"].train).params,
-      *datasets["synthetic"].test)
+    optimum.logistic_regression_optimum(*datasets["synthetic"].train).params,
+    *datasets["synthetic"].test,
+  )
   results["breast_cancer"], curves["breast_cancer"] = _cross_entropy_run(
-      datasets["breast_cancer"], l2=bc.l2, optimizer=optimizers["breast_cancer"],
-      num_steps=bc.num_steps, config=config)
+    datasets["breast_cancer"],
+    l2=bc.l2,
+    optimizer=optimizers["breast_cancer"],
+    num_steps=bc.num_steps,
+    config=config,
+  )
   results["breast_cancer_unpenalised"], curves["breast_cancer_unpenalised"] = _unpenalised_run(
-      datasets["breast_cancer"], optimizer=optimizers["breast_cancer"],
-      num_steps=bc.unpenalised_num_steps, config=config)
+    datasets["breast_cancer"],
+    optimizer=optimizers["breast_cancer"],
+    num_steps=bc.unpenalised_num_steps,
+    config=config,
+  )
   results["seed_loss"] = {}
   for name, dataset in datasets.items():
     results["seed_loss"][name], curves[f"seed_loss_{name}"] = _seed_loss_run(
-        dataset, optimizer=optimizers[name], num_steps=config.seed_loss_num_steps,
-        config=config)
+      dataset, optimizer=optimizers[name], num_steps=config.seed_loss_num_steps, config=config
+    )
   results = _common.to_jsonable({**results, "dtype": str(datasets["synthetic"].train.x.dtype)})
   results["claims"] = _claims(results, config)
   results["summary"] = _summary(results)
@@ -328,90 +390,128 @@ def _summary(r: dict) -> dict:
     summary[f"{name}: relative gap to the optimum (λ = {run['l2']:g})"] = run["final_relative_gap"]
     summary[f"{name}: steps to within the tolerance"] = run["steps_to_rtol"]
     summary[f"{name}: train / held-out accuracy"] = (
-        f"{run['train']['accuracy']:.4f} / {run['test']['accuracy']:.4f}")
+      f"{run['train']['accuracy']:.4f} / {run['test']['accuracy']:.4f}"
+    )
     summary[f"{name}, §4.1 loss: predicted positive / positive rate / held-out accuracy"] = (
-        f"{seed[name]['train']['predicted_positive']:.3f} / "
-        f"{seed[name]['train_positive_rate']:.3f} / {seed[name]['test']['accuracy']:.3f}")
+      f"{seed[name]['train']['predicted_positive']:.3f} / "
+      f"{seed[name]['train_positive_rate']:.3f} / {seed[name]['test']['accuracy']:.3f}"
+    )
   un = r["breast_cancer_unpenalised"]
-  summary["breast_cancer, λ = 0: ‖w‖ and loss after "
-          f"{un['num_steps']} steps"] = f"{un['final_w_norm']:.4g}, {un['final_loss']:.3g}"
+  summary[f"breast_cancer, λ = 0: ‖w‖ and loss after {un['num_steps']} steps"] = (
+    f"{un['final_w_norm']:.4g}, {un['final_loss']:.3g}"
+  )
   return summary
 
 
 def _claims(r: dict, config) -> list[dict]:
   """The verdicts on seed §4.1–4.2 and §5, each decided by the measured values in ``r``."""
   rtol = config.optimum_rtol
-  syn, bc, un, seed = r["synthetic"], r["breast_cancer"], r["breast_cancer_unpenalised"], (
-      r["seed_loss"])
-  converged = {name: r[name]["final_relative_gap"] <= rtol for name in ("synthetic",
-                                                                         "breast_cancer")}
+  syn, bc, un, seed = (
+    r["synthetic"],
+    r["breast_cancer"],
+    r["breast_cancer_unpenalised"],
+    (r["seed_loss"]),
+  )
+  converged = {
+    name: r[name]["final_relative_gap"] <= rtol for name in ("synthetic", "breast_cancer")
+  }
   # λ = 0 on separable data: ‖w‖ still grows (by more than 1% over the second half of the
   # run) while the loss keeps falling: no convergence of the parameters.
-  diverging = (un["w_norm_growth_second_half"] > 0.01 * un["final_w_norm"]
-               and un["loss_ratio_second_half"] < 1)
-  majority = {name: max(seed[name]["test_positive_rate"], 1 - seed[name]["test_positive_rate"])
-              for name in seed}
+  diverging = (
+    un["w_norm_growth_second_half"] > 0.01 * un["final_w_norm"] and un["loss_ratio_second_half"] < 1
+  )
+  majority = {
+    name: max(seed[name]["test_positive_rate"], 1 - seed[name]["test_positive_rate"])
+    for name in seed
+  }
   collapsed = [name for name in seed if seed[name]["limit"]["origin_in_hull"]]
   return [
-      _common.claim(
-          "4.2-gradient-descent-optimises", "4.2",
-          "通过梯度下降法更新参数,逐步优化模型: gradient descent on the cross-entropy "
-          "converges to the optimal parameters",
-          {"relative gap, synthetic (λ = 0)": syn["final_relative_gap"],
-           "relative gap, breast_cancer (λ > 0)": bc["final_relative_gap"],
-           "tolerance": rtol,
-           "breast_cancer λ = 0: ‖w‖ at T/2 → T": [un["final_w_norm"]
-                                                   - un["w_norm_growth_second_half"],
-                                                   un["final_w_norm"]],
-           "breast_cancer λ = 0: final loss": un["final_loss"]},
-          holds=all(converged.values()) and not diverging,
-          condition=all(converged.values()) and (
-              "when a minimiser exists (non-separable data, or λ > 0): relative gaps "
-              f"{syn['final_relative_gap']:.2g} and {bc['final_relative_gap']:.2g} ≤ {rtol:g}"),
-          correction="on linearly separable data (breast_cancer, λ = 0) the cross-entropy has "
-          "no minimiser: gradient descent drives the loss towards 0 "
-          f"({un['final_loss']:.3g} after {un['num_steps']} steps) while ‖w‖ grows without "
-          f"bound (+{un['w_norm_per_log_step_second_half']:.3g} per e-fold of steps at the "
-          "end); penalise (λ > 0) or stop early to get a finite model"),
-      _common.claim(
-          "4.1-loss-trains-the-classifier", "4.1",
-          "L = -(1/n) Σ y_i log σ(x_i) is the cross-entropy loss; minimising it optimises "
-          "the classifier",
-          {f"{name}: {k}": v for name in seed for k, v in (
-              ("final loss", seed[name]["final_loss"]),
-              ("predicted positive (train)", seed[name]["train"]["predicted_positive"]),
-              ("positive rate (train)", seed[name]["train_positive_rate"]),
-              ("held-out accuracy", seed[name]["test"]["accuracy"]),
-              ("held-out accuracy, cross-entropy", r[name]["test"]["accuracy"]),
-              ("limit: predicted positive (train)",
-               seed[name]["limit"]["train"]["predicted_positive"]))},
-          holds=all(seed[name]["test"]["accuracy"] >= r[name]["test"]["accuracy"] - 0.02
-                    and seed[name]["limit"]["train"]["predicted_positive"] < 0.99
-                    for name in seed),
-          correction="it omits -(1 - y_i) log(1 - σ_i): only positive examples enter, its "
-          "infimum 0 is reached by predicting σ → 1 (b → ∞), and gradient descent heads for "
-          "the hard-margin direction that separates the positives from the origin; "
-          + "; ".join(f"{name}: {seed[name]['train']['predicted_positive']:.1%} predicted "
-                      f"positive after {seed[name]['num_steps']} steps "
-                      f"({seed[name]['limit']['train']['predicted_positive']:.1%} in the "
-                      f"limit), held-out accuracy {seed[name]['test']['accuracy']:.3f} vs "
-                      f"{r[name]['test']['accuracy']:.3f} with the cross-entropy"
-                      for name in seed)
-          + (f" — on {', '.join(collapsed)} the origin lies in the positives' hull, so "
-             "every prediction → 1 and accuracy → the positive rate" if collapsed else "")),
-      _common.claim(
-          "5-cross-entropy-trains-classifiers", "5",
-          "the cross-entropy, minimised by gradient descent, trains a classifier that "
-          "measures the gap between predictions and labels",
-          {"held-out accuracy, synthetic": syn["test"]["accuracy"],
-           "true model's held-out accuracy": syn["true_model"]["test_accuracy"],
-           "held-out CE fitted / true model": [syn["test_cross_entropy"],
-                                               syn["true_model"]["test_cross_entropy"]],
-           "held-out accuracy, breast_cancer": bc["test"]["accuracy"],
-           "majority-class rate, breast_cancer": majority["breast_cancer"]},
-          holds=syn["test"]["accuracy"] >= syn["true_model"]["test_accuracy"] - 0.02
-          and bc["test"]["accuracy"] >= majority["breast_cancer"] + 0.2,
-          correction="the trained classifiers are not clearly better than the baselines"),
+    _common.claim(
+      "4.2-gradient-descent-optimises",
+      "4.2",
+      "通过梯度下降法更新参数,逐步优化模型: gradient descent on the cross-entropy "
+      "converges to the optimal parameters",
+      {
+        "relative gap, synthetic (λ = 0)": syn["final_relative_gap"],
+        "relative gap, breast_cancer (λ > 0)": bc["final_relative_gap"],
+        "tolerance": rtol,
+        "breast_cancer λ = 0: ‖w‖ at T/2 → T": [
+          un["final_w_norm"] - un["w_norm_growth_second_half"],
+          un["final_w_norm"],
+        ],
+        "breast_cancer λ = 0: final loss": un["final_loss"],
+      },
+      holds=all(converged.values()) and not diverging,
+      condition=all(converged.values())
+      and (
+        "when a minimiser exists (non-separable data, or λ > 0): relative gaps "
+        f"{syn['final_relative_gap']:.2g} and {bc['final_relative_gap']:.2g} ≤ {rtol:g}"
+      ),
+      correction="on linearly separable data (breast_cancer, λ = 0) the cross-entropy has "
+      "no minimiser: gradient descent drives the loss towards 0 "
+      f"({un['final_loss']:.3g} after {un['num_steps']} steps) while ‖w‖ grows without "
+      f"bound (+{un['w_norm_per_log_step_second_half']:.3g} per e-fold of steps at the "
+      "end); penalise (λ > 0) or stop early to get a finite model",
+    ),
+    _common.claim(
+      "4.1-loss-trains-the-classifier",
+      "4.1",
+      "L = -(1/n) Σ y_i log σ(x_i) is the cross-entropy loss; minimising it optimises "
+      "the classifier",
+      {
+        f"{name}: {k}": v
+        for name in seed
+        for k, v in (
+          ("final loss", seed[name]["final_loss"]),
+          ("predicted positive (train)", seed[name]["train"]["predicted_positive"]),
+          ("positive rate (train)", seed[name]["train_positive_rate"]),
+          ("held-out accuracy", seed[name]["test"]["accuracy"]),
+          ("held-out accuracy, cross-entropy", r[name]["test"]["accuracy"]),
+          ("limit: predicted positive (train)", seed[name]["limit"]["train"]["predicted_positive"]),
+        )
+      },
+      holds=all(
+        seed[name]["test"]["accuracy"] >= r[name]["test"]["accuracy"] - 0.02
+        and seed[name]["limit"]["train"]["predicted_positive"] < 0.99
+        for name in seed
+      ),
+      correction="it omits -(1 - y_i) log(1 - σ_i): only positive examples enter, its "
+      "infimum 0 is reached by predicting σ → 1 (b → ∞), and gradient descent heads for "
+      "the hard-margin direction that separates the positives from the origin; "
+      + "; ".join(
+        f"{name}: {seed[name]['train']['predicted_positive']:.1%} predicted "
+        f"positive after {seed[name]['num_steps']} steps "
+        f"({seed[name]['limit']['train']['predicted_positive']:.1%} in the "
+        f"limit), held-out accuracy {seed[name]['test']['accuracy']:.3f} vs "
+        f"{r[name]['test']['accuracy']:.3f} with the cross-entropy"
+        for name in seed
+      )
+      + (
+        f" — on {', '.join(collapsed)} the origin lies in the positives' hull, so "
+        "every prediction → 1 and accuracy → the positive rate"
+        if collapsed
+        else ""
+      ),
+    ),
+    _common.claim(
+      "5-cross-entropy-trains-classifiers",
+      "5",
+      "the cross-entropy, minimised by gradient descent, trains a classifier that "
+      "measures the gap between predictions and labels",
+      {
+        "held-out accuracy, synthetic": syn["test"]["accuracy"],
+        "true model's held-out accuracy": syn["true_model"]["test_accuracy"],
+        "held-out CE fitted / true model": [
+          syn["test_cross_entropy"],
+          syn["true_model"]["test_cross_entropy"],
+        ],
+        "held-out accuracy, breast_cancer": bc["test"]["accuracy"],
+        "majority-class rate, breast_cancer": majority["breast_cancer"],
+      },
+      holds=syn["test"]["accuracy"] >= syn["true_model"]["test_accuracy"] - 0.02
+      and bc["test"]["accuracy"] >= majority["breast_cancer"] + 0.2,
+      correction="the trained classifiers are not clearly better than the baselines",
+    ),
   ]
 
 
@@ -424,46 +524,82 @@ def _figure(workdir, r: dict, curves: dict) -> None:
   for name, color in (("synthetic", "C0"), ("breast_cancer", "C1")):
     c = curves[name]
     gap_T = (c["loss"] - c["reference"]) / c["reference"]
-    ax_l.plot(np.arange(len(gap_T)), np.maximum(gap_T, 1e-16), color=color,
-              label=f"{name} (λ = {r[name]['l2']:g}): (L_t - L*)/L*")
-  for key, color, label in (("breast_cancer_unpenalised", "C2", "breast_cancer, λ = 0: L_t"),
-                            ("seed_loss_synthetic", "C3", "synthetic, §4.1 loss: L_t"),
-                            ("seed_loss_breast_cancer", "C4", "breast_cancer, §4.1 loss: L_t")):
+    ax_l.plot(
+      np.arange(len(gap_T)),
+      np.maximum(gap_T, 1e-16),
+      color=color,
+      label=f"{name} (λ = {r[name]['l2']:g}): (L_t - L*)/L*",
+    )
+  for key, color, label in (
+    ("breast_cancer_unpenalised", "C2", "breast_cancer, λ = 0: L_t"),
+    ("seed_loss_synthetic", "C3", "synthetic, §4.1 loss: L_t"),
+    ("seed_loss_breast_cancer", "C4", "breast_cancer, §4.1 loss: L_t"),
+  ):
     loss_T = curves[key]["loss"]
     ax_l.plot(np.arange(1, len(loss_T) + 1), loss_T, color=color, label=label)
   ax_l.axhline(1e-6, color="gray", ls=":", lw=0.8, label="1e-6")
-  ax_l.set(xscale="log", yscale="log", xlabel="step", ylabel="loss / relative gap",
-           title="training curves")
+  ax_l.set(
+    xscale="log", yscale="log", xlabel="step", ylabel="loss / relative gap", title="training curves"
+  )
 
   un = r["breast_cancer_unpenalised"]["checkpoints"]
   ax_w.plot(un["step"][1:], un["w_norm"][1:], color="C2", marker=".", label="‖w‖, λ = 0")
   ax_w2 = ax_w.twinx()
   ax_w2.plot(un["step"][1:], un["loss"][1:], color="C2", ls="--", label="loss, λ = 0")
   ax_w2.set(yscale="log", ylabel="training loss (dashed)")
-  ax_w.set(xscale="log", xlabel="step", ylabel="‖w‖",
-           title="breast_cancer without penalty: ‖w‖ → ∞, loss → 0")
+  ax_w.set(
+    xscale="log",
+    xlabel="step",
+    ylabel="‖w‖",
+    title="breast_cancer without penalty: ‖w‖ → ∞, loss → 0",
+  )
 
   for name, color in (("synthetic", "C0"), ("breast_cancer", "C1")):
     ck = r[name]["checkpoints"]
     ax_a.plot(ck["step"], ck["test_accuracy"], color=color, label=f"{name}, held-out")
     ax_a.plot(ck["step"], ck["train_accuracy"], color=color, ls=":", label=f"{name}, train")
     sk = r["seed_loss"][name]["checkpoints"]
-    ax_a.plot(sk["step"], sk["test_accuracy"], color=color, ls="--",
-              label=f"{name}, §4.1 loss, held-out")
+    ax_a.plot(
+      sk["step"], sk["test_accuracy"], color=color, ls="--", label=f"{name}, §4.1 loss, held-out"
+    )
     ax_a.axhline(r["seed_loss"][name]["test_positive_rate"], color=color, lw=0.6, ls="-.")
-  ax_a.set(xscale="symlog", xlim=(0, None), xlabel="step", ylabel="accuracy",
-           title="accuracy (dash-dot: held-out positive rate)")
+  ax_a.set(
+    xscale="symlog",
+    xlim=(0, None),
+    xlabel="step",
+    ylabel="accuracy",
+    title="accuracy (dash-dot: held-out positive rate)",
+  )
 
   for name, color in (("synthetic", "C0"), ("breast_cancer", "C1")):
     sk, limit = r["seed_loss"][name]["checkpoints"], r["seed_loss"][name]["limit"]
-    ax_s.plot(sk["step"], sk["train_predicted_positive"], color=color,
-              label=f"{name}: fraction predicted positive")
-    ax_s.plot(sk["step"], sk["cosine_to_limit"], color=color, ls="--",
-              label=f"{name}: cos(θ_t, limit direction)")
-    ax_s.axhline(limit["train"]["predicted_positive"], color=color, ls=":", lw=0.8,
-                 label=f"{name}: limit's fraction predicted positive")
-  ax_s.set(xscale="symlog", xlim=(0, None), xlabel="step", ylim=(0, 1.02),
-           title="§4.1 loss -(1/n) Σ y log σ: where it heads")
+    ax_s.plot(
+      sk["step"],
+      sk["train_predicted_positive"],
+      color=color,
+      label=f"{name}: fraction predicted positive",
+    )
+    ax_s.plot(
+      sk["step"],
+      sk["cosine_to_limit"],
+      color=color,
+      ls="--",
+      label=f"{name}: cos(θ_t, limit direction)",
+    )
+    ax_s.axhline(
+      limit["train"]["predicted_positive"],
+      color=color,
+      ls=":",
+      lw=0.8,
+      label=f"{name}: limit's fraction predicted positive",
+    )
+  ax_s.set(
+    xscale="symlog",
+    xlim=(0, None),
+    xlabel="step",
+    ylim=(0, 1.02),
+    title="§4.1 loss -(1/n) Σ y log σ: where it heads",
+  )
   for ax in (ax_l, ax_w, ax_a, ax_s):
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)

@@ -26,9 +26,9 @@ def dtype_params(**extra_axes) -> list[dict]:
   params = [{"testcase_name": np.dtype(d).name, "dtype": d} for d in DTYPES]
   for key, values in extra_axes.items():
     params = [
-        {**p, "testcase_name": f"{p['testcase_name']}_{key}{v}", key: v}
-        for p in params
-        for v in values
+      {**p, "testcase_name": f"{p['testcase_name']}_{key}{v}", key: v}
+      for p in params
+      for v in values
     ]
   return params
 
@@ -59,12 +59,14 @@ def _c3(rng, dtype) -> np.ndarray:
 
 def _c10(rng, dtype) -> np.ndarray:
   big = MAX_LOGIT[np.dtype(dtype)]
-  z = np.concatenate([
+  z = np.concatenate(
+    [
       rng.normal(size=(10, 10)),
       rng.normal(size=(10, 10)) * 4,
       rng.normal(size=(5, 10)) * 20,
       rng.uniform(-big, big, size=(5, 10)),
-  ])
+    ]
+  )
   dominant = rng.normal(size=(10, 10))
   dominant[np.arange(10), rng.integers(0, 10, 10)] += np.linspace(10, big, 10)
   z = np.concatenate([z, dominant])
@@ -139,12 +141,14 @@ def elementwise_logits(dtype) -> np.ndarray:
   """1-D logits for the binary measures: a dense sweep of ±MAX_LOGIT, specials, ±inf."""
   big = MAX_LOGIT[np.dtype(dtype)]
   rng = np.random.default_rng(7)
-  sweep = np.concatenate([
+  sweep = np.concatenate(
+    [
       np.linspace(-big, big, 161),
       [0.0, 1e-30, -1e-30, 1e-8, -1e-8, 1e-3, -1e-3, 16.5, 17.0, -17.0, 30.0, -30.0],
       rng.normal(size=40) * 10,
       [np.inf, -np.inf],
-  ])
+    ]
+  )
   return sweep.astype(dtype)
 
 
@@ -153,12 +157,14 @@ def elementwise_probs(dtype) -> np.ndarray:
   eps = np.finfo(dtype).eps
   tiny_exp = -30 if np.dtype(dtype) == np.float32 else -300
   logspace = np.logspace(tiny_exp, -0.31, 40)
-  p = np.concatenate([
+  p = np.concatenate(
+    [
       [0.0, 1.0, 0.5, eps, 1 - eps, 1 - eps / 2, np.finfo(dtype).tiny],
       logspace,
       1 - logspace,
       np.random.default_rng(11).random(30),
-  ])
+    ]
+  )
   return p.astype(dtype)
 
 

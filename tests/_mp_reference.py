@@ -282,7 +282,9 @@ def entropy(probs: np.ndarray, where=None, base=None) -> Ref:
     terms = [pi for pi, ok in zip(p, m, strict=True) if ok and pi != 0]
     us = [ui for pi, ui, ok in zip(p, u, m, strict=True) if ok and pi != 0]
     values.append(-mpmath.fsum(_xlogy(pi, pi) for pi in terms))
-    conds.append(mpmath.fsum(abs(mpmath.log(pi) + 1) * ui for pi, ui in zip(terms, us, strict=True)))
+    conds.append(
+      mpmath.fsum(abs(mpmath.log(pi) + 1) * ui for pi, ui in zip(terms, us, strict=True))
+    )
   return _finish(values, conds, (shape[0],), base)
 
 
@@ -294,11 +296,11 @@ def entropy_from_logits(logits: np.ndarray, where=None, base=None) -> Ref:
     h = -mpmath.fsum(q * lq for q, lq, ok in zip(sm.p, sm.log_p, sm.present, strict=True) if ok)
     values.append(h)
     conds.append(
-        mpmath.fsum(
-            q * abs(lq + h) * ui
-            for q, lq, ui, ok in zip(sm.p, sm.log_p, u, sm.present, strict=True)
-            if ok
-        )
+      mpmath.fsum(
+        q * abs(lq + h) * ui
+        for q, lq, ui, ok in zip(sm.p, sm.log_p, u, sm.present, strict=True)
+        if ok
+      )
     )
   return _finish(values, conds, (shape[0],), base)
 
@@ -319,9 +321,7 @@ def entropy_from_logits_grad(logits: np.ndarray, where=None) -> Ref:
       values.append(-qj * (lj + h))
       # ∂g_j/∂z_k = -q_j q_k (... ) for k != j:  q_j q_k |l_k + l_j + 2H + 1|;
       # for k = j: q_j |(1 - q_j)(l_j + H + 1) - q_j (l_j + H)|.
-      c = mpmath.fsum(
-          sm.p[k] * abs(sm.log_p[k] + lj + 2 * h + 1) * u[k] for k in idx if k != j
-      )
+      c = mpmath.fsum(sm.p[k] * abs(sm.log_p[k] + lj + 2 * h + 1) * u[k] for k in idx if k != j)
       c += abs((1 - qj) * (lj + h + 1) - qj * (lj + h)) * u[j]
       conds.append(qj * c)
   return _finish(values, conds, shape)
@@ -376,10 +376,9 @@ def cross_entropy(p: np.ndarray, q: np.ndarray, where=None, base=None) -> Ref:
     ks = [k for k in range(shape[1]) if m[k]]
     values.append(-mpmath.fsum(_xlogy(pr[k], qr[k]) for k in ks))
     conds.append(
-        mpmath.fsum(
-            (abs(mpmath.log(qr[k])) * up[k] + pr[k] / qr[k] * uq[k]) if qr[k] != 0 else ZERO
-            for k in ks
-        )
+      mpmath.fsum(
+        (abs(mpmath.log(qr[k])) * up[k] + pr[k] / qr[k] * uq[k]) if qr[k] != 0 else ZERO for k in ks
+      )
     )
   return _finish(values, conds, (shape[0],), base)
 
@@ -390,17 +389,17 @@ def _smoothed(t: list, valid: list, label_smoothing) -> tuple[list, mpmath.mpf]:
   if n == 0:
     return [ZERO] * len(t), 1 - alpha
   return [(1 - alpha) * ti + alpha / n if ok else ZERO for ti, ok in zip(t, valid, strict=True)], (
-      1 - alpha
+    1 - alpha
   )
 
 
 def softmax_cross_entropy(
-    logits: np.ndarray,
-    targets: np.ndarray,
-    where=None,
-    label_smoothing=0.0,
-    base=None,
-    exact_targets=False,
+  logits: np.ndarray,
+  targets: np.ndarray,
+  where=None,
+  label_smoothing=0.0,
+  base=None,
+  exact_targets=False,
 ) -> Ref:
   """H(t', softmax z) with t' = (1-α) t + α / (number of classes kept by `where`).
 
@@ -417,16 +416,14 @@ def softmax_cross_entropy(
     c = mpmath.fsum(abs(s * q - ti) * u for q, ti, u in zip(sm.p, t, uz, strict=True))
     if not exact_targets:
       c += mpmath.fsum(
-          scale * abs(lq) * u
-          for lq, u, ok in zip(sm.log_p, ut, sm.present, strict=True)
-          if ok
+        scale * abs(lq) * u for lq, u, ok in zip(sm.log_p, ut, sm.present, strict=True) if ok
       )
     conds.append(c)
   return _finish(values, conds, (shape[0],), base)
 
 
 def softmax_cross_entropy_grad(
-    logits: np.ndarray, targets: np.ndarray, where=None, exact_targets=False
+  logits: np.ndarray, targets: np.ndarray, where=None, exact_targets=False
 ) -> Ref:
   """g_j = S q_j - t_j over the kept classes (0 for excluded ones), with its condition.
 
@@ -463,14 +460,18 @@ def one_hot(labels: np.ndarray, num_classes: int, dtype) -> np.ndarray:
 
 
 def softmax_cross_entropy_with_integer_labels(
-    logits: np.ndarray, labels: np.ndarray, where=None, label_smoothing=0.0, base=None
+  logits: np.ndarray, labels: np.ndarray, where=None, label_smoothing=0.0, base=None
 ) -> Ref:
   """Integer labels as exact one-hot targets; out of range -> NaN unless the row is empty."""
   logits = np.asarray(logits)
   num_classes = logits.shape[1]
   ref = softmax_cross_entropy(
-      logits, one_hot(labels, num_classes, logits.dtype), where, label_smoothing, base,
-      exact_targets=True,
+    logits,
+    one_hot(labels, num_classes, logits.dtype),
+    where,
+    label_smoothing,
+    base,
+    exact_targets=True,
   )
   masks = np.asarray(_row_masks(where, logits.shape))
   out_of_range = (np.asarray(labels) < 0) | (np.asarray(labels) >= num_classes)
@@ -495,7 +496,7 @@ def binary_cross_entropy(p: np.ndarray, q: np.ndarray, base=None) -> Ref:
 
 
 def sigmoid_binary_cross_entropy(
-    logits: np.ndarray, labels: np.ndarray, label_smoothing=0.0, base=None
+  logits: np.ndarray, labels: np.ndarray, label_smoothing=0.0, base=None
 ) -> Ref:
   """y' softplus(-z) + (1-y') softplus(z), y' = (1-α) y + α/2.
 
@@ -542,15 +543,13 @@ def kl_divergence(p: np.ndarray, q: np.ndarray, where=None, base=None) -> Ref:
       continue
     values.append(mpmath.fsum(pr[k] * mpmath.log(pr[k] / qr[k]) for k in ks))
     conds.append(
-        mpmath.fsum(
-            abs(mpmath.log(pr[k] / qr[k]) + 1) * up[k] + pr[k] / qr[k] * uq[k] for k in ks
-        )
+      mpmath.fsum(abs(mpmath.log(pr[k] / qr[k]) + 1) * up[k] + pr[k] / qr[k] * uq[k] for k in ks)
     )
   return _finish(values, conds, (shape[0],), base)
 
 
 def kl_divergence_from_logits(
-    p_logits: np.ndarray, q_logits: np.ndarray, where=None, base=None
+  p_logits: np.ndarray, q_logits: np.ndarray, where=None, base=None
 ) -> Ref:
   """KL(softmax zp ‖ softmax zq); ∂/∂zp_j = p_j (d_j - KL), ∂/∂zq_j = q_j - p_j."""
   sps, shape = _softmax_rows(p_logits, where)
@@ -566,8 +565,8 @@ def kl_divergence_from_logits(
     kl = mpmath.fsum(sp.p[k] * d[k] for k in ks)
     values.append(kl)
     conds.append(
-        mpmath.fsum(sp.p[k] * abs(d[k] - kl) * up[k] for k in ks)
-        + mpmath.fsum(abs(sq.p[k] - sp.p[k]) * uq[k] for k in range(shape[1]) if sq.present[k])
+      mpmath.fsum(sp.p[k] * abs(d[k] - kl) * up[k] for k in ks)
+      + mpmath.fsum(abs(sq.p[k] - sp.p[k]) * uq[k] for k in range(shape[1]) if sq.present[k])
     )
   return _finish(values, conds, (shape[0],), base)
 
@@ -632,7 +631,7 @@ def _report(name: str, dtype, stats: Stats) -> None:
 
 
 def assert_accurate(
-    got, ref: Ref, dtype, *, name: str, scale: np.ndarray | None = None, rtol=None
+  got, ref: Ref, dtype, *, name: str, scale: np.ndarray | None = None, rtol=None
 ) -> Stats:
   """Asserts the SPEC §2 rule elementwise and returns the measured error statistics.
 
@@ -658,8 +657,9 @@ def assert_accurate(
     allowed = np.maximum(rtol * np.asarray(scale, np.float64), 4 * cond)
   else:
     normal = np.abs(value) >= tiny
-    allowed = np.where(normal, np.maximum(rtol * np.abs(value), 4 * cond),
-                       np.maximum(tiny, 4 * cond))
+    allowed = np.where(
+      normal, np.maximum(rtol * np.abs(value), 4 * cond), np.maximum(tiny, 4 * cond)
+    )
   bad = bad_special | (finite & ~(err <= allowed))
   denom = np.abs(value) if scale is None else np.asarray(scale, np.float64)
   normal = finite & (denom >= tiny)
@@ -672,12 +672,12 @@ def assert_accurate(
   if bad.any():
     idx = np.argwhere(bad)
     lines = [
-        f"  at {tuple(int(i) for i in k)}: got {got[tuple(k)]!r}, exact {value[tuple(k)]!r}, "
-        f"err {err[tuple(k)]:.3g}, allowed {allowed[tuple(k)]:.3g}"
-        for k in idx[:8]
+      f"  at {tuple(int(i) for i in k)}: got {got[tuple(k)]!r}, exact {value[tuple(k)]!r}, "
+      f"err {err[tuple(k)]:.3g}, allowed {allowed[tuple(k)]:.3g}"
+      for k in idx[:8]
     ]
     raise AssertionError(
-        f"{name} ({dtype}): {len(idx)} of {bad.size} entries miss the SPEC §2 tolerance "
-        f"(rtol={rtol:g}, or 4x the inherent change):\n" + "\n".join(lines)
+      f"{name} ({dtype}): {len(idx)} of {bad.size} entries miss the SPEC §2 tolerance "
+      f"(rtol={rtol:g}, or 4x the inherent change):\n" + "\n".join(lines)
     )
   return stats

@@ -103,26 +103,29 @@ def _int_xent(logits, labels, where=None):
 
 
 _REFERENCES = {
-    "entropy": _entropy,
-    "entropy_from_logits": lambda logits, where=None: _logits_xent(
-        np.exp(_log_softmax(logits, where)), _log_softmax(logits, where), where),
-    "binary_entropy": _binary_entropy,
-    # H(σ(z)) = H(σ(z), σ(z)) with σ(-z) computed as such, not as 1 - σ(z).
-    "binary_entropy_from_logits": lambda logits: _sigmoid_xent(
-        logits, 1 / (1 + np.exp(-logits)), 1 / (1 + np.exp(logits))),
-    "cross_entropy": _cross_entropy,
-    "softmax_cross_entropy": lambda logits, targets, where=None: _logits_xent(
-        targets, _log_softmax(logits, where), where),
-    "softmax_cross_entropy_with_integer_labels": _int_xent,
-    "binary_cross_entropy": lambda p, q: -_xlogy(p, q) - _mul0(1 - p, np.log1p(-q)),
-    "sigmoid_binary_cross_entropy": _sigmoid_xent,
-    "kl_divergence": _kl,
-    "kl_divergence_from_logits": _kl_from_logits,
-    "js_divergence": _js,
-    "log_softmax": _log_softmax,
-    "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
-    "log_sigmoid": lambda x: -_softplus(-x),
-    "tanh_probability": lambda x: 1 / (1 + np.exp(-2 * x)),  # (1 + tanh x)/2 = σ(2x)
+  "entropy": _entropy,
+  "entropy_from_logits": lambda logits, where=None: _logits_xent(
+    np.exp(_log_softmax(logits, where)), _log_softmax(logits, where), where
+  ),
+  "binary_entropy": _binary_entropy,
+  # H(σ(z)) = H(σ(z), σ(z)) with σ(-z) computed as such, not as 1 - σ(z).
+  "binary_entropy_from_logits": lambda logits: _sigmoid_xent(
+    logits, 1 / (1 + np.exp(-logits)), 1 / (1 + np.exp(logits))
+  ),
+  "cross_entropy": _cross_entropy,
+  "softmax_cross_entropy": lambda logits, targets, where=None: _logits_xent(
+    targets, _log_softmax(logits, where), where
+  ),
+  "softmax_cross_entropy_with_integer_labels": _int_xent,
+  "binary_cross_entropy": lambda p, q: -_xlogy(p, q) - _mul0(1 - p, np.log1p(-q)),
+  "sigmoid_binary_cross_entropy": _sigmoid_xent,
+  "kl_divergence": _kl,
+  "kl_divergence_from_logits": _kl_from_logits,
+  "js_divergence": _js,
+  "log_softmax": _log_softmax,
+  "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+  "log_sigmoid": lambda x: -_softplus(-x),
+  "tanh_probability": lambda x: 1 / (1 + np.exp(-2 * x)),  # (1 + tanh x)/2 = σ(2x)
 }
 
 # ---------------------------------------------------------------------------------------
@@ -146,27 +149,34 @@ _Y = np.array([0, 1, 2, 0])
 # the class axis), prob (elementwise in [0, 1]), logits (softmax; -inf allowed, +inf not),
 # blogits (sigmoid; ±inf allowed), labels (integer classes).
 _VALID = {
-    "entropy": ({"probs": _P, "where": _W}, {"probs": "dist"}),
-    "entropy_from_logits": ({"logits": _Z, "where": _W}, {"logits": "logits"}),
-    "binary_entropy": ({"p": _U}, {"p": "prob"}),
-    "binary_entropy_from_logits": ({"logits": _X}, {"logits": "blogits"}),
-    "cross_entropy": ({"p": _P, "q": _Q, "where": _W}, {"p": "dist", "q": "dist"}),
-    "softmax_cross_entropy": (
-        {"logits": _Z, "targets": _P, "where": _W}, {"logits": "logits", "targets": "dist"}),
-    "softmax_cross_entropy_with_integer_labels": (
-        {"logits": _Z, "labels": _Y, "where": _W}, {"logits": "logits", "labels": "labels"}),
-    "binary_cross_entropy": ({"p": _U, "q": _U[::-1].copy()}, {"p": "prob", "q": "prob"}),
-    "sigmoid_binary_cross_entropy": (
-        {"logits": _X, "labels": _U}, {"logits": "blogits", "labels": "prob"}),
-    "kl_divergence": ({"p": _P, "q": _Q, "where": _W}, {"p": "dist", "q": "dist"}),
-    "kl_divergence_from_logits": (
-        {"p_logits": _Z, "q_logits": _Z2, "where": _W},
-        {"p_logits": "logits", "q_logits": "logits"}),
-    "js_divergence": ({"p": _P, "q": _Q, "where": _W}, {"p": "dist", "q": "dist"}),
-    "log_softmax": ({"logits": _Z, "where": _W}, {"logits": "logits"}),
-    "sigmoid": ({"x": _X}, {"x": "blogits"}),
-    "log_sigmoid": ({"x": _X}, {"x": "blogits"}),
-    "tanh_probability": ({"x": _X}, {"x": "blogits"}),
+  "entropy": ({"probs": _P, "where": _W}, {"probs": "dist"}),
+  "entropy_from_logits": ({"logits": _Z, "where": _W}, {"logits": "logits"}),
+  "binary_entropy": ({"p": _U}, {"p": "prob"}),
+  "binary_entropy_from_logits": ({"logits": _X}, {"logits": "blogits"}),
+  "cross_entropy": ({"p": _P, "q": _Q, "where": _W}, {"p": "dist", "q": "dist"}),
+  "softmax_cross_entropy": (
+    {"logits": _Z, "targets": _P, "where": _W},
+    {"logits": "logits", "targets": "dist"},
+  ),
+  "softmax_cross_entropy_with_integer_labels": (
+    {"logits": _Z, "labels": _Y, "where": _W},
+    {"logits": "logits", "labels": "labels"},
+  ),
+  "binary_cross_entropy": ({"p": _U, "q": _U[::-1].copy()}, {"p": "prob", "q": "prob"}),
+  "sigmoid_binary_cross_entropy": (
+    {"logits": _X, "labels": _U},
+    {"logits": "blogits", "labels": "prob"},
+  ),
+  "kl_divergence": ({"p": _P, "q": _Q, "where": _W}, {"p": "dist", "q": "dist"}),
+  "kl_divergence_from_logits": (
+    {"p_logits": _Z, "q_logits": _Z2, "where": _W},
+    {"p_logits": "logits", "q_logits": "logits"},
+  ),
+  "js_divergence": ({"p": _P, "q": _Q, "where": _W}, {"p": "dist", "q": "dist"}),
+  "log_softmax": ({"logits": _Z, "where": _W}, {"logits": "logits"}),
+  "sigmoid": ({"x": _X}, {"x": "blogits"}),
+  "log_sigmoid": ({"x": _X}, {"x": "blogits"}),
+  "tanh_probability": ({"x": _X}, {"x": "blogits"}),
 }
 _CLASS_KINDS = ("dist", "logits")
 
@@ -204,8 +214,15 @@ def _trace_time_cases():
     if kinds[first] in _CLASS_KINDS:
       scalars = {a: kwargs[a][0, 0] for a in arrays if a != "labels"}
       yield name, "rank_0", _replace(name, where=None, **scalars), ValueError, "axis"
-      axes = {"2": 2, "-3": -3, "repeated": (1, 1), "empty": (), "float": 1.5, "none": None,
-              "string": "1"}
+      axes = {
+        "2": 2,
+        "-3": -3,
+        "repeated": (1, 1),
+        "empty": (),
+        "float": 1.5,
+        "none": None,
+        "string": "1",
+      }
       if kinds.get("labels"):
         axes |= {"tuple": (1,), "pair": (0, 1)}
       for case, axis in axes.items():
@@ -219,10 +236,16 @@ def _trace_time_cases():
         yield name, f"where_{case}", _replace(name, where=where), TypeError, "where"
       for case, where in {"short": _W[0, :2], "transposed": _W.T, "extra": _W[None, None]}.items():
         yield name, f"where_{case}", _replace(name, where=where), ValueError, "where"
-    options = {"base": ({"0": 0, "-1": -1.0, "1": 1, "1.0": 1.0, "inf": INF, "nan": NAN},
-                        {"str": "2", "complex": 2j, "array": np.array([2.0, 3.0]), "traced": _TRACED}),
-               "label_smoothing": ({"-0.1": -0.1, "1.5": 1.5, "nan": NAN},
-                                   {"str": "0.1", "none": None, "traced": _TRACED})}
+    options = {
+      "base": (
+        {"0": 0, "-1": -1.0, "1": 1, "1.0": 1.0, "inf": INF, "nan": NAN},
+        {"str": "2", "complex": 2j, "array": np.array([2.0, 3.0]), "traced": _TRACED},
+      ),
+      "label_smoothing": (
+        {"-0.1": -0.1, "1.5": 1.5, "nan": NAN},
+        {"str": "0.1", "none": None, "traced": _TRACED},
+      ),
+    }
     for option, (bad_values, bad_types) in options.items():
       if not _takes(name, option):
         continue
@@ -252,28 +275,84 @@ def _value_cases():
       x = kwargs[arg]
       if kind == "labels":
         for bad in (-1, 3, 2**20):
-          yield (name, f"{arg}_label_{bad}", _replace(name, **{arg: _set(x, 2, bad)}), arg,
-                 "must be in [0, 3)", "(2,)", str(bad))
-        yield (name, f"{arg}_on_excluded_class", _replace(name, **{arg: _set(x, 3, 2)}), arg,
-               "must name a class included by `where`", "(3,)", "2")
+          yield (
+            name,
+            f"{arg}_label_{bad}",
+            _replace(name, **{arg: _set(x, 2, bad)}),
+            arg,
+            "must be in [0, 3)",
+            "(2,)",
+            str(bad),
+          )
+        yield (
+          name,
+          f"{arg}_on_excluded_class",
+          _replace(name, **{arg: _set(x, 3, 2)}),
+          arg,
+          "must name a class included by `where`",
+          "(3,)",
+          "2",
+        )
         continue
-      yield (name, f"{arg}_nan", _replace(name, **{arg: _set(x, (2, 1), NAN)}), arg,
-             "must not contain NaN", "(2, 1)", "nan")
+      yield (
+        name,
+        f"{arg}_nan",
+        _replace(name, **{arg: _set(x, (2, 1), NAN)}),
+        arg,
+        "must not contain NaN",
+        "(2, 1)",
+        "nan",
+      )
       if kind in ("prob", "dist"):
         for bad in (1.5, -0.25, INF):
-          yield (name, f"{arg}_{bad}", _replace(name, **{arg: _set(x, (2, 1), bad)}), arg,
-                 "must lie in [0, 1]", "(2, 1)", f"{bad:g}")
+          yield (
+            name,
+            f"{arg}_{bad}",
+            _replace(name, **{arg: _set(x, (2, 1), bad)}),
+            arg,
+            "must lie in [0, 1]",
+            "(2, 1)",
+            f"{bad:g}",
+          )
       if kind == "dist":
-        yield (name, f"{arg}_sum_0.9", _replace(name, **{arg: _set(x, 2, x[2] * 0.9)}), arg,
-               "must sum to 1 along axis -1", "(2,)", "0.89999998")
+        yield (
+          name,
+          f"{arg}_sum_0.9",
+          _replace(name, **{arg: _set(x, 2, x[2] * 0.9)}),
+          arg,
+          "must sum to 1 along axis -1",
+          "(2,)",
+          "0.89999998",
+        )
       if kind == "logits":
-        yield (name, f"{arg}_plus_inf", _replace(name, **{arg: _set(x, (2, 1), INF)}), arg,
-               "must not be +inf", "(2, 1)", "inf")
-        yield (name, f"{arg}_all_minus_inf", _replace(name, **{arg: _set(x, 2, -INF)}), arg,
-               "must have a finite logit", "(2,)", "-inf")
+        yield (
+          name,
+          f"{arg}_plus_inf",
+          _replace(name, **{arg: _set(x, (2, 1), INF)}),
+          arg,
+          "must not be +inf",
+          "(2, 1)",
+          "inf",
+        )
+        yield (
+          name,
+          f"{arg}_all_minus_inf",
+          _replace(name, **{arg: _set(x, 2, -INF)}),
+          arg,
+          "must have a finite logit",
+          "(2,)",
+          "-inf",
+        )
     if "where" in kwargs and "labels" not in kinds:
-      yield (name, "where_excludes_a_whole_example", _replace(name, where=_set(_W, 2, False)),
-             "where", "must include at least one class of every example", "(2,)", "0")
+      yield (
+        name,
+        "where_excludes_a_whole_example",
+        _replace(name, where=_set(_W, 2, False)),
+        "where",
+        "must include at least one class of every example",
+        "(2,)",
+        "0",
+      )
 
 
 def _zero_class_cases():
@@ -293,15 +372,32 @@ def _edge_cases():
   for i, (name, (kwargs, kinds)) in enumerate(_VALID.items()):
     arrays = {a: kwargs[a] for a in kinds}
     if kinds[next(iter(kinds))] in _CLASS_KINDS:
-      one = {a: (np.zeros(4, int) if k == "labels" else
-                 np.ones((4, 1), np.float32) if k == "dist" else _f32([[0], [5], [-80], [80]]))
-             for a, k in kinds.items()}
+      one = {
+        a: (
+          np.zeros(4, int)
+          if k == "labels"
+          else np.ones((4, 1), np.float32)
+          if k == "dist"
+          else _f32([[0], [5], [-80], [80]])
+        )
+        for a, k in kinds.items()
+      }
       yield name, "one_class", _replace(name, where=None, **one)
-      yield name, "empty_batch", _replace(name, **{a: x[:0] for a, x in arrays.items()},
-                                          **({"where": _W[:0]} if "where" in kwargs else {}))
+      yield (
+        name,
+        "empty_batch",
+        _replace(
+          name,
+          **{a: x[:0] for a, x in arrays.items()},
+          **({"where": _W[:0]} if "where" in kwargs else {}),
+        ),
+      )
     low = jnp.bfloat16 if i % 2 else jnp.float16  # each function meets one of the two
-    yield name, f"{jnp.dtype(low).name}", _replace(
-        name, **{a: jnp.asarray(x, low) for a, x in arrays.items() if kinds[a] != "labels"})
+    yield (
+      name,
+      f"{jnp.dtype(low).name}",
+      _replace(name, **{a: jnp.asarray(x, low) for a, x in arrays.items() if kinds[a] != "labels"}),
+    )
 
 
 def _params(cases):
@@ -325,7 +421,6 @@ _KNOWN_GAPS = {}  # (function, case) -> reason, for a case the library does not 
 
 
 class BadInputTest(chex.TestCase):
-
   @parameterized.named_parameters(_params(_trace_time_cases()))
   def test_trace_time_error_names_the_argument(self, name, kwargs, error, arg):
     gap = _KNOWN_GAPS.get((name, self._testMethodName.split("__")[-1]))
@@ -343,8 +438,10 @@ class BadInputTest(chex.TestCase):
 
   @parameterized.named_parameters(_params(_value_cases()))
   def test_checked_rejects_bad_values(self, name, kwargs, arg, rule, index, value):
-    pattern = (f"^{name}: `{re.escape(arg)}` {re.escape(rule)}.*; first offending \\w+ at "
-               f"index {re.escape(index)}: [\\w ]+ = {re.escape(value)} ")
+    pattern = (
+      f"^{name}: `{re.escape(arg)}` {re.escape(rule)}.*; first offending \\w+ at "
+      f"index {re.escape(index)}: [\\w ]+ = {re.escape(value)} "
+    )
     with self.assertRaisesRegex(checkify.JaxRuntimeError, pattern):
       xj.checked(getattr(xj, name))(**kwargs)
 

@@ -44,8 +44,9 @@ class BenchmarkSmokeTest(chex.TestCase):
     super().setUpClass()
     cls.workdir = Path(tempfile.mkdtemp()) / "bench"
     cls.config = _common.load_config("benchmark", "smoke")
-    _common.run_experiment("benchmark", benchmark.run, cls.config, cls.workdir,
-                           validate=benchmark.validate)
+    _common.run_experiment(
+      "benchmark", benchmark.run, cls.config, cls.workdir, validate=benchmark.validate
+    )
     cls.results = json.loads((cls.workdir / "results.json").read_text("utf-8"))
     cls.table = (cls.workdir / "benchmark.md").read_text("utf-8")
 
@@ -66,10 +67,12 @@ class BenchmarkSmokeTest(chex.TestCase):
       cells = [c.strip() for c in line.strip("|").split("|")]
       self.assertLen(cells, len(columns))
       self.assertTrue(cells[0].startswith(row["operation"]), line)
-      self.assertEqual(float(cells[columns.index("ours/anchor")]),
-                       round(row["ratios"]["ours/anchor"], 2))
-      self.assertEqual(cells[-1], "-" if "target" not in row else
-                       ("yes" if row["target"]["met"] else "**no**"))
+      self.assertEqual(
+        float(cells[columns.index("ours/anchor")]), round(row["ratios"]["ours/anchor"], 2)
+      )
+      self.assertEqual(
+        cells[-1], "-" if "target" not in row else ("yes" if row["target"]["met"] else "**no**")
+      )
     compiled = [r for r in self.results["rows"] if "compile_s" in r]
     self.assertLen(tables[1], 2 + len(compiled))
 
@@ -86,9 +89,14 @@ class BenchmarkSmokeTest(chex.TestCase):
         for who, value in row.get(key, {}).items():
           _positive_finite(self, value, f"{where} {key}.{who}")
       for who, samples in row["samples_s"].items():
-        self.assertLen(samples, self.config.optimum_repeats if row["operation"] == "optimum"
-                       else self.config.import_repeats if row["operation"] == "import"
-                       else self.config.repeats)
+        self.assertLen(
+          samples,
+          self.config.optimum_repeats
+          if row["operation"] == "optimum"
+          else self.config.import_repeats
+          if row["operation"] == "import"
+          else self.config.repeats,
+        )
         for s in samples:
           _positive_finite(self, s, f"{where} sample of {who}")
 
@@ -99,8 +107,11 @@ class BenchmarkSmokeTest(chex.TestCase):
       if "target" in row:
         target = row["target"]
         self.assertEqual(target["measured"], row["ratios"][target["ratio"]])
-        bound_ok = (target["measured"] <= target["bound"] if target["op"] == "<="
-                    else target["measured"] >= target["bound"])
+        bound_ok = (
+          target["measured"] <= target["bound"]
+          if target["op"] == "<="
+          else target["measured"] >= target["bound"]
+        )
         self.assertEqual(target["met"], bound_ok and row.get("reached_optimum", True))
 
   def test_solvers_reach_the_float64_optimum(self):
@@ -121,7 +132,6 @@ class BenchmarkSmokeTest(chex.TestCase):
 
 
 class ReferenceOptimumTest(chex.TestCase):
-
   def test_matches_scipy_lbfgs(self):
     from scipy import optimize
 
@@ -133,13 +143,18 @@ class ReferenceOptimumTest(chex.TestCase):
     def fun(theta):
       z = x64 @ theta
       return np.mean(np.logaddexp(0, z) - y_N * z), x64.T @ (1 / (1 + np.exp(-z)) - y_N) / len(z)
-    scipy_min = optimize.minimize(fun, np.zeros(x64.shape[1]), jac=True, method="L-BFGS-B",
-                                  options={"gtol": 1e-12, "ftol": 1e-15}).fun
+
+    scipy_min = optimize.minimize(
+      fun,
+      np.zeros(x64.shape[1]),
+      jac=True,
+      method="L-BFGS-B",
+      options={"gtol": 1e-12, "ftol": 1e-15},
+    ).fun
     np.testing.assert_allclose(j_star, scipy_min, rtol=1e-12)
 
 
 class TimeInterleavedTest(chex.TestCase):
-
   def test_warmup_repeats_and_rotation(self):
     calls = []
     runners = {k: (lambda k=k: calls.append(k)) for k in "abc"}
@@ -151,11 +166,13 @@ class TimeInterleavedTest(chex.TestCase):
 
 
 class ValidateTest(chex.TestCase):
-
   def test_rejects_bad_values_and_unknown_keys(self):
-    for key, value, message in (("repeats", 0, "repeats"), ("sections", ("gpu",), "sections"),
-                                ("softmax_shapes", ((4, 5, 6),), "softmax_shapes"),
-                                ("optimum_rtol", 0.0, "optimum_rtol")):
+    for key, value, message in (
+      ("repeats", 0, "repeats"),
+      ("sections", ("gpu",), "sections"),
+      ("softmax_shapes", ((4, 5, 6),), "softmax_shapes"),
+      ("optimum_rtol", 0.0, "optimum_rtol"),
+    ):
       config = _common.load_config("benchmark", "smoke")
       with config.unlocked():
         config[key] = value

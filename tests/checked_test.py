@@ -40,8 +40,8 @@ def _valid_calls(dtype):
   # checks must ignore (they sum to more than 1 with the included ones).
   p_where = np.where(where, p / np.sum(p, axis=-1, keepdims=True, where=where), p).astype(dtype)
   return {
-      "entropy": ((p_where,), {"where": where, "base": 2}),
-      "softmax_cross_entropy_with_integer_labels": ((z, labels), {}),
+    "entropy": ((p_where,), {"where": where, "base": 2}),
+    "softmax_cross_entropy_with_integer_labels": ((z, labels), {}),
   }
 
 
@@ -51,7 +51,6 @@ def _error_text(rule, index, value):
 
 
 class CheckedPassThroughTest(chex.TestCase):
-
   def test_valid_inputs_give_the_unwrapped_output(self):
     # bad_input_test compares all 16 functions on edge inputs; here random data, `where`
     # excluding entries that would be invalid, and `base`.
@@ -117,8 +116,8 @@ class CheckedRejectsTest(chex.TestCase):
   def test_sum_message_names_function_argument_rule_index_value(self):
     tol = sum_tolerance(np.float32, 2)
     pattern = re.escape(
-        f"kl_divergence: `q` must sum to 1 along axis -1 (|sum - 1| ≤ {tol:.2g}); "
-        "first offending example at index (3,): sum = 0.97000003"
+      f"kl_divergence: `q` must sum to 1 along axis -1 (|sum - 1| ≤ {tol:.2g}); "
+      "first offending example at index (3,): sum = 0.97000003"
     )
     self._assert_raises(xj.kl_divergence, (self._P, self._BAD_Q), pattern, under_jit=True)
 
@@ -151,9 +150,11 @@ class CheckedRejectsTest(chex.TestCase):
     z = np.zeros((3, 4), np.float32)
     labels = np.array([0, bad, 3])
     pattern = _error_text(
-        "softmax_cross_entropy_with_integer_labels: `labels` must be in [0, 4)", "(1,)", str(bad))
+      "softmax_cross_entropy_with_integer_labels: `labels` must be in [0, 4)", "(1,)", str(bad)
+    )
     self._assert_raises(
-        xj.softmax_cross_entropy_with_integer_labels, (z, labels), pattern, under_jit=bad < 0)
+      xj.softmax_cross_entropy_with_integer_labels, (z, labels), pattern, under_jit=bad < 0
+    )
 
   def test_labels_out_of_range_are_allowed_in_padding_rows(self):
     z = np.zeros((3, 4), np.float32)
@@ -169,8 +170,9 @@ class CheckedRejectsTest(chex.TestCase):
   def test_where_excluding_every_class(self):
     p = np.full((3, 2), 0.5, np.float32)
     where = np.array([[True, True], [True, True], [False, False]])
-    pattern = _error_text("entropy: `where` must include at least one class of every example",
-                          "(2,)", "0")
+    pattern = _error_text(
+      "entropy: `where` must include at least one class of every example", "(2,)", "0"
+    )
     self._assert_raises(xj.entropy, (p,), pattern, under_jit=True, where=where)
 
   def test_sum_respects_where_and_tuple_axes(self):
@@ -185,8 +187,9 @@ class CheckedRejectsTest(chex.TestCase):
       xj.checked(xj.entropy)(p, axis=(1, 2), where=where)
 
   def test_empty_batch_passes(self):
-    got = xj.checked(xj.softmax_cross_entropy)(np.zeros((0, 3), np.float32),
-                                               np.zeros((0, 3), np.float32))
+    got = xj.checked(xj.softmax_cross_entropy)(
+      np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)
+    )
     chex.assert_shape(got, (0,))
 
   def test_base_is_a_trace_time_error(self):
@@ -238,6 +241,7 @@ class SumToleranceTest(chex.TestCase):
         p64 = np.asarray(p_low, np.float64)
         expected = -np.sum(p64 * np.log(np.where(p64 > 0, p64, 1)), axis=-1)
         np.testing.assert_allclose(xj.checked(xj.entropy)(p_low), expected, rtol=1e-5)
+
 
 if __name__ == "__main__":
   absltest.main()

@@ -64,7 +64,6 @@ def _int_ref(c, dtype, smoothing=0.0, masked=False):
 
 
 class SoftmaxCrossEntropyTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(c=_grids.CLASS_COUNTS))
   def test_integer_labels_match_mpmath(self, dtype, c):
@@ -72,8 +71,9 @@ class SoftmaxCrossEntropyTest(chex.TestCase):
     z = _grids.logits(c, dtype)
     got = self.variant(xj.softmax_cross_entropy_with_integer_labels)(z, _labels(c, dtype))
     self.assertEqual(got.dtype, np.dtype(dtype))
-    ref.assert_accurate(got, _int_ref(c, dtype), dtype,
-                        name="softmax_cross_entropy_with_integer_labels")
+    ref.assert_accurate(
+      got, _int_ref(c, dtype), dtype, name="softmax_cross_entropy_with_integer_labels"
+    )
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(c=(2, 3, 10, 1000)))
@@ -89,18 +89,23 @@ class SoftmaxCrossEntropyTest(chex.TestCase):
   def test_smoothing_and_where_match_mpmath(self, dtype, smoothing, masked):
     z = _grids.logits(10, dtype)
     where = _grids.mask(z.shape, 10) if masked else None
-    dense = self.variant(lambda z, t: xj.softmax_cross_entropy(
-        z, t, where=where, label_smoothing=smoothing))(z, _dense_targets(10, dtype))
-    ref.assert_accurate(dense, _sce_ref(10, dtype, smoothing, masked), dtype,
-                        name="softmax_cross_entropy")
+    dense = self.variant(
+      lambda z, t: xj.softmax_cross_entropy(z, t, where=where, label_smoothing=smoothing)
+    )(z, _dense_targets(10, dtype))
+    ref.assert_accurate(
+      dense, _sce_ref(10, dtype, smoothing, masked), dtype, name="softmax_cross_entropy"
+    )
     labels = _labels(10, dtype)
     if masked:  # keep each label on a class that the mask keeps
       labels = np.argmax(np.where(where, z, -np.inf), axis=1)
       exact = ref.softmax_cross_entropy_with_integer_labels(z, labels, where, smoothing)
     else:
       exact = _int_ref(10, dtype, smoothing)
-    sparse = self.variant(lambda z, y: xj.softmax_cross_entropy_with_integer_labels(
-        z, y, where=where, label_smoothing=smoothing))(z, labels)
+    sparse = self.variant(
+      lambda z, y: xj.softmax_cross_entropy_with_integer_labels(
+        z, y, where=where, label_smoothing=smoothing
+      )
+    )(z, labels)
     ref.assert_accurate(sparse, exact, dtype, name="softmax_cross_entropy_with_integer_labels")
 
   @parameterized.named_parameters(_grids.dtype_params(c=_grids.CLASS_COUNTS))
@@ -108,10 +113,12 @@ class SoftmaxCrossEntropyTest(chex.TestCase):
     # jax.vjp runs the fast path's forward rule, an implementation separate from the plain
     # call's (it materialises the exponentials for the backward pass).
     z, labels = _grids.logits(c, dtype), _labels(c, dtype)
-    sparse = jax.jit(lambda z: jax.vjp(
-        lambda z: xj.softmax_cross_entropy_with_integer_labels(z, labels), z)[0])(z)
-    ref.assert_accurate(sparse, _int_ref(c, dtype), dtype,
-                        name="softmax_cross_entropy_with_integer_labels under vjp")
+    sparse = jax.jit(
+      lambda z: jax.vjp(lambda z: xj.softmax_cross_entropy_with_integer_labels(z, labels), z)[0]
+    )(z)
+    ref.assert_accurate(
+      sparse, _int_ref(c, dtype), dtype, name="softmax_cross_entropy_with_integer_labels under vjp"
+    )
     if c <= 1000:
       t = _dense_targets(c, dtype)
       dense = jax.jit(lambda z, t: jax.vjp(xj.softmax_cross_entropy, z, t)[0])(z, t)
@@ -122,16 +129,24 @@ class SoftmaxCrossEntropyTest(chex.TestCase):
     z = np.array([[80.0, 50.0, 45.0], [0.0, -30.0, -35.0]], np.float32)
     t = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
     exact = ref.softmax_cross_entropy(z, t, None, 0.0)
-    for got in (jax.jit(lambda z: jax.vjp(lambda z: xj.softmax_cross_entropy(z, t), z)[0])(z),
-                _grids.JIT.softmax_cross_entropy(z, t),
-                jax.jit(lambda z: jax.vjp(lambda z: xj.softmax_cross_entropy_with_integer_labels(
-                    z, np.array([0, 0])), z)[0])(z)):
+    for got in (
+      jax.jit(lambda z: jax.vjp(lambda z: xj.softmax_cross_entropy(z, t), z)[0])(z),
+      _grids.JIT.softmax_cross_entropy(z, t),
+      jax.jit(
+        lambda z: jax.vjp(
+          lambda z: xj.softmax_cross_entropy_with_integer_labels(z, np.array([0, 0])), z
+        )[0]
+      )(z),
+    ):
       ref.assert_accurate(got, exact, np.float32, name="softmax_cross_entropy, dominant class")
 
   def test_issue_done_check(self):
-    got = _grids.JIT.softmax_cross_entropy_with_integer_labels(jnp.array([[0.0, -30.0]]), jnp.array([0]))
-    exact = ref.softmax_cross_entropy_with_integer_labels(np.array([[0.0, -30.0]], np.float32),
-                                                          np.array([0]))
+    got = _grids.JIT.softmax_cross_entropy_with_integer_labels(
+      jnp.array([[0.0, -30.0]]), jnp.array([0])
+    )
+    exact = ref.softmax_cross_entropy_with_integer_labels(
+      np.array([[0.0, -30.0]], np.float32), np.array([0])
+    )
     np.testing.assert_allclose(got, exact.value, rtol=1e-6)
 
   @parameterized.named_parameters(_grids.dtype_params(c=(10, 1000)))
@@ -139,37 +154,50 @@ class SoftmaxCrossEntropyTest(chex.TestCase):
     z, labels = _grids.logits(c, dtype), _labels(c, dtype)
     dense = _grids.JIT.softmax_cross_entropy(z, ref.one_hot(labels, c, dtype))
     sparse = _grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels)
-    np.testing.assert_allclose(sparse, dense, rtol=2 * ref.RTOL[np.dtype(dtype)],
-                               atol=np.finfo(dtype).tiny)
-    smooth_dense = _grids.JIT.softmax_cross_entropy(z[:, :], ref.one_hot(labels, c, dtype) * 0.8 + 0.2 / c)
     np.testing.assert_allclose(
-        _grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels, label_smoothing=0.2),
-        smooth_dense, rtol=4 * ref.RTOL[np.dtype(dtype)])
+      sparse, dense, rtol=2 * ref.RTOL[np.dtype(dtype)], atol=np.finfo(dtype).tiny
+    )
+    smooth_dense = _grids.JIT.softmax_cross_entropy(
+      z[:, :], ref.one_hot(labels, c, dtype) * 0.8 + 0.2 / c
+    )
+    np.testing.assert_allclose(
+      _grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels, label_smoothing=0.2),
+      smooth_dense,
+      rtol=4 * ref.RTOL[np.dtype(dtype)],
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_label_smoothing_equals_smoothed_dense_targets(self, dtype):
     z = (np.random.default_rng(1).normal(size=(30, 5)) * 4).astype(dtype)
     t = _grids.softmax64(np.random.default_rng(2).normal(size=(30, 5)) * 3)
     rtol = 4 * ref.RTOL[np.dtype(dtype)]
-    np.testing.assert_allclose(_grids.JIT.softmax_cross_entropy(z, t.astype(dtype), label_smoothing=0.3),
-                               _grids.JIT.softmax_cross_entropy(z, (0.7 * t + 0.3 / 5).astype(dtype)),
-                               rtol=rtol)
+    np.testing.assert_allclose(
+      _grids.JIT.softmax_cross_entropy(z, t.astype(dtype), label_smoothing=0.3),
+      _grids.JIT.softmax_cross_entropy(z, (0.7 * t + 0.3 / 5).astype(dtype)),
+      rtol=rtol,
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_where_equals_dropping_the_classes(self, dtype):
     z, t = _grids.logits(10, dtype), _dense_targets(10, dtype)
     keep = np.array([True, False, True, True, True, False, True, True, False, True])
     rtol = ref.RTOL[np.dtype(dtype)]
-    np.testing.assert_allclose(_grids.JIT.softmax_cross_entropy(z, t, where=keep),
-                               _grids.JIT.softmax_cross_entropy(z[:, keep], t[:, keep]), rtol=rtol)
     np.testing.assert_allclose(
-        _grids.JIT.softmax_cross_entropy(z, t, where=keep, label_smoothing=0.1),
-        _grids.JIT.softmax_cross_entropy(z[:, keep], t[:, keep], label_smoothing=0.1), rtol=rtol)
+      _grids.JIT.softmax_cross_entropy(z, t, where=keep),
+      _grids.JIT.softmax_cross_entropy(z[:, keep], t[:, keep]),
+      rtol=rtol,
+    )
+    np.testing.assert_allclose(
+      _grids.JIT.softmax_cross_entropy(z, t, where=keep, label_smoothing=0.1),
+      _grids.JIT.softmax_cross_entropy(z[:, keep], t[:, keep], label_smoothing=0.1),
+      rtol=rtol,
+    )
     labels = np.array([0, 2, 3, 4, 6, 7, 9])
     np.testing.assert_allclose(
-        _grids.JIT.softmax_cross_entropy_with_integer_labels(z[: len(labels)], labels, where=keep),
-        _grids.JIT.softmax_cross_entropy_with_integer_labels(z[: len(labels), keep], np.arange(7)),
-        rtol=rtol)
+      _grids.JIT.softmax_cross_entropy_with_integer_labels(z[: len(labels)], labels, where=keep),
+      _grids.JIT.softmax_cross_entropy_with_integer_labels(z[: len(labels), keep], np.arange(7)),
+      rtol=rtol,
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_out_of_range_labels_are_nan_unless_masked(self, dtype):
@@ -180,23 +208,35 @@ class SoftmaxCrossEntropyTest(chex.TestCase):
     self.assertTrue(np.isfinite(got[3]))
     nothing = np.zeros(z.shape, bool)
     np.testing.assert_array_equal(
-        _grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels, where=nothing), 0)
+      _grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels, where=nothing), 0
+    )
     np.testing.assert_array_equal(_grids.JIT.softmax_cross_entropy(z, np.abs(z), where=nothing), 0)
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_base_2(self, dtype):
     z, labels = _grids.logits(10, dtype), _labels(10, dtype)
     exact = ref.softmax_cross_entropy_with_integer_labels(z, labels, base=2)
-    ref.assert_accurate(_grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels, base=2), exact,
-                        dtype, name="softmax_cross_entropy_with_integer_labels")
+    ref.assert_accurate(
+      _grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels, base=2),
+      exact,
+      dtype,
+      name="softmax_cross_entropy_with_integer_labels",
+    )
     np.testing.assert_allclose(
-        _grids.JIT.softmax_cross_entropy(z, _dense_targets(10, dtype), base=2),
-        _grids.JIT.softmax_cross_entropy(z, _dense_targets(10, dtype)) / math.log(2),
-        rtol=2 * ref.RTOL[np.dtype(dtype)])
+      _grids.JIT.softmax_cross_entropy(z, _dense_targets(10, dtype), base=2),
+      _grids.JIT.softmax_cross_entropy(z, _dense_targets(10, dtype)) / math.log(2),
+      rtol=2 * ref.RTOL[np.dtype(dtype)],
+    )
 
   def test_no_retracing(self):
-    f = jax.jit(chex.assert_max_traces(
-        lambda z, y: _grids.JIT.softmax_cross_entropy_with_integer_labels(z, y, label_smoothing=0.1), n=1))
+    f = jax.jit(
+      chex.assert_max_traces(
+        lambda z, y: _grids.JIT.softmax_cross_entropy_with_integer_labels(
+          z, y, label_smoothing=0.1
+        ),
+        n=1,
+      )
+    )
     rng = np.random.default_rng(0)
     for _ in range(3):
       loss = f(rng.normal(size=(4, 5)).astype(np.float32), rng.integers(0, 5, 4))
@@ -204,12 +244,12 @@ class SoftmaxCrossEntropyTest(chex.TestCase):
 
 
 class SoftmaxCrossEntropyGradientTest(chex.TestCase):
-
   @parameterized.named_parameters(_grids.dtype_params(c=(2, 3, 10)))
   def test_integer_label_gradient_is_softmax_minus_one_hot(self, dtype, c):
     z, labels = _grids.logits(c, dtype), _labels(c, dtype)
-    grad = _jit_grad(lambda z: jnp.sum(
-        _grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels)))(z)
+    grad = _jit_grad(
+      lambda z: jnp.sum(_grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels))
+    )(z)
     chex.assert_tree_all_finite(grad)
     exact = ref.softmax_cross_entropy_grad(z, ref.one_hot(labels, c, dtype), exact_targets=True)
     ref.assert_accurate(grad, exact, dtype, name="grad softmax_cross_entropy_with_integer_labels")
@@ -223,17 +263,25 @@ class SoftmaxCrossEntropyGradientTest(chex.TestCase):
       t[np.arange(len(t)), np.argmax(np.where(where, z, -np.inf), axis=1)] += 1 - t.sum(axis=1)
     grad = _jit_grad(lambda z: jnp.sum(_grids.JIT.softmax_cross_entropy(z, t, where=where)))(z)
     chex.assert_tree_all_finite(grad)
-    ref.assert_accurate(grad, ref.softmax_cross_entropy_grad(z, t, where), dtype,
-                        name="grad softmax_cross_entropy")
+    ref.assert_accurate(
+      grad, ref.softmax_cross_entropy_grad(z, t, where), dtype, name="grad softmax_cross_entropy"
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_gradient_finite_at_extremes(self, dtype):
     big = _grids.MAX_LOGIT[np.dtype(dtype)]
     z = np.array([[big, -big, -np.inf], [-np.inf, 0.0, -big], [0.0, -np.inf, -np.inf]], dtype)
     t = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], dtype)
-    chex.assert_tree_all_finite(_jit_grad(lambda z: jnp.sum(_grids.JIT.softmax_cross_entropy(z, t)))(z))
-    chex.assert_tree_all_finite(_jit_grad(lambda z: jnp.sum(
-        _grids.JIT.softmax_cross_entropy_with_integer_labels(z, np.array([1, 2, 0]))))(z))
+    chex.assert_tree_all_finite(
+      _jit_grad(lambda z: jnp.sum(_grids.JIT.softmax_cross_entropy(z, t)))(z)
+    )
+    chex.assert_tree_all_finite(
+      _jit_grad(
+        lambda z: jnp.sum(
+          _grids.JIT.softmax_cross_entropy_with_integer_labels(z, np.array([1, 2, 0]))
+        )
+      )(z)
+    )
 
   def test_check_grads_float64(self):
     if not jax.config.jax_enable_x64:
@@ -243,16 +291,32 @@ class SoftmaxCrossEntropyGradientTest(chex.TestCase):
     # Probabilities bounded away from 0: the finite differences step by ±1e-4 or so.
     t = _grids.softmax64(rng.uniform(-1, 1, size=(4, 5)))
     check_grads(_grids.JIT.softmax_cross_entropy, (z, t), order=1, modes=["rev"])
-    check_grads(lambda z: _grids.JIT.softmax_cross_entropy_with_integer_labels(
-        z, np.array([0, 4, 2, 2]), label_smoothing=0.1), (z,), order=1, modes=["rev"])
-    check_grads(_grids.JIT.cross_entropy, (t, _grids.softmax64(rng.uniform(-1, 1, size=(4, 5)))), order=1, modes=["rev"])
-    check_grads(_grids.JIT.sigmoid_binary_cross_entropy, (z, rng.random((4, 5))), order=1, modes=["rev"])
-    check_grads(_grids.JIT.binary_cross_entropy, (rng.random(6), rng.uniform(0.05, 0.95, 6)), order=1,
-                modes=["rev"])
+    check_grads(
+      lambda z: _grids.JIT.softmax_cross_entropy_with_integer_labels(
+        z, np.array([0, 4, 2, 2]), label_smoothing=0.1
+      ),
+      (z,),
+      order=1,
+      modes=["rev"],
+    )
+    check_grads(
+      _grids.JIT.cross_entropy,
+      (t, _grids.softmax64(rng.uniform(-1, 1, size=(4, 5)))),
+      order=1,
+      modes=["rev"],
+    )
+    check_grads(
+      _grids.JIT.sigmoid_binary_cross_entropy, (z, rng.random((4, 5))), order=1, modes=["rev"]
+    )
+    check_grads(
+      _grids.JIT.binary_cross_entropy,
+      (rng.random(6), rng.uniform(0.05, 0.95, 6)),
+      order=1,
+      modes=["rev"],
+    )
 
 
 class CrossEntropyTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(c=(2, 3, 10, 1000)))
   def test_matches_mpmath(self, dtype, c):
@@ -277,8 +341,12 @@ class CrossEntropyTest(chex.TestCase):
   @parameterized.named_parameters(_grids.dtype_params(c=(3, 10, 1000)))
   def test_cross_entropy_with_itself_is_entropy(self, dtype, c):
     p = _grids.probs(c, dtype)
-    np.testing.assert_allclose(_grids.JIT.cross_entropy(p, p), _grids.JIT.entropy(p),
-                               rtol=2 * ref.RTOL[np.dtype(dtype)], atol=np.finfo(dtype).tiny)
+    np.testing.assert_allclose(
+      _grids.JIT.cross_entropy(p, p),
+      _grids.JIT.entropy(p),
+      rtol=2 * ref.RTOL[np.dtype(dtype)],
+      atol=np.finfo(dtype).tiny,
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_gradient_zero_for_zero_probability_target(self, dtype):
@@ -287,12 +355,12 @@ class CrossEntropyTest(chex.TestCase):
     gp, gq = _jit_grad(lambda p, q: jnp.sum(_grids.JIT.cross_entropy(p, q)), argnums=(0, 1))(p, q)
     self.assertFalse(np.isnan(gp).any() or np.isnan(gq).any())
     np.testing.assert_array_equal(np.asarray(gq)[p == 0], 0)
-    np.testing.assert_allclose(np.asarray(gq)[p > 0], -(p / np.where(q > 0, q, 1))[p > 0],
-                               rtol=2 * ref.RTOL[np.dtype(dtype)])
+    np.testing.assert_allclose(
+      np.asarray(gq)[p > 0], -(p / np.where(q > 0, q, 1))[p > 0], rtol=2 * ref.RTOL[np.dtype(dtype)]
+    )
 
 
 class BinaryCrossEntropyTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(base=(None, 2)))
   def test_binary_cross_entropy_matches_mpmath(self, dtype, base):
@@ -301,8 +369,9 @@ class BinaryCrossEntropyTest(chex.TestCase):
     p, q = np.broadcast_arrays(p, q)
     got = self.variant(lambda p, q: xj.binary_cross_entropy(p, q, base=base))(p, q)
     self.assertEqual(got.dtype, np.dtype(dtype))
-    ref.assert_accurate(got, ref.binary_cross_entropy(p, q, base=base), dtype,
-                        name="binary_cross_entropy")
+    ref.assert_accurate(
+      got, ref.binary_cross_entropy(p, q, base=base), dtype, name="binary_cross_entropy"
+    )
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(smoothing=(0.0, 0.1)))
@@ -310,11 +379,16 @@ class BinaryCrossEntropyTest(chex.TestCase):
     z = _grids.elementwise_logits(dtype)
     y = np.array([0.0, 1.0, 0.5, 0.25, 1e-3], dtype)
     z, y = np.broadcast_arrays(z[:, None], y[None, :])
-    got = self.variant(lambda z, y: xj.sigmoid_binary_cross_entropy(
-        z, y, label_smoothing=smoothing))(z, y)
+    got = self.variant(
+      lambda z, y: xj.sigmoid_binary_cross_entropy(z, y, label_smoothing=smoothing)
+    )(z, y)
     self.assertEqual(got.dtype, np.dtype(dtype))
-    ref.assert_accurate(got, ref.sigmoid_binary_cross_entropy(z, y, smoothing), dtype,
-                        name="sigmoid_binary_cross_entropy")
+    ref.assert_accurate(
+      got,
+      ref.sigmoid_binary_cross_entropy(z, y, smoothing),
+      dtype,
+      name="sigmoid_binary_cross_entropy",
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_sigmoid_gradient_is_sigmoid_minus_label(self, dtype):
@@ -322,8 +396,12 @@ class BinaryCrossEntropyTest(chex.TestCase):
     y = np.random.default_rng(9).integers(0, 2, z.shape).astype(dtype)
     grad = _jit_grad(lambda z: jnp.sum(_grids.JIT.sigmoid_binary_cross_entropy(z, y)))(z)
     chex.assert_tree_all_finite(grad)
-    ref.assert_accurate(grad, ref.sigmoid_binary_cross_entropy_grad(z, y), dtype,
-                        name="grad sigmoid_binary_cross_entropy")
+    ref.assert_accurate(
+      grad,
+      ref.sigmoid_binary_cross_entropy_grad(z, y),
+      dtype,
+      name="grad sigmoid_binary_cross_entropy",
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_sigmoid_equals_binary_of_sigmoid(self, dtype):
@@ -332,20 +410,26 @@ class BinaryCrossEntropyTest(chex.TestCase):
     s = jax.nn.sigmoid(z)
     exact = ref.binary_cross_entropy(y, np.asarray(s))  # also absorbs the rounding of σ
     np.testing.assert_array_less(
-        np.abs(_grids.JIT.sigmoid_binary_cross_entropy(z, y) - _grids.JIT.binary_cross_entropy(y, s)),
-        2 * ref.RTOL[np.dtype(dtype)] * exact.value + 4 * exact.abs_cond
-        + 4 * np.spacing(exact.value.astype(dtype)))
+      np.abs(_grids.JIT.sigmoid_binary_cross_entropy(z, y) - _grids.JIT.binary_cross_entropy(y, s)),
+      2 * ref.RTOL[np.dtype(dtype)] * exact.value
+      + 4 * exact.abs_cond
+      + 4 * np.spacing(exact.value.astype(dtype)),
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_binary_gradients_finite_at_0_and_1(self, dtype):
     p = np.array([0.0, 1.0, 0.0, 1.0, 0.5], dtype)
     q = np.array([0.0, 1.0, 0.5, 0.5, 0.5], dtype)
-    gp, gq = _jit_grad(lambda p, q: jnp.sum(_grids.JIT.binary_cross_entropy(p, q)), argnums=(0, 1))(p, q)
+    gp, gq = _jit_grad(lambda p, q: jnp.sum(_grids.JIT.binary_cross_entropy(p, q)), argnums=(0, 1))(
+      p, q
+    )
     self.assertFalse(np.isnan(gp).any() or np.isnan(gq).any())
     big = _grids.MAX_LOGIT[np.dtype(dtype)]
     z = np.array([big, -big, np.inf, -np.inf], dtype)
     for y in (0.0, 1.0):
-      g = _jit_grad(lambda z, y=y: jnp.sum(_grids.JIT.sigmoid_binary_cross_entropy(z, jnp.full_like(z, y))))(z)
+      g = _jit_grad(
+        lambda z, y=y: jnp.sum(_grids.JIT.sigmoid_binary_cross_entropy(z, jnp.full_like(z, y)))
+      )(z)
       chex.assert_tree_all_finite(g)
 
 
@@ -356,14 +440,24 @@ class OptaxComparisonTest(absltest.TestCase):
     z = np.array([[0.0, -20.0], [5.0, -17.0], [0.0, -30.0]], np.float32)
     labels = np.array([0, 0, 0])
     exact = ref.softmax_cross_entropy_with_integer_labels(z, labels)
-    for theirs in (optax.softmax_cross_entropy_with_integer_labels(z, labels),
-                   optax.softmax_cross_entropy(z, ref.one_hot(labels, 2, np.float32))):
+    for theirs in (
+      optax.softmax_cross_entropy_with_integer_labels(z, labels),
+      optax.softmax_cross_entropy(z, ref.one_hot(labels, 2, np.float32)),
+    ):
       rel = np.abs(np.asarray(theirs, np.float64) - exact.value) / exact.value
       self.assertTrue(np.all(rel > 0.5), rel)
-    ref.assert_accurate(_grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels), exact,
-                        np.float32, name="softmax_cross_entropy_with_integer_labels")
-    ref.assert_accurate(_grids.JIT.softmax_cross_entropy(z, ref.one_hot(labels, 2, np.float32)), exact,
-                        np.float32, name="softmax_cross_entropy")
+    ref.assert_accurate(
+      _grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels),
+      exact,
+      np.float32,
+      name="softmax_cross_entropy_with_integer_labels",
+    )
+    ref.assert_accurate(
+      _grids.JIT.softmax_cross_entropy(z, ref.one_hot(labels, 2, np.float32)),
+      exact,
+      np.float32,
+      name="softmax_cross_entropy",
+    )
 
   def test_impossible_class_with_zero_target(self):
     z = np.array([[0.0, -np.inf], [-np.inf, 2.0]], np.float32)
@@ -371,24 +465,33 @@ class OptaxComparisonTest(absltest.TestCase):
     exact = ref.softmax_cross_entropy(z, t)
     self.assertTrue(np.all(np.isnan(optax.softmax_cross_entropy(z, t))))
     self.assertFalse(np.isnan(exact.value).any())
-    ref.assert_accurate(_grids.JIT.softmax_cross_entropy(z, t), exact, np.float32,
-                        name="softmax_cross_entropy")
+    ref.assert_accurate(
+      _grids.JIT.softmax_cross_entropy(z, t), exact, np.float32, name="softmax_cross_entropy"
+    )
 
   def test_sigmoid_at_infinite_logit(self):
     z = np.array([np.inf, -np.inf], np.float32)
     y = np.array([1.0, 0.0], np.float32)
     exact = ref.sigmoid_binary_cross_entropy(z, y)
     self.assertTrue(np.all(np.isnan(optax.sigmoid_binary_cross_entropy(z, y))))
-    ref.assert_accurate(_grids.JIT.sigmoid_binary_cross_entropy(z, y), exact, np.float32,
-                        name="sigmoid_binary_cross_entropy")
+    ref.assert_accurate(
+      _grids.JIT.sigmoid_binary_cross_entropy(z, y),
+      exact,
+      np.float32,
+      name="sigmoid_binary_cross_entropy",
+    )
 
   def test_sigmoid_tail(self):
     # A confidently right logit: the loss is e^-z, not 0 (optax also gets this one right).
     z = np.array([20.0, 30.0, 50.0], np.float32)
     y = np.ones(3, np.float32)
     exact = ref.sigmoid_binary_cross_entropy(z, y)
-    ref.assert_accurate(_grids.JIT.sigmoid_binary_cross_entropy(z, y), exact, np.float32,
-                        name="sigmoid_binary_cross_entropy")
+    ref.assert_accurate(
+      _grids.JIT.sigmoid_binary_cross_entropy(z, y),
+      exact,
+      np.float32,
+      name="sigmoid_binary_cross_entropy",
+    )
 
 
 if __name__ == "__main__":

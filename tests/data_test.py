@@ -17,10 +17,9 @@ ATOL = 1e-12 if jax.config.jax_enable_x64 else 1e-5
 
 
 class RealDataTest(parameterized.TestCase):
-
   @parameterized.named_parameters(
-      ("breast_cancer", data.load_breast_cancer, "load_breast_cancer", 2, (455, 30), 114),
-      ("digits", data.load_digits, "load_digits", 10, (1437, 64), 360),
+    ("breast_cancer", data.load_breast_cancer, "load_breast_cancer", 2, (455, 30), 114),
+    ("digits", data.load_digits, "load_digits", 10, (1437, 64), 360),
   )
   def test_split_and_standardisation_match_scikit_learn(self, load, name, k, shape, m):
     from sklearn import datasets
@@ -62,11 +61,11 @@ class RealDataTest(parameterized.TestCase):
 
 
 class SyntheticDataTest(parameterized.TestCase):
-
   def test_logistic_labels_follow_the_true_model(self):
     dataset = data.make_logistic_data(7, 20_000, 100, 4, weight_scale=2.0, bias=-0.5)
-    chex.assert_shape([dataset.train.x, dataset.train.y, dataset.test.x], [(20_000, 4),
-                                                                          (20_000,), (100, 4)])
+    chex.assert_shape(
+      [dataset.train.x, dataset.train.y, dataset.test.x], [(20_000, 4), (20_000,), (100, 4)]
+    )
     chex.assert_type([dataset.train.x, dataset.train.y], [FLOAT, np.int32])
     self.assertEqual(float(dataset.true_params["b"]), -0.5)
     x = np.asarray(dataset.train.x, np.float64)
@@ -90,22 +89,24 @@ class SyntheticDataTest(parameterized.TestCase):
     np.testing.assert_allclose(counts / 20_000, p.mean(0), atol=5 * 0.5 / np.sqrt(20_000))
 
   def test_synthetic_data_is_seeded(self):
-    chex.assert_trees_all_equal(data.make_logistic_data(1, 50, 5, 2),
-                                data.make_logistic_data(1, 50, 5, 2))
-    self.assertFalse(np.array_equal(data.make_softmax_data(1, 50, 5).train.y,
-                                    data.make_softmax_data(2, 50, 5).train.y))
+    chex.assert_trees_all_equal(
+      data.make_logistic_data(1, 50, 5, 2), data.make_logistic_data(1, 50, 5, 2)
+    )
+    self.assertFalse(
+      np.array_equal(
+        data.make_softmax_data(1, 50, 5).train.y, data.make_softmax_data(2, 50, 5).train.y
+      )
+    )
 
 
 class ImportTest(absltest.TestCase):
-
   def test_import_does_not_import_optional_dependencies(self):
     code = (
-        "import sys, xent_jax, xent_jax.data, xent_jax.models, xent_jax.optimum, "
-        "xent_jax.training; "
-        "print(sorted(m for m in ('sklearn', 'scipy', 'matplotlib') if m in sys.modules))"
+      "import sys, xent_jax, xent_jax.data, xent_jax.models, xent_jax.optimum, "
+      "xent_jax.training; "
+      "print(sorted(m for m in ('sklearn', 'scipy', 'matplotlib') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     self.assertEqual(out.stdout.strip(), "[]")
 
 

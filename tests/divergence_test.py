@@ -69,7 +69,6 @@ def _assert_divergence(got, exact, cross, dtype, name):
 
 
 class KLDivergenceTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(c=(2, 3, 10, 1000)))
   def test_kl_matches_mpmath(self, dtype, c):
@@ -83,8 +82,13 @@ class KLDivergenceTest(chex.TestCase):
     p, q = (_renormalized(x, where) for x in (p, q))
     q = np.where((q == 0) & (p > 0), np.finfo(dtype).tiny, q).astype(dtype)
     got = self.variant(lambda p, q: xj.kl_divergence(p, q, where=where, base=2))(p, q)
-    _assert_divergence(got, ref.kl_divergence(p, q, where, base=2),
-                       ref.cross_entropy(p, q, where, base=2).value, dtype, "kl_divergence")
+    _assert_divergence(
+      got,
+      ref.kl_divergence(p, q, where, base=2),
+      ref.cross_entropy(p, q, where, base=2).value,
+      dtype,
+      "kl_divergence",
+    )
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(c=(2, 3, 10, 1000)))
@@ -108,7 +112,9 @@ class KLDivergenceTest(chex.TestCase):
   def test_cross_entropy_is_entropy_plus_kl(self, dtype, c):
     p, q = _pq(c, dtype)
     cross = np.asarray(_grids.JIT.cross_entropy(p, q), np.float64)
-    total = np.asarray(_grids.JIT.entropy(p), np.float64) + np.asarray(_grids.JIT.kl_divergence(p, q), np.float64)
+    total = np.asarray(_grids.JIT.entropy(p), np.float64) + np.asarray(
+      _grids.JIT.kl_divergence(p, q), np.float64
+    )
     np.testing.assert_array_less(np.abs(cross - total), 2 * ref.RTOL[np.dtype(dtype)] * (1 + cross))
 
   @parameterized.named_parameters(_grids.dtype_params(c=(2, 10, 1000)))
@@ -128,8 +134,9 @@ class KLDivergenceTest(chex.TestCase):
     p, q = jax.nn.softmax(zp), jax.nn.softmax(zq)
     cross = np.asarray(_grids.JIT.cross_entropy(p, q))
     np.testing.assert_array_less(
-        np.abs(_grids.JIT.kl_divergence_from_logits(zp, zq) - _grids.JIT.kl_divergence(p, q)),
-        4 * ref.RTOL[np.dtype(dtype)] * (1 + cross))
+      np.abs(_grids.JIT.kl_divergence_from_logits(zp, zq) - _grids.JIT.kl_divergence(p, q)),
+      4 * ref.RTOL[np.dtype(dtype)] * (1 + cross),
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_impossible_class_of_q_under_p_is_infinite(self, dtype):
@@ -137,8 +144,13 @@ class KLDivergenceTest(chex.TestCase):
     zq = np.array([[0.0, -np.inf], [0.0, -np.inf]], dtype)
     exact = ref.kl_divergence_from_logits(zp, zq)
     self.assertEqual(exact.value[0], np.inf)
-    _assert_divergence(_grids.JIT.kl_divergence_from_logits(zp, zq), exact, np.zeros(2), dtype,
-                       "kl_divergence_from_logits")
+    _assert_divergence(
+      _grids.JIT.kl_divergence_from_logits(zp, zq),
+      exact,
+      np.zeros(2),
+      dtype,
+      "kl_divergence_from_logits",
+    )
 
   def test_no_retracing(self):
     f = jax.jit(chex.assert_max_traces(xj.kl_divergence_from_logits, n=1))
@@ -148,7 +160,6 @@ class KLDivergenceTest(chex.TestCase):
 
 
 class JSDivergenceTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(c=(2, 3, 10, 1000)))
   def test_js_matches_mpmath(self, dtype, c):
@@ -167,39 +178,50 @@ class JSDivergenceTest(chex.TestCase):
     p, q = _grids.probs(c, dtype), _grids.probs(c, dtype, seed=4)
     pq, qp = np.asarray(_grids.JIT.js_divergence(p, q)), np.asarray(_grids.JIT.js_divergence(q, p))
     # Each side may err by rtol · (1 + H) absolutely (SPEC §2 for divergences).
-    np.testing.assert_array_less(np.abs(pq - qp), 2 * ref.RTOL[np.dtype(dtype)] * (1 + _js_ref(c, dtype)[1]))
+    np.testing.assert_array_less(
+      np.abs(pq - qp), 2 * ref.RTOL[np.dtype(dtype)] * (1 + _js_ref(c, dtype)[1])
+    )
     self.assertTrue(np.all(pq >= 0))
     self.assertTrue(np.all(pq <= np.asarray(math.log(2), dtype)))
-    np.testing.assert_allclose(_grids.JIT.js_divergence(p, q, base=2), pq / math.log(2),
-                               rtol=2 * ref.RTOL[np.dtype(dtype)])
+    np.testing.assert_allclose(
+      _grids.JIT.js_divergence(p, q, base=2), pq / math.log(2), rtol=2 * ref.RTOL[np.dtype(dtype)]
+    )
     disjoint = np.zeros((1, c), dtype)
     disjoint[0, 0] = 1
-    np.testing.assert_allclose(_grids.JIT.js_divergence(disjoint, disjoint[:, ::-1]), math.log(2),
-                               rtol=ref.RTOL[np.dtype(dtype)])
+    np.testing.assert_allclose(
+      _grids.JIT.js_divergence(disjoint, disjoint[:, ::-1]),
+      math.log(2),
+      rtol=ref.RTOL[np.dtype(dtype)],
+    )
 
 
 class DivergenceGradientTest(chex.TestCase):
-
   @parameterized.named_parameters(_grids.dtype_params())
   def test_gradients_finite_at_extremes(self, dtype):
     big = _grids.MAX_LOGIT[np.dtype(dtype)]
     zp = np.array([[big, -big, -np.inf], [-np.inf, 0.0, -big]], dtype)
     zq = np.array([[0.0, big, -np.inf], [0.0, -big, big]], dtype)
-    grads = _jit_grad(lambda a, b: jnp.sum(_grids.JIT.kl_divergence_from_logits(a, b)), argnums=(0, 1))(
-        zp, zq)
+    grads = _jit_grad(
+      lambda a, b: jnp.sum(_grids.JIT.kl_divergence_from_logits(a, b)), argnums=(0, 1)
+    )(zp, zq)
     chex.assert_tree_all_finite(grads)
     p = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]], dtype)
     q = np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5]], dtype)
     for fn in (xj.js_divergence,):
-      self.assertFalse(np.isnan(_jit_grad(lambda p, q, fn=fn: jnp.sum(fn(p, q)), argnums=(0, 1))(
-          p, q)).any())
+      self.assertFalse(
+        np.isnan(_jit_grad(lambda p, q, fn=fn: jnp.sum(fn(p, q)), argnums=(0, 1))(p, q)).any()
+      )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_kl_from_logits_gradient_wrt_q_is_q_minus_p(self, dtype):
     zp, zq = _logits_pq(10, dtype)
     grad = _jit_grad(lambda zq: jnp.sum(_grids.JIT.kl_divergence_from_logits(zp, zq)))(zq)
-    ref.assert_accurate(grad, ref.kl_divergence_from_logits_grad_q(zp, zq), dtype,
-                        name="grad kl_divergence_from_logits")
+    ref.assert_accurate(
+      grad,
+      ref.kl_divergence_from_logits_grad_q(zp, zq),
+      dtype,
+      name="grad kl_divergence_from_logits",
+    )
 
   def test_check_grads_float64(self):
     if not jax.config.jax_enable_x64:

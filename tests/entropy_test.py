@@ -36,7 +36,6 @@ def _entropy_from_logits_ref(c, dtype, masked=False, base=None):
 
 
 class EntropyTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(c=_grids.CLASS_COUNTS))
   def test_entropy_matches_mpmath(self, dtype, c):
@@ -61,8 +60,9 @@ class EntropyTest(chex.TestCase):
     # call's.
     z = _grids.logits(c, dtype)
     got = jax.jit(lambda z: jax.vjp(xj.entropy_from_logits, z)[0])(z)
-    ref.assert_accurate(got, _entropy_from_logits_ref(c, dtype), dtype,
-                        name="entropy_from_logits under vjp")
+    ref.assert_accurate(
+      got, _entropy_from_logits_ref(c, dtype), dtype, name="entropy_from_logits under vjp"
+    )
 
   @chex.variants(with_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(c=(3, 10)))
@@ -73,18 +73,26 @@ class EntropyTest(chex.TestCase):
     got_p = self.variant(lambda p: xj.entropy(p, where=wp))(p)
     got_z = self.variant(lambda z: xj.entropy_from_logits(z, where=wz))(z)
     ref.assert_accurate(got_p, _entropy_ref(c, dtype, True), dtype, name="entropy")
-    ref.assert_accurate(got_z, _entropy_from_logits_ref(c, dtype, True), dtype,
-                        name="entropy_from_logits")
+    ref.assert_accurate(
+      got_z, _entropy_from_logits_ref(c, dtype, True), dtype, name="entropy_from_logits"
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_base_2(self, dtype):
     p, z = _grids.probs(10, dtype), _grids.logits(10, dtype)
-    ref.assert_accurate(_grids.JIT.entropy(p, base=2), _entropy_ref(10, dtype, base=2), dtype,
-                        name="entropy")
-    ref.assert_accurate(_grids.JIT.entropy_from_logits(z, base=2), _entropy_from_logits_ref(10, dtype, base=2),
-                        dtype, name="entropy_from_logits")
+    ref.assert_accurate(
+      _grids.JIT.entropy(p, base=2), _entropy_ref(10, dtype, base=2), dtype, name="entropy"
+    )
+    ref.assert_accurate(
+      _grids.JIT.entropy_from_logits(z, base=2),
+      _entropy_from_logits_ref(10, dtype, base=2),
+      dtype,
+      name="entropy_from_logits",
+    )
     rtol = 2 * ref.RTOL[np.dtype(dtype)]
-    np.testing.assert_allclose(_grids.JIT.entropy(p, base=2), _grids.JIT.entropy(p) / math.log(2), rtol=rtol)
+    np.testing.assert_allclose(
+      _grids.JIT.entropy(p, base=2), _grids.JIT.entropy(p) / math.log(2), rtol=rtol
+    )
     np.testing.assert_allclose(_grids.JIT.entropy(p, base=math.e), _grids.JIT.entropy(p), rtol=rtol)
 
   @parameterized.named_parameters(_grids.dtype_params())
@@ -93,9 +101,14 @@ class EntropyTest(chex.TestCase):
     z = _grids.logits(10, dtype)
     keep = np.array([True, True, False, True, True, False, True, True, True, False])
     rtol = ref.RTOL[np.dtype(dtype)]
-    np.testing.assert_allclose(_grids.JIT.entropy(p, where=keep), _grids.JIT.entropy(p[:, keep]), rtol=rtol)
-    np.testing.assert_allclose(_grids.JIT.entropy_from_logits(z, where=keep),
-                               _grids.JIT.entropy_from_logits(z[:, keep]), rtol=rtol)
+    np.testing.assert_allclose(
+      _grids.JIT.entropy(p, where=keep), _grids.JIT.entropy(p[:, keep]), rtol=rtol
+    )
+    np.testing.assert_allclose(
+      _grids.JIT.entropy_from_logits(z, where=keep),
+      _grids.JIT.entropy_from_logits(z[:, keep]),
+      rtol=rtol,
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_empty_distribution_has_zero_entropy(self, dtype):
@@ -111,16 +124,21 @@ class EntropyTest(chex.TestCase):
     # Both sides may err by rtol; entropy(p) also inherits the rounding of p to the dtype.
     exact_p = ref.entropy(p)
     np.testing.assert_array_less(
-        np.abs(_grids.JIT.entropy_from_logits(z) - _grids.JIT.entropy(p)),
-        2 * ref.RTOL[np.dtype(dtype)] * exact_p.value + 4 * exact_p.abs_cond + 4 * np.spacing(
-            exact_p.value.astype(dtype)),
+      np.abs(_grids.JIT.entropy_from_logits(z) - _grids.JIT.entropy(p)),
+      2 * ref.RTOL[np.dtype(dtype)] * exact_p.value
+      + 4 * exact_p.abs_cond
+      + 4 * np.spacing(exact_p.value.astype(dtype)),
     )
 
   def test_axis(self):
     p = _grids.probs(10, np.float32)
     np.testing.assert_array_equal(_grids.JIT.entropy(p.T, axis=0), _grids.JIT.entropy(p))
-    got = _grids.JIT.entropy_from_logits(_grids.logits(10, np.float32).reshape(-1, 5, 2), axis=(1, 2))
-    np.testing.assert_allclose(got, _grids.JIT.entropy_from_logits(_grids.logits(10, np.float32)), rtol=1e-6)
+    got = _grids.JIT.entropy_from_logits(
+      _grids.logits(10, np.float32).reshape(-1, 5, 2), axis=(1, 2)
+    )
+    np.testing.assert_allclose(
+      got, _grids.JIT.entropy_from_logits(_grids.logits(10, np.float32)), rtol=1e-6
+    )
 
   def test_low_precision_computed_in_float32(self):
     z = np.random.default_rng(4).normal(size=(6, 7)) * 10
@@ -138,14 +156,14 @@ class EntropyTest(chex.TestCase):
 
 
 class EntropyGradientTest(chex.TestCase):
-
   @parameterized.named_parameters(_grids.dtype_params(c=(2, 3, 10)))
   def test_entropy_from_logits_gradient_matches_analytic(self, dtype, c):
     z = _grids.logits(c, dtype)
     grad = _jit_grad(lambda z: jnp.sum(_grids.JIT.entropy_from_logits(z)))(z)
     chex.assert_tree_all_finite(grad)
-    ref.assert_accurate(grad, ref.entropy_from_logits_grad(z), dtype,
-                        name="grad entropy_from_logits")
+    ref.assert_accurate(
+      grad, ref.entropy_from_logits_grad(z), dtype, name="grad entropy_from_logits"
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_entropy_gradient_is_minus_log_p_minus_1_and_0_at_0(self, dtype):
@@ -156,16 +174,18 @@ class EntropyGradientTest(chex.TestCase):
     np.testing.assert_array_equal(grad[zero], 0)
     with np.errstate(divide="ignore"):
       expected = -(np.log(p.astype(np.float64)) + 1)
-    np.testing.assert_allclose(grad[~zero], expected[~zero], rtol=4 * ref.RTOL[np.dtype(dtype)],
-                               atol=4 * np.finfo(dtype).eps)
+    np.testing.assert_allclose(
+      grad[~zero], expected[~zero], rtol=4 * ref.RTOL[np.dtype(dtype)], atol=4 * np.finfo(dtype).eps
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_binary_entropy_from_logits_gradient(self, dtype):
     z = _grids.elementwise_logits(dtype)
     grad = jax.vmap(_jit_grad(xj.binary_entropy_from_logits))(z)
     chex.assert_tree_all_finite(grad)
-    ref.assert_accurate(grad, ref.binary_entropy_from_logits_grad(z), dtype,
-                        name="grad binary_entropy_from_logits")
+    ref.assert_accurate(
+      grad, ref.binary_entropy_from_logits_grad(z), dtype, name="grad binary_entropy_from_logits"
+    )
 
   def test_binary_entropy_gradient_not_nan_at_0_and_1(self):
     dtype = _grids.DTYPES[-1]
@@ -182,11 +202,19 @@ class EntropyGradientTest(chex.TestCase):
     rng = np.random.default_rng(6)
     z = rng.normal(size=(4, 5)) * 3
     check_grads(_grids.JIT.entropy_from_logits, (z,), order=1, modes=["rev"])
-    check_grads(lambda z: _grids.JIT.entropy_from_logits(z, where=_grids.mask(z.shape, 1)), (z,),
-                order=1, modes=["rev"])
+    check_grads(
+      lambda z: _grids.JIT.entropy_from_logits(z, where=_grids.mask(z.shape, 1)),
+      (z,),
+      order=1,
+      modes=["rev"],
+    )
     check_grads(_grids.JIT.entropy, (rng.uniform(0.05, 1, size=(4, 5)),), order=1, modes=["rev"])
-    check_grads(_grids.JIT.binary_entropy, (rng.uniform(0.05, 0.95, size=7),), order=1, modes=["rev"])
-    check_grads(_grids.JIT.binary_entropy_from_logits, (rng.normal(size=7) * 4,), order=1, modes=["rev"])
+    check_grads(
+      _grids.JIT.binary_entropy, (rng.uniform(0.05, 0.95, size=7),), order=1, modes=["rev"]
+    )
+    check_grads(
+      _grids.JIT.binary_entropy_from_logits, (rng.normal(size=7) * 4,), order=1, modes=["rev"]
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_gradient_finite_at_extremes(self, dtype):
@@ -198,7 +226,6 @@ class EntropyGradientTest(chex.TestCase):
 
 
 class BinaryEntropyTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(base=(None, 2)))
   def test_binary_entropy_matches_mpmath(self, dtype, base):
@@ -213,25 +240,30 @@ class BinaryEntropyTest(chex.TestCase):
     z = _grids.elementwise_logits(dtype)
     got = self.variant(lambda z: xj.binary_entropy_from_logits(z, base=base))(z)
     self.assertEqual(got.dtype, np.dtype(dtype))
-    ref.assert_accurate(got, ref.binary_entropy_from_logits(z, base=base), dtype,
-                        name="binary_entropy_from_logits")
+    ref.assert_accurate(
+      got, ref.binary_entropy_from_logits(z, base=base), dtype, name="binary_entropy_from_logits"
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_binary_is_two_class_entropy(self, dtype):
     z = _grids.elementwise_logits(dtype)
     z = z[np.isfinite(z)]
     two_class = np.stack([z, np.zeros_like(z)], axis=-1)
-    np.testing.assert_allclose(_grids.JIT.binary_entropy_from_logits(z), _grids.JIT.entropy_from_logits(two_class),
-                               rtol=2 * ref.RTOL[np.dtype(dtype)], atol=np.finfo(dtype).tiny)
+    np.testing.assert_allclose(
+      _grids.JIT.binary_entropy_from_logits(z),
+      _grids.JIT.entropy_from_logits(two_class),
+      rtol=2 * ref.RTOL[np.dtype(dtype)],
+      atol=np.finfo(dtype).tiny,
+    )
 
   def test_maximum_is_log_2_at_one_half(self):
     self.assertAlmostEqual(float(_grids.JIT.binary_entropy(np.float32(0.5))), math.log(2), places=6)
-    self.assertAlmostEqual(float(_grids.JIT.binary_entropy_from_logits(np.float32(0))), math.log(2),
-                           places=6)
+    self.assertAlmostEqual(
+      float(_grids.JIT.binary_entropy_from_logits(np.float32(0))), math.log(2), places=6
+    )
 
 
 class DistraxComparisonTest(absltest.TestCase):
-
   def test_distrax_categorical_entropy_loses_the_tail_we_do_not(self):
     # Logits [0, -d]: distrax drops the log1p(e^-d) term, a relative error of 1/(1+d).
     d = np.array([17.0, 20.0, 30.0, 50.0], np.float32)
@@ -240,7 +272,9 @@ class DistraxComparisonTest(absltest.TestCase):
     theirs = np.asarray(distrax.Categorical(logits=z).entropy(), np.float64)
     their_rel = np.abs(theirs - exact.value) / exact.value
     self.assertTrue(np.all(their_rel > 0.01), their_rel)
-    ref.assert_accurate(_grids.JIT.entropy_from_logits(z), exact, np.float32, name="entropy_from_logits")
+    ref.assert_accurate(
+      _grids.JIT.entropy_from_logits(z), exact, np.float32, name="entropy_from_logits"
+    )
 
 
 if __name__ == "__main__":

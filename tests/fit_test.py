@@ -31,10 +31,12 @@ def _gap(result, x, y, l2, reference):
 
 
 class FitLogisticRegressionTest(chex.TestCase):
-
   @parameterized.named_parameters(
-      ("unpenalised", 0.0, 3000), ("l2", 1e-2, 3000),
-      ("warm_started", 0.0, 40000), ("warm_started_l2", 1e-3, 40000))
+    ("unpenalised", 0.0, 3000),
+    ("l2", 1e-2, 3000),
+    ("warm_started", 0.0, 40000),
+    ("warm_started_l2", 1e-3, 40000),
+  )
   def test_reaches_the_float64_optimum(self, l2, num_examples):
     x, y = _logistic_problem(0, num_examples, 12)
     reference = optimum.logistic_regression_optimum(x, y, l2=l2)
@@ -53,7 +55,7 @@ class FitLogisticRegressionTest(chex.TestCase):
     x, y = _logistic_problem(1, 2001, 7)
     buffer = np.empty(x.size + 32, np.float32)
     start = (-buffer.ctypes.data % 64) // 4 + 1
-    shifted = buffer[start:start + x.size].reshape(x.shape)
+    shifted = buffer[start : start + x.size].reshape(x.shape)
     shifted[...] = x
     self.assertNotEqual(shifted.ctypes.data % 64, 0)
     self.assertGreater(fit._aligned_split(shifted), 0)

@@ -36,7 +36,7 @@ def _finite_difference_grad(loss, w, b, h=1e-6):
   theta = np.concatenate([np.ravel(w), np.ravel(b)])
 
   def f(t):
-    return loss(t[: w.size].reshape(w.shape), t[w.size:].reshape(np.shape(b)))
+    return loss(t[: w.size].reshape(w.shape), t[w.size :].reshape(np.shape(b)))
 
   grad = np.empty_like(theta)
   for i in range(theta.size):
@@ -47,32 +47,40 @@ def _finite_difference_grad(loss, w, b, h=1e-6):
 
 
 class GradientCheckExperimentTest(chex.TestCase):
-
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls.config = _common.load_config("gradient_check", "smoke")
     workdir = absltest.get_default_test_tmpdir() + "/e4"
-    cls.results = _common.run_experiment("gradient_check", e4.run, cls.config, workdir,
-                                         validate=e4.validate, overwrite=True)
+    cls.results = _common.run_experiment(
+      "gradient_check", e4.run, cls.config, workdir, validate=e4.validate, overwrite=True
+    )
     cls.problem = e4.random_problem(cls.config)
 
   def _finite_differences(self, loss, model, y_key, scale):
     p = self.problem
     return _finite_difference_grad(
-        lambda w, b: loss(w, b, p["x_NxD"], p[y_key]),
-        scale * p[model]["w"], scale * np.asarray(p[model]["b"]))
+      lambda w, b: loss(w, b, p["x_NxD"], p[y_key]),
+      scale * p[model]["w"],
+      scale * np.asarray(p[model]["b"]),
+    )
 
   def test_float64_gradients_match_finite_differences(self):
     for scale in self.config.param_scales:
-      expected = {"logistic": self._finite_differences(_np_bce, "logistic", "y_binary_N", scale),
-                  "softmax": self._finite_differences(_np_softmax_ce, "softmax", "y_class_N",
-                                                      scale)}
+      expected = {
+        "logistic": self._finite_differences(_np_bce, "logistic", "y_binary_N", scale),
+        "softmax": self._finite_differences(_np_softmax_ce, "softmax", "y_class_N", scale),
+      }
       for model in ("logistic", "softmax"):
         grads = e4._gradients(self.problem, model, scale, "float64")
         for kind in ("library_autodiff", "plain_autodiff", "closed_form"):
-          np.testing.assert_allclose(grads[kind], expected[model], rtol=1e-6, atol=1e-8,
-                                     err_msg=f"{model} {kind} at scale {scale}")
+          np.testing.assert_allclose(
+            grads[kind],
+            expected[model],
+            rtol=1e-6,
+            atol=1e-8,
+            err_msg=f"{model} {kind} at scale {scale}",
+          )
 
   def test_seed_loss_discrepancy_matches_finite_differences(self):
     rows = self.results["seed_4_1_loss"]["float64"]["by_scale"]
@@ -89,7 +97,8 @@ class GradientCheckExperimentTest(chex.TestCase):
       for dtype in e4.DTYPES:
         tol = self.results["tolerance"][dtype]["gradient"]
         self.assertLessEqual(
-            self.results["gradients"][model][dtype]["max_rel_error_autodiff_vs_closed_form"], tol)
+          self.results["gradients"][model][dtype]["max_rel_error_autodiff_vs_closed_form"], tol
+        )
         for row in self.results["gradients"][model][dtype]["by_scale"]:
           # Each float32 gradient is a float64 one rounded: a few ulps of its norm.
           self.assertLessEqual(row["rel_error_plain_autodiff_vs_float64"], tol)
@@ -106,21 +115,28 @@ class GradientCheckExperimentTest(chex.TestCase):
   def test_sigmoid_derivative_reference_is_the_derivative(self):
     sigma = lambda t: 0.5 * (1 + np.tanh(t / 2))  # another formula for σ
     z, h = np.linspace(-10, 10, 81), 1e-5
-    np.testing.assert_allclose(e4.sigmoid_derivative_reference(z),
-                               (sigma(z + h) - sigma(z - h)) / (2 * h), rtol=1e-6)
+    np.testing.assert_allclose(
+      e4.sigmoid_derivative_reference(z), (sigma(z + h) - sigma(z - h)) / (2 * h), rtol=1e-6
+    )
     z = np.linspace(-30, 30, 121)  # the tails: σ(z)σ(-z), 1/(1 + e^{-t}) has no cancellation
     logistic = lambda t: 1 / (1 + np.exp(-t))
-    np.testing.assert_allclose(e4.sigmoid_derivative_reference(z), logistic(z) * logistic(-z),
-                               rtol=1e-13)
+    np.testing.assert_allclose(
+      e4.sigmoid_derivative_reference(z), logistic(z) * logistic(-z), rtol=1e-13
+    )
 
   def test_check_grads_and_verdicts(self):
     cg = self.results["check_grads"]
     self.assertEqual(cg["passed"], {"logistic": True, "softmax": True})
     verdicts = {c["id"]: c["verdict"] for c in self.results["claims"]}
-    self.assertEqual(verdicts, {"4.2-sigmoid-derivative": "holds",
-                                "4.2-gradient-binary-cross-entropy": "holds",
-                                "4.2-gradient-softmax-cross-entropy": "holds",
-                                "4.1-4.2-gradient-of-the-stated-loss": "fails"})
+    self.assertEqual(
+      verdicts,
+      {
+        "4.2-sigmoid-derivative": "holds",
+        "4.2-gradient-binary-cross-entropy": "holds",
+        "4.2-gradient-softmax-cross-entropy": "holds",
+        "4.1-4.2-gradient-of-the-stated-loss": "fails",
+      },
+    )
 
   def test_config_errors(self):
     config = _common.load_config("gradient_check", "smoke")

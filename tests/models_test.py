@@ -27,8 +27,10 @@ def _random_problem(seed, num_examples=64, num_features=5, num_classes=None, sca
     params = {"w": scale * rng.normal(size=num_features), "b": np.asarray(0.3)}
   else:
     y = rng.integers(0, num_classes, num_examples)
-    params = {"w": scale * rng.normal(size=(num_features, num_classes)),
-              "b": rng.normal(size=num_classes)}
+    params = {
+      "w": scale * rng.normal(size=(num_features, num_classes)),
+      "b": rng.normal(size=num_classes),
+    }
   to_jax = lambda a: jnp.asarray(a, jnp.zeros(()).dtype)
   return jax.tree.map(to_jax, params), to_jax(x), jnp.asarray(y, jnp.int32)
 
@@ -64,13 +66,14 @@ def _np_softmax_loss_and_grad(params, x, y, l2):
 def _max_rel_err(tree, ref_tree):
   """max over leaves of ‖a - ref‖_∞ / ‖ref‖_∞ (norm-wise: entries near 0 are not amplified)."""
   errs = jax.tree.map(
-      lambda a, r: np.max(np.abs(np.asarray(a, np.float64) - r)) / np.max(np.abs(r)),
-      tree, _f64(ref_tree))
+    lambda a, r: np.max(np.abs(np.asarray(a, np.float64) - r)) / np.max(np.abs(r)),
+    tree,
+    _f64(ref_tree),
+  )
   return max(jax.tree.leaves(errs))
 
 
 class LogisticRegressionTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_logits_and_probs_match_numpy(self):
     params, x, _ = _random_problem(0)
@@ -111,9 +114,11 @@ class LogisticRegressionTest(chex.TestCase):
     params = {"w": jnp.ones(1), "b": jnp.zeros(())}
     x, y = jnp.array([[60.0], [-60.0]]), jnp.array([1, 0])
     np.testing.assert_allclose(
-        models.logistic_regression_loss(params, x, y), np.exp(-60.0), rtol=RTOL)
-    np.testing.assert_allclose(models.seed_section_4_1_loss(params, x, y),
-                               np.exp(-60.0) / 2, rtol=RTOL)
+      models.logistic_regression_loss(params, x, y), np.exp(-60.0), rtol=RTOL
+    )
+    np.testing.assert_allclose(
+      models.seed_section_4_1_loss(params, x, y), np.exp(-60.0) / 2, rtol=RTOL
+    )
 
   @chex.variants(with_jit=True)
   def test_seed_section_4_1_loss_and_its_missing_gradient_term(self):
@@ -126,8 +131,9 @@ class LogisticRegressionTest(chex.TestCase):
     seed_grad = self.variant(jax.grad(models.seed_section_4_1_loss))(params, x, y)
     missing_w = x64.T @ ((1 - y64) * _np_sigmoid(z)) / len(y64)
     closed = models.logistic_regression_grad(params, x, y)
-    np.testing.assert_allclose(seed_grad["w"], np.asarray(closed["w"]) - missing_w,
-                               rtol=10 * RTOL, atol=10 * RTOL)
+    np.testing.assert_allclose(
+      seed_grad["w"], np.asarray(closed["w"]) - missing_w, rtol=10 * RTOL, atol=10 * RTOL
+    )
     self.assertGreater(np.max(np.abs(missing_w)), 0.1)  # a real difference, not rounding
 
   def test_init(self):
@@ -138,16 +144,19 @@ class LogisticRegressionTest(chex.TestCase):
     self.assertGreater(float(jnp.std(random["w"])), 0.0)
 
   @parameterized.named_parameters(
-      ("x_rank", np.ones(5), np.zeros(5), "x must have rank 2"),
-      ("x_features", np.ones((5, 2)), np.zeros(5), "x has 2 features"),
-      ("y_length", np.ones((5, 3)), np.zeros(4), r"y must have shape \[N\]=\(5,\)"),
-      ("y_range", np.ones((2, 3)), np.array([0.0, 2.0]), r"y must lie in \[0, 1\]"),
-      ("y_nan", np.ones((2, 3)), np.array([0.0, np.nan]), r"y must lie in \[0, 1\]"),
+    ("x_rank", np.ones(5), np.zeros(5), "x must have rank 2"),
+    ("x_features", np.ones((5, 2)), np.zeros(5), "x has 2 features"),
+    ("y_length", np.ones((5, 3)), np.zeros(4), r"y must have shape \[N\]=\(5,\)"),
+    ("y_range", np.ones((2, 3)), np.array([0.0, 2.0]), r"y must lie in \[0, 1\]"),
+    ("y_nan", np.ones((2, 3)), np.array([0.0, np.nan]), r"y must lie in \[0, 1\]"),
   )
   def test_bad_inputs_raise_naming_the_argument(self, x, y, message):
     params = models.init_logistic_regression(3)
-    for fn in (models.logistic_regression_loss, models.logistic_regression_grad,
-               models.seed_section_4_1_loss):
+    for fn in (
+      models.logistic_regression_loss,
+      models.logistic_regression_grad,
+      models.seed_section_4_1_loss,
+    ):
       with self.assertRaisesRegex(ValueError, message):
         fn(params, x, y)
 
@@ -166,11 +175,17 @@ class FeatureMajorTest(chex.TestCase):
   def test_values_and_gradients_equal_row_major(self, num_classes):
     params, x, y = _random_problem(7, num_classes=num_classes)
     if num_classes is None:
-      loss_fn, grad_fn, np_ref = (models.logistic_regression_loss, models.logistic_regression_grad,
-                                  _np_logistic_loss_and_grad)
+      loss_fn, grad_fn, np_ref = (
+        models.logistic_regression_loss,
+        models.logistic_regression_grad,
+        _np_logistic_loss_and_grad,
+      )
     else:
-      loss_fn, grad_fn, np_ref = (models.softmax_regression_loss, models.softmax_regression_grad,
-                                  _np_softmax_loss_and_grad)
+      loss_fn, grad_fn, np_ref = (
+        models.softmax_regression_loss,
+        models.softmax_regression_grad,
+        _np_softmax_loss_and_grad,
+      )
     fm = data.feature_major(x)
     chex.assert_shape(fm.x_DxN, (x.shape[1], x.shape[0]))
     self.assertEqual(fm.shape, x.shape)
@@ -191,7 +206,6 @@ class FeatureMajorTest(chex.TestCase):
 
 
 class SoftmaxRegressionTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_probs_are_a_distribution_matching_numpy(self):
     params, x, _ = _random_problem(5, num_classes=4)
@@ -229,22 +243,30 @@ class SoftmaxRegressionTest(chex.TestCase):
   def test_two_classes_equal_logistic_regression(self):
     # softmax([0, z]) = [1 - σ(z), σ(z)]: with w = [0, w], b = [0, b] the models coincide.
     params, x, y = _random_problem(9)
-    two_class = {"w": jnp.stack([jnp.zeros_like(params["w"]), params["w"]], axis=1),
-                 "b": jnp.stack([jnp.zeros_like(params["b"]), params["b"]])}
-    np.testing.assert_allclose(models.softmax_regression_loss(two_class, x, y),
-                               models.logistic_regression_loss(params, x, y), rtol=RTOL)
-    np.testing.assert_allclose(models.softmax_regression_probs(two_class, x)[:, 1],
-                               models.logistic_regression_probs(params, x), rtol=RTOL)
+    two_class = {
+      "w": jnp.stack([jnp.zeros_like(params["w"]), params["w"]], axis=1),
+      "b": jnp.stack([jnp.zeros_like(params["b"]), params["b"]]),
+    }
+    np.testing.assert_allclose(
+      models.softmax_regression_loss(two_class, x, y),
+      models.logistic_regression_loss(params, x, y),
+      rtol=RTOL,
+    )
+    np.testing.assert_allclose(
+      models.softmax_regression_probs(two_class, x)[:, 1],
+      models.logistic_regression_probs(params, x),
+      rtol=RTOL,
+    )
 
   def test_init(self):
     params = models.init_softmax_regression(3, 5)
     chex.assert_trees_all_equal(params, {"w": jnp.zeros((3, 5)), "b": jnp.zeros(5)})
 
   @parameterized.named_parameters(
-      ("y_high", np.array([0, 4]), ValueError, r"y must lie in \[0, 3\]; found y=4"),
-      ("y_negative", np.array([-1, 0]), ValueError, r"y must lie in \[0, 3\]; found y=-1"),
-      ("y_float", np.array([0.0, 1.0]), TypeError, "integer class labels"),
-      ("y_length", np.array([0, 1, 2]), ValueError, r"y must have shape \[N\]=\(2,\)"),
+    ("y_high", np.array([0, 4]), ValueError, r"y must lie in \[0, 3\]; found y=4"),
+    ("y_negative", np.array([-1, 0]), ValueError, r"y must lie in \[0, 3\]; found y=-1"),
+    ("y_float", np.array([0.0, 1.0]), TypeError, "integer class labels"),
+    ("y_length", np.array([0, 1, 2]), ValueError, r"y must have shape \[N\]=\(2,\)"),
   )
   def test_bad_labels_raise(self, y, error, message):
     params = models.init_softmax_regression(3, 4)

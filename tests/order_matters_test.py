@@ -86,33 +86,32 @@ def _autodiff_reversed_grad(z, y):
 
 
 class OrderMattersExperimentTest(chex.TestCase, parameterized.TestCase):
-
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls.config = _common.load_config("order_matters", "smoke")
     workdir = absltest.get_default_test_tmpdir() + "/e3"
-    cls.results = _common.run_experiment("order_matters", e3.run, cls.config, workdir,
-                                         validate=e3.validate, overwrite=True)
+    cls.results = _common.run_experiment(
+      "order_matters", e3.run, cls.config, workdir, validate=e3.validate, overwrite=True
+    )
 
   @parameterized.parameters(0.05, 0.3, 0.95)
   def test_reversed_grad_matches_finite_differences(self, y):
     z = np.linspace(-15.0, 15.0, 61)
     h = 1e-5
     fd = (_np_reversed_loss(z + h, y) - _np_reversed_loss(z - h, y)) / (2 * h)
-    np.testing.assert_allclose(_closed_form_grads(z, y)[1], fd, rtol=10 * RTOL + 1e-6,
-                               atol=1e-9)
+    np.testing.assert_allclose(_closed_form_grads(z, y)[1], fd, rtol=10 * RTOL + 1e-6, atol=1e-9)
     # jax.grad of the library's reversed loss agrees where σ(z) is not rounded to 0 or 1.
     z_in = np.linspace(-15.0, 15.0 if X64 else 12.0, 61)
     fd = (_np_reversed_loss(z_in + h, y) - _np_reversed_loss(z_in - h, y)) / (2 * h)
-    np.testing.assert_allclose(_autodiff_reversed_grad(z_in, y), fd, rtol=10 * RTOL + 1e-6,
-                               atol=1e-9)
+    np.testing.assert_allclose(
+      _autodiff_reversed_grad(z_in, y), fd, rtol=10 * RTOL + 1e-6, atol=1e-9
+    )
 
   def test_correct_grad_matches_finite_differences(self):
     z, y, h = np.linspace(-10.0, 10.0, 41), 0.95, 1e-5
     fd = (_np_correct_loss(z + h, y) - _np_correct_loss(z - h, y)) / (2 * h)
-    np.testing.assert_allclose(_closed_form_grads(z, y)[0], fd, rtol=10 * RTOL + 1e-6,
-                               atol=1e-9)
+    np.testing.assert_allclose(_closed_form_grads(z, y)[0], fd, rtol=10 * RTOL + 1e-6, atol=1e-9)
 
   def test_per_example_numbers(self):
     pe, eps = self.results["per_example"], self.config.label_smoothing
@@ -128,18 +127,21 @@ class OrderMattersExperimentTest(chex.TestCase, parameterized.TestCase):
     z0 = self.config.confident_logit
     q = _np_sigmoid(-z0)
     ratio = q * (1 - q) * logit_y / (y - q)
-    np.testing.assert_allclose(pe["grad_ratio_reversed_over_correct_at_minus_z0"], ratio,
-                               rtol=10 * RTOL)
+    np.testing.assert_allclose(
+      pe["grad_ratio_reversed_over_correct_at_minus_z0"], ratio, rtol=10 * RTOL
+    )
     # Reversed gradient at q = y_ε: not zero, -y(1 - y)·logit(y).
-    np.testing.assert_allclose(pe["reversed_grad_at_smoothed_label"], -y * (1 - y) * logit_y,
-                               rtol=10 * RTOL)
+    np.testing.assert_allclose(
+      pe["reversed_grad_at_smoothed_label"], -y * (1 - y) * logit_y, rtol=10 * RTOL
+    )
 
   def test_flip_times_match_quadrature(self):
     pe, z0 = self.results["per_example"], self.config.confident_logit
     y = 1 - self.config.label_smoothing / 2
     logit_y = np.log(y / (1 - y))
-    rev, _ = integrate.quad(lambda z: 1 / (_np_sigmoid(z) * _np_sigmoid(-z) * logit_y), -z0, 0,
-                            epsabs=0, epsrel=1e-12)
+    rev, _ = integrate.quad(
+      lambda z: 1 / (_np_sigmoid(z) * _np_sigmoid(-z) * logit_y), -z0, 0, epsabs=0, epsrel=1e-12
+    )
     cor, _ = integrate.quad(lambda z: 1 / (y - _np_sigmoid(z)), -z0, 0, epsabs=0, epsrel=1e-12)
     np.testing.assert_allclose(pe["flip_time_minus_z0_to_0"]["reversed"], rev, rtol=1e-10)
     np.testing.assert_allclose(pe["flip_time_minus_z0_to_0"]["correct"], cor, rtol=1e-8)
@@ -180,13 +182,22 @@ class OrderMattersExperimentTest(chex.TestCase, parameterized.TestCase):
 
   def test_claim_verdicts(self):
     verdicts = {c["id"]: c["verdict"] for c in self.results["claims"]}
-    self.assertEqual(verdicts, {"3.3-order-cannot-be-swapped": "holds",
-                                "3.3-wrong-order-wrong-gradient-direction": "partly",
-                                "3.3-wrong-order-hurts-training": "holds"})
+    self.assertEqual(
+      verdicts,
+      {
+        "3.3-order-cannot-be-swapped": "holds",
+        "3.3-wrong-order-wrong-gradient-direction": "partly",
+        "3.3-wrong-order-hurts-training": "holds",
+      },
+    )
 
   def test_validate_rejects_bad_configs(self):
-    for key, value in (("label_smoothing", 0.0), ("learning_rate", -1.0),
-                       ("logit_grid.num", 2), ("data.num_train", 1)):
+    for key, value in (
+      ("label_smoothing", 0.0),
+      ("learning_rate", -1.0),
+      ("logit_grid.num", 2),
+      ("data.num_train", 1),
+    ):
       config = e3_config.get_config("smoke")
       config.update_from_flattened_dict({key: value})
       with self.assertRaisesRegex(_common.ConfigError, key):

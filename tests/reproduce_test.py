@@ -15,79 +15,99 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_smoke_reproduction_writes_the_report(tmp_path):
-    report = reproduce.reproduce(tmp_path / "all", smoke=True)
-    text = report.read_text("utf-8")
-    assert "| experiment | claim | seed § | measured | verdict |" in text
-    for name in reproduce.EXPERIMENTS:
-        results = json.loads((tmp_path / "all" / name / "results.json").read_text("utf-8"))
-        for claim in results["claims"]:  # one table row per claim, verdict from the JSON
-            row = next(line for line in text.splitlines()
-                       if line.startswith(f"| {name} | {claim['statement']} |"))
-            assert f"| {claim['seed_section']} |" in row
-            assert {"holds": "**holds**", "partly": "**holds only partly: ",
-                    "fails": "**fails**"}[claim["verdict"]] in row
-            if claim["verdict"] != "holds":
-                assert claim["correction"] in text.split("## Errata")[1]
-        for figure in results["figures"]:
-            assert f"]({name}/{figure})" in text
-            assert (tmp_path / "all" / name / figure).is_file()
-    assert "Total, imports and compilation included" in text
-    log = (tmp_path / "all" / "log.txt").read_text("utf-8")
-    n = len(reproduce.EXPERIMENTS)
-    for i, name in enumerate(reproduce.EXPERIMENTS, 1):
-        assert f"[{i}/{n}] {name}" in log
+  report = reproduce.reproduce(tmp_path / "all", smoke=True)
+  text = report.read_text("utf-8")
+  assert "| experiment | claim | seed § | measured | verdict |" in text
+  for name in reproduce.EXPERIMENTS:
+    results = json.loads((tmp_path / "all" / name / "results.json").read_text("utf-8"))
+    for claim in results["claims"]:  # one table row per claim, verdict from the JSON
+      row = next(
+        line for line in text.splitlines() if line.startswith(f"| {name} | {claim['statement']} |")
+      )
+      assert f"| {claim['seed_section']} |" in row
+      assert {"holds": "**holds**", "partly": "**holds only partly: ", "fails": "**fails**"}[
+        claim["verdict"]
+      ] in row
+      if claim["verdict"] != "holds":
+        assert claim["correction"] in text.split("## Errata")[1]
+    for figure in results["figures"]:
+      assert f"]({name}/{figure})" in text
+      assert (tmp_path / "all" / name / figure).is_file()
+  assert "Total, imports and compilation included" in text
+  log = (tmp_path / "all" / "log.txt").read_text("utf-8")
+  n = len(reproduce.EXPERIMENTS)
+  for i, name in enumerate(reproduce.EXPERIMENTS, 1):
+    assert f"[{i}/{n}] {name}" in log
 
 
 def _fake_experiment(monkeypatch, name, run):
-    """Registers ``experiments.<name>`` / ``configs.<name>`` modules for reproduce."""
-    module = types.ModuleType(f"experiments.{name}")
-    module.run, module.validate = run, lambda config: _common.check_config(
-        config, {"value": _common.real()})
-    config_module = types.ModuleType(f"configs.{name}")
-    config_module.get_config = lambda variant=None: ml_collections.ConfigDict({"value": 2.0})
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(sys.modules, config_module.__name__, config_module)
+  """Registers ``experiments.<name>`` / ``configs.<name>`` modules for reproduce."""
+  module = types.ModuleType(f"experiments.{name}")
+  module.run, module.validate = (
+    run,
+    lambda config: _common.check_config(config, {"value": _common.real()}),
+  )
+  config_module = types.ModuleType(f"configs.{name}")
+  config_module.get_config = lambda variant=None: ml_collections.ConfigDict({"value": 2.0})
+  monkeypatch.setitem(sys.modules, module.__name__, module)
+  monkeypatch.setitem(sys.modules, config_module.__name__, config_module)
 
 
 def test_report_lists_failed_claims_and_experiments(tmp_path, monkeypatch):
-    def wrong_run(config, workdir):
-        del workdir
-        return {"claims": [_common.claim("x-is-one", "9.9", "x equals one", config.value,
-                                         holds=config.value == 1.0,
-                                         correction=f"x equals {config.value:g}")]}
+  def wrong_run(config, workdir):
+    del workdir
+    return {
+      "claims": [
+        _common.claim(
+          "x-is-one",
+          "9.9",
+          "x equals one",
+          config.value,
+          holds=config.value == 1.0,
+          correction=f"x equals {config.value:g}",
+        )
+      ]
+    }
 
-    def broken_run(config, workdir):
-        raise FloatingPointError("diverged")
+  def broken_run(config, workdir):
+    raise FloatingPointError("diverged")
 
-    _fake_experiment(monkeypatch, "wrong", wrong_run)
-    _fake_experiment(monkeypatch, "broken", broken_run)
-    with pytest.raises(RuntimeError, match="broken"):
-        reproduce.reproduce(tmp_path / "r", names=("wrong", "broken"))
-    text = (tmp_path / "r" / "REPORT.md").read_text("utf-8")
-    assert "| wrong | x equals one | 9.9 | 2 | **fails** |" in text
-    assert "Correct statement: x equals 2." in text
-    assert "| broken | (experiment failed: FloatingPointError: diverged) |" in text
+  _fake_experiment(monkeypatch, "wrong", wrong_run)
+  _fake_experiment(monkeypatch, "broken", broken_run)
+  with pytest.raises(RuntimeError, match="broken"):
+    reproduce.reproduce(tmp_path / "r", names=("wrong", "broken"))
+  text = (tmp_path / "r" / "REPORT.md").read_text("utf-8")
+  assert "| wrong | x equals one | 9.9 | 2 | **fails** |" in text
+  assert "Correct statement: x equals 2." in text
+  assert "| broken | (experiment failed: FloatingPointError: diverged) |" in text
 
 
 def test_bad_config_or_taken_workdir_fail_before_running(tmp_path, monkeypatch):
-    calls = []
-    _fake_experiment(monkeypatch, "counted", lambda config, workdir: calls.append(1))
-    monkeypatch.setattr(sys.modules["configs.counted"], "get_config",
-                        lambda variant=None: ml_collections.ConfigDict({"value": "two"}))
-    with pytest.raises(_common.ConfigError, match="config.value must be a real number"):
-        reproduce.reproduce(tmp_path / "bad", names=("counted",))
-    assert not (tmp_path / "bad").exists() and not calls
-    (tmp_path / "taken").mkdir()
-    (tmp_path / "taken" / "REPORT.md").write_text("old")
-    with pytest.raises(_common.WorkdirError):
-        reproduce.reproduce(tmp_path / "taken", smoke=True)
-    assert (tmp_path / "taken" / "REPORT.md").read_text() == "old"
+  calls = []
+  _fake_experiment(monkeypatch, "counted", lambda config, workdir: calls.append(1))
+  monkeypatch.setattr(
+    sys.modules["configs.counted"],
+    "get_config",
+    lambda variant=None: ml_collections.ConfigDict({"value": "two"}),
+  )
+  with pytest.raises(_common.ConfigError, match="config.value must be a real number"):
+    reproduce.reproduce(tmp_path / "bad", names=("counted",))
+  assert not (tmp_path / "bad").exists() and not calls
+  (tmp_path / "taken").mkdir()
+  (tmp_path / "taken" / "REPORT.md").write_text("old")
+  with pytest.raises(_common.WorkdirError):
+    reproduce.reproduce(tmp_path / "taken", smoke=True)
+  assert (tmp_path / "taken" / "REPORT.md").read_text() == "old"
 
 
 def test_command_line_rejects_unknown_experiment(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.reproduce", "--only=e99", f"--workdir={tmp_path}/r"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error: --only: unknown experiments ['e99']")
-    assert not (tmp_path / "r").exists()
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.reproduce", "--only=e99", f"--workdir={tmp_path}/r"],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert proc.returncode == 2
+  assert proc.stderr.strip().startswith("error: --only: unknown experiments ['e99']")
+  assert not (tmp_path / "r").exists()

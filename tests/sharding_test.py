@@ -26,18 +26,24 @@ RTOL = 1e-12 if jax.config.jax_enable_x64 else 2e-5
 
 
 def _run_on_8_devices(out_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             JAX_ENABLE_X64=str(int(jax.config.jax_enable_x64)))
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
-                      f"{_sharding_worker.NUM_DEVICES}").strip()
-  subprocess.run([sys.executable, "-m", "tests._sharding_worker", str(out_path)], cwd=ROOT,
-                 env=env, check=True, capture_output=True, text=True)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_ENABLE_X64=str(int(jax.config.jax_enable_x64)))
+  env["XLA_FLAGS"] = (
+    env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
+    f"{_sharding_worker.NUM_DEVICES}"
+  ).strip()
+  subprocess.run(
+    [sys.executable, "-m", "tests._sharding_worker", str(out_path)],
+    cwd=ROOT,
+    env=env,
+    check=True,
+    capture_output=True,
+    text=True,
+  )
   with np.load(out_path) as f:
     return dict(f)
 
 
 class ShardingTest(absltest.TestCase):
-
   def test_eight_devices_equal_one(self):
     with tempfile.TemporaryDirectory() as tmp:
       try:

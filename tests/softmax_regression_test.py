@@ -33,23 +33,25 @@ def _np_objective(params, x, y, l2):
 
 
 class SoftmaxRegressionExperimentTest(chex.TestCase):
-
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls.config = _common.load_config("softmax_regression", "smoke")
     workdir = absltest.get_default_test_tmpdir() + "/e6"
-    cls.results = _common.run_experiment("softmax_regression", e6.run, cls.config, workdir,
-                                         validate=e6.validate, overwrite=True)
-    cls.digits = data.load_digits(test_fraction=cls.config.test_fraction,
-                                  seed=cls.config.split_seed)
+    cls.results = _common.run_experiment(
+      "softmax_regression", e6.run, cls.config, workdir, validate=e6.validate, overwrite=True
+    )
+    cls.digits = data.load_digits(
+      test_fraction=cls.config.test_fraction, seed=cls.config.split_seed
+    )
 
   def test_training_reaches_the_sklearn_optimum(self):
     x, y = (np.asarray(a) for a in self.digits.train)
     l2 = self.config.l2
     with threadpool_limits(1, user_api="blas"):  # BLAS threads only slow a small problem
       clf = LogisticRegression(C=1 / (l2 * len(y)), tol=1e-12, max_iter=10_000).fit(
-          x.astype(np.float64), y)
+        x.astype(np.float64), y
+      )
     reference = _np_objective({"w": clf.coef_.T, "b": clf.intercept_}, x, y, l2)
     np.testing.assert_allclose(self.results["reference_objective"], reference, rtol=1e-8)
     value = _np_objective(self.results["final_params"], x, y, l2)
@@ -60,8 +62,7 @@ class SoftmaxRegressionExperimentTest(chex.TestCase):
     params = self.results["final_params"]
     for split in ("train", "test"):
       batch = getattr(self.digits, split)
-      accuracy = np.mean(np.argmax(_np_log_softmax(params, batch.x), axis=1)
-                         == np.asarray(batch.y))
+      accuracy = np.mean(np.argmax(_np_log_softmax(params, batch.x), axis=1) == np.asarray(batch.y))
       self.assertAlmostEqual(self.results[f"{split}_accuracy"], accuracy, places=12)
     self.assertGreater(self.results["test_accuracy"], 0.9)
 
@@ -82,9 +83,14 @@ class SoftmaxRegressionExperimentTest(chex.TestCase):
 
   def test_verdicts(self):
     verdicts = {c["id"]: c["verdict"] for c in self.results["claims"]}
-    self.assertEqual(verdicts, {"2.2-softmax-outputs-a-distribution": "holds",
-                                "2.3-concentrated-means-low-entropy": "holds",
-                                "4.2-gradient-descent-optimises-softmax": "holds"})
+    self.assertEqual(
+      verdicts,
+      {
+        "2.2-softmax-outputs-a-distribution": "holds",
+        "2.3-concentrated-means-low-entropy": "holds",
+        "4.2-gradient-descent-optimises-softmax": "holds",
+      },
+    )
 
   def test_config_errors(self):
     config = _common.load_config("softmax_regression", "smoke")

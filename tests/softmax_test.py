@@ -28,7 +28,6 @@ def _log_softmax_ref(c, dtype, masked=False):
 
 
 class LogSoftmaxTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(c=_grids.CLASS_COUNTS))
   def test_matches_mpmath(self, dtype, c):
@@ -54,7 +53,9 @@ class LogSoftmaxTest(chex.TestCase):
     keep = np.array([True, False, True, True, False, True])
     got = _grids.JIT.log_softmax(z, where=keep)
     np.testing.assert_array_equal(np.asarray(got)[:, ~keep], -np.inf)
-    np.testing.assert_allclose(got[:, keep], _grids.JIT.log_softmax(z[:, keep]), rtol=ref.RTOL[np.dtype(dtype)])
+    np.testing.assert_allclose(
+      got[:, keep], _grids.JIT.log_softmax(z[:, keep]), rtol=ref.RTOL[np.dtype(dtype)]
+    )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_axis(self, dtype):
@@ -71,7 +72,9 @@ class LogSoftmaxTest(chex.TestCase):
     z = _grids.logits(10, dtype)
     c = np.random.default_rng(5).integers(-3, 4, size=z.shape).astype(dtype)
     c = np.where(np.isinf(z), 0, c).astype(dtype)
-    grad = _jit_grad(lambda z: jnp.sum(c * jnp.where(jnp.isinf(z), 0, _grids.JIT.log_softmax(z))))(z)
+    grad = _jit_grad(lambda z: jnp.sum(c * jnp.where(jnp.isinf(z), 0, _grids.JIT.log_softmax(z))))(
+      z
+    )
     chex.assert_tree_all_finite(grad)
     # c - p Σc is the softmax-cross-entropy gradient S p - t with targets t = -c.
     expected = ref.softmax_cross_entropy_grad(z, -c, exact_targets=True)
@@ -82,7 +85,9 @@ class LogSoftmaxTest(chex.TestCase):
     big = _grids.MAX_LOGIT[np.dtype(dtype)]
     z = np.array([[big, -big, -np.inf], [-np.inf, 0.0, -big], [0.0, -np.inf, -np.inf]], dtype)
     for j in range(3):
-      grad = _jit_grad(lambda z, j=j: jnp.sum(_grids.JIT.log_softmax(z)[:, j] * jnp.isfinite(z[:, j])))(z)
+      grad = _jit_grad(
+        lambda z, j=j: jnp.sum(_grids.JIT.log_softmax(z)[:, j] * jnp.isfinite(z[:, j]))
+      )(z)
       chex.assert_tree_all_finite(grad)
 
   def test_check_grads_float64(self):
@@ -91,8 +96,12 @@ class LogSoftmaxTest(chex.TestCase):
     z = np.random.default_rng(8).normal(size=(4, 5)) * 3
     check_grads(_grids.JIT.log_softmax, (z,), order=1, modes=["rev"])
     where = _grids.mask(z.shape, 9)
-    check_grads(lambda z: jnp.where(where, _grids.JIT.log_softmax(z, where=where), 0), (z,), order=1,
-                modes=["rev"])
+    check_grads(
+      lambda z: jnp.where(where, _grids.JIT.log_softmax(z, where=where), 0),
+      (z,),
+      order=1,
+      modes=["rev"],
+    )
 
   def test_jax_nn_loses_the_dominant_class_we_do_not(self):
     # log p_max of a class winning by 30 nats: jax.nn rounds it to 0 (relative error 1).
@@ -119,7 +128,6 @@ class LogSoftmaxTest(chex.TestCase):
 
 
 class ElementwiseTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(_grids.dtype_params())
   def test_tanh_probability_matches_mpmath(self, dtype):
@@ -141,10 +149,16 @@ class ElementwiseTest(chex.TestCase):
   def test_tanh_probability_is_sigmoid_of_2x(self, dtype):
     x = _grids.elementwise_logits(dtype) / 2  # 2x is exact
     # σ(2x) from the reference at the doubled (exact) argument.
-    ref.assert_accurate(_grids.JIT.tanh_probability(x), ref.sigmoid(2 * x), dtype, name="tanh_probability")
+    ref.assert_accurate(
+      _grids.JIT.tanh_probability(x), ref.sigmoid(2 * x), dtype, name="tanh_probability"
+    )
     if hasattr(xj, "sigmoid"):
-      np.testing.assert_allclose(_grids.JIT.tanh_probability(x), _grids.JIT.sigmoid(2 * x),
-                                 rtol=2 * ref.RTOL[np.dtype(dtype)], atol=0)
+      np.testing.assert_allclose(
+        _grids.JIT.tanh_probability(x),
+        _grids.JIT.sigmoid(2 * x),
+        rtol=2 * ref.RTOL[np.dtype(dtype)],
+        atol=0,
+      )
 
   def test_tanh_probability_gradient(self):
     dtype = _grids.DTYPES[-1]

@@ -49,21 +49,25 @@ def _hard_margin_direction(train):
   u0 = np.zeros(a.shape[1])
   u0[-1] = 1.0  # feasible: the pure bias
   result = optimize.minimize(
-      lambda u: u @ u, u0, jac=lambda u: 2 * u, method="SLSQP",
-      constraints={"type": "ineq", "fun": lambda u: a @ u - 1, "jac": lambda u: a},
-      options={"maxiter": 500, "ftol": 1e-14})
+    lambda u: u @ u,
+    u0,
+    jac=lambda u: 2 * u,
+    method="SLSQP",
+    constraints={"type": "ineq", "fun": lambda u: a @ u - 1, "jac": lambda u: a},
+    options={"maxiter": 500, "ftol": 1e-14},
+  )
   return result.x / np.linalg.norm(result.x)
 
 
 class TrainLogisticExperimentTest(chex.TestCase):
-
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls.config = _common.load_config("train_logistic", "smoke")
     workdir = absltest.get_default_test_tmpdir() + "/e5"
-    cls.results = _common.run_experiment("train_logistic", e5.run, cls.config, workdir,
-                                         validate=e5.validate, overwrite=True)
+    cls.results = _common.run_experiment(
+      "train_logistic", e5.run, cls.config, workdir, validate=e5.validate, overwrite=True
+    )
     cls.data = e5._datasets(cls.config)
 
   def test_training_reaches_the_sklearn_optimum(self):
@@ -93,18 +97,22 @@ class TrainLogisticExperimentTest(chex.TestCase):
     self.assertTrue(np.all(np.diff(norms[half:]) > 0))  # still growing at the end
     self.assertTrue(np.all(np.diff(losses[half:]) < 0))  # still falling
     np.testing.assert_allclose(
-        run["final_loss"], _np_objective(run["final_params"], *self.data["breast_cancer"].train,
-                                         0.0), rtol=1e-12)
-    np.testing.assert_allclose(run["final_w_norm"], np.linalg.norm(run["final_params"]["w"]),
-                               rtol=1e-12)
+      run["final_loss"],
+      _np_objective(run["final_params"], *self.data["breast_cancer"].train, 0.0),
+      rtol=1e-12,
+    )
+    np.testing.assert_allclose(
+      run["final_w_norm"], np.linalg.norm(run["final_params"]["w"]), rtol=1e-12
+    )
 
   def _origin_in_hull(self, x, y):
     """LP feasibility: λ ≥ 0, Σ λ = 1, Σ λ_i x_i = 0 over the positive examples."""
     x_pos = np.asarray(x, np.float64)[np.asarray(y) == 1]
     a_eq = np.vstack([x_pos.T, np.ones(len(x_pos))])
     b_eq = np.concatenate([np.zeros(x_pos.shape[1]), [1.0]])
-    return optimize.linprog(np.zeros(len(x_pos)), A_eq=a_eq, b_eq=b_eq,
-                            bounds=(0, None)).status == 0
+    return (
+      optimize.linprog(np.zeros(len(x_pos)), A_eq=a_eq, b_eq=b_eq, bounds=(0, None)).status == 0
+    )
 
   def test_seed_loss_limit_against_an_lp_and_slsqp(self):
     for name in ("synthetic", "breast_cancer"):
@@ -126,9 +134,14 @@ class TrainLogisticExperimentTest(chex.TestCase):
 
   def test_verdicts(self):
     verdicts = {c["id"]: c["verdict"] for c in self.results["claims"]}
-    self.assertEqual(verdicts, {"4.2-gradient-descent-optimises": "partly",
-                                "4.1-loss-trains-the-classifier": "fails",
-                                "5-cross-entropy-trains-classifiers": "holds"})
+    self.assertEqual(
+      verdicts,
+      {
+        "4.2-gradient-descent-optimises": "partly",
+        "4.1-loss-trains-the-classifier": "fails",
+        "5-cross-entropy-trains-classifiers": "holds",
+      },
+    )
 
   def test_config_errors(self):
     config = _common.load_config("train_logistic", "smoke")

@@ -44,8 +44,13 @@ def _fresh_state(params, optimizer):
 
 def _train_synthetic():
   state = _fresh_state(models.init_logistic_regression(5), MOMENTUM_SGD)
-  return training.train_full_batch(state, _synthetic().train, loss_fn=COUNTED_LOGISTIC_LOSS,
-                                   optimizer=MOMENTUM_SGD, num_steps=SYNTHETIC_STEPS)
+  return training.train_full_batch(
+    state,
+    _synthetic().train,
+    loss_fn=COUNTED_LOGISTIC_LOSS,
+    optimizer=MOMENTUM_SGD,
+    num_steps=SYNTHETIC_STEPS,
+  )
 
 
 def _rel_gap(value, reference):
@@ -53,14 +58,14 @@ def _rel_gap(value, reference):
 
 
 class TrainStepTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_sgd_step_is_gradient_descent_with_the_closed_form_gradient(self):
     batch = _synthetic().train
     params = models.init_logistic_regression(5, key=jax.random.key(2), scale=0.5)
     opt = training.sgd(0.3)
-    step = self.variant(functools.partial(training.train_step, loss_fn=LOGISTIC_LOSS,
-                                          optimizer=opt))
+    step = self.variant(
+      functools.partial(training.train_step, loss_fn=LOGISTIC_LOSS, optimizer=opt)
+    )
     state, metrics = step(training.init_train_state(params, opt), batch)
     grad = models.logistic_regression_grad(params, *batch)
     expected = jax.tree.map(lambda p, g: p - 0.3 * g, params, grad)
@@ -88,15 +93,19 @@ class TrainStepTest(chex.TestCase):
     state = _fresh_state(models.init_logistic_regression(5), MOMENTUM_SGD)
     for _ in range(2):  # COUNTED_LOGISTIC_LOSS raises if this retraces.
       new_state, _ = training.train_full_batch(
-          state, _synthetic().train, loss_fn=COUNTED_LOGISTIC_LOSS, optimizer=MOMENTUM_SGD,
-          num_steps=SYNTHETIC_STEPS)
+        state,
+        _synthetic().train,
+        loss_fn=COUNTED_LOGISTIC_LOSS,
+        optimizer=MOMENTUM_SGD,
+        num_steps=SYNTHETIC_STEPS,
+      )
       self.assertTrue(state.params["w"].is_deleted())
       self.assertFalse(new_state.params["w"].is_deleted())
       state = new_state
 
   @parameterized.named_parameters(
-      ("learning_rate", dict(learning_rate=-0.1), "learning_rate must be > 0"),
-      ("momentum", dict(learning_rate=0.1, momentum=1.0), r"momentum must be in \[0, 1\)"),
+    ("learning_rate", dict(learning_rate=-0.1), "learning_rate must be > 0"),
+    ("momentum", dict(learning_rate=0.1, momentum=1.0), r"momentum must be in \[0, 1\)"),
   )
   def test_bad_optimizer_settings_raise(self, kwargs, message):
     with self.assertRaisesRegex(ValueError, message):
@@ -107,15 +116,22 @@ class TrainStepTest(chex.TestCase):
     state = _fresh_state(models.init_logistic_regression(5), opt)
     x, y = _synthetic().train
     with self.assertRaisesRegex(ValueError, r"y must have shape \[N\]=\(2000,\)"):
-      training.train_full_batch(state, (x, y[:-1]), loss_fn=LOGISTIC_LOSS, optimizer=opt,
-                                num_steps=2)
+      training.train_full_batch(
+        state, (x, y[:-1]), loss_fn=LOGISTIC_LOSS, optimizer=opt, num_steps=2
+      )
     with self.assertRaisesRegex(ValueError, r"batch_size must be in \[1, N=2000\]"):
-      training.train_minibatch(state, (x, y), jax.random.key(0), loss_fn=LOGISTIC_LOSS,
-                               optimizer=opt, num_epochs=1, batch_size=4000)
+      training.train_minibatch(
+        state,
+        (x, y),
+        jax.random.key(0),
+        loss_fn=LOGISTIC_LOSS,
+        optimizer=opt,
+        num_epochs=1,
+        batch_size=4000,
+      )
 
 
 class WholeRunTest(chex.TestCase):
-
   def test_full_batch_run_is_the_heavy_ball_recursion_with_the_closed_form_gradient(self):
     state, metrics = _train_synthetic()
     batch = _synthetic().train
@@ -141,8 +157,14 @@ class WholeRunTest(chex.TestCase):
     batch, opt = _small_softmax().train, MINIBATCH_SGD
     key, params = jax.random.key(3), models.init_softmax_regression(4, 3)
     state, metrics = training.train_minibatch(
-        _fresh_state(params, opt), batch, key, loss_fn=SOFTMAX_LOSS, optimizer=opt,
-        num_epochs=3, batch_size=40)
+      _fresh_state(params, opt),
+      batch,
+      key,
+      loss_fn=SOFTMAX_LOSS,
+      optimizer=opt,
+      num_epochs=3,
+      batch_size=40,
+    )
     chex.assert_shape(metrics["loss"], (3, 2))  # 96 // 40 = 2 batches, 16 examples skipped
 
     @jax.jit
@@ -170,8 +192,9 @@ class WholeRunTest(chex.TestCase):
     chex.assert_shape(metrics["loss"], (3, 3, 2))
     for s, key in enumerate(keys):
       init_key, shuffle_key = jax.random.split(key)
-      state, m = training.train_minibatch(_fresh_state(init_fn(init_key), opt), batch,
-                                          shuffle_key, **run)
+      state, m = training.train_minibatch(
+        _fresh_state(init_fn(init_key), opt), batch, shuffle_key, **run
+      )
       run_s = jax.tree.map(lambda a, s=s: a[s], (states.params, metrics))
       chex.assert_trees_all_close(run_s, (state.params, m), rtol=RTOL, atol=RTOL)
     # Different seeds really are different runs.
@@ -199,7 +222,8 @@ class ReachesTheOptimumTest(chex.TestCase):
   def _train(self, params, batch, loss_fn, num_steps, learning_rate):
     opt = training.sgd(learning_rate, momentum=0.9)
     state, metrics = training.train_full_batch(
-        _fresh_state(params, opt), batch, loss_fn=loss_fn, optimizer=opt, num_steps=num_steps)
+      _fresh_state(params, opt), batch, loss_fn=loss_fn, optimizer=opt, num_steps=num_steps
+    )
     return state.params, metrics
 
   def test_synthetic_unpenalised(self):
@@ -215,8 +239,9 @@ class ReachesTheOptimumTest(chex.TestCase):
     l2, dataset = 1e-3, data.load_breast_cancer()
     reference = optimum.logistic_regression_optimum(*dataset.train, l2=l2)
     loss_fn = functools.partial(LOGISTIC_LOSS, l2=l2)
-    params, metrics = self._train(models.init_logistic_regression(30), dataset.train, loss_fn,
-                                  num_steps=400, learning_rate=2.0)
+    params, metrics = self._train(
+      models.init_logistic_regression(30), dataset.train, loss_fn, num_steps=400, learning_rate=2.0
+    )
     objective = lambda p: optimum.logistic_regression_objective(p, *dataset.train, l2=l2)
     self._check_reaches(params, metrics, reference, objective)
     chex.assert_trees_all_close(params, reference.params, rtol=1e-3, atol=1e-3)
@@ -232,8 +257,13 @@ class ReachesTheOptimumTest(chex.TestCase):
     l2, dataset = 1e-2, data.load_digits()
     reference = optimum.softmax_regression_optimum(*dataset.train, 10, l2=l2)
     loss_fn = functools.partial(SOFTMAX_LOSS, l2=l2)
-    params, metrics = self._train(models.init_softmax_regression(64, 10), dataset.train,
-                                  loss_fn, num_steps=300, learning_rate=1.0)
+    params, metrics = self._train(
+      models.init_softmax_regression(64, 10),
+      dataset.train,
+      loss_fn,
+      num_steps=300,
+      learning_rate=1.0,
+    )
     objective = lambda p: optimum.softmax_regression_objective(p, *dataset.train, l2=l2)
     self._check_reaches(params, metrics, reference, objective)
     # W is unique; b only up to a common shift (softmax is shift invariant).
@@ -242,16 +272,21 @@ class ReachesTheOptimumTest(chex.TestCase):
     np.testing.assert_allclose(b - b.mean(), b_ref - b_ref.mean(), rtol=1e-3, atol=1e-3)
 
 
-
 class FeatureMajorTrainingTest(chex.TestCase):
   """Features stored [D, N] (data.feature_major) train exactly like the row-major ones."""
 
   def test_full_batch_equals_row_major(self):
     batch = _synthetic().train
-    runs = [training.train_full_batch(
-        _fresh_state(models.init_logistic_regression(5), MOMENTUM_SGD), (x, batch.y),
-        loss_fn=LOGISTIC_LOSS, optimizer=MOMENTUM_SGD, num_steps=20)
-        for x in (batch.x, data.feature_major(batch.x))]
+    runs = [
+      training.train_full_batch(
+        _fresh_state(models.init_logistic_regression(5), MOMENTUM_SGD),
+        (x, batch.y),
+        loss_fn=LOGISTIC_LOSS,
+        optimizer=MOMENTUM_SGD,
+        num_steps=20,
+      )
+      for x in (batch.x, data.feature_major(batch.x))
+    ]
     (row, row_metrics), (col, col_metrics) = runs
     chex.assert_trees_all_close(col.params, row.params, rtol=RTOL, atol=RTOL)
     np.testing.assert_allclose(col_metrics["loss"], row_metrics["loss"], rtol=RTOL)
@@ -259,10 +294,18 @@ class FeatureMajorTrainingTest(chex.TestCase):
 
   def test_minibatch_epochs_visit_the_same_examples(self):
     batch = _small_softmax().train
-    runs = [training.train_minibatch(
-        _fresh_state(models.init_softmax_regression(4, 3), MINIBATCH_SGD), (x, batch.y),
-        jax.random.key(5), loss_fn=SOFTMAX_LOSS, optimizer=MINIBATCH_SGD, num_epochs=2,
-        batch_size=32) for x in (batch.x, data.feature_major(batch.x))]
+    runs = [
+      training.train_minibatch(
+        _fresh_state(models.init_softmax_regression(4, 3), MINIBATCH_SGD),
+        (x, batch.y),
+        jax.random.key(5),
+        loss_fn=SOFTMAX_LOSS,
+        optimizer=MINIBATCH_SGD,
+        num_epochs=2,
+        batch_size=32,
+      )
+      for x in (batch.x, data.feature_major(batch.x))
+    ]
     (row, row_metrics), (col, col_metrics) = runs
     chex.assert_trees_all_close(col.params, row.params, rtol=RTOL, atol=RTOL)
     np.testing.assert_allclose(col_metrics["loss"], row_metrics["loss"], rtol=RTOL)

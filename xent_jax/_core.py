@@ -27,8 +27,9 @@ def _asarray(x: ArrayLike, name: str, fn: str) -> jax.Array:
   try:
     return jnp.asarray(x)
   except (TypeError, ValueError) as e:
-    raise TypeError(f"{fn}: `{name}` must be an array of numbers, got {type(x).__name__} "
-                    f"({e}).") from None
+    raise TypeError(
+      f"{fn}: `{name}` must be an array of numbers, got {type(x).__name__} ({e})."
+    ) from None
 
 
 def as_float(x: ArrayLike, name: str, fn: str) -> jax.Array:
@@ -36,8 +37,7 @@ def as_float(x: ArrayLike, name: str, fn: str) -> jax.Array:
   x = _asarray(x, name, fn)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(
-        f"{fn}: `{name}` must be a floating-point array, got dtype {x.dtype} "
-        f"with shape {x.shape}."
+      f"{fn}: `{name}` must be a floating-point array, got dtype {x.dtype} with shape {x.shape}."
     )
   if x.dtype in _LOW_PRECISION:
     x = x.astype(jnp.float32)
@@ -49,8 +49,8 @@ def as_labels(labels: ArrayLike, name: str, fn: str) -> jax.Array:
   labels = _asarray(labels, name, fn)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(
-        f"{fn}: `{name}` must hold integer class indices, got dtype {labels.dtype} "
-        f"with shape {labels.shape}."
+      f"{fn}: `{name}` must hold integer class indices, got dtype {labels.dtype} "
+      f"with shape {labels.shape}."
     )
   return labels
 
@@ -72,9 +72,7 @@ def normalize_axis(axis: Axis, ndim: int, name: str, fn: str) -> tuple[int, ...]
   out = []
   for a in axes:
     if not -ndim <= a < ndim:
-      raise ValueError(
-          f"{fn}: `axis`={axis!r} is out of range for `{name}` of rank {ndim}."
-      )
+      raise ValueError(f"{fn}: `axis`={axis!r} is out of range for `{name}` of rank {ndim}.")
     out.append(a % ndim)
   if len(set(out)) != len(out):
     raise ValueError(f"{fn}: `axis`={axis!r} repeats an axis.")
@@ -85,8 +83,8 @@ def check_classes(x: jax.Array, axes: tuple[int, ...], name: str, fn: str) -> No
   """A softmax needs at least one class: a zero-size class axis is a clear ValueError."""
   if any(x.shape[a] == 0 for a in axes):
     raise ValueError(
-        f"{fn}: `{name}` of shape {x.shape} has no classes along axis {axes}; a softmax "
-        "needs at least one."
+      f"{fn}: `{name}` of shape {x.shape} has no classes along axis {axes}; a softmax "
+      "needs at least one."
     )
 
 
@@ -102,7 +100,7 @@ def check_same_shape(fn: str, **arrays: jax.Array) -> None:
   (n1, a1), (n2, a2) = arrays.items()
   if a1.shape != a2.shape:
     raise ValueError(
-        f"{fn}: `{n1}` and `{n2}` must have the same shape, got {a1.shape} and {a2.shape}."
+      f"{fn}: `{n1}` and `{n2}` must have the same shape, got {a1.shape} and {a2.shape}."
     )
 
 
@@ -117,7 +115,7 @@ def as_mask(where: ArrayLike | None, shape: tuple[int, ...], fn: str) -> jax.Arr
     return jnp.broadcast_to(where, shape)
   except ValueError:
     raise ValueError(
-        f"{fn}: `where` of shape {where.shape} does not broadcast to the input shape {shape}."
+      f"{fn}: `where` of shape {where.shape} does not broadcast to the input shape {shape}."
     ) from None
 
 
@@ -131,8 +129,8 @@ def log_scale(base: float | None, fn: str) -> float | None:
     base = float(base)
   except TypeError:
     raise TypeError(
-        f"{fn}: `base` must be a Python number or None (a traced value cannot be checked); "
-        f"got {type(base).__name__}."
+      f"{fn}: `base` must be a Python number or None (a traced value cannot be checked); "
+      f"got {type(base).__name__}."
     ) from None
   if not base > 0 or base == 1 or math.isinf(base):
     raise ValueError(f"{fn}: `base` must be finite, > 0 and != 1, got {base}.")
@@ -152,8 +150,7 @@ def check_smoothing(label_smoothing: float, fn: str) -> float:
     eps = float(label_smoothing)
   except TypeError:
     raise TypeError(
-        f"{fn}: `label_smoothing` must be a Python number, got "
-        f"{type(label_smoothing).__name__}."
+      f"{fn}: `label_smoothing` must be a Python number, got {type(label_smoothing).__name__}."
     ) from None
   if not 0.0 <= eps <= 1.0:
     raise ValueError(f"{fn}: `label_smoothing` must be in [0, 1], got {eps}.")

@@ -24,11 +24,11 @@ def chunk_rows(num_rows: int, row_size: int) -> int:
 
 
 def fix_rows(
-    flags_B: jax.Array,
-    exact_fn: Callable[..., jax.Array],
-    out,
-    *rows: jax.Array,
-    row_size: int,
+  flags_B: jax.Array,
+  exact_fn: Callable[..., jax.Array],
+  out,
+  *rows: jax.Array,
+  row_size: int,
 ) -> jax.Array:
   """``out`` with ``out[b] = exact_fn(*(r[b] for r in rows))`` wherever ``flags_B[b]``.
 
@@ -55,8 +55,7 @@ def fix_rows(
     start, out = state
     index_K = jax.lax.dynamic_slice_in_dim(index, start, k)
     values = exact_fn(*(jnp.take(r, index_K, axis=0, mode="clip") for r in rows))
-    out = jax.tree.map(
-        lambda o, v: o.at[index_K].set(v.astype(o.dtype), mode="drop"), out, values)
+    out = jax.tree.map(lambda o, v: o.at[index_K].set(v.astype(o.dtype), mode="drop"), out, values)
     return start + k, out
 
   _, out = jax.lax.while_loop(lambda state: state[0] < count, body, (jnp.int32(0), out))

@@ -22,18 +22,18 @@ from jax.experimental import checkify
 
 from xent_jax import _core
 from xent_jax.cross_entropy import (
-    binary_cross_entropy,
-    cross_entropy,
-    sigmoid_binary_cross_entropy,
-    softmax_cross_entropy,
-    softmax_cross_entropy_with_integer_labels,
+  binary_cross_entropy,
+  cross_entropy,
+  sigmoid_binary_cross_entropy,
+  softmax_cross_entropy,
+  softmax_cross_entropy_with_integer_labels,
 )
 from xent_jax.divergence import js_divergence, kl_divergence, kl_divergence_from_logits
 from xent_jax.entropy import (
-    binary_entropy,
-    binary_entropy_from_logits,
-    entropy,
-    entropy_from_logits,
+  binary_entropy,
+  binary_entropy_from_logits,
+  entropy,
+  entropy_from_logits,
 )
 from xent_jax.softmax import log_sigmoid, log_softmax, sigmoid, tanh_probability
 
@@ -55,22 +55,22 @@ class _Spec(NamedTuple):
 
 _P, _D, _Z, _B, _Y = _Role  # short names for the table below
 _SPECS: dict[Callable[..., jax.Array], _Spec] = {
-    entropy: _Spec({"probs": _D}),
-    entropy_from_logits: _Spec({"logits": _Z}),
-    binary_entropy: _Spec({"p": _P}),
-    binary_entropy_from_logits: _Spec({"logits": _B}),
-    cross_entropy: _Spec({"p": _D, "q": _D}),
-    softmax_cross_entropy: _Spec({"logits": _Z, "targets": _D}),
-    softmax_cross_entropy_with_integer_labels: _Spec({"logits": _Z, "labels": _Y}, True),
-    binary_cross_entropy: _Spec({"p": _P, "q": _P}),
-    sigmoid_binary_cross_entropy: _Spec({"logits": _B, "labels": _P}),
-    kl_divergence: _Spec({"p": _D, "q": _D}),
-    kl_divergence_from_logits: _Spec({"p_logits": _Z, "q_logits": _Z}),
-    js_divergence: _Spec({"p": _D, "q": _D}),
-    log_softmax: _Spec({"logits": _Z}),
-    sigmoid: _Spec({"x": _B}),
-    log_sigmoid: _Spec({"x": _B}),
-    tanh_probability: _Spec({"x": _B}),
+  entropy: _Spec({"probs": _D}),
+  entropy_from_logits: _Spec({"logits": _Z}),
+  binary_entropy: _Spec({"p": _P}),
+  binary_entropy_from_logits: _Spec({"logits": _B}),
+  cross_entropy: _Spec({"p": _D, "q": _D}),
+  softmax_cross_entropy: _Spec({"logits": _Z, "targets": _D}),
+  softmax_cross_entropy_with_integer_labels: _Spec({"logits": _Z, "labels": _Y}, True),
+  binary_cross_entropy: _Spec({"p": _P, "q": _P}),
+  sigmoid_binary_cross_entropy: _Spec({"logits": _B, "labels": _P}),
+  kl_divergence: _Spec({"p": _D, "q": _D}),
+  kl_divergence_from_logits: _Spec({"p_logits": _Z, "q_logits": _Z}),
+  js_divergence: _Spec({"p": _D, "q": _D}),
+  log_softmax: _Spec({"logits": _Z}),
+  sigmoid: _Spec({"x": _B}),
+  log_sigmoid: _Spec({"x": _B}),
+  tanh_probability: _Spec({"x": _B}),
 }
 _CLASS_AXIS_ROLES = (_Role.DISTRIBUTION, _Role.LOGITS)
 
@@ -207,8 +207,11 @@ def _as_static(value):
   """Options (axis, base, label_smoothing) as hashable jit-static values: lists to tuples."""
   if isinstance(value, list | tuple):
     return tuple(_as_static(v) for v in value)
-  if isinstance(value, np.ndarray | jax.Array) and value.shape == () and not isinstance(
-      value, jax.core.Tracer):
+  if (
+    isinstance(value, np.ndarray | jax.Array)
+    and value.shape == ()
+    and not isinstance(value, jax.core.Tracer)
+  ):
     return value.item()
   return value
 
@@ -234,9 +237,14 @@ def _check_values(fn, axes, axis_as_given, arrays, where) -> None:
   shape = arrays[first].shape
   mask = None if where is None else jnp.broadcast_to(where, shape)
   if mask is not None and not spec.padding:
-    _check(name, ~jnp.any(mask, axis=axes), jnp.sum(mask, axis=axes),
-           "`where` must include at least one class of every example", "example",
-           "included classes")
+    _check(
+      name,
+      ~jnp.any(mask, axis=axes),
+      jnp.sum(mask, axis=axes),
+      "`where` must include at least one class of every example",
+      "example",
+      "included classes",
+    )
   for arg, role in spec.roles.items():
     x = arrays[arg]
     if role is _Role.LABELS:
@@ -254,32 +262,57 @@ def _check_values(fn, axes, axis_as_given, arrays, where) -> None:
       total = jnp.sum(_core.masked(x, mask), axis=axes)
       k = math.prod(x.shape[a] for a in axes)
       tol = sum_tolerance(eps_dtype, k)
-      _check(name, jnp.abs(total - 1) > tol, total,
-             f"`{arg}` must sum to 1 along axis {axis_as_given} (|sum - 1| ≤ {tol:.2g})",
-             "example", "sum")
+      _check(
+        name,
+        jnp.abs(total - 1) > tol,
+        total,
+        f"`{arg}` must sum to 1 along axis {axis_as_given} (|sum - 1| ≤ {tol:.2g})",
+        "example",
+        "sum",
+      )
     if role is _Role.LOGITS:
-      _check(name, included & (x == jnp.inf), x,
-             f"`{arg}` must not be +inf (-inf is a class of probability 0)")
+      _check(
+        name,
+        included & (x == jnp.inf),
+        x,
+        f"`{arg}` must not be +inf (-inf is a class of probability 0)",
+      )
       finite = jnp.any(included & (x > -jnp.inf), axis=axes)
       # Every example needs a class of positive probability; padding examples need none.
       required = jnp.any(mask, axis=axes) if mask is not None and spec.padding else True
-      _check(name, required & ~finite, jnp.max(jnp.where(included, x, -jnp.inf), axis=axes),
-             f"`{arg}` must have a finite logit among the included classes of every example",
-             "example", "max logit")
+      _check(
+        name,
+        required & ~finite,
+        jnp.max(jnp.where(included, x, -jnp.inf), axis=axes),
+        f"`{arg}` must have a finite logit among the included classes of every example",
+        "example",
+        "max logit",
+      )
 
 
 def _check_labels(name, labels, num_classes, mask, axis) -> None:
   """Labels in [0, C) naming an included class, except in examples fully excluded."""
   row_included = jnp.ones(labels.shape, bool) if mask is None else jnp.any(mask, axis=axis)
   in_range = (labels >= 0) & (labels < num_classes)
-  _check(name, row_included & ~in_range, labels,
-         f"`labels` must be in [0, {num_classes}) except in examples fully excluded by "
-         "`where`", "example", "label")
+  _check(
+    name,
+    row_included & ~in_range,
+    labels,
+    f"`labels` must be in [0, {num_classes}) except in examples fully excluded by `where`",
+    "example",
+    "label",
+  )
   if mask is not None:
     safe = jnp.expand_dims(jnp.where(in_range, labels, 0), axis)
     label_included = jnp.squeeze(jnp.take_along_axis(mask, safe, axis=axis), axis)
-    _check(name, row_included & in_range & ~label_included, labels,
-           "`labels` must name a class included by `where`", "example", "label")
+    _check(
+      name,
+      row_included & in_range & ~label_included,
+      labels,
+      "`labels` must name a class included by `where`",
+      "example",
+      "label",
+    )
 
 
 def _check(fn, bad, values, rule, kind="entry", value_name="value") -> None:
@@ -290,8 +323,10 @@ def _check(fn, bad, values, rule, kind="entry", value_name="value") -> None:
   # Unravelled with plain integer ops (flat ≥ 0): jnp.unravel_index's sign handling and
   # bounds clamping would triple the size of the compiled checks.
   as_int = functools.partial(jnp.asarray, dtype=flat.dtype)
-  index = [jax.lax.rem(jax.lax.div(flat, as_int(math.prod(bad.shape[k + 1 :]))),
-                       as_int(bad.shape[k])) for k in range(bad.ndim)]
+  index = [
+    jax.lax.rem(jax.lax.div(flat, as_int(math.prod(bad.shape[k + 1 :]))), as_int(bad.shape[k]))
+    for k in range(bad.ndim)
+  ]
   slots = ", ".join(["{}"] * bad.ndim) + ("," if bad.ndim == 1 else "")
   rule = rule.replace("{", "{{").replace("}", "}}")
   # float32 needs 8 digits to tell 1 + k·eps from 1; float64 and ints print exactly with {}.

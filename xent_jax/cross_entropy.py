@@ -17,28 +17,28 @@ from jax.typing import ArrayLike
 
 from xent_jax import _core, _rows
 from xent_jax.softmax import (
-    accurate_lse,
-    as_rows,
-    exact_guard,
-    is_fast_case,
-    log_normalizer,
-    masked_logits,
-    row_max,
-    row_sum,
-    separate,
-    shift,
-    softmax_stats,
-    with_inf_guard,
+  accurate_lse,
+  as_rows,
+  exact_guard,
+  is_fast_case,
+  log_normalizer,
+  masked_logits,
+  row_max,
+  row_sum,
+  separate,
+  shift,
+  softmax_stats,
+  with_inf_guard,
 )
 
 
 def cross_entropy(
-    p: ArrayLike,
-    q: ArrayLike,
-    axis: _core.Axis = -1,
-    *,
-    where: ArrayLike | None = None,
-    base: float | None = None,
+  p: ArrayLike,
+  q: ArrayLike,
+  axis: _core.Axis = -1,
+  *,
+  where: ArrayLike | None = None,
+  base: float | None = None,
 ) -> jax.Array:
   r"""Cross-entropy of a model distribution q relative to a target p (seed §3.1).
 
@@ -123,7 +123,7 @@ def _softmax_xent_bwd(axes, eps, res, g):
   # one-hot targets q - 1 = expm1(log q) keeps the precision that 1 - q ≈ Σ_{j≠y} q_j has.
   log_q = d - lse
   grad_logits = g * jnp.where(
-      log_q > -_LOG2, t_sum * jnp.expm1(log_q) + (t_sum - t), t_sum * jnp.exp(log_q) - t
+    log_q > -_LOG2, t_sum * jnp.expm1(log_q) + (t_sum - t), t_sum * jnp.exp(log_q) - t
   )
   # ∂H/∂t = -log q = L - d: +inf on an impossible class, except where t = 0 there (the
   # 0·log 0 term is the constant 0); 0 where excluded. The smoothing has slope (1-ε).
@@ -160,11 +160,13 @@ def _softmax_xent_fast(z_BxC, t_BxC):
   d = z_BxC - jnp.max(z_BxC, axis=1, keepdims=True)
   e = jnp.exp(d)
   ties = jnp.floor(e)  # 1 at each maximum, else 0
-  lse = jnp.log1p(jnp.sum(e - ties, axis=1, keepdims=True)
-                  + (jnp.sum(ties, axis=1, keepdims=True) - 1))
+  lse = jnp.log1p(
+    jnp.sum(e - ties, axis=1, keepdims=True) + (jnp.sum(ties, axis=1, keepdims=True) - 1)
+  )
   loss = row_sum(t_BxC * (lse - d), (1,))[:, 0]
-  return _rows.fix_rows(~jnp.isfinite(loss), _exact_softmax_xent, loss, z_BxC, t_BxC,
-                        row_size=z_BxC.shape[1])
+  return _rows.fix_rows(
+    ~jnp.isfinite(loss), _exact_softmax_xent, loss, z_BxC, t_BxC, row_size=z_BxC.shape[1]
+  )
 
 
 def _softmax_xent_fast_fwd(z_BxC, t_BxC):
@@ -188,8 +190,9 @@ def _softmax_xent_fast_bwd(res, g_B):
   at_max = t_sum * (-jnp.expm1(lse) / total) + (t_sum - t_BxC)  # Σt·(1/S - 1) + (Σt - t)
   grad_z = g * jnp.where(e >= 1, at_max, t_sum * (e / total) - t_BxC)
   grad_t = g * (lse - (z_BxC - m))
-  grads = _rows.fix_rows(bad, _exact_softmax_xent_grads, (grad_z, grad_t), z_BxC, t_BxC, g_B,
-                         row_size=z_BxC.shape[1])
+  grads = _rows.fix_rows(
+    bad, _exact_softmax_xent_grads, (grad_z, grad_t), z_BxC, t_BxC, g_B, row_size=z_BxC.shape[1]
+  )
   return grads
 
 
@@ -197,13 +200,13 @@ _softmax_xent_fast.defvjp(_softmax_xent_fast_fwd, _softmax_xent_fast_bwd)
 
 
 def softmax_cross_entropy(
-    logits: ArrayLike,
-    targets: ArrayLike,
-    axis: _core.Axis = -1,
-    *,
-    where: ArrayLike | None = None,
-    label_smoothing: float = 0.0,
-    base: float | None = None,
+  logits: ArrayLike,
+  targets: ArrayLike,
+  axis: _core.Axis = -1,
+  *,
+  where: ArrayLike | None = None,
+  label_smoothing: float = 0.0,
+  base: float | None = None,
 ) -> jax.Array:
   r"""Cross-entropy between target distributions and softmax(logits), tail-accurate.
 
@@ -362,8 +365,9 @@ def _int_xent_fast(z_BxC, y_B):
   many = jnp.sum(dominant) > num_rows // 8
   mass = jax.lax.cond(many, non_label_mass, lambda: jnp.zeros_like(total))
   loss = jnp.where(many & dominant, jnp.log1p(mass), loss)
-  loss = _rows.fix_rows(bad | (dominant & ~many), _exact_int_xent, loss, z_BxC, y_B,
-                        row_size=num_classes)
+  loss = _rows.fix_rows(
+    bad | (dominant & ~many), _exact_int_xent, loss, z_BxC, y_B, row_size=num_classes
+  )
   return jnp.where(valid, loss, jnp.nan)
 
 
@@ -374,8 +378,7 @@ def _int_xent_fast_fwd(z_BxC, y_B):
   e = jnp.exp(u).at[rows, y_clipped].set(0)  # becomes the gradient, in place
   mass = jnp.sum(e, axis=1)
   bad = ~(mass < jnp.inf)
-  loss = _rows.fix_rows(bad, _exact_int_xent, jnp.log1p(mass), z_BxC, y_B,
-                        row_size=num_classes)
+  loss = _rows.fix_rows(bad, _exact_int_xent, jnp.log1p(mass), z_BxC, y_B, row_size=num_classes)
   return jnp.where(valid, loss, jnp.nan), (z_BxC, y_B, e, mass, bad)
 
 
@@ -384,10 +387,8 @@ def _int_xent_fast_bwd(res, g_B):
   _, y_clipped, valid = _label_shift(z_BxC, y_B)
   g_B = jnp.where(valid, g_B, 0)
   total = 1 + mass
-  grad = (e * (g_B / total)[:, None]).at[jnp.arange(len(y_B)), y_clipped].set(
-      -g_B * (mass / total))
-  grad = _rows.fix_rows(bad, _exact_int_xent_grad, grad, z_BxC, y_B, g_B,
-                        row_size=z_BxC.shape[1])
+  grad = (e * (g_B / total)[:, None]).at[jnp.arange(len(y_B)), y_clipped].set(-g_B * (mass / total))
+  grad = _rows.fix_rows(bad, _exact_int_xent_grad, grad, z_BxC, y_B, g_B, row_size=z_BxC.shape[1])
   return grad, None
 
 
@@ -395,13 +396,13 @@ _int_xent_fast.defvjp(_int_xent_fast_fwd, _int_xent_fast_bwd)
 
 
 def softmax_cross_entropy_with_integer_labels(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    axis: int = -1,
-    *,
-    where: ArrayLike | None = None,
-    label_smoothing: float = 0.0,
-    base: float | None = None,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  axis: int = -1,
+  *,
+  where: ArrayLike | None = None,
+  label_smoothing: float = 0.0,
+  base: float | None = None,
 ) -> jax.Array:
   r"""Softmax cross-entropy with integer class labels, tail-accurate (seed §4.1, multi-class).
 
@@ -442,8 +443,8 @@ def softmax_cross_entropy_with_integer_labels(
   expected = logits.shape[:axis] + logits.shape[axis + 1 :]
   if labels.shape != expected:
     raise ValueError(
-        f"{fn}: `labels` must have the shape of `logits` without the class axis {axis}, "
-        f"i.e. {expected}; got labels {labels.shape} for logits {logits.shape}."
+      f"{fn}: `labels` must have the shape of `logits` without the class axis {axis}, "
+      f"i.e. {expected}; got labels {labels.shape} for logits {logits.shape}."
     )
   mask = _core.as_mask(where, logits.shape, fn)
   eps = _core.check_smoothing(label_smoothing, fn)
@@ -524,11 +525,11 @@ _sigmoid_xent.defvjp(_sigmoid_xent_fwd, _sigmoid_xent_bwd)
 
 
 def sigmoid_binary_cross_entropy(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    label_smoothing: float = 0.0,
-    base: float | None = None,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  *,
+  label_smoothing: float = 0.0,
+  base: float | None = None,
 ) -> jax.Array:
   r"""Elementwise H(y, σ(z)), the logistic-regression loss (seed §4.1–4.2), tail-accurate.
 

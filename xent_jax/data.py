@@ -25,15 +25,15 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "Batch",
-    "Dataset",
-    "FeatureMajor",
-    "feature_major",
-    "load_breast_cancer",
-    "load_digits",
-    "make_logistic_data",
-    "make_softmax_data",
-    "standardize",
+  "Batch",
+  "Dataset",
+  "FeatureMajor",
+  "feature_major",
+  "load_breast_cancer",
+  "load_digits",
+  "make_logistic_data",
+  "make_softmax_data",
+  "standardize",
 ]
 
 
@@ -133,7 +133,7 @@ def _split_standardize(x, y, *, test_fraction: float, seed: int, num_classes: in
   from sklearn.model_selection import train_test_split  # Optional dependency: lazy.
 
   x_tr, x_te, y_tr, y_te = train_test_split(
-      x, y, test_size=test_fraction, random_state=seed, stratify=y
+    x, y, test_size=test_fraction, random_state=seed, stratify=y
   )
   x_tr, x_te = standardize(x_tr, x_te)
   return Dataset(_as_batch(x_tr, y_tr), _as_batch(x_te, y_te), num_classes)
@@ -191,13 +191,13 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
 
 
 def make_logistic_data(
-    seed: int,
-    num_train: int = 2000,
-    num_test: int = 1000,
-    num_features: int = 5,
-    *,
-    weight_scale: float = 1.0,
-    bias: float = 0.5,
+  seed: int,
+  num_train: int = 2000,
+  num_test: int = 1000,
+  num_features: int = 5,
+  *,
+  weight_scale: float = 1.0,
+  bias: float = 0.5,
 ) -> Dataset:
   r"""Binary labels drawn from a known logistic model (seed §4), non-separable.
 
@@ -237,13 +237,13 @@ def make_logistic_data(
 
 
 def make_softmax_data(
-    seed: int,
-    num_train: int = 2000,
-    num_test: int = 1000,
-    num_features: int = 5,
-    num_classes: int = 3,
-    *,
-    weight_scale: float = 1.0,
+  seed: int,
+  num_train: int = 2000,
+  num_test: int = 1000,
+  num_features: int = 5,
+  num_classes: int = 3,
+  *,
+  weight_scale: float = 1.0,
 ) -> Dataset:
   r"""Integer labels drawn from a known softmax-regression model (seed §2.2), non-separable.
 

@@ -21,12 +21,12 @@ def _nonnegative(x: jax.Array) -> jax.Array:
 
 
 def kl_divergence(
-    p: ArrayLike,
-    q: ArrayLike,
-    axis: _core.Axis = -1,
-    *,
-    where: ArrayLike | None = None,
-    base: float | None = None,
+  p: ArrayLike,
+  q: ArrayLike,
+  axis: _core.Axis = -1,
+  *,
+  where: ArrayLike | None = None,
+  base: float | None = None,
 ) -> jax.Array:
   r"""Kullback–Leibler divergence KL(p‖q) of model q from target p.
 
@@ -56,12 +56,12 @@ def kl_divergence(
 
 
 def kl_divergence_from_logits(
-    p_logits: ArrayLike,
-    q_logits: ArrayLike,
-    axis: _core.Axis = -1,
-    *,
-    where: ArrayLike | None = None,
-    base: float | None = None,
+  p_logits: ArrayLike,
+  q_logits: ArrayLike,
+  axis: _core.Axis = -1,
+  *,
+  where: ArrayLike | None = None,
+  base: float | None = None,
 ) -> jax.Array:
   r"""KL(softmax(p_logits) ‖ softmax(q_logits)), from tail-accurate log-softmaxes.
 
@@ -88,7 +88,7 @@ def kl_divergence_from_logits(
   """
   fn = "kl_divergence_from_logits"
   p_logits, q_logits, axes, mask, scale = _core.distribution_pair(
-      fn, p_logits, q_logits, axis, where, base, names=("p_logits", "q_logits")
+    fn, p_logits, q_logits, axis, where, base, names=("p_logits", "q_logits")
   )
   _core.check_classes(p_logits, axes, "p_logits", fn)
   log_p = _log_softmax(p_logits, axes, mask)
@@ -102,12 +102,12 @@ def kl_divergence_from_logits(
 
 
 def js_divergence(
-    p: ArrayLike,
-    q: ArrayLike,
-    axis: _core.Axis = -1,
-    *,
-    where: ArrayLike | None = None,
-    base: float | None = None,
+  p: ArrayLike,
+  q: ArrayLike,
+  axis: _core.Axis = -1,
+  *,
+  where: ArrayLike | None = None,
+  base: float | None = None,
 ) -> jax.Array:
   r"""Jensen–Shannon divergence, the symmetrised and bounded KL.
 

@@ -16,26 +16,26 @@ from jax.typing import ArrayLike
 
 from xent_jax import _core, _rows
 from xent_jax.softmax import (
-    as_rows,
-    clamp_neg_inf,
-    exact_guard,
-    is_fast_case,
-    log_normalizer,
-    masked_logits,
-    row_max,
-    row_sum,
-    separate,
-    shift,
-    with_inf_guard,
+  as_rows,
+  clamp_neg_inf,
+  exact_guard,
+  is_fast_case,
+  log_normalizer,
+  masked_logits,
+  row_max,
+  row_sum,
+  separate,
+  shift,
+  with_inf_guard,
 )
 
 
 def entropy(
-    probs: ArrayLike,
-    axis: _core.Axis = -1,
-    *,
-    where: ArrayLike | None = None,
-    base: float | None = None,
+  probs: ArrayLike,
+  axis: _core.Axis = -1,
+  *,
+  where: ArrayLike | None = None,
+  base: float | None = None,
 ) -> jax.Array:
   r"""Shannon entropy of a probability vector (seed §2.1, §2.3).
 
@@ -165,7 +165,8 @@ def _entropy_fast_bwd(res, g_B):
   r = jnp.maximum(d, lowest) - d_bar  # as clamp_neg_inf: finite where d = -inf (q = 0)
   low = x < _UNDERFLOW[x.dtype]
   grad = (jnp.exp(x + jnp.where(low, _RAISE, 0.0)) * r) * (
-      -g_B[:, None] * jnp.where(low, math.exp(-_RAISE), 1.0))
+    -g_B[:, None] * jnp.where(low, math.exp(-_RAISE), 1.0)
+  )
   grad = _rows.fix_rows(bad, _exact_entropy_grad, grad, z_BxC, g_B, row_size=z_BxC.shape[1])
   return (grad,)
 
@@ -179,11 +180,11 @@ _entropy_fast.defvjp(_entropy_fast_fwd, _entropy_fast_bwd)
 
 
 def entropy_from_logits(
-    logits: ArrayLike,
-    axis: _core.Axis = -1,
-    *,
-    where: ArrayLike | None = None,
-    base: float | None = None,
+  logits: ArrayLike,
+  axis: _core.Axis = -1,
+  *,
+  where: ArrayLike | None = None,
+  base: float | None = None,
 ) -> jax.Array:
   r"""Entropy of softmax(logits), exact in the tails (seed §2.3).
 

@@ -96,11 +96,14 @@ def _device_data(x_NxD, y_N):
 def _check(x_NxD, y_N, l2: float):
   shape = np.shape(x_NxD)
   if len(shape) != 2 or shape[0] == 0:
-    raise ValueError(f"fit_logistic_regression: `x_NxD` must be a non-empty [N, D] array; "
-                     f"got shape {shape}.")
+    raise ValueError(
+      f"fit_logistic_regression: `x_NxD` must be a non-empty [N, D] array; got shape {shape}."
+    )
   if np.shape(y_N) != (shape[0],):
-    raise ValueError(f"fit_logistic_regression: `y_N` must have shape ({shape[0]},) to match "
-                     f"`x_NxD`; got {np.shape(y_N)}.")
+    raise ValueError(
+      f"fit_logistic_regression: `y_N` must have shape ({shape[0]},) to match "
+      f"`x_NxD`; got {np.shape(y_N)}."
+    )
   y = np.asarray(y_N, np.float64)
   if not np.all((y >= 0) & (y <= 1)):
     raise ValueError("fit_logistic_regression: `y_N` must hold labels in [0, 1].")
@@ -109,14 +112,14 @@ def _check(x_NxD, y_N, l2: float):
 
 
 def fit_logistic_regression(
-    x_NxD,
-    y_N,
-    *,
-    l2: float = 0.0,
-    tol: float = 1e-9,
-    max_iter: int = 100,
-    memory: int = 10,
-    warm_start: int = 16384,
+  x_NxD,
+  y_N,
+  *,
+  l2: float = 0.0,
+  tol: float = 1e-9,
+  max_iter: int = 100,
+  memory: int = 10,
+  warm_start: int = 16384,
 ) -> Fit:
   r"""Minimises the (optionally L2-penalised) mean binary cross-entropy with L-BFGS.
 
@@ -176,14 +179,15 @@ def fit_logistic_regression(
       y_sub = np.asarray(y_N[::stride], np.float64)
       sub_gradient = lambda t: _host_gradient_sums(t, x_sub, y_sub) / len(y_sub) + penalty * t
       with optimum.single_threaded_blas():  # the other core compiles
-        theta, _, history, _, _ = _lbfgs(sub_gradient, theta, [], tol=tol, max_iter=max_iter,
-                                         memory=memory)
+        theta, _, history, _, _ = _lbfgs(
+          sub_gradient, theta, [], tol=tol, max_iter=max_iter, memory=memory
+        )
     gradient_sums = compiled.result()
-  theta, g, _, iterations, gap = _lbfgs(gradient, theta, history, tol=tol, max_iter=max_iter,
-                                        memory=memory)
+  theta, g, _, iterations, gap = _lbfgs(
+    gradient, theta, history, tol=tol, max_iter=max_iter, memory=memory
+  )
   params = {"w": theta[:-1], "b": np.asarray(theta[-1])}
-  return Fit(params, float(np.linalg.norm(g)), float(gap), iterations, counter[0],
-             bool(gap <= tol))
+  return Fit(params, float(np.linalg.norm(g)), float(gap), iterations, counter[0], bool(gap <= tol))
 
 
 def _host_gradient_sums(theta, x_NxD: np.ndarray, y_N: np.ndarray) -> np.ndarray:

@@ -28,8 +28,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from xent_jax.cross_entropy import (
-    sigmoid_binary_cross_entropy,
-    softmax_cross_entropy_with_integer_labels,
+  sigmoid_binary_cross_entropy,
+  softmax_cross_entropy_with_integer_labels,
 )
 from xent_jax.data import FeatureMajor
 from xent_jax.softmax import log_sigmoid, log_softmax, sigmoid
@@ -37,17 +37,17 @@ from xent_jax.softmax import log_sigmoid, log_softmax, sigmoid
 Params = dict[str, jax.Array]
 
 __all__ = [
-    "init_logistic_regression",
-    "logistic_regression_logits",
-    "logistic_regression_probs",
-    "logistic_regression_loss",
-    "logistic_regression_grad",
-    "seed_section_4_1_loss",
-    "init_softmax_regression",
-    "softmax_regression_logits",
-    "softmax_regression_probs",
-    "softmax_regression_loss",
-    "softmax_regression_grad",
+  "init_logistic_regression",
+  "logistic_regression_logits",
+  "logistic_regression_probs",
+  "logistic_regression_loss",
+  "logistic_regression_grad",
+  "seed_section_4_1_loss",
+  "init_softmax_regression",
+  "softmax_regression_logits",
+  "softmax_regression_probs",
+  "softmax_regression_loss",
+  "softmax_regression_grad",
 ]
 
 
@@ -70,8 +70,8 @@ def _check_features(x_NxD, w_shape: tuple[int, ...]) -> tuple[jax.Array, bool]:
     x = x.astype(_float_dtype())
   if x.shape[d_axis] != w_shape[0]:
     raise ValueError(
-        f"x has {x.shape[d_axis]} features but params['w'] has shape {w_shape}; "
-        f"got {name}.shape={x.shape}."
+      f"x has {x.shape[d_axis]} features but params['w'] has shape {w_shape}; "
+      f"got {name}.shape={x.shape}."
     )
   return x, feature_major
 
@@ -81,7 +81,7 @@ def _check_labels(y_N: ArrayLike, num_examples: int, *, high: int, integer: bool
   y_N = jnp.asarray(y_N)
   if y_N.shape != (num_examples,):
     raise ValueError(
-        f"y must have shape [N]=({num_examples},) to match x; got y.shape={y_N.shape}."
+      f"y must have shape [N]=({num_examples},) to match x; got y.shape={y_N.shape}."
     )
   if integer and not jnp.issubdtype(y_N.dtype, jnp.integer):
     raise TypeError(f"y must hold integer class labels; got y.dtype={y_N.dtype}.")
@@ -100,8 +100,8 @@ def _check_params(params: Params, ndim: int) -> None:
   if len(w_shape) != ndim or b_shape != w_shape[1:]:
     want = "w [D], b []" if ndim == 1 else "w [D, K], b [K]"
     raise ValueError(
-        f"params must have shapes {want}; got params['w'].shape={w_shape}, "
-        f"params['b'].shape={b_shape}."
+      f"params must have shapes {want}; got params['w'].shape={w_shape}, "
+      f"params['b'].shape={b_shape}."
     )
 
 
@@ -122,7 +122,7 @@ def _init(shape_w, shape_b, *, key, scale, dtype) -> Params:
 
 
 def init_logistic_regression(
-    num_features: int, *, key: jax.Array | None = None, scale: float = 0.01, dtype=None
+  num_features: int, *, key: jax.Array | None = None, scale: float = 0.01, dtype=None
 ) -> Params:
   r"""Initial logistic-regression parameters ``{"w": [D], "b": []}``.
 
@@ -192,7 +192,7 @@ def logistic_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
 
 
 def logistic_regression_loss(
-    params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
+  params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
 ) -> jax.Array:
   r"""Mean binary cross-entropy of logistic regression, plus an optional L2 penalty.
 
@@ -226,7 +226,7 @@ def logistic_regression_loss(
 
 
 def logistic_regression_grad(
-    params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
+  params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
 ) -> Params:
   r"""Closed-form gradient of :func:`logistic_regression_loss` (seed §4.2).
 
@@ -299,12 +299,12 @@ def seed_section_4_1_loss(params: Params, x_NxD: ArrayLike, y_N: ArrayLike) -> j
 
 
 def init_softmax_regression(
-    num_features: int,
-    num_classes: int,
-    *,
-    key: jax.Array | None = None,
-    scale: float = 0.01,
-    dtype=None,
+  num_features: int,
+  num_classes: int,
+  *,
+  key: jax.Array | None = None,
+  scale: float = 0.01,
+  dtype=None,
 ) -> Params:
   r"""Initial softmax-regression parameters ``{"w": [D, K], "b": [K]}``.
 
@@ -374,7 +374,7 @@ def softmax_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
 
 
 def softmax_regression_loss(
-    params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
+  params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
 ) -> jax.Array:
   r"""Mean softmax cross-entropy with integer labels, plus an optional L2 penalty.
 
@@ -406,7 +406,7 @@ def softmax_regression_loss(
 
 
 def softmax_regression_grad(
-    params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
+  params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
 ) -> Params:
   r"""Closed-form gradient of :func:`softmax_regression_loss`.
 

@@ -24,11 +24,11 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = [
-    "Optimum",
-    "logistic_regression_objective",
-    "logistic_regression_optimum",
-    "softmax_regression_objective",
-    "softmax_regression_optimum",
+  "Optimum",
+  "logistic_regression_objective",
+  "logistic_regression_optimum",
+  "softmax_regression_objective",
+  "softmax_regression_optimum",
 ]
 
 
@@ -165,7 +165,7 @@ def _minimize(value_and_grad, params0, *, tol: float, max_iter: int) -> Optimum:
 
 
 def logistic_regression_optimum(
-    x_NxD, y_N, *, l2: float = 0.0, tol: float = 1e-11, max_iter: int = 20_000
+  x_NxD, y_N, *, l2: float = 0.0, tol: float = 1e-11, max_iter: int = 20_000
 ) -> Optimum:
   r"""Float64 minimiser of the logistic-regression objective (scipy L-BFGS-B).
 
@@ -196,7 +196,7 @@ def logistic_regression_optimum(
 
 
 def softmax_regression_optimum(
-    x_NxD, y_N, num_classes: int, *, l2: float = 0.0, tol: float = 1e-11, max_iter: int = 20_000
+  x_NxD, y_N, num_classes: int, *, l2: float = 0.0, tol: float = 1e-11, max_iter: int = 20_000
 ) -> Optimum:
   r"""Float64 minimiser of the softmax-regression objective (scipy L-BFGS-B).
 

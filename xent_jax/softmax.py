@@ -84,9 +84,9 @@ def with_inf_guard(fn, z: jax.Array, m: jax.Array):
   """
   fast = fn(z, m, exact=False)
   return jax.lax.cond(
-      jnp.any(m == jnp.inf),
-      lambda: fn(z, m, exact=True),
-      lambda: fast,
+    jnp.any(m == jnp.inf),
+    lambda: fn(z, m, exact=True),
+    lambda: fast,
   )
 
 
@@ -162,9 +162,11 @@ def accurate_lse(e: jax.Array, total: jax.Array, needed: jax.Array) -> jax.Array
   ``log(total)`` is accurate where total ≥ 2; below, L = log1p of the non-maximal mass,
   Σ (e - floor e), which costs one more pass over ``e`` -- run only if some row needs it.
   """
+
   def exact():
-    return jnp.where(total < 2, jnp.log1p(jnp.sum(e - jnp.floor(e), axis=1, keepdims=True)),
-                     jnp.log(total))
+    return jnp.where(
+      total < 2, jnp.log1p(jnp.sum(e - jnp.floor(e), axis=1, keepdims=True)), jnp.log(total)
+    )
 
   return jax.lax.cond(jnp.any(needed), exact, lambda: jnp.log(total))
 
@@ -204,7 +206,7 @@ _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
 
 
 def log_softmax(
-    logits: ArrayLike, axis: _core.Axis = -1, *, where: ArrayLike | None = None
+  logits: ArrayLike, axis: _core.Axis = -1, *, where: ArrayLike | None = None
 ) -> jax.Array:
   r"""Tail-accurate log-softmax.
 

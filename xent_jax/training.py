@@ -65,17 +65,17 @@ Batch = tuple[jax.Array, jax.Array]  # (x_NxD, y_N); `xent_jax.data.Batch` is on
 LossFn = Callable[[Params, jax.Array, jax.Array], jax.Array]
 
 __all__ = [
-    "TrainState",
-    "init_train_state",
-    "sgd",
-    "train_step",
-    "train_full_batch",
-    "train_minibatch",
-    "train_seeds",
-    "make_data_mesh",
-    "data_sharding",
-    "shard_batch",
-    "replicate",
+  "TrainState",
+  "init_train_state",
+  "sgd",
+  "train_step",
+  "train_full_batch",
+  "train_minibatch",
+  "train_seeds",
+  "make_data_mesh",
+  "data_sharding",
+  "shard_batch",
+  "replicate",
 ]
 
 
@@ -110,7 +110,7 @@ def init_train_state(params: Params, optimizer: optax.GradientTransformation) ->
 
 
 def sgd(
-    learning_rate: float, *, momentum: float | None = None, nesterov: bool = False
+  learning_rate: float, *, momentum: float | None = None, nesterov: bool = False
 ) -> optax.GradientTransformation:
   r"""Stochastic gradient descent, the default optimiser (``optax.sgd``).
 
@@ -144,7 +144,7 @@ def _global_norm(tree: Params) -> jax.Array:
 
 
 def train_step(
-    state: TrainState, batch: Batch, *, loss_fn: LossFn, optimizer: optax.GradientTransformation
+  state: TrainState, batch: Batch, *, loss_fn: LossFn, optimizer: optax.GradientTransformation
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   r"""One optimiser step on one batch. Pure: jit, vmap and scan it freely.
 
@@ -180,15 +180,15 @@ def train_step(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("loss_fn", "optimizer", "num_steps"), donate_argnames="state"
+  jax.jit, static_argnames=("loss_fn", "optimizer", "num_steps"), donate_argnames="state"
 )
 def train_full_batch(
-    state: TrainState,
-    batch: Batch,
-    *,
-    loss_fn: LossFn,
-    optimizer: optax.GradientTransformation,
-    num_steps: int,
+  state: TrainState,
+  batch: Batch,
+  *,
+  loss_fn: LossFn,
+  optimizer: optax.GradientTransformation,
+  num_steps: int,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   r"""``num_steps`` full-batch steps, compiled as one ``lax.scan`` (``state`` is donated).
 
@@ -226,8 +226,11 @@ def _is_feature_major(a) -> bool:
 
 def _map_examples(fn, feature_major_fn, batch):
   """Applies ``fn`` to each array of ``batch`` and ``feature_major_fn`` to each FeatureMajor."""
-  return jax.tree.map(lambda a: feature_major_fn(a) if _is_feature_major(a) else fn(a), batch,
-                      is_leaf=_is_feature_major)
+  return jax.tree.map(
+    lambda a: feature_major_fn(a) if _is_feature_major(a) else fn(a),
+    batch,
+    is_leaf=_is_feature_major,
+  )
 
 
 def _epoch_batches(key: jax.Array, batch: Batch, batch_size: int) -> Batch:
@@ -237,25 +240,26 @@ def _epoch_batches(key: jax.Array, batch: Batch, batch_size: int) -> Batch:
   perm = jax.random.permutation(key, num_examples)[: num_batches * batch_size]
   perm_MxB = perm.reshape(num_batches, batch_size)
   # FeatureMajor features become [M] minibatches of [D, B]: the scan walks the leading axis.
-  return _map_examples(lambda a: a[perm_MxB],
-                       lambda f: FeatureMajor(jnp.moveaxis(f.x_DxN[:, perm_MxB], 1, 0)), batch)
+  return _map_examples(
+    lambda a: a[perm_MxB], lambda f: FeatureMajor(jnp.moveaxis(f.x_DxN[:, perm_MxB], 1, 0)), batch
+  )
 
 
 @functools.partial(
-    jax.jit,
-    static_argnames=("loss_fn", "optimizer", "num_epochs", "batch_size", "batch_sharding"),
-    donate_argnames="state",
+  jax.jit,
+  static_argnames=("loss_fn", "optimizer", "num_epochs", "batch_size", "batch_sharding"),
+  donate_argnames="state",
 )
 def train_minibatch(
-    state: TrainState,
-    batch: Batch,
-    key: jax.Array,
-    *,
-    loss_fn: LossFn,
-    optimizer: optax.GradientTransformation,
-    num_epochs: int,
-    batch_size: int,
-    batch_sharding: NamedSharding | None = None,
+  state: TrainState,
+  batch: Batch,
+  key: jax.Array,
+  *,
+  loss_fn: LossFn,
+  optimizer: optax.GradientTransformation,
+  num_epochs: int,
+  batch_size: int,
+  batch_sharding: NamedSharding | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   r"""Shuffled minibatch epochs, compiled as nested ``lax.scan`` (``state`` is donated).
 
@@ -299,9 +303,12 @@ def train_minibatch(
   def minibatch_step(state, minibatch):
     if batch_sharding is not None:
       minibatch = _map_examples(
-          lambda a: jax.lax.with_sharding_constraint(a, batch_sharding),
-          lambda f: FeatureMajor(jax.lax.with_sharding_constraint(
-              f.x_DxN, _feature_major_sharding(batch_sharding))), minibatch)
+        lambda a: jax.lax.with_sharding_constraint(a, batch_sharding),
+        lambda f: FeatureMajor(
+          jax.lax.with_sharding_constraint(f.x_DxN, _feature_major_sharding(batch_sharding))
+        ),
+        minibatch,
+      )
     return step(state, minibatch)
 
   def epoch(state, epoch_key):
@@ -316,23 +323,24 @@ def _train_one_seed(key, batch, *, init_fn, loss_fn, optimizer, num_epochs, batc
   if batch_size is None:
     run = functools.partial(train_full_batch, num_steps=num_epochs)
   else:
-    run = functools.partial(train_minibatch, key=shuffle_key, num_epochs=num_epochs,
-                            batch_size=batch_size)
+    run = functools.partial(
+      train_minibatch, key=shuffle_key, num_epochs=num_epochs, batch_size=batch_size
+    )
   return run(state, batch, loss_fn=loss_fn, optimizer=optimizer)
 
 
 @functools.partial(
-    jax.jit, static_argnames=("init_fn", "loss_fn", "optimizer", "num_epochs", "batch_size")
+  jax.jit, static_argnames=("init_fn", "loss_fn", "optimizer", "num_epochs", "batch_size")
 )
 def train_seeds(
-    keys_S: jax.Array,
-    batch: Batch,
-    *,
-    init_fn: Callable[[jax.Array], Params],
-    loss_fn: LossFn,
-    optimizer: optax.GradientTransformation,
-    num_epochs: int,
-    batch_size: int | None = None,
+  keys_S: jax.Array,
+  batch: Batch,
+  *,
+  init_fn: Callable[[jax.Array], Params],
+  loss_fn: LossFn,
+  optimizer: optax.GradientTransformation,
+  num_epochs: int,
+  batch_size: int | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   r"""S independent runs at once: ``jax.vmap`` over PRNG keys, one compiled program.
 
@@ -366,8 +374,12 @@ def train_seeds(
   ((4, 1), (4, 5))
   """
   run = functools.partial(
-      _train_one_seed, init_fn=init_fn, loss_fn=loss_fn, optimizer=optimizer,
-      num_epochs=num_epochs, batch_size=batch_size,
+    _train_one_seed,
+    init_fn=init_fn,
+    loss_fn=loss_fn,
+    optimizer=optimizer,
+    num_epochs=num_epochs,
+    batch_size=batch_size,
   )
   return jax.vmap(run, in_axes=(0, None))(keys_S, batch)
 
@@ -431,13 +443,14 @@ def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
     a = np.asarray(a)
     if a.ndim <= axis or a.shape[axis] % num_local:
       raise ValueError(
-          f"batch arrays need an example axis divisible by the {num_local} local devices of "
-          f"the mesh; got a batch array of shape {a.shape} (example axis {axis})."
+        f"batch arrays need an example axis divisible by the {num_local} local devices of "
+        f"the mesh; got a batch array of shape {a.shape} (example axis {axis})."
       )
     return jax.make_array_from_process_local_data(sharding, a)
 
-  return _map_examples(place, lambda f: FeatureMajor(
-      place(f.x_DxN, _feature_major_sharding(sharding), axis=1)), batch)
+  return _map_examples(
+    place, lambda f: FeatureMajor(place(f.x_DxN, _feature_major_sharding(sharding), axis=1)), batch
+  )
 
 
 def _feature_major_sharding(sharding: NamedSharding) -> NamedSharding:
