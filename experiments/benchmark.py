@@ -57,6 +57,11 @@ TARGETS = {
   ("softmax_dense", "fwd"): ("ours/anchor", "<=", 1.0),
   ("softmax_dense", "fwd+bwd"): ("ours/anchor", "<=", 1.0),
   ("entropy", "fwd+bwd"): ("ours/anchor", "<=", 0.5),
+  # Forward mode (issue 11): a JVP costs at most twice the forward pass ("anchor" = ours fwd).
+  ("sigmoid", "jvp"): ("ours/anchor", "<=", 2.0),
+  ("softmax_int", "jvp"): ("ours/anchor", "<=", 2.0),
+  ("softmax_dense", "jvp"): ("ours/anchor", "<=", 2.0),
+  ("entropy", "jvp"): ("ours/anchor", "<=", 2.0),
   ("train_step", "step"): ("read/ours", ">=", 0.75),
   ("optimum", "fit"): ("ours/anchor", "<=", 1.0),
   ("import", "import"): ("ours/anchor", "<=", 1.1),
@@ -241,22 +246,29 @@ def _row(
 def _kernel_rows(
   config, workdir, hlo_dir, operation, shape, anchor, ours_loss, anchor_loss, args
 ) -> list[dict]:
-  """Forward and forward+backward (grad w.r.t. the first argument) of two scalar losses."""
+  """Forward, forward+backward and forward-mode JVP (w.r.t. the first argument)."""
   case = _Case(f"{operation}_{shape}", hlo_dir)
   case.compile("read", jnp.sum, args[0])
   for label, loss in (("ours", ours_loss), ("anchor", anchor_loss)):
     case.compile(label, loss, *args)
     case.compile(f"{label}_bwd", jax.value_and_grad(loss), *args)
+  tangent = jax.random.normal(jax.random.key(config.seed + 1), args[0].shape, args[0].dtype)
+
+  def ours_jvp(x, dx, *rest):
+    return jax.jvp(lambda x: ours_loss(x, *rest), (x,), (dx,))
+
+  case.compile("ours_jvp", ours_jvp, args[0], tangent, *args[1:])
   load = os.getloadavg()[0]
   times = case.time(config)
   workdir.log(
-    "%s %s: ours %.1f ms, %s %.1f ms, read %.1f ms (load %.1f)",
+    "%s %s: ours %.1f ms, %s %.1f ms, read %.1f ms, ours jvp %.1f ms (load %.1f)",
     operation,
     shape,
     1e3 * times["ours"]["median_s"],
     anchor,
     1e3 * times["anchor"]["median_s"],
     1e3 * times["read"]["median_s"],
+    1e3 * times["ours_jvp"]["median_s"],
     load,
   )
   return [
@@ -270,6 +282,17 @@ def _kernel_rows(
       case,
       ours="ours_bwd",
       anchor_label="anchor_bwd",
+      load=load,
+    ),
+    _row(
+      operation,
+      shape,
+      "jvp",
+      "ours fwd",
+      times,
+      case,
+      ours="ours_jvp",
+      anchor_label="ours",
       load=load,
     ),
   ]

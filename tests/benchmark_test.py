@@ -21,7 +21,7 @@ from experiments import _common, benchmark
 
 def _expected_rows(config) -> list[tuple[str, str]]:
   """(operation, pass) of every row the config asks for, in order."""
-  kernel = [("fwd",), ("fwd+bwd",)]
+  kernel = [("fwd",), ("fwd+bwd",), ("jvp",)]
   rows = [("sigmoid", p) for (p,) in kernel]
   for _ in config.softmax_shapes:
     rows += [(op, p) for op in ("softmax_int", "softmax_dense") for (p,) in kernel]

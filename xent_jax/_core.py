@@ -167,21 +167,31 @@ def distribution_pair(fn, p, q, axis, where, base, names=("p", "q")):
   return p, q, axes, mask, log_scale(base, fn)
 
 
+def masked_pair(p: jax.Array, q: jax.Array, mask: jax.Array | None):
+  """Excluded entries of a (target, model) pair as p = 0, q = 1: a term of exactly 0."""
+  return masked(p, mask), masked(q, mask, fill=1)
+
+
 def log_accurate(p: jax.Array) -> jax.Array:
   """log(p) with full relative precision also for p close to 1.
 
   For p > 1/2, p - 1 is exact (Sterbenz) and log1p keeps the relative precision of the
   small result; a plain log near 1 may lose it depending on the backend's implementation.
+  Each branch sees only the inputs it is chosen for (double where), so the unused one
+  never puts log1p(-1) or log 0 into a derivative.
   """
-  return jnp.where(p > 0.5, jnp.log1p(p - 1), jnp.log(p))
+  big = p > 0.5
+  return jnp.where(big, jnp.log1p(jnp.where(big, p, 1) - 1), jnp.log(jnp.where(big, 1, p)))
 
 
 def log1m_accurate(p: jax.Array) -> jax.Array:
   """log(1 - p) with full relative precision for every p in [0, 1].
 
   For p < 1/2 log1p(-p) is accurate; for p >= 1/2, 1 - p is exact (Sterbenz) so log is.
+  Double where, as in :func:`log_accurate`.
   """
-  return jnp.where(p < 0.5, jnp.log1p(-p), jnp.log(1 - p))
+  small = p < 0.5
+  return jnp.where(small, jnp.log1p(-jnp.where(small, p, 0)), jnp.log(1 - jnp.where(small, 0, p)))
 
 
 def mul0(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -209,6 +219,20 @@ def xlog1my(x: jax.Array, y: jax.Array) -> jax.Array:
   return x * log1m_accurate(safe_y)
 
 
-def masked(x: jax.Array, mask: jax.Array | None) -> jax.Array:
-  """Zeroes the entries excluded by ``mask`` (value and gradient)."""
-  return x if mask is None else jnp.where(mask, x, jnp.zeros((), x.dtype))
+def masked(x: jax.Array, mask: jax.Array | None, fill: float = 0) -> jax.Array:
+  """Replaces the entries excluded by ``mask`` by ``fill`` (value and derivative).
+
+  Applied to an *input* before any arithmetic, this is the first half of the double-where
+  pattern: whatever an excluded entry holds (NaN, ±inf, -1), no operation downstream sees
+  it, so it contributes exactly 0 to the value, the VJP and the JVP.
+  """
+  return x if mask is None else jnp.where(mask, x, jnp.asarray(fill, x.dtype))
+
+
+def straight_through_nonnegative(x: jax.Array) -> jax.Array:
+  """max(x, 0) in value, the identity in the derivative.
+
+  For a divergence whose exact value is ≥ 0 (Gibbs) but whose rounded sum can come out at
+  -1 ulp: the value is moved towards the truth, and the gradient is not zeroed there.
+  """
+  return jnp.where(x < 0, x - jax.lax.stop_gradient(x), x)

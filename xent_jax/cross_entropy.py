@@ -8,28 +8,13 @@ accurate to float precision in the tails (SPEC §2).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from xent_jax import _core, _rows
-from xent_jax.softmax import (
-  accurate_lse,
-  as_rows,
-  exact_guard,
-  is_fast_case,
-  log_normalizer,
-  masked_logits,
-  row_max,
-  row_sum,
-  separate,
-  shift,
-  softmax_stats,
-  with_inf_guard,
-)
+from xent_jax import _core, _normalizer
 
 
 def cross_entropy(
@@ -63,6 +48,7 @@ def cross_entropy(
   1.0
   """
   p, q, axes, mask, scale = _core.distribution_pair("cross_entropy", p, q, axis, where, base)
+  p, q = _core.masked_pair(p, q, mask)
   terms = _core.masked(-_core.xlogy(p, q), mask)
   return _core.in_base(jnp.sum(terms, axis=axes), scale)
 
@@ -87,116 +73,95 @@ def _inf_where_positive(t: jax.Array) -> jax.Array:
   return sign / (1 - sign)
 
 
-def _softmax_xent_fwd(logits, targets, axes, mask, eps, guard=with_inf_guard):
-  z = masked_logits(logits, mask)
-  t = _smoothed_targets(targets, mask, eps, axes)
-  t_sum = row_sum(t, axes)
+def _dense_value(z, t, m, lse, t_sum, axes):
+  """H = L·Σt + Σ_j t_j (-d_j), d = z - m: both terms ≥ 0, so nothing cancels.
 
-  def body(z, m, exact):
-    lse = log_normalizer(z, m, axes, exact)
-    # H = Σ_j t_j (L - d_j) = L·Σt + Σ_j t_j (-d_j): both terms ≥ 0, so nothing cancels
-    # (and the pass broadcasts one row value, m, which XLA:CPU fuses well). On an impossible
-    # class (-d = +inf) the term is 0 for t_j = 0 (0·log 0 = 0) and +inf for t_j > 0: -d is
-    # clamped to fmax and the infinity put back as min(inf·[d = -inf], inf·[t > 0]).
-    neg_d = -shift(z, m, exact)
-    neg_d_fin = jnp.minimum(neg_d, jnp.finfo(z.dtype).max)
-    terms = t * neg_d_fin + jnp.minimum(neg_d - neg_d_fin, _inf_where_positive(t))
-    return lse, lse * t_sum + row_sum(terms, axes)
-
-  m = row_max(z, axes)
-  lse, loss = guard(body, z, m)
-  return jnp.squeeze(loss, axes), (z, t, mask, m, lse, t_sum)
+  On an impossible class (-d = +inf) the term is 0 for t_j = 0 (0·log 0 = 0) and +inf for
+  t_j > 0: -d is clamped to fmax and the infinity put back as min(inf·[d = -inf],
+  inf·[t > 0]), in arithmetic only (XLA:CPU fuses it with the pass); that 0-or-inf term
+  has no derivative.
+  """
+  neg_d = -_normalizer.shift(z, m)
+  neg_d_fin = jnp.minimum(neg_d, jnp.finfo(z.dtype).max)
+  inf_term = jax.lax.stop_gradient(jnp.minimum(neg_d - neg_d_fin, _inf_where_positive(t)))
+  return lse * t_sum + _normalizer.row_sum(t * neg_d_fin + inf_term, axes)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 4))
-def _softmax_xent(logits, targets, axes, mask, eps):
-  return _softmax_xent_fwd(logits, targets, axes, mask, eps)[0]
+def _dense_partials(z, t, m, lse, t_sum, axes, eps, mask):
+  """∂H/∂z = (Σt)·q - t and ∂H/∂t = -(1-ε) log q, exact at a dominant class too.
 
-
-def _softmax_xent_bwd(axes, eps, res, g):
-  z, t, mask, m, lse, t_sum = res
-  g = jnp.expand_dims(g, axes)
-  d = shift(z, m)
-  # ∂H/∂z = (Σt)·softmax(z) - t, recomputed from the logits in one fused pass instead of
-  # keeping a [B, C] softmax alive between the passes.
-  # For a dominant class (q > 1/2) T·q - t is formed as T·expm1(d - L) + (T - t): with
-  # one-hot targets q - 1 = expm1(log q) keeps the precision that 1 - q ≈ Σ_{j≠y} q_j has.
+  At the dominant class k (q_k > 1/2) T·q_k - t_k = T·expm1(log q_k) + Σ_{j≠k} t_j: q - 1
+  keeps the precision that 1 - q ≈ Σ_{j≠k} q_j has, and the targets of the other classes
+  are summed, not taken as T - t_k (which rounds away a 1e-12 tail next to 1).
+  """
+  d = _normalizer.shift(z, m)
   log_q = d - lse
-  grad_logits = g * jnp.where(
-    log_q > -_LOG2, t_sum * jnp.expm1(log_q) + (t_sum - t), t_sum * jnp.exp(log_q) - t
+  dominant = log_q > -_LOG2
+  # Σ_{j≠k} t_j: one more pass, only when some row has a dominant class (L < log 2).
+  t_rest = jax.lax.cond(
+    jnp.any(lse < _LOG2),
+    lambda: jnp.sum(jnp.where(dominant, 0, t), axis=axes, keepdims=True),
+    lambda: t_sum,
   )
-  # ∂H/∂t = -log q = L - d: +inf on an impossible class, except where t = 0 there (the
-  # 0·log 0 term is the constant 0); 0 where excluded. The smoothing has slope (1-ε).
-  log_q_neg = jnp.where((t == 0) & (d == -jnp.inf), 0, lse - d)
-  grad_targets = _core.masked(g * (1 - eps) * log_q_neg, mask)
-  return grad_logits, grad_targets, None
+  # The dominant class is a maximum (d = 0, log q = -L): its partial is a row value.
+  grad_z = jnp.where(dominant, t_sum * jnp.expm1(-lse) + t_rest, t_sum * jnp.exp(log_q) - t)
+  # -log q = L - d is +inf on an impossible class; where t = 0 there the term is the
+  # constant 0·log 0 = 0 (a one-sided derivative), never 0·inf. ε = 1: t is a constant.
+  impossible = (t == 0) & (d == -jnp.inf)
+  neg_log_q = jnp.where(impossible, 0, lse - jnp.where(impossible, 0, d))
+  grad_t = None if eps == 1 else _core.masked((1 - eps) * neg_log_q, mask)
+  return _core.masked(grad_z, mask), grad_t
 
 
-_softmax_xent.defvjp(_softmax_xent_fwd, _softmax_xent_bwd)
+def _softmax_xent_parts(axes, eps, logits, targets, mask):
+  z = _normalizer.masked_logits(logits, mask)
+  t = _smoothed_targets(targets, mask, eps, axes)
+  m, lse = _normalizer.stats(z, axes)
+  t_sum = jnp.sum(t, axis=axes, keepdims=True)
+  loss = jnp.squeeze(_dense_value(z, t, m, lse, t_sum, axes), axes)
+  return loss, (*_dense_partials(z, t, m, lse, t_sum, axes, eps, mask), None), axes
 
 
-# Fast path of the dense cross-entropy, [B, C] logits (see softmax.py), H = Σ_j t_j (L - d_j)
-# with d = z - max z (every term ≥ 0).
-#  * Forward: one YNN pass computes the max, L = log1p(Σ_j frac(e^{d_j}) + (Σ_j floor(e^{d_j})
-#    - 1)) -- exact also with ties at the max, floor counts them -- and Σ_j t_j (L - d_j).
-#    Rows that come out non-finite (±inf logits, NaN) take the general path.
-#  * Forward+backward: `softmax_stats` writes e = exp(d) once, H = Σt·L + Σ_j t_j (-d_j)
-#    (L from `accurate_lse`); the gradient Σt·e/S - t is formed in place in that buffer, as
-#    Σt·(e/S - 1) + (Σt - t) at the maxima (e = 1), where 1 - 1/S = expm1(L)/S keeps the
-#    precision of the tail.
+_softmax_xent = _normalizer.measure(
+  lambda *args: _softmax_xent_parts(*args)[0], _softmax_xent_parts, num_static=2
+)
 
 
-def _exact_softmax_xent(z_KxC, t_KxC):
-  return _softmax_xent_fwd(z_KxC, t_KxC, (1,), None, 0.0, exact_guard)[0]
+# Fast path of the dense cross-entropy, [B, C] logits (see _normalizer.py).
+#  * Value alone: one YNN pass computes the max, L = log1p(Σ_j frac(e^{d_j}) + (Σ_j
+#    floor(e^{d_j}) - 1)) -- exact also with ties at the max, floor counts them -- and
+#    Σ_j t_j (L - d_j). Rows that come out non-finite (±inf logits, NaN) are recomputed.
+#  * Under differentiation: the fused statistics (m, L) and the closed-form partials, which
+#    XLA forms in one elementwise pass together with the cotangent.
 
 
-def _exact_softmax_xent_grads(z_KxC, t_KxC, g_K):
-  res = _softmax_xent_fwd(z_KxC, t_KxC, (1,), None, 0.0, exact_guard)[1]
-  return _softmax_xent_bwd((1,), 0.0, res, g_K)[:2]  # d/dlogits, d/dtargets
+def _exact_dense_rows(z_KxC, t_KxC):
+  m, lse = _normalizer.exact_stats(z_KxC)
+  t_sum = jnp.sum(t_KxC, axis=1, keepdims=True)
+  return _dense_value(z_KxC, t_KxC, m[:, None], lse[:, None], t_sum, (1,))[:, 0]
 
 
-@jax.custom_vjp
-def _softmax_xent_fast(z_BxC, t_BxC):
+def _softmax_xent_fast_value(z_BxC, t_BxC):
   d = z_BxC - jnp.max(z_BxC, axis=1, keepdims=True)
   e = jnp.exp(d)
   ties = jnp.floor(e)  # 1 at each maximum, else 0
   lse = jnp.log1p(
     jnp.sum(e - ties, axis=1, keepdims=True) + (jnp.sum(ties, axis=1, keepdims=True) - 1)
   )
-  loss = row_sum(t_BxC * (lse - d), (1,))[:, 0]
-  return _rows.fix_rows(
-    ~jnp.isfinite(loss), _exact_softmax_xent, loss, z_BxC, t_BxC, row_size=z_BxC.shape[1]
+  loss = _normalizer.row_sum(t_BxC * (lse - d), (1,))[:, 0]
+  return _normalizer.fix_rows(
+    ~jnp.isfinite(loss), _exact_dense_rows, loss, z_BxC, t_BxC, row_size=z_BxC.shape[1]
   )
 
 
-def _softmax_xent_fast_fwd(z_BxC, t_BxC):
-  z_stats, z_loss = separate(z_BxC, 2)
-  m, e, total = softmax_stats(z_stats)
-  # H = Σt·L + Σ_j t_j (-d_j): two non-negative terms, the second independent of L.
-  x = row_sum(t_BxC * (row_max(z_loss, (1,)) - z_loss), (1,))
-  t_sum = row_sum(t_BxC, (1,))
-  # log Σe is off by a few 1e-8 where Σe < 2: that matters only where H ≪ Σt.
-  dominant = (total < 2) & (x + t_sum * jnp.log(total) < 0.25 * t_sum)
-  lse = accurate_lse(e, total, dominant)
-  loss = (t_sum * lse + x)[:, 0]
-  bad = ~(jnp.isfinite(loss) & jnp.isfinite(total[:, 0]))
-  loss = _rows.fix_rows(bad, _exact_softmax_xent, loss, z_BxC, t_BxC, row_size=z_BxC.shape[1])
-  return loss, (z_BxC, t_BxC, e, m, total, lse, t_sum, bad)
+def _softmax_xent_fast_parts(z_BxC, t_BxC):
+  m, lse = _normalizer.log_normalizer(_normalizer.max_stats, (1,), z_BxC)
+  t_sum = jnp.sum(t_BxC, axis=1, keepdims=True)
+  loss = _dense_value(z_BxC, t_BxC, m, lse, t_sum, (1,))[:, 0]
+  return loss, _dense_partials(z_BxC, t_BxC, m, lse, t_sum, (1,), 0.0, None), (1,)
 
 
-def _softmax_xent_fast_bwd(res, g_B):
-  z_BxC, t_BxC, e, m, total, lse, t_sum, bad = res
-  g = g_B[:, None]
-  at_max = t_sum * (-jnp.expm1(lse) / total) + (t_sum - t_BxC)  # Σt·(1/S - 1) + (Σt - t)
-  grad_z = g * jnp.where(e >= 1, at_max, t_sum * (e / total) - t_BxC)
-  grad_t = g * (lse - (z_BxC - m))
-  grads = _rows.fix_rows(
-    bad, _exact_softmax_xent_grads, (grad_z, grad_t), z_BxC, t_BxC, g_B, row_size=z_BxC.shape[1]
-  )
-  return grads
-
-
-_softmax_xent_fast.defvjp(_softmax_xent_fast_fwd, _softmax_xent_fast_bwd)
+_softmax_xent_fast = _normalizer.measure(_softmax_xent_fast_value, _softmax_xent_fast_parts)
 
 
 def softmax_cross_entropy(
@@ -245,10 +210,11 @@ def softmax_cross_entropy(
   mask = _core.as_mask(where, logits.shape, fn)
   eps = _core.check_smoothing(label_smoothing, fn)
   scale = _core.log_scale(base, fn)
-  if is_fast_case(logits, axes, mask, eps):
-    loss = _softmax_xent_fast(as_rows(logits), as_rows(targets)).reshape(logits.shape[:-1])
+  if _normalizer.is_fast_case(logits, axes, mask, eps):
+    rows = _normalizer.as_rows
+    loss = _softmax_xent_fast(rows(logits), rows(targets)).reshape(logits.shape[:-1])
   else:
-    loss = _softmax_xent(logits, targets, axes, mask, eps)
+    loss = _softmax_xent(axes, eps, logits, targets, mask)
   return _core.in_base(loss, scale)
 
 
@@ -263,136 +229,70 @@ def _label_terms(logits, labels, axis, mask):
   return labels, valid, jnp.maximum(k, 1), k > 0
 
 
-def _int_xent_fwd(logits, labels, axis, mask, eps, guard=with_inf_guard):
-  z = masked_logits(logits, mask)
-  axes = (axis,)
+def _int_xent_parts(axis, eps, logits, labels, mask):
+  z = _normalizer.masked_logits(logits, mask)
   labels_e, valid, k, has_support = _label_terms(logits, labels, axis, mask)
-  # The label's logit is gathered (one element per example), not picked with a one-hot
-  # compare inside the reduction pass, which would slow the pass down (see softmax.py).
-  # Out-of-range labels are clipped here and turned into NaN below, never wrapped.
+  c, lse = _normalizer.stats(z, (axis,))
+  log_q = _normalizer.shift(z, c) - lse
+  # The label's log-probability is gathered (one element per example); out-of-range labels
+  # are clipped here and turned into NaN below, never wrapped.
   index = jnp.clip(labels_e, 0, logits.shape[axis] - 1)
-  z_label = jnp.take_along_axis(z, index, axis=axis)
-
-  def body(z, m, exact):
-    lse = log_normalizer(z, m, axes, exact)
-    # H = L - d_y: L ≥ 0 and -d_y ≥ 0, so the loss keeps full relative precision also when
-    # the label wins by a large margin (H = log1p(Σ e^{d_j}) ≈ Σ e^{d_j} ≪ 1).
-    loss = (lse - shift(z_label, m)) * (1 - eps)
-    if eps:  # + (ε/K) Σ_j (L - d_j) over the support: every term ≥ 0
-      smooth = row_sum(_core.masked(lse - shift(z, m, exact), mask), axes)
-      loss = loss + eps / k * smooth
-    return lse, loss
-
-  m = row_max(z, axes)
-  lse, loss = guard(body, z, m)
+  # H = L - d_y: L ≥ 0 and -d_y ≥ 0, so the loss keeps full relative precision also when
+  # the label wins by a large margin (H = log1p(Σ e^{d_j}) ≈ Σ e^{d_j} ≪ 1).
+  log_q_label = jnp.take_along_axis(log_q, index, axis=axis)
+  nll = -log_q_label
+  loss = (1 - eps) * nll if eps < 1 else jnp.zeros_like(nll)  # ε = 1: no 0·inf
+  if eps:  # + (ε/K) Σ_j (L - d_j) over the support: every term ≥ 0
+    loss = loss + eps / k * jnp.sum(_core.masked(-log_q, mask), axis=axis, keepdims=True)
+  # ∂H/∂z = softmax(z) - target, target = (1-ε)·onehot + ε/K. At the label q - (1-ε) is
+  # formed as expm1(log q) + ε: q - 1 keeps the relative precision of 1 - q = Σ_{j≠y} q_j
+  # when the label dominates.
+  is_label = jax.lax.broadcasted_iota(labels_e.dtype, z.shape, axis) == labels_e
+  grad = jnp.where(is_label, jnp.expm1(log_q_label) + eps, jnp.exp(log_q))
+  if eps:
+    grad = grad - _core.masked(jnp.broadcast_to(eps / k, z.shape), mask)
+  keep = valid if has_support is None else valid & has_support
+  grad = _core.masked(jnp.where(keep, grad, 0), mask)
   loss = jnp.where(valid, loss, jnp.nan)
   if has_support is not None:
     loss = jnp.where(has_support, loss, 0)  # a fully masked row (e.g. padding) costs 0
-  return jnp.squeeze(loss, axis), (z, labels, mask, m, lse)
+  return jnp.squeeze(loss, axis), (grad, None, None), (axis,)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 4))
-def _int_xent(logits, labels, axis, mask, eps):
-  return _int_xent_fwd(logits, labels, axis, mask, eps)[0]
+_int_xent = _normalizer.measure(
+  lambda *args: _int_xent_parts(*args)[0], _int_xent_parts, num_static=2
+)
 
 
-def _int_xent_bwd(axis, eps, res, g):
-  z, labels, mask, m, lse = res
-  labels, valid, k, has_support = _label_terms(z, labels, axis, mask)
-  g = jnp.where(valid, jnp.expand_dims(g, axis), 0)
-  if has_support is not None:
-    g = jnp.where(has_support, g, 0)
-  # The backward pass writes a [B, C] output anyway, so the one-hot compare is cheap here.
-  is_label = jax.lax.broadcasted_iota(labels.dtype, z.shape, axis) == labels
-  # ∂H/∂z = softmax(z) - target, target = (1-ε)·onehot + ε/K, recomputed in one fused pass
-  # (see _softmax_xent_bwd). At the label q - (1-ε) is formed as expm1(log q) + ε: q - 1
-  # keeps the relative precision of 1 - q = Σ_{j≠y} q_j when the label dominates.
-  log_q = shift(z, m) - lse
-  grad = jnp.where(is_label, jnp.expm1(log_q) + eps, jnp.exp(log_q))
-  if eps:
-    grad = grad - _core.masked(jnp.broadcast_to(eps / k, z.shape), mask)
-  grad_logits = g * grad
-  return grad_logits, None, None
+# Fast path of the integer-label cross-entropy, [B, C] logits: the statistics are shifted
+# by the label's own logit (`_normalizer.label_stats`), so H = L - (z_y - c) = L on almost
+# every row, from one fused pass with no max pass. The partials softmax - onehot are
+# e^{d - L}, and expm1(-L) = -R/(1+R) at the label (R the non-label mass): exact.
 
 
-_int_xent.defvjp(_int_xent_fwd, _int_xent_bwd)
-
-
-# Fast path of the integer-label cross-entropy, [B, C] logits (see softmax.py). The shift
-# is the label's own logit, not the row max: H = log Σ_j e^{z_j - z_y} needs no max pass,
-# and the label's term is exactly e^0 = 1.
-#  * Forward: S = Σ_j e^{z_j - z_y} in one YNN pass, H = log S. Where S ≥ 2, H ≥ log 2 is
-#    accurate. Where S < 2 the label is the strict maximum (another class would add ≥ 1),
-#    so H = log1p(Σ_j (e^{u_j} - floor(e^{u_j}))) exactly: that pass runs over the flagged
-#    rows only, or over all rows when they are many (a confident model). Rows where S is
-#    not finite (a class 88 nats above the label, ±inf or NaN logits) take the general path.
-#  * Forward+backward: e = exp(z - z_y) is written once with the label's entry set to 0, so
-#    R = Σ e = Σ_{j≠y} e^{z_j - z_y} has no 1 to round against: H = log1p(R) is exact in
-#    every finite row. The gradient softmax - onehot is e/(1+R) with -R/(1+R) at the label,
-#    formed in place in the same buffer.
-
-
-def _exact_int_xent(z_KxC, y_K):
-  return _int_xent_fwd(z_KxC, y_K, 1, None, 0.0, exact_guard)[0]
-
-
-def _exact_int_xent_grad(z_KxC, y_K, g_K):
-  res = _int_xent_fwd(z_KxC, y_K, 1, None, 0.0, exact_guard)[1]
-  return _int_xent_bwd(1, 0.0, res, g_K)[0]
-
-
-def _label_shift(z_BxC, y_B):
-  """(z - z_y, clipped labels, valid): out-of-range labels are clipped, then made NaN."""
+def _int_xent_fast_loss(z_BxC, y_B, c, lse):
   num_classes = z_BxC.shape[1]
-  y_clipped = jnp.clip(y_B, 0, num_classes - 1)
-  z_label = jnp.take_along_axis(z_BxC, y_clipped[:, None], axis=1)
-  return z_BxC - z_label, y_clipped, (y_B >= 0) & (y_B < num_classes)
+  z_label = jnp.take_along_axis(z_BxC, jnp.clip(y_B, 0, num_classes - 1)[:, None], axis=1)
+  loss = (lse - _normalizer.shift(z_label, c))[:, 0]
+  return jnp.where((y_B >= 0) & (y_B < num_classes), loss, jnp.nan)
 
 
-@jax.custom_vjp
-def _int_xent_fast(z_BxC, y_B):
-  num_rows, num_classes = z_BxC.shape
-  u, _, valid = _label_shift(z_BxC, y_B)
-  total = row_sum(jnp.exp(u), (1,))[:, 0]
-  loss = jnp.log(total)
-  dominant = total < 2  # NaN compares False
-  bad = ~(total < jnp.inf)
-
-  def non_label_mass():  # recomputes u inside the branch: never a [B, C] operand
-    e = jnp.exp(_label_shift(z_BxC, y_B)[0])
-    return row_sum(e - jnp.floor(e), (1,))[:, 0]
-
-  many = jnp.sum(dominant) > num_rows // 8
-  mass = jax.lax.cond(many, non_label_mass, lambda: jnp.zeros_like(total))
-  loss = jnp.where(many & dominant, jnp.log1p(mass), loss)
-  loss = _rows.fix_rows(
-    bad | (dominant & ~many), _exact_int_xent, loss, z_BxC, y_B, row_size=num_classes
-  )
-  return jnp.where(valid, loss, jnp.nan)
+def _int_xent_fast_value(z_BxC, y_B):
+  return _int_xent_fast_loss(z_BxC, y_B, *_normalizer.label_stats(z_BxC, y_B))
 
 
-def _int_xent_fast_fwd(z_BxC, y_B):
-  num_rows, num_classes = z_BxC.shape
-  u, y_clipped, valid = _label_shift(z_BxC, y_B)
-  rows = jnp.arange(num_rows)
-  e = jnp.exp(u).at[rows, y_clipped].set(0)  # becomes the gradient, in place
-  mass = jnp.sum(e, axis=1)
-  bad = ~(mass < jnp.inf)
-  loss = _rows.fix_rows(bad, _exact_int_xent, jnp.log1p(mass), z_BxC, y_B, row_size=num_classes)
-  return jnp.where(valid, loss, jnp.nan), (z_BxC, y_B, e, mass, bad)
+def _int_xent_fast_parts(z_BxC, y_B):
+  c, lse = _normalizer.log_normalizer(_normalizer.label_stats, (1,), z_BxC, y_B)
+  loss = _int_xent_fast_loss(z_BxC, y_B, c, lse)
+  log_q = _normalizer.shift(z_BxC, c) - lse
+  is_label = jax.lax.broadcasted_iota(y_B.dtype, z_BxC.shape, 1) == y_B[:, None]
+  # At the label, log q = -loss: its partial expm1(-loss) is a row value.
+  grad = jnp.where(is_label, jnp.expm1(-loss)[:, None], jnp.exp(log_q))
+  valid = (y_B >= 0) & (y_B < z_BxC.shape[1])
+  return loss, (jnp.where(valid[:, None], grad, 0), None), (1,)
 
 
-def _int_xent_fast_bwd(res, g_B):
-  z_BxC, y_B, e, mass, bad = res
-  _, y_clipped, valid = _label_shift(z_BxC, y_B)
-  g_B = jnp.where(valid, g_B, 0)
-  total = 1 + mass
-  grad = (e * (g_B / total)[:, None]).at[jnp.arange(len(y_B)), y_clipped].set(-g_B * (mass / total))
-  grad = _rows.fix_rows(bad, _exact_int_xent_grad, grad, z_BxC, y_B, g_B, row_size=z_BxC.shape[1])
-  return grad, None
-
-
-_int_xent_fast.defvjp(_int_xent_fast_fwd, _int_xent_fast_bwd)
+_int_xent_fast = _normalizer.measure(_int_xent_fast_value, _int_xent_fast_parts)
 
 
 def softmax_cross_entropy_with_integer_labels(
@@ -449,10 +349,10 @@ def softmax_cross_entropy_with_integer_labels(
   mask = _core.as_mask(where, logits.shape, fn)
   eps = _core.check_smoothing(label_smoothing, fn)
   scale = _core.log_scale(base, fn)
-  if is_fast_case(logits, (axis,), mask, eps):
-    loss = _int_xent_fast(as_rows(logits), labels.reshape(-1)).reshape(labels.shape)
+  if _normalizer.is_fast_case(logits, (axis,), mask, eps):
+    loss = _int_xent_fast(_normalizer.as_rows(logits), labels.reshape(-1)).reshape(labels.shape)
   else:
-    loss = _int_xent(logits, labels, axis, mask, eps)
+    loss = _int_xent(axis, eps, logits, labels, mask)
   return _core.in_base(loss, scale)
 
 
@@ -484,7 +384,7 @@ def binary_cross_entropy(p: ArrayLike, q: ArrayLike, *, base: float | None = Non
   return _core.in_base(-(_core.xlogy(p, q) + _core.xlog1my(1 - p, q)), scale)
 
 
-def _sigmoid_xent_fwd(logits, labels):
+def _sigmoid_xent_value(logits, labels):
   # -y log σ(z) - (1-y) log σ(-z) = log1p(e^{-|z|}) + c·|z| with c = 1-y for z > 0 and
   # c = y for z < 0: every term is ≥ 0 for labels in [0, 1] (no max(z,0) - z·y that cancels
   # for y ≈ 1), one exp and one log1p per element. c = max(s, 0) - y·s with s = sign(z).
@@ -493,35 +393,31 @@ def _sigmoid_xent_fwd(logits, labels):
   # a third of a read pass there, so the formula has as few as it can (17).
   # Infinite logits: |z| is clamped to fmax in c·|z|, and the infinity is put back as
   # min(|z| - min(|z|, fmax), inf·[c > 0]): (+inf, y=1) gives 0, (+inf, y<1) gives +inf,
-  # never 0·inf = NaN.
+  # never 0·inf = NaN. That 0-or-inf term has no derivative.
   s = jnp.sign(logits)
   a = jnp.abs(logits)
   c = jnp.maximum(s, 0) - labels * s
   a_fin = jnp.minimum(a, jnp.finfo(logits.dtype).max)
   # (abs: the bound stays ≥ 0, and the term 0 at finite z, also for labels outside [0, 1])
   inf_term = jnp.minimum(a - a_fin, jnp.abs(_inf_where_positive(c)))
-  loss = jnp.log1p(jnp.exp(-a)) + c * a_fin + inf_term
-  return loss, (logits, labels)
+  return jnp.log1p(jnp.exp(-a)) + c * a_fin + jax.lax.stop_gradient(inf_term)
 
 
-@jax.custom_vjp
-def _sigmoid_xent(logits, labels):
-  return _sigmoid_xent_fwd(logits, labels)[0]
+def _sigmoid_xent_parts(logits, labels):
+  # ∂/∂z = σ(z) - y, written as (1-y)·σ(z) - y·σ(-z): at z = 20, y = 1 it is -σ(-20) =
+  # -2.1e-9, where σ(20) - 1 rounds to 0. σ(±|z|) = 1/(1+e), e/(1+e) with e = e^{-|z|}
+  # keep relative precision in both tails. ∂/∂y = -z (±inf at infinite logits).
+  e = jnp.exp(-jnp.abs(logits))
+  sigma_abs = 1 / (1 + e)
+  sigma_neg_abs = e * sigma_abs
+  positive = logits >= 0
+  sigma = jnp.where(positive, sigma_abs, sigma_neg_abs)
+  sigma_neg = jnp.where(positive, sigma_neg_abs, sigma_abs)
+  grad_logits = (1 - labels) * sigma - labels * sigma_neg
+  return _sigmoid_xent_value(logits, labels), (grad_logits, -logits), ()
 
 
-def _sigmoid_xent_bwd(res, g):
-  logits, labels = res
-  # ∂/∂z = σ(z) - y, and ∂/∂y = -z (infinite at infinite logits, 0 where g = 0).
-  # σ = 1/(1 + e^{-z}) is what XLA expands the logistic op into; it is accurate in both tails
-  # (e^{-z} overflows only where σ(z) is subnormal anyway). Its 1 comes through a barrier:
-  # XLA would otherwise share the broadcast constant 1 with the forward pass (which uses 1
-  # too) and write it out as an [N] temporary; likewise e^{-|z|} is not reused.
-  one = jax.lax.optimization_barrier(jnp.ones((), logits.dtype))
-  sigma = one / (one + jnp.exp(-logits))
-  return g * (sigma - labels), _core.mul0(g, -logits)
-
-
-_sigmoid_xent.defvjp(_sigmoid_xent_fwd, _sigmoid_xent_bwd)
+_sigmoid_xent = _normalizer.measure(_sigmoid_xent_value, _sigmoid_xent_parts)
 
 
 def sigmoid_binary_cross_entropy(
@@ -566,6 +462,8 @@ def sigmoid_binary_cross_entropy(
   logits, labels = _core.promote(fn, logits=logits, labels=labels)
   eps = _core.check_smoothing(label_smoothing, fn)
   scale = _core.log_scale(base, fn)
-  if eps:
+  if eps == 1:  # the labels drop out: no derivative w.r.t. them (not 0·inf)
+    labels = jnp.full_like(labels, 0.5)
+  elif eps:
     labels = (1 - eps) * labels + eps / 2
   return _core.in_base(_sigmoid_xent(logits, labels), scale)

@@ -6,18 +6,15 @@ KL(p‖q) = H(p, q) - H(p) is what cross-entropy adds on top of the target's own
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from xent_jax import _core
+from xent_jax import _core, _normalizer
 from xent_jax.softmax import _log_softmax
-
-
-def _nonnegative(x: jax.Array) -> jax.Array:
-  # The exact value is ≥ 0 (Gibbs); rounding can leave -1 ulp when p ≈ q. Clamping only
-  # moves the result towards the truth, and `where` (not maximum) keeps the full gradient.
-  return jnp.where(x < 0, jnp.zeros((), x.dtype), x)
 
 
 def kl_divergence(
@@ -35,7 +32,8 @@ def kl_divergence(
 
   Summed term by term (p_j (log p_j - log q_j)), so p ≈ q gives a small result without the
   cancellation of H(p, q) - H(p); absolute error ≤ 1e-6·(1 + H(p, q)) in float32 (SPEC §2).
-  0·log 0 = 0; p_j > 0 with q_j = 0 gives +inf. Never negative.
+  0·log 0 = 0; p_j > 0 with q_j = 0 gives +inf. Never negative: a sum rounded to -1 ulp
+  is returned as 0, with its gradient kept (no clamp that zeroes a derivative).
 
   Args:
     p: target probabilities ``[..., C, ...]``.
@@ -51,8 +49,9 @@ def kl_divergence(
   1.0
   """
   p, q, axes, mask, scale = _core.distribution_pair("kl_divergence", p, q, axis, where, base)
+  p, q = _core.masked_pair(p, q, mask)
   terms = _core.masked(_core.xlogy(p, p) - _core.xlogy(p, q), mask)
-  return _core.in_base(_nonnegative(jnp.sum(terms, axis=axes)), scale)
+  return _core.in_base(_core.straight_through_nonnegative(jnp.sum(terms, axis=axes)), scale)
 
 
 def kl_divergence_from_logits(
@@ -91,14 +90,43 @@ def kl_divergence_from_logits(
     fn, p_logits, q_logits, axis, where, base, names=("p_logits", "q_logits")
   )
   _core.check_classes(p_logits, axes, "p_logits", fn)
+  return _core.in_base(_kl_from_logits(axes, p_logits, q_logits, mask), scale)
+
+
+_LOG2 = math.log(2.0)
+
+
+def _kl_from_logits_parts(axes, p_logits, q_logits, mask):
   log_p = _log_softmax(p_logits, axes, mask)
   log_q = _log_softmax(q_logits, axes, mask)
-  p = jnp.exp(log_p)
-  # Double where: the p = 0 entries never see (-inf) - (-inf), in value or in gradient.
+  p, q = jnp.exp(log_p), jnp.exp(log_q)
+  sum_axes = functools.partial(jnp.sum, axis=axes, keepdims=True)
+  # Double where: the p = 0 entries never see (-inf) - (-inf), in value or in derivative.
   support = p > 0
-  log_ratio = jnp.where(support, log_p, 0) - jnp.where(support, log_q, 0)
+  log_ratio = jnp.where(support, log_p, 0) - jnp.where(support, log_q, 0)  # +inf: q = 0 < p
   terms = jnp.where(support, p * log_ratio, 0)
-  return _core.in_base(_nonnegative(jnp.sum(terms, axis=axes)), scale)
+  kl = sum_axes(terms)
+  # ∂/∂z^q = q - p (Σp = 1). Where either is dominant (> 1/2) the difference is formed as
+  # expm1(log q) - expm1(log p) = (1 - p) - (1 - q): no 1 - q rounded next to 1.
+  dominant = (log_q > -_LOG2) | (log_p > -_LOG2)
+  grad_q = jnp.where(dominant, jnp.expm1(log_q) - jnp.expm1(log_p), q - p)
+  # ∂/∂z^p = p_j (r_j - KL), r = log p - log q. For the dominant p_j, r_j - KL cancels; it
+  # is (1 - p_j) r_j - Σ_{k≠j} p_k r_k with 1 - p_j = -expm1(log p_j). Where r_j = +inf
+  # (q_j = 0 < p_j) the limit is +inf; where only KL is +inf, -inf.
+  p_dominant = log_p > -_LOG2
+  finite = log_ratio < jnp.inf
+  r = jnp.where(finite, log_ratio, 0)
+  rest = sum_axes(jnp.where(p_dominant, 0, terms))
+  r_minus_kl = jnp.where(p_dominant, -jnp.expm1(log_p) * r - rest, r - kl)
+  r_minus_kl = jnp.where(finite, r_minus_kl, jnp.inf)
+  grad_p = jnp.where(support, p * jnp.where(support, r_minus_kl, 0), 0)
+  kl = _core.straight_through_nonnegative(jnp.squeeze(kl, axes))
+  return kl, (_core.masked(grad_p, mask), _core.masked(grad_q, mask), None), axes
+
+
+_kl_from_logits = _normalizer.measure(
+  lambda *args: _kl_from_logits_parts(*args)[0], _kl_from_logits_parts, num_static=1
+)
 
 
 def js_divergence(
@@ -131,7 +159,9 @@ def js_divergence(
   1.0
   """
   p, q, axes, mask, scale = _core.distribution_pair("js_divergence", p, q, axis, where, base)
+  p, q = _core.masked(p, mask), _core.masked(q, mask)
   m = (p + q) / 2
   xlogy = _core.xlogy
   terms = (xlogy(p, p) - xlogy(p, m) + xlogy(q, q) - xlogy(q, m)) / 2
-  return _core.in_base(_nonnegative(jnp.sum(_core.masked(terms, mask), axis=axes)), scale)
+  terms = jnp.sum(_core.masked(terms, mask), axis=axes)
+  return _core.in_base(_core.straight_through_nonnegative(terms), scale)

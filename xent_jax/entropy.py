@@ -7,27 +7,13 @@ gives nats, ``base=2`` bits; float16/bfloat16 inputs are computed and returned i
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from xent_jax import _core, _rows
-from xent_jax.softmax import (
-  as_rows,
-  clamp_neg_inf,
-  exact_guard,
-  is_fast_case,
-  log_normalizer,
-  masked_logits,
-  row_max,
-  row_sum,
-  separate,
-  shift,
-  with_inf_guard,
-)
+from xent_jax import _core, _normalizer
 
 
 def entropy(
@@ -65,76 +51,71 @@ def entropy(
   axes = _core.normalize_axis(axis, probs.ndim, "probs", fn)
   mask = _core.as_mask(where, probs.shape, fn)
   scale = _core.log_scale(base, fn)
+  probs = _core.masked(probs, mask)  # excluded entries never reach the log (double where)
   terms = _core.masked(-_core.xlogy(probs, probs), mask)
   return _core.in_base(jnp.sum(terms, axis=axes), scale)
 
 
-def _entropy_fwd(logits, axes, mask, guard=with_inf_guard):
-  z = masked_logits(logits, mask)
-
-  def body(z, m, exact):
-    lse = log_normalizer(z, m, axes, exact)
-    d = shift(z, m, exact)
-    # d̄ = Σ_j q_j d_j ≤ 0 with q = e^{d - L}; then H = Σ_j q_j (L - d_j) = L - d̄, a sum of
-    # two non-negative terms. clamp_neg_inf makes q·d = 0 (not 0·(-inf)) on impossible
-    # classes; the pass depends on L, so XLA cannot fuse it with the normaliser's pass.
-    d_bar = row_sum(jnp.exp(d - lse) * clamp_neg_inf(d), axes)
-    return lse, d_bar
-
-  m = row_max(z, axes)
-  lse, d_bar = guard(body, z, m)
-  return jnp.squeeze(lse - d_bar, axes), (z, m, lse, d_bar)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _entropy_from_logits(logits, axes, mask):
-  return _entropy_fwd(logits, axes, mask)[0]
-
-
-def _entropy_bwd(axes, res, g):
-  z, m, lse, d_bar = res
-  d = shift(z, m)
-  # ∂H/∂z_i = -q_i (log q_i + H) = -q_i (d_i - d̄): the mean log-probability d̄ is
-  # subtracted once per row instead of forming log q_i + H, which cancels for the dominant
-  # class. One fused pass writes the gradient; no [B, C] softmax is kept from the forward.
-  # q_i·|d_i - d̄| is formed as exp(d_i - L + log|d_i - d̄|): q_i alone may be subnormal
-  # (flushed to 0 on CPU) while the product, up to 88x larger, is a normal number.
-  r = clamp_neg_inf(d) - d_bar
-  grad = -jnp.sign(r) * jnp.exp(d - lse + jnp.log(jnp.abs(r))) * jnp.expand_dims(g, axes)
-  return grad, None
-
-
-_entropy_from_logits.defvjp(_entropy_fwd, _entropy_bwd)
-
-
-# Fast path of entropy_from_logits, [B, C] logits (see softmax.py). The forward makes two
-# YNN passes (Σe and Σ e·d, e = exp(d), d = z - max z) and H = log Σe - d̄; rows with a
-# dominant class and a small H, where log Σe is not accurate enough, get the log1p of the
-# non-maximal mass (see `_entropy_fast_fwd`). The backward
-# pass writes -q_i (d_i - d̄) once. q_i = e^{x_i}, x = d - L, is subnormal (flushed to 0
-# on CPU) for x < -87 in float32 while q_i·|d_i - d̄| can still be normal: there the
-# exponent is raised by 16 and the product scaled back, a select between constants that
-# costs nothing in the pass (the general path pays a log per element for the same).
+# Entropy of softmax(z) from the statistics (m, L): d̄ = Σ_j q_j d_j ≤ 0 with q = e^{d - L},
+# then H = Σ_j q_j (L - d_j) = L - d̄, a sum of two non-negative terms. clamp_neg_inf makes
+# q·d = 0 (not 0·(-inf)) on impossible classes. ∂H/∂z_i = -q_i (log q_i + H) = -q_i (d_i - d̄):
+# the mean d̄ is subtracted once per row instead of forming log q_i + H, which cancels for
+# the dominant class. q_i = e^{d_i - L} is subnormal (flushed to 0 on CPU) below -87 in
+# float32 while q_i·|d_i - d̄| can still be normal: there the exponent is raised by 16 and
+# the product scaled back, a select between constants that costs nothing in the pass.
 
 _UNDERFLOW = {jnp.dtype(jnp.float32): -80.0, jnp.dtype(jnp.float64): -700.0}
 _RAISE = 16.0
 
 
+def _mean_shift(z, m, lse, axes):
+  """d̄ = Σ_j q_j d_j (kept as size 1), one fused pass."""
+  d = _normalizer.shift(z, m)
+  return _normalizer.row_sum(jnp.exp(d - lse) * _normalizer.clamp_neg_inf(d), axes)
+
+
+def _entropy_partials(z, m, lse, d_bar):
+  d = _normalizer.shift(z, m)
+  log_q = d - lse
+  r = _normalizer.clamp_neg_inf(d) - d_bar  # finite where d = -inf (q = 0)
+  low = log_q < _UNDERFLOW[log_q.dtype]
+  return -(jnp.exp(log_q + jnp.where(low, _RAISE, 0.0)) * r) * jnp.where(
+    low, math.exp(-_RAISE), 1.0
+  )
+
+
+def _entropy_parts(axes, logits, mask):
+  z = _normalizer.masked_logits(logits, mask)
+  m, lse = _normalizer.stats(z, axes)
+  d_bar = _mean_shift(z, m, lse, axes)
+  grad = _core.masked(_entropy_partials(z, m, lse, d_bar), mask)
+  return jnp.squeeze(lse - d_bar, axes), (grad, None), axes
+
+
+_entropy_from_logits = _normalizer.measure(
+  lambda *args: _entropy_parts(*args)[0], _entropy_parts, num_static=1
+)
+
+
+# Fast path of entropy_from_logits, [B, C] logits. The value alone makes two YNN passes
+# (Σe and Σ e·d, e = exp(d), d = z - max z) and H = log Σe - d̄; rows with a dominant class
+# and a small H, where log Σe is not accurate enough, get the log1p of the non-maximal
+# mass. Under differentiation: the fused statistics, d̄, and the partials in one pass.
+
+
 def _exact_entropy(z_KxC):
-  return _entropy_fwd(z_KxC, (1,), None, exact_guard)[0]
+  m, lse = _normalizer.exact_stats(z_KxC)
+  m, lse = m[:, None], lse[:, None]
+  return (lse - _mean_shift(z_KxC, m, lse, (1,)))[:, 0]
 
 
-def _exact_entropy_grad(z_KxC, g_K):
-  return _entropy_bwd((1,), _entropy_fwd(z_KxC, (1,), None, exact_guard)[1], g_K)[0]
-
-
-def _entropy_fast_fwd(z_BxC):
+def _entropy_fast_value(z_BxC):
   num_rows, num_classes = z_BxC.shape
-  z1, z2 = separate(z_BxC, 2)  # each pass fuses its own row max (see `separate`)
-  m = row_max(z1, (1,))
-  total = row_sum(jnp.exp(z1 - m), (1,))
-  d = z2 - row_max(z2, (1,))
-  d_bar = row_sum(jnp.exp(d) * clamp_neg_inf(d), (1,)) / total
+  z1, z2 = _normalizer.separate(z_BxC, 2)  # each pass fuses its own row max
+  m = _normalizer.row_max(z1, (1,))
+  total = _normalizer.row_sum(jnp.exp(z1 - m), (1,))
+  d = z2 - _normalizer.row_max(z2, (1,))
+  d_bar = _normalizer.row_sum(jnp.exp(d) * _normalizer.clamp_neg_inf(d), (1,)) / total
   h = jnp.log(total) - d_bar
   # log Σe has an absolute error of a few 1e-8: relative to H it matters only where H is
   # small, i.e. a dominant class (Σe < 2). Those rows get L = log1p of the non-maximal
@@ -143,40 +124,23 @@ def _entropy_fast_fwd(z_BxC):
   many = jnp.sum(dominant) > num_rows // 8
 
   def exact_lse():
-    (z3,) = separate(z_BxC, 1)
-    e = jnp.exp(z3 - row_max(z3, (1,)))
-    return jnp.where(total < 2, jnp.log1p(row_sum(e - jnp.floor(e), (1,))), jnp.log(total))
+    (z3,) = _normalizer.separate(z_BxC, 1)
+    mass = _normalizer.frac_mass(jnp.exp(z3 - _normalizer.row_max(z3, (1,))), (1,))
+    return _normalizer.log_total(total, mass)
 
   lse = jax.lax.cond(many, exact_lse, lambda: jnp.log(total))
   h = (lse - d_bar)[:, 0]
   bad = ~jnp.isfinite(h) | (dominant & ~many)  # also ±inf logits, NaN, an all -inf row
-  h = _rows.fix_rows(bad, _exact_entropy, h, z_BxC, row_size=num_classes)
-  return h, (z_BxC, m, lse, d_bar, bad)
+  return _normalizer.fix_rows(bad, _exact_entropy, h, z_BxC, row_size=num_classes)
 
 
-def _entropy_fast_bwd(res, g_B):
-  z_BxC, m, lse, d_bar, bad = res
-  # A barrier keeps XLA from sharing `z - m` and the broadcast clamp constant with the
-  # forward passes by writing them out as [B, C] temporaries.
-  lowest = jnp.asarray(jnp.finfo(z_BxC.dtype).min, z_BxC.dtype)
-  z_BxC, m, lowest = jax.lax.optimization_barrier((z_BxC, m, lowest))
-  d = z_BxC - m
-  x = d - lse  # log q
-  r = jnp.maximum(d, lowest) - d_bar  # as clamp_neg_inf: finite where d = -inf (q = 0)
-  low = x < _UNDERFLOW[x.dtype]
-  grad = (jnp.exp(x + jnp.where(low, _RAISE, 0.0)) * r) * (
-    -g_B[:, None] * jnp.where(low, math.exp(-_RAISE), 1.0)
-  )
-  grad = _rows.fix_rows(bad, _exact_entropy_grad, grad, z_BxC, g_B, row_size=z_BxC.shape[1])
-  return (grad,)
+def _entropy_fast_parts(z_BxC):
+  m, lse = _normalizer.log_normalizer(_normalizer.max_stats, (1,), z_BxC)
+  d_bar = _mean_shift(z_BxC, m, lse, (1,))
+  return (lse - d_bar)[:, 0], (_entropy_partials(z_BxC, m, lse, d_bar),), (1,)
 
 
-@jax.custom_vjp
-def _entropy_fast(z_BxC):
-  return _entropy_fast_fwd(z_BxC)[0]  # the forward rule writes nothing [B, C] either
-
-
-_entropy_fast.defvjp(_entropy_fast_fwd, _entropy_fast_bwd)
+_entropy_fast = _normalizer.measure(_entropy_fast_value, _entropy_fast_parts)
 
 
 def entropy_from_logits(
@@ -217,10 +181,10 @@ def entropy_from_logits(
   _core.check_classes(logits, axes, "logits", fn)
   mask = _core.as_mask(where, logits.shape, fn)
   scale = _core.log_scale(base, fn)
-  if is_fast_case(logits, axes, mask):
-    h = _entropy_fast(as_rows(logits)).reshape(logits.shape[:-1])
+  if _normalizer.is_fast_case(logits, axes, mask):
+    h = _entropy_fast(_normalizer.as_rows(logits)).reshape(logits.shape[:-1])
   else:
-    h = _entropy_from_logits(logits, axes, mask)
+    h = _entropy_from_logits(axes, logits, mask)
   return _core.in_base(h, scale)
 
 
@@ -251,22 +215,39 @@ def binary_entropy(p: ArrayLike, *, base: float | None = None) -> jax.Array:
   return _core.in_base(h, scale)
 
 
+_TAIL, _RAISE_TAIL = 64.0, 16.0
+
+
+def _times_exp_neg(a: jax.Array, x: jax.Array) -> jax.Array:
+  """x·e^{-a}, for a ≥ 0, also where e^{-a} alone underflows.
+
+  In float32 e^{-88} is subnormal (flushed to 0 on CPU) while 88·e^{-88} = 5.4e-37 is a
+  normal number. Beyond a = 64 the exponent is raised by 16 and the product scaled back
+  (16 - a is exact there, so no precision is lost in the argument of exp).
+  """
+  tail = a > _TAIL
+  return jnp.where(tail, x * jnp.exp(_RAISE_TAIL - a) * math.exp(-_RAISE_TAIL), x * jnp.exp(-a))
+
+
 @jax.custom_jvp
 def _binary_entropy_from_logits(z):
-  a = jnp.abs(z)
+  a = jnp.minimum(jnp.abs(z), jnp.finfo(z.dtype).max)  # finite at z = ±inf (the term is 0)
   e = jnp.exp(-a)
   # H(σ(z)) = log(1 + e^{-|z|}) + |z| σ(-|z|): both terms ≥ 0 (no cancellation) and each
   # keeps relative precision for large |z| (log1p, and σ(-|z|) = e/(1+e) with no 1 - σ).
-  # e·min(a, fmax) is 0 at z = ±inf (e = 0) without 0·inf or a select.
-  return jnp.log1p(e) + e * jnp.minimum(a, jnp.finfo(z.dtype).max) / (1 + e)
+  # Beyond |z| = 64, log1p(e) = e and 1 + e = 1 to working precision: H = (1 + |z|) e,
+  # formed by _times_exp_neg, since e alone underflows (at |z| = 88 in float32) before H.
+  return jnp.where(a > _TAIL, _times_exp_neg(a, 1 + a), jnp.log1p(e) + a * e / (1 + e))
 
 
 @_binary_entropy_from_logits.defjvp
 def _binary_entropy_from_logits_jvp(primals, tangents):
   (z,), (dz,) = primals, tangents
-  e = jnp.exp(-jnp.abs(z))
+  a = jnp.abs(z)
+  e = jnp.exp(-a)
   # dH/dz = -z σ(z) σ(-z) = -z e / (1 + e)^2, finite (0) at z = ±inf.
-  slope = -_core.mul0(e, z) / jnp.square(1 + e)
+  z_fin = jnp.clip(z, -jnp.finfo(z.dtype).max, jnp.finfo(z.dtype).max)
+  slope = -_times_exp_neg(a, z_fin) / jnp.square(1 + e)
   return _binary_entropy_from_logits(z), slope * dz
 
 

@@ -1,0 +1,314 @@
+"""The softmax log-normaliser, exact and fast, and the derivative rules built on it.
+
+Every softmax measure of xent_jax (log_softmax, entropy_from_logits, the softmax
+cross-entropies, kl_divergence_from_logits) is a formula in two row statistics: a shift c
+(the row max, or for integer labels the label's own logit) and the log-normaliser
+
+.. math::
+  L = \\log \\sum_j e^{z_j - c} .
+
+This module computes (c, L) -- accurately, and on the fast path in fused passes -- and turns
+a measure's closed-form derivatives into a ``jax.custom_jvp``. Nothing here is public API.
+
+Accuracy: the log1p trick. With c = z_k one of the logits, the term j = k of Σ e^{z_j - c}
+is exactly 1. When the total S is below 2, z_k is the strict maximum (any other class at
+least as large would add ≥ 1), every other term is < 1, and the non-maximal mass
+Σ_j (e_j - floor(e_j)) is exact, so L = log1p(mass) keeps the relative precision of a tiny
+L. ``log(S)`` would round 1 + mass to 1 and return log p_max = 0. For S ≥ 2, log S ≥ log 2
+is accurate. :func:`frac_mass` and :func:`log_total` are the trick, written once.
+
+Speed (XLA:CPU in jax 0.10). XLA hands a reduction whose inputs are computed by arithmetic
+only (exp, log1p, floor, subtract, multiply, max, min, iota; no compare, no select) to
+YNNPACK, which fuses the whole chain -- even a row max, the exp-sum that uses it and a
+second reduction -- into one cache-blocked pass (max + Σ exp at 3x a read pass, where the
+same two passes run separately at 4x). A compare or select inside the chain, two
+reductions that are both outputs, or a materialised [B, C] temporary split it. Each
+elementwise op in such a pass costs about a third of a read pass; a fresh [B, C] output
+costs 3x a read pass with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` and 10x without.
+Hence the fast statistics (class axis last, no mask or smoothing): the fused passes
+compute c and L for almost every row, and :func:`fix_rows` recomputes the few others (±inf,
+NaN, overflow) with the general, exact statistics, K rows at a time.
+
+Derivatives. :func:`log_normalizer` is a ``custom_jvp``: c has no derivative (the measures
+depend on z - c - L only, which is shift-invariant) and dL = Σ_j softmax_j dz_j. Each
+measure is then a ``custom_jvp`` made by :func:`measure` from its closed-form partial
+derivatives, written from the statistics with the precision of the tails (1 - q of a
+dominant class as the sum of the others, never as 1 - q): forward mode contracts them with
+the tangents, reverse mode is the transpose (the cotangent times the same arrays, one
+elementwise pass), and higher orders differentiate the closed forms, whose only
+non-elementary part is L again. No derivative ever goes through the fast passes, their
+``lax.cond`` or the ``while_loop`` of :func:`fix_rows`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+# -------------------------------------------------------------------- fused-pass helpers
+
+
+def _fence(x: jax.Array) -> jax.Array:
+  """The identity (NaN stays NaN), as a select XLA cannot fold: it ends the fusion."""
+  return jnp.where(x == x, x, jnp.nan)
+
+
+def row_sum(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """Σ over ``axes`` (kept as size 1) as its own, fast, reduction pass."""
+  return _fence(jnp.sum(x, axis=axes, keepdims=True))
+
+
+def row_max(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """max over ``axes`` (kept); an all -inf row gets 0, so that its z - m is all -inf."""
+  m = jnp.max(z, axis=axes, keepdims=True)
+  return jnp.where(m == -jnp.inf, jnp.zeros((), z.dtype), m)
+
+
+@jax.custom_jvp
+def shift(z: jax.Array, c: jax.Array) -> jax.Array:
+  """d = z - c, with d = 0 (not inf - inf = NaN) where z = c = ±inf; derivative dz - dc."""
+  return jnp.where(z == c, jnp.zeros((), z.dtype), z - c)
+
+
+@shift.defjvp
+def _shift_jvp(primals, tangents):
+  (z, c), (dz, dc) = primals, tangents
+  return shift(z, c), dz - dc
+
+
+def separate(x: jax.Array, n: int) -> tuple[jax.Array, ...]:
+  """``n`` references to ``x`` that XLA keeps apart (no copy is made).
+
+  Without it XLA shares a subexpression of several passes over ``x`` (``x - max``, an
+  ``exp``) by writing it out as a [B, C] temporary, which costs more than recomputing it
+  inside each fused pass.
+  """
+  return jax.lax.optimization_barrier((x,) * n)
+
+
+def clamp_neg_inf(d: jax.Array) -> jax.Array:
+  """max(d, -fmax): lets q · d be 0 where d = -inf and q = e^d = 0, with arithmetic only."""
+  return jnp.maximum(d, -jnp.finfo(d.dtype).max)
+
+
+def masked_logits(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Excluded classes become -inf logits: probability 0, no part in the normaliser."""
+  return logits if mask is None else jnp.where(mask, logits, -jnp.inf)
+
+
+def is_fast_case(x: jax.Array, axes: tuple[int, ...], mask, smoothing: float = 0.0) -> bool:
+  """Whether the fast path applies: class axis last, nothing masked or smoothed, B ≥ 1."""
+  return axes == (x.ndim - 1,) and x.size > 0 and mask is None and smoothing == 0
+
+
+def as_rows(x: jax.Array) -> jax.Array:
+  """``[..., C]`` as ``[B, C]`` (a free reshape)."""
+  return x.reshape(-1, x.shape[-1])
+
+
+# ---------------------------------------------------------------------- the log1p trick
+
+
+def frac_mass(e: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """Σ_j (e_j - floor(e_j)): the exact non-maximal mass of a row whose total is < 2."""
+  return row_sum(e - jnp.floor(e), axes)
+
+
+def log_total(total: jax.Array, mass: jax.Array) -> jax.Array:
+  """L = log(total), as log1p(mass) where total < 2 (see the module docstring)."""
+  return jnp.where(total < 2, jnp.log1p(mass), jnp.log(total))
+
+
+# -------------------------------------------------------------------- row statistics
+
+
+def _general_body(z, m, axes, exact):
+  """L = log Σ e^{z - m}; the log1p pass runs only when some row needs it (or if ``exact``)."""
+  d = shift(z, m) if exact else z - m
+  total = row_sum(jnp.exp(d), axes)
+
+  def mass():
+    e = jnp.exp(shift(z, m) if exact else z - m)
+    return frac_mass(e, axes)
+
+  if exact:
+    small = mass()
+  else:
+    small = jax.lax.cond(jnp.any(total < 2), mass, lambda: jnp.zeros_like(total))
+  return log_total(total, small)
+
+
+def general_stats(z: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+  """(m, L): the row max (0 for an all -inf row, which gets L = 0) and L = log Σ e^{z - m}.
+
+  The arithmetic-only form runs outside a conditional (XLA:CPU compiles passes inside a
+  branch less well); the exact shift, needed only when a row max is +inf (a +inf logit
+  takes all the mass of its row, ties share it), only when it is needed.
+  """
+  m = row_max(z, axes)
+  fast = _general_body(z, m, axes, exact=False)
+  lse = jax.lax.cond(
+    jnp.any(m == jnp.inf), lambda: _general_body(z, m, axes, exact=True), lambda: fast
+  )
+  return m, lse
+
+
+def exact_stats(z_KxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """:func:`general_stats` of ``[K, C]`` rows, branch-free, as ``[K]`` arrays.
+
+  For the few rows a fast path hands over (:func:`fix_rows`): run time does not matter
+  there and a single trace halves the compile time.
+  """
+  m = row_max(z_KxC, (1,))
+  return m[:, 0], _general_body(z_KxC, m, (1,), exact=True)[:, 0]
+
+
+def max_stats(z_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(m, L) of ``[B, C]`` rows in fused passes: max + Σe in one, the log1p mass if needed."""
+  num_rows, num_classes = z_BxC.shape
+  (z1,) = separate(z_BxC, 1)
+  m = row_max(z1, (1,))
+  total = row_sum(jnp.exp(z1 - m), (1,))
+
+  def mass():
+    (z2,) = separate(z_BxC, 1)
+    return frac_mass(jnp.exp(z2 - row_max(z2, (1,))), (1,))
+
+  small = jax.lax.cond(jnp.any(total < 2), mass, lambda: jnp.zeros_like(total))
+  stats = (m[:, 0], log_total(total, small)[:, 0])
+  bad = ~(total[:, 0] < jnp.inf)  # a +inf or NaN logit
+  m, lse = fix_rows(bad, exact_stats, stats, z_BxC, row_size=num_classes)
+  return m[:, None], lse[:, None]
+
+
+def label_stats(z_BxC: jax.Array, y_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(c, L) of ``[B, C]`` rows shifted by the label's own logit, c = z_y, in fused passes.
+
+  S = Σ_j e^{z_j - z_y} needs no max pass. Where S ≥ 2, L = log S ≥ log 2 is accurate;
+  where S < 2 the label is the strict maximum and L = log1p of the non-label mass: from one
+  more pass over all rows when such rows are many (a confident model), else row by row.
+  Rows where S is not finite (a class 88 nats above the label in float32, ±inf or NaN
+  logits) get the general statistics, c = max. Out-of-range labels are clipped here (their
+  loss is made NaN by the caller).
+  """
+  num_rows, num_classes = z_BxC.shape
+  y_clipped = jnp.clip(y_B, 0, num_classes - 1)[:, None]
+
+  def label_shifted():  # recomputed inside each pass: never a [B, C] operand
+    return z_BxC - jnp.take_along_axis(z_BxC, y_clipped, axis=1)
+
+  total = row_sum(jnp.exp(label_shifted()), (1,))[:, 0]
+  dominant = total < 2  # NaN compares False
+  many = jnp.sum(dominant) > num_rows // 8
+
+  def mass():
+    return frac_mass(jnp.exp(label_shifted()), (1,))[:, 0]
+
+  small = jax.lax.cond(many, mass, lambda: jnp.zeros_like(total))
+  lse = jnp.where(many & dominant, jnp.log1p(small), jnp.log(total))
+  c = jnp.take_along_axis(z_BxC, y_clipped, axis=1)[:, 0]
+  flagged = ~(total < jnp.inf) | (dominant & ~many)
+  c, lse = fix_rows(flagged, exact_stats, (c, lse), z_BxC, row_size=num_classes)
+  return c[:, None], lse[:, None]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def log_normalizer(stats_fn: Callable, axes: tuple[int, ...], z: jax.Array, *extra):
+  """``(c, L) = stats_fn(z, *extra)``, differentiable: dc = 0 and dL = Σ_j softmax_j dz_j.
+
+  ``stats_fn`` is one of :func:`general_stats` (with ``extra = ()``; bind ``axes`` in),
+  :func:`max_stats` or :func:`label_stats`; ``axes`` are the class axes of ``z``.
+  """
+  return stats_fn(z, *extra)
+
+
+@log_normalizer.defjvp
+def _log_normalizer_jvp(stats_fn, axes, primals, tangents):
+  z, dz = primals[0], tangents[0]
+  c, lse = log_normalizer(stats_fn, axes, *primals)
+  q = jnp.exp(shift(z, c) - lse)
+  return (c, lse), (jnp.zeros_like(c), jnp.sum(q * dz, axis=axes, keepdims=True))
+
+
+def stats(z: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+  """The general (m, L) of any ``z`` and class ``axes``, differentiable."""
+  return log_normalizer(functools.partial(general_stats, axes=axes), axes, z)
+
+
+# --------------------------------------------------------------------- row fallback
+
+# Rows per chunk: about this many elements (1 MiB of float32), so a chunk stays in cache.
+_CHUNK_ELEMENTS = 2**18
+
+
+def chunk_rows(num_rows: int, row_size: int) -> int:
+  """K: how many rows of ``row_size`` elements one chunk of :func:`fix_rows` holds."""
+  return max(1, min(num_rows, _CHUNK_ELEMENTS // max(row_size, 1)))
+
+
+def fix_rows(flags_B: jax.Array, exact_fn: Callable, out, *rows: jax.Array, row_size: int):
+  """``out`` with ``out[b] = exact_fn(*(r[b] for r in rows))`` wherever ``flags_B[b]``.
+
+  The exact function runs on ``[K, ...]`` chunks of the flagged rows only: gathered,
+  recomputed, scattered back in place (``out``, a pytree of ``[B, ...]`` arrays, is a
+  ``while_loop`` carry). It costs one prefix sum over the batch when no row is flagged.
+  Never differentiated: the derivative rules use the statistics it returns.
+  """
+  num_rows = flags_B.shape[0]
+  k = chunk_rows(num_rows, row_size)
+  count = jnp.sum(flags_B, dtype=jnp.int32)
+  # Flagged rows first, then the out-of-range index B: gathered with clipping and dropped
+  # on the way back, so a partial last chunk writes nothing it should not.
+  (index,) = jnp.nonzero(flags_B, size=num_rows + k - 1, fill_value=num_rows)
+
+  def body(state):
+    start, out = state
+    index_K = jax.lax.dynamic_slice_in_dim(index, start, k)
+    values = exact_fn(*(jnp.take(r, index_K, axis=0, mode="clip") for r in rows))
+    out = jax.tree.map(lambda o, v: o.at[index_K].set(v.astype(o.dtype), mode="drop"), out, values)
+    return start + k, out
+
+  _, out = jax.lax.while_loop(lambda state: state[0] < count, body, (jnp.int32(0), out))
+  return out
+
+
+# ------------------------------------------------------------- measures as custom_jvp
+
+
+def measure(value_fn: Callable, partials_fn: Callable, *, num_static: int = 0) -> Callable:
+  """A ``custom_jvp`` function from a value and its closed-form partial derivatives.
+
+  Args:
+    value_fn: ``value_fn(*static, *args)``, the value alone (what a call without
+      differentiation runs: the fastest forward).
+    partials_fn: ``partials_fn(*static, *args) -> (value, partials, axes)``: ``partials[i]``
+      is ∂value/∂args[i] elementwise (shaped like ``args[i]``), or None for an argument
+      without a derivative (labels, masks); ``axes`` are the axes of ``args`` reduced in
+      the value (``()`` for an elementwise function).
+    num_static: how many leading arguments are static (hashable Python values).
+
+  Returns:
+    ``f(*static, *args)``. Its JVP is Σ_axes partials[i] · tangent[i]; its VJP, the
+    transpose, is cotangent · partials[i]: one elementwise pass per argument. Zero tangents
+    stay symbolic, so an argument that is not differentiated costs nothing.
+  """
+  f = jax.custom_jvp(value_fn, nondiff_argnums=tuple(range(num_static)))
+
+  def rule(*args):
+    static, (primals, tangents) = args[:num_static], args[num_static:]
+    value, partials, axes = partials_fn(*static, *primals)
+    tangent = None
+    for partial, dx in zip(partials, tangents, strict=True):
+      if partial is None or isinstance(dx, SymbolicZero):
+        continue
+      term = partial * dx
+      term = jnp.sum(term, axis=axes) if axes else term
+      tangent = term if tangent is None else tangent + term
+    return value, jnp.zeros_like(value) if tangent is None else tangent
+
+  f.defjvp(rule, symbolic_zeros=True)
+  return f
