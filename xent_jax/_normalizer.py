@@ -68,16 +68,44 @@ def row_max(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   return jnp.where(m == -jnp.inf, jnp.zeros((), z.dtype), m)
 
 
-@jax.custom_jvp
 def shift(z: jax.Array, c: jax.Array) -> jax.Array:
-  """d = z - c, with d = 0 (not inf - inf = NaN) where z = c = ±inf; derivative dz - dc."""
+  """d = z - c for probabilities e^{d - L}: arithmetic only, no NaN at z = c = +inf.
+
+  Both are clamped to fmax first: in a row whose maximum c is +inf the +inf logits get
+  d = 0 (they share the mass) and the finite ones d ≈ -fmax (probability e^d = 0);
+  elsewhere the clamp changes nothing. No compare or select, so the passes that use it
+  stay fused. For log-probabilities use :func:`log_shift`. (The constant comes through a
+  barrier: XLA would otherwise share its broadcast between passes by writing it out as a
+  [B, C] temporary.)
+  """
+  fmax = row_constant(c, jnp.finfo(z.dtype).max)
+  return jnp.minimum(z, fmax) - jnp.minimum(c, fmax)
+
+
+def row_constant(row: jax.Array, value: float) -> jax.Array:
+  """``value`` shaped like the row statistic ``row``, as arithmetic on it (sign(row)·0 + v).
+
+  XLA shares the broadcast of a literal constant between fusions by writing it out as a
+  [B, C] temporary (a barrier does not stop it: constants fold through). A row value is
+  broadcast inside each fused pass instead. NaN rows stay NaN.
+  """
+  return jnp.sign(row) * 0 + jnp.asarray(value, row.dtype)
+
+
+@jax.custom_jvp
+def log_shift(z: jax.Array, c: jax.Array) -> jax.Array:
+  """d = z - c for log-probabilities: 0 where z = c = ±inf, -inf for a finite z when c = +inf.
+
+  A compare and a select (for values and the few rows the fast paths hand over); its
+  derivative is dz - dc everywhere, the maximum included.
+  """
   return jnp.where(z == c, jnp.zeros((), z.dtype), z - c)
 
 
-@shift.defjvp
-def _shift_jvp(primals, tangents):
+@log_shift.defjvp
+def _log_shift_jvp(primals, tangents):
   (z, c), (dz, dc) = primals, tangents
-  return shift(z, c), dz - dc
+  return log_shift(z, c), dz - dc
 
 
 def separate(x: jax.Array, n: int) -> tuple[jax.Array, ...]:
@@ -90,9 +118,12 @@ def separate(x: jax.Array, n: int) -> tuple[jax.Array, ...]:
   return jax.lax.optimization_barrier((x,) * n)
 
 
-def clamp_neg_inf(d: jax.Array) -> jax.Array:
-  """max(d, -fmax): lets q · d be 0 where d = -inf and q = e^d = 0, with arithmetic only."""
-  return jnp.maximum(d, -jnp.finfo(d.dtype).max)
+def clamp_neg_inf(d: jax.Array, row: jax.Array) -> jax.Array:
+  """max(d, -fmax): lets q · d be 0 where d = -inf and q = e^d = 0, with arithmetic only.
+
+  ``row`` is a row statistic of the same rows (see :func:`row_constant`).
+  """
+  return jnp.maximum(d, row_constant(row, -jnp.finfo(d.dtype).max))
 
 
 def masked_logits(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -126,35 +157,25 @@ def log_total(total: jax.Array, mass: jax.Array) -> jax.Array:
 # -------------------------------------------------------------------- row statistics
 
 
-def _general_body(z, m, axes, exact):
-  """L = log Σ e^{z - m}; the log1p pass runs only when some row needs it (or if ``exact``)."""
-  d = shift(z, m) if exact else z - m
-  total = row_sum(jnp.exp(d), axes)
+def _general_body(z, m, axes, branch_free=False):
+  """L = log Σ e^{z - m}; the log1p pass runs only when some row needs it."""
+  total = row_sum(jnp.exp(shift(z, m)), axes)
 
   def mass():
-    e = jnp.exp(shift(z, m) if exact else z - m)
-    return frac_mass(e, axes)
+    return frac_mass(jnp.exp(shift(z, m)), axes)
 
-  if exact:
-    small = mass()
-  else:
-    small = jax.lax.cond(jnp.any(total < 2), mass, lambda: jnp.zeros_like(total))
-  return log_total(total, small)
+  if branch_free:
+    return log_total(total, mass())
+  return log_total(total, jax.lax.cond(jnp.any(total < 2), mass, lambda: jnp.zeros_like(total)))
 
 
 def general_stats(z: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
   """(m, L): the row max (0 for an all -inf row, which gets L = 0) and L = log Σ e^{z - m}.
 
-  The arithmetic-only form runs outside a conditional (XLA:CPU compiles passes inside a
-  branch less well); the exact shift, needed only when a row max is +inf (a +inf logit
-  takes all the mass of its row, ties share it), only when it is needed.
+  A +inf logit takes all the mass of its row (ties share it): the limit of a large logit.
   """
   m = row_max(z, axes)
-  fast = _general_body(z, m, axes, exact=False)
-  lse = jax.lax.cond(
-    jnp.any(m == jnp.inf), lambda: _general_body(z, m, axes, exact=True), lambda: fast
-  )
-  return m, lse
+  return m, _general_body(z, m, axes)
 
 
 def exact_stats(z_KxC: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -164,7 +185,7 @@ def exact_stats(z_KxC: jax.Array) -> tuple[jax.Array, jax.Array]:
   there and a single trace halves the compile time.
   """
   m = row_max(z_KxC, (1,))
-  return m[:, 0], _general_body(z_KxC, m, (1,), exact=True)[:, 0]
+  return m[:, 0], _general_body(z_KxC, m, (1,), branch_free=True)[:, 0]
 
 
 def max_stats(z_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:

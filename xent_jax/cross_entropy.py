@@ -81,7 +81,7 @@ def _dense_value(z, t, m, lse, t_sum, axes):
   inf·[t > 0]), in arithmetic only (XLA:CPU fuses it with the pass); that 0-or-inf term
   has no derivative.
   """
-  neg_d = -_normalizer.shift(z, m)
+  neg_d = -_normalizer.log_shift(z, m)
   neg_d_fin = jnp.minimum(neg_d, jnp.finfo(z.dtype).max)
   inf_term = jax.lax.stop_gradient(jnp.minimum(neg_d - neg_d_fin, _inf_where_positive(t)))
   return lse * t_sum + _normalizer.row_sum(t * neg_d_fin + inf_term, axes)
@@ -94,21 +94,30 @@ def _dense_partials(z, t, m, lse, t_sum, axes, eps, mask):
   keeps the precision that 1 - q ≈ Σ_{j≠k} q_j has, and the targets of the other classes
   are summed, not taken as T - t_k (which rounds away a 1e-12 tail next to 1).
   """
+
+  # Σ_{j≠k} t_j: one more pass, only when some row has a dominant class (L < log 2). There
+  # the maximum is unique, floor(e^d) is 1 at k and 0 elsewhere: arithmetic only, so the
+  # pass fuses (see _normalizer.py). It reads its own reference to z (no shared [B, C] d).
+  def t_rest_fn():
+    (z_rest,) = _normalizer.separate(z, 1)
+    d = _normalizer.shift(z_rest, m)
+    return _normalizer.row_sum(t * (1 - jnp.floor(jnp.exp(d))), axes)
+
+  t_rest = jax.lax.cond(jnp.any(lse < _LOG2), t_rest_fn, lambda: t_sum)
+  (z,) = _normalizer.separate(z, 1)
   d = _normalizer.shift(z, m)
   log_q = d - lse
-  dominant = log_q > -_LOG2
-  # Σ_{j≠k} t_j: one more pass, only when some row has a dominant class (L < log 2).
-  t_rest = jax.lax.cond(
-    jnp.any(lse < _LOG2),
-    lambda: jnp.sum(jnp.where(dominant, 0, t), axis=axes, keepdims=True),
-    lambda: t_sum,
-  )
-  # The dominant class is a maximum (d = 0, log q = -L): its partial is a row value.
-  grad_z = jnp.where(dominant, t_sum * jnp.expm1(-lse) + t_rest, t_sum * jnp.exp(log_q) - t)
+  # The dominant class is a maximum (d = 0, log q = -L): its partial is a row value, put in
+  # place with the arithmetic indicator floor(e^d)·[L < log 2] (1 there, 0 elsewhere; 0 in
+  # rows without a dominant class, where ties may floor to 1), so that a JVP's reduction
+  # Σ partial·tangent stays one fused pass.
+  at_max = jnp.floor(jnp.exp(d)) * (lse < _LOG2).astype(d.dtype)
+  grad_z = (1 - at_max) * (t_sum * jnp.exp(log_q) - t) + at_max * (t_sum * jnp.expm1(-lse) + t_rest)
   # -log q = L - d is +inf on an impossible class; where t = 0 there the term is the
   # constant 0·log 0 = 0 (a one-sided derivative), never 0·inf. ε = 1: t is a constant.
-  impossible = (t == 0) & (d == -jnp.inf)
-  neg_log_q = jnp.where(impossible, 0, lse - jnp.where(impossible, 0, d))
+  log_d = _normalizer.log_shift(z, m)
+  impossible = (t == 0) & (log_d == -jnp.inf)
+  neg_log_q = jnp.where(impossible, 0, lse - jnp.where(impossible, 0, log_d))
   grad_t = None if eps == 1 else _core.masked((1 - eps) * neg_log_q, mask)
   return _core.masked(grad_z, mask), grad_t
 
@@ -157,7 +166,7 @@ def _softmax_xent_fast_value(z_BxC, t_BxC):
 def _softmax_xent_fast_parts(z_BxC, t_BxC):
   m, lse = _normalizer.log_normalizer(_normalizer.max_stats, (1,), z_BxC)
   t_sum = jnp.sum(t_BxC, axis=1, keepdims=True)
-  loss = _dense_value(z_BxC, t_BxC, m, lse, t_sum, (1,))[:, 0]
+  loss = _softmax_xent_fast(z_BxC, t_BxC)  # the fused value pass; its derivative is this rule
   return loss, _dense_partials(z_BxC, t_BxC, m, lse, t_sum, (1,), 0.0, None), (1,)
 
 
@@ -233,7 +242,7 @@ def _int_xent_parts(axis, eps, logits, labels, mask):
   z = _normalizer.masked_logits(logits, mask)
   labels_e, valid, k, has_support = _label_terms(logits, labels, axis, mask)
   c, lse = _normalizer.stats(z, (axis,))
-  log_q = _normalizer.shift(z, c) - lse
+  log_q = _normalizer.log_shift(z, c) - lse
   # The label's log-probability is gathered (one element per example); out-of-range labels
   # are clipped here and turned into NaN below, never wrapped.
   index = jnp.clip(labels_e, 0, logits.shape[axis] - 1)
@@ -273,7 +282,7 @@ _int_xent = _normalizer.measure(
 def _int_xent_fast_loss(z_BxC, y_B, c, lse):
   num_classes = z_BxC.shape[1]
   z_label = jnp.take_along_axis(z_BxC, jnp.clip(y_B, 0, num_classes - 1)[:, None], axis=1)
-  loss = (lse - _normalizer.shift(z_label, c))[:, 0]
+  loss = (lse - _normalizer.log_shift(z_label, c))[:, 0]
   return jnp.where((y_B >= 0) & (y_B < num_classes), loss, jnp.nan)
 
 
@@ -284,12 +293,17 @@ def _int_xent_fast_value(z_BxC, y_B):
 def _int_xent_fast_parts(z_BxC, y_B):
   c, lse = _normalizer.log_normalizer(_normalizer.label_stats, (1,), z_BxC, y_B)
   loss = _int_xent_fast_loss(z_BxC, y_B, c, lse)
-  log_q = _normalizer.shift(z_BxC, c) - lse
-  is_label = jax.lax.broadcasted_iota(y_B.dtype, z_BxC.shape, 1) == y_B[:, None]
-  # At the label, log q = -loss: its partial expm1(-loss) is a row value.
-  grad = jnp.where(is_label, jnp.expm1(-loss)[:, None], jnp.exp(log_q))
-  valid = (y_B >= 0) & (y_B < z_BxC.shape[1])
-  return loss, (jnp.where(valid[:, None], grad, 0), None), (1,)
+  q = jnp.exp(_normalizer.shift(z_BxC, c) - lse)
+  # At the label, log q = -loss: its partial expm1(-loss) is a row value, put in place with
+  # the arithmetic indicator max(0, 1 - |j - y|) (no compare or select: a JVP's reduction
+  # Σ partial·tangent stays one fused pass). Rows with an invalid label get 0.
+  dtype = z_BxC.dtype
+  valid = ((y_B >= 0) & (y_B < z_BxC.shape[1]))[:, None]
+  at_label_row = jnp.where(valid, jnp.expm1(-loss)[:, None], 0)
+  j = jax.lax.broadcasted_iota(dtype, z_BxC.shape, 1)
+  is_label = jnp.maximum(0, 1 - jnp.abs(j - y_B[:, None].astype(dtype)))
+  grad = ((1 - is_label) * q + is_label * at_label_row) * valid.astype(dtype)
+  return loss, (grad, None), (1,)
 
 
 _int_xent_fast = _normalizer.measure(_int_xent_fast_value, _int_xent_fast_parts)
@@ -396,7 +410,9 @@ def _sigmoid_xent_value(logits, labels):
   # never 0·inf = NaN. That 0-or-inf term has no derivative.
   s = jnp.sign(logits)
   a = jnp.abs(logits)
-  c = jnp.maximum(s, 0) - labels * s
+  # (the 0 through a barrier: XLA would share the broadcast constant with the derivative
+  # pass by writing it out as an [N] temporary)
+  c = jnp.maximum(s, jax.lax.optimization_barrier(jnp.zeros((), s.dtype))) - labels * s
   a_fin = jnp.minimum(a, jnp.finfo(logits.dtype).max)
   # (abs: the bound stays ≥ 0, and the term 0 at finite z, also for labels outside [0, 1])
   inf_term = jnp.minimum(a - a_fin, jnp.abs(_inf_where_positive(c)))
@@ -405,16 +421,20 @@ def _sigmoid_xent_value(logits, labels):
 
 def _sigmoid_xent_parts(logits, labels):
   # ∂/∂z = σ(z) - y, written as (1-y)·σ(z) - y·σ(-z): at z = 20, y = 1 it is -σ(-20) =
-  # -2.1e-9, where σ(20) - 1 rounds to 0. σ(±|z|) = 1/(1+e), e/(1+e) with e = e^{-|z|}
-  # keep relative precision in both tails. ∂/∂y = -z (±inf at infinite logits).
-  e = jnp.exp(-jnp.abs(logits))
-  sigma_abs = 1 / (1 + e)
-  sigma_neg_abs = e * sigma_abs
-  positive = logits >= 0
-  sigma = jnp.where(positive, sigma_abs, sigma_neg_abs)
-  sigma_neg = jnp.where(positive, sigma_neg_abs, sigma_abs)
-  grad_logits = (1 - labels) * sigma - labels * sigma_neg
-  return _sigmoid_xent_value(logits, labels), (grad_logits, -logits), ()
+  # -2.1e-9, where σ(20) - 1 rounds to 0. With e = e^{-|z|}, σ(|z|) = a = 1/(1+e) and
+  # σ(-|z|) = b = e·a keep relative precision in both tails, and with p = [z > 0] =
+  # max(sign z, 0) the partial is a·(p - y) + b·(1 - p - y): arithmetic only, so a JVP's
+  # reduction and the VJP's output are each one fused pass. ∂/∂y = -z (±inf at ±inf).
+  # The inputs and the constant 1 come through one barrier: XLA would otherwise share e,
+  # or the broadcast 1, with the value's pass by writing it out as an [N] temporary, which
+  # costs more than recomputing it (measured: 0 temporaries this way, 256-1024 MiB at 2^26
+  # logits otherwise).
+  z, y, one = jax.lax.optimization_barrier((logits, labels, jnp.ones((), logits.dtype)))
+  e = jnp.exp(-jnp.abs(z))
+  a = one / (one + e)
+  p = jnp.maximum(jnp.sign(z), 0)
+  grad_logits = a * (p - y) + (e * a) * (one - p - y)
+  return _sigmoid_xent_value(logits, labels), (grad_logits, -z), ()
 
 
 _sigmoid_xent = _normalizer.measure(_sigmoid_xent_value, _sigmoid_xent_parts)

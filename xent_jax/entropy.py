@@ -61,27 +61,24 @@ def entropy(
 # q·d = 0 (not 0·(-inf)) on impossible classes. ∂H/∂z_i = -q_i (log q_i + H) = -q_i (d_i - d̄):
 # the mean d̄ is subtracted once per row instead of forming log q_i + H, which cancels for
 # the dominant class. q_i = e^{d_i - L} is subnormal (flushed to 0 on CPU) below -87 in
-# float32 while q_i·|d_i - d̄| can still be normal: there the exponent is raised by 16 and
-# the product scaled back, a select between constants that costs nothing in the pass.
+# float32 while q_i·|d_i - d̄| can still be normal: the exponent is raised by 16 and the
+# product scaled back.
 
-_UNDERFLOW = {jnp.dtype(jnp.float32): -80.0, jnp.dtype(jnp.float64): -700.0}
 _RAISE = 16.0
 
 
 def _mean_shift(z, m, lse, axes):
-  """d̄ = Σ_j q_j d_j (kept as size 1), one fused pass."""
+  """d̄ = Σ_j q_j d_j (kept as size 1) from the statistics, one pass."""
   d = _normalizer.shift(z, m)
-  return _normalizer.row_sum(jnp.exp(d - lse) * _normalizer.clamp_neg_inf(d), axes)
+  return _normalizer.row_sum(jnp.exp(d - lse) * _normalizer.clamp_neg_inf(d, m), axes)
 
 
 def _entropy_partials(z, m, lse, d_bar):
   d = _normalizer.shift(z, m)
-  log_q = d - lse
-  r = _normalizer.clamp_neg_inf(d) - d_bar  # finite where d = -inf (q = 0)
-  low = log_q < _UNDERFLOW[log_q.dtype]
-  return -(jnp.exp(log_q + jnp.where(low, _RAISE, 0.0)) * r) * jnp.where(
-    low, math.exp(-_RAISE), 1.0
-  )
+  r = _normalizer.clamp_neg_inf(d, m) - d_bar  # finite where d = -inf (q = 0)
+  # -q·r with q = e^{d - L} raised by e^16 and scaled back: no select, and no underflow
+  # of q where q·|r| is still normal (q ≤ 1, so e^{d - L + 16} cannot overflow).
+  return (jnp.exp(d - lse + _RAISE) * r) * -math.exp(-_RAISE)
 
 
 def _entropy_parts(axes, logits, mask):
@@ -97,29 +94,28 @@ _entropy_from_logits = _normalizer.measure(
 )
 
 
-# Fast path of entropy_from_logits, [B, C] logits. The value alone makes two YNN passes
-# (Σe and Σ e·d, e = exp(d), d = z - max z) and H = log Σe - d̄; rows with a dominant class
-# and a small H, where log Σe is not accurate enough, get the log1p of the non-maximal
-# mass. Under differentiation: the fused statistics, d̄, and the partials in one pass.
+# Fast path of entropy_from_logits, [B, C] logits: the statistics (m, L, d̄) from two YNN
+# passes (max + Σe, and Σ e·d with its own row max), H = log Σe - d̄; rows with a dominant
+# class and a small H, where log Σe is not accurate enough, get the log1p of the
+# non-maximal mass (one more pass over all rows when they are many, else row by row), and
+# rows that come out non-finite (±inf or NaN logits) the exact statistics. Under
+# differentiation the partials are one elementwise pass from those statistics.
 
 
-def _exact_entropy(z_KxC):
+def _exact_entropy_stats(z_KxC):
   m, lse = _normalizer.exact_stats(z_KxC)
   m, lse = m[:, None], lse[:, None]
-  return (lse - _mean_shift(z_KxC, m, lse, (1,)))[:, 0]
+  return m[:, 0], lse[:, 0], _mean_shift(z_KxC, m, lse, (1,))[:, 0]
 
 
-def _entropy_fast_value(z_BxC):
+def _entropy_fast_stats_impl(z_BxC):
   num_rows, num_classes = z_BxC.shape
   z1, z2 = _normalizer.separate(z_BxC, 2)  # each pass fuses its own row max
   m = _normalizer.row_max(z1, (1,))
   total = _normalizer.row_sum(jnp.exp(z1 - m), (1,))
   d = z2 - _normalizer.row_max(z2, (1,))
-  d_bar = _normalizer.row_sum(jnp.exp(d) * _normalizer.clamp_neg_inf(d), (1,)) / total
+  d_bar = _normalizer.row_sum(jnp.exp(d) * _normalizer.clamp_neg_inf(d, total), (1,)) / total
   h = jnp.log(total) - d_bar
-  # log Σe has an absolute error of a few 1e-8: relative to H it matters only where H is
-  # small, i.e. a dominant class (Σe < 2). Those rows get L = log1p of the non-maximal
-  # mass: from one more pass over all rows when they are many, else row by row.
   dominant = ((total < 2) & (h < 0.25))[:, 0]
   many = jnp.sum(dominant) > num_rows // 8
 
@@ -129,14 +125,37 @@ def _entropy_fast_value(z_BxC):
     return _normalizer.log_total(total, mass)
 
   lse = jax.lax.cond(many, exact_lse, lambda: jnp.log(total))
-  h = (lse - d_bar)[:, 0]
-  bad = ~jnp.isfinite(h) | (dominant & ~many)  # also ±inf logits, NaN, an all -inf row
-  return _normalizer.fix_rows(bad, _exact_entropy, h, z_BxC, row_size=num_classes)
+  bad = ~jnp.isfinite((lse - d_bar)[:, 0]) | (dominant & ~many)  # also ±inf logits, NaN
+  out = (m[:, 0], lse[:, 0], d_bar[:, 0])
+  out = _normalizer.fix_rows(bad, _exact_entropy_stats, out, z_BxC, row_size=num_classes)
+  return tuple(x[:, None] for x in out)
+
+
+@jax.custom_jvp
+def _entropy_fast_stats(z_BxC):
+  """(m, L, d̄) of ``[B, C]`` rows; dm = 0, dL = Σ q dz, dd̄ = Σ_j q_j (1 + d_j - d̄) dz_j."""
+  return _entropy_fast_stats_impl(z_BxC)
+
+
+@_entropy_fast_stats.defjvp
+def _entropy_fast_stats_jvp(primals, tangents):
+  (z,), (dz,) = primals, tangents
+  m, lse, d_bar = _entropy_fast_stats(z)
+  d = _normalizer.shift(z, m)
+  q = jnp.exp(d - lse)
+  d_lse = jnp.sum(q * dz, axis=1, keepdims=True)
+  r = _normalizer.clamp_neg_inf(d, m) - d_bar
+  d_d_bar = jnp.sum(q * (1 + r) * dz, axis=1, keepdims=True)
+  return (m, lse, d_bar), (jnp.zeros_like(m), d_lse, d_d_bar)
+
+
+def _entropy_fast_value(z_BxC):
+  _, lse, d_bar = _entropy_fast_stats_impl(z_BxC)
+  return (lse - d_bar)[:, 0]
 
 
 def _entropy_fast_parts(z_BxC):
-  m, lse = _normalizer.log_normalizer(_normalizer.max_stats, (1,), z_BxC)
-  d_bar = _mean_shift(z_BxC, m, lse, (1,))
+  m, lse, d_bar = _entropy_fast_stats(z_BxC)
   return (lse - d_bar)[:, 0], (_entropy_partials(z_BxC, m, lse, d_bar),), (1,)
 
 
