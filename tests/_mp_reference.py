@@ -681,3 +681,567 @@ def assert_accurate(
       f"(rtol={rtol:g}, or 4x the inherent change):\n" + "\n".join(lines)
     )
   return stats
+
+
+# ----------------------------------------------------------------------------------------------
+# Derivatives (tests/gradient_test.py): exact gradients and Hessians of every measure.
+#
+# Each ``_jet_<name>`` evaluates one row (one example) of a measure and returns a :class:`Jet`:
+# its value, its gradient with respect to every differentiable argument, and the Hessian
+# blocks between them, all written out analytically. :func:`vjp` and :func:`jvp` turn a jet
+# into the reference of a reverse- or forward-mode derivative, with the inherent condition of
+# *that derivative*: Σ_l |∂g/∂x_l| ulp(x_l) over every input, the cotangent or tangent
+# included (it is an input of ``jax.vjp`` / ``jax.jvp`` too).
+#
+# Conventions of the derivatives (SPEC §1-§2): a term x·log y contributes nothing to the
+# value or to either partial derivative where x = 0 = y (0·log 0 = 0 "in the value and in the
+# gradient"); at x = 0 < y its x-derivative is the ordinary log y. Classes excluded by
+# ``where`` have zero derivatives whatever they hold. A derivative that is infinite where the
+# value is (e.g. ∂H(p, q)/∂q_j at q_j = 0 < p_j) is ±inf; a finite one stays finite even
+# where the value is infinite (∂H(t, softmax z)/∂z_j = -t_j at z_j = -inf).
+
+
+class Jet(NamedTuple):
+  """One row of a measure: value, gradient and Hessian w.r.t. its differentiable arguments.
+
+  ``grad[a][k]`` = ∂f/∂a_k; ``hess[(a, b)][k][l]`` = ∂²f/∂a_k∂b_l (missing blocks are zero;
+  entries where the gradient is infinite are not used). ``scale[a][k]``, where given, is the
+  size of the terms ``grad[a][k]`` is a sum of: the divergences' gradients are checked with
+  the absolute rule |err| ≤ rtol·scale, like their values.
+  """
+
+  value: mpmath.mpf
+  grad: dict
+  hess: dict
+  scale: dict | None = None
+
+
+class DerivativeRef(NamedTuple):
+  """Reference of a derivative; ``scale`` is None for the relative rule."""
+
+  ref: Ref
+  scale: np.ndarray | None
+
+
+def _is_finite(x) -> bool:
+  return not (mpmath.isinf(x) or mpmath.isnan(x))
+
+
+def _zeros(c: int) -> list:
+  return [ZERO] * c
+
+
+def _matrix(c: int) -> list[list]:
+  return [[ZERO] * c for _ in range(c)]
+
+
+def _centered(sm: _Softmax, j: int, k: int):
+  """δ_jk - q_k without cancellation (1 - q_j = -expm1(log q_j) for a dominant class)."""
+  if j != k:
+    return -sm.p[k]
+  return _one_minus_exp(sm.log_p[j]) if sm.present[j] else ONE
+
+
+class _XlogyTerms:
+  """Accumulates f = Σ c·x·log y and its derivatives, x and y affine in the inputs.
+
+  Inputs are named (argument, index); ``dx``/``dy`` map inputs to ∂x/∂input, ∂y/∂input.
+  """
+
+  def __init__(self, args: dict[str, int]):
+    self.value = ZERO
+    self.grad = {a: _zeros(c) for a, c in args.items()}
+    self.hess = {(a, b): _matrix(args[a]) for a in args for b in args}
+
+  def add(self, c, x, y, dx: dict, dy: dict, log_y=None):
+    if x == 0 and y == 0:
+      return  # 0·log 0 = 0, in the value and in both partial derivatives
+    log_y = mpmath.log(y) if log_y is None else log_y
+    if y == 0:  # x > 0: the value is c·(-inf); the y-derivative c·x/y is infinite too
+      self.value += c * x * NINF
+      for (a, k), d in dx.items():
+        self.grad[a][k] += c * d * NINF
+      for (a, k), d in dy.items():
+        self.grad[a][k] += c * d * x * INF
+      return
+    self.value += c * x * log_y
+    for (a, k), d in dx.items():
+      self.grad[a][k] += c * d * log_y
+    for (a, k), d in dy.items():
+      self.grad[a][k] += c * d * x / y
+    # ∂²(x log y) = (∂x ⊗ ∂y + ∂y ⊗ ∂x) / y - x/y² ∂y ⊗ ∂y.
+    for (a, k), d in dx.items():
+      for (b, i), e in dy.items():
+        self.hess[(a, b)][k][i] += c * d * e / y
+        self.hess[(b, a)][i][k] += c * d * e / y
+    for (a, k), d in dy.items():
+      for (b, i), e in dy.items():
+        self.hess[(a, b)][k][i] -= c * x * d * e / (y * y)
+
+  def jet(self, scale=None) -> Jet:
+    return Jet(self.value, self.grad, self.hess, scale)
+
+
+def _jet_entropy(row, kept):
+  p = row["probs"]
+  acc = _XlogyTerms({"probs": len(p)})
+  for k, pk in enumerate(p):
+    if kept[k]:
+      acc.add(-1, pk, pk, {("probs", k): ONE}, {("probs", k): ONE})
+  return acc.jet()
+
+
+def _jet_cross_entropy(row, kept):
+  p, q = row["p"], row["q"]
+  acc = _XlogyTerms({"p": len(p), "q": len(q)})
+  for k in range(len(p)):
+    if kept[k]:
+      acc.add(-1, p[k], q[k], {("p", k): ONE}, {("q", k): ONE})
+  return acc.jet()
+
+
+def _log_terms_scale(p, q, kept, terms) -> dict:
+  """Per-entry scale 1 + Σ|log| of the logs a divergence's derivative adds up."""
+  out = {}
+  for a in ("p", "q"):
+    out[a] = [
+      ONE + mpmath.fsum(abs(mpmath.log(v)) for v in terms(a, k) if v > 0) if kept[k] else ONE
+      for k in range(len(p))
+    ]
+  return out
+
+
+def _jet_kl_divergence(row, kept):
+  p, q = row["p"], row["q"]
+  acc = _XlogyTerms({"p": len(p), "q": len(q)})
+  for k in range(len(p)):
+    if kept[k]:
+      acc.add(1, p[k], p[k], {("p", k): ONE}, {("p", k): ONE})
+      acc.add(-1, p[k], q[k], {("p", k): ONE}, {("q", k): ONE})
+  # ∂/∂p_k = log p_k + 1 - log q_k; ∂/∂q_k = -p_k / q_k is a single term (relative rule).
+  scale = _log_terms_scale(p, q, kept, lambda a, k: (p[k], q[k]))
+  scale["q"] = [abs(g) for g in acc.grad["q"]]
+  return acc.jet(scale)
+
+
+def _jet_js_divergence(row, kept):
+  p, q = row["p"], row["q"]
+  half = ONE / 2
+  acc = _XlogyTerms({"p": len(p), "q": len(q)})
+  for k in range(len(p)):
+    if kept[k]:
+      m, dm = (p[k] + q[k]) / 2, {("p", k): half, ("q", k): half}
+      acc.add(half, p[k], p[k], {("p", k): ONE}, {("p", k): ONE})
+      acc.add(-half, p[k], m, {("p", k): ONE}, dm)
+      acc.add(half, q[k], q[k], {("q", k): ONE}, {("q", k): ONE})
+      acc.add(-half, q[k], m, {("q", k): ONE}, dm)
+  # ∂/∂p_k = ½ log(p_k / m_k): the logs of p_k and m_k.
+  scale = _log_terms_scale(p, q, kept, lambda a, k: (row[a][k], (p[k] + q[k]) / 2))
+  return acc.jet(scale)
+
+
+def _jet_binary_entropy(row, kept):
+  (p,) = row["p"]
+  acc = _XlogyTerms({"p": 1})
+  acc.add(-1, p, p, {("p", 0): ONE}, {("p", 0): ONE})
+  acc.add(-1, 1 - p, 1 - p, {("p", 0): -ONE}, {("p", 0): -ONE}, log_y=mpmath.log1p(-p))
+  return acc.jet()
+
+
+def _jet_binary_cross_entropy(row, kept):
+  (p,), (q,) = row["p"], row["q"]
+  acc = _XlogyTerms({"p": 1, "q": 1})
+  acc.add(-1, p, q, {("p", 0): ONE}, {("q", 0): ONE})
+  log1m_q = NINF if q == 1 else mpmath.log1p(-q)
+  acc.add(-1, 1 - p, 1 - q, {("p", 0): -ONE}, {("q", 0): -ONE}, log_y=log1m_q)
+  return acc.jet()
+
+
+def _scalar_jet(arg: str, value, grad, second) -> Jet:
+  return Jet(value, {arg: [grad]}, {(arg, arg): [[second]]})
+
+
+def _jet_sigmoid(row, kept):
+  (x,) = row["x"]
+  s, t = _sigmoid(x), _sigmoid(-x)
+  return _scalar_jet("x", s, s * t, s * t * (t - s))
+
+
+def _jet_log_sigmoid(row, kept):
+  (x,) = row["x"]
+  s, t = _sigmoid(x), _sigmoid(-x)
+  return _scalar_jet("x", -_softplus(-x), t, -s * t)
+
+
+def _jet_tanh_probability(row, kept):
+  (x,) = row["x"]
+  s, t = _sigmoid(2 * x), _sigmoid(-2 * x)
+  return _scalar_jet("x", s, 2 * s * t, 4 * s * t * (t - s))
+
+
+def _jet_binary_entropy_from_logits(row, kept):
+  (z,) = row["logits"]
+  if not _is_finite(z):
+    return _scalar_jet("logits", ZERO, ZERO, ZERO)
+  s, t = _sigmoid(z), _sigmoid(-z)
+  value = s * _softplus(-z) + t * _softplus(z)
+  return _scalar_jet("logits", value, -z * s * t, -(s * t + z * s * t * (t - s)))
+
+
+def _jet_sigmoid_binary_cross_entropy(row, kept, label_smoothing=0.0):
+  (z,), (y,) = row["logits"], row["labels"]
+  alpha = mpmath.mpf(float(label_smoothing))
+  y = (1 - alpha) * y + alpha / 2
+  s, t = _sigmoid(z), _sigmoid(-z)
+  value = (y * _softplus(-z) if y else ZERO) + ((1 - y) * _softplus(z) if y != 1 else ZERO)
+  # ∂/∂z = σ(z) - y' = (1 - y')σ(z) - y'σ(-z); ∂/∂y = (1-α)(softplus(-z) - softplus(z)).
+  grad_y = ZERO if alpha == 1 else -(1 - alpha) * z
+  with mpmath.workdps(1000):  # (1-y')σ(z) - y'σ(-z) cancels for y' = ½ next to z = 0
+    grad_z = (1 - y) * _sigmoid(z) - y * _sigmoid(-z)
+  grad = {"logits": [+grad_z], "labels": [grad_y]}
+  hess = {("logits", "logits"): [[s * t]]}
+  hess[("logits", "labels")] = hess[("labels", "logits")] = [[-(1 - alpha)]]
+  return Jet(value, grad, hess)
+
+
+def _jet_softmax_cross_entropy(row, kept, label_smoothing=0.0):
+  """H(t', softmax z): ∂/∂z_j = S q_j - t'_j, ∂/∂t_j = -(1-α) log q_j.
+
+  ∂²/∂z_j∂z_k = S q_j (δ_jk - q_k); ∂²/∂z_j∂t_k = (1-α)(q_j - δ_jk) over the kept classes.
+  """
+  z, t = row["logits"], row["targets"]
+  c = len(z)
+  alpha = mpmath.mpf(float(label_smoothing))
+  sm = _softmax_row(z, kept)
+  ts = _smoothed(t, kept, label_smoothing)[0]
+  s = mpmath.fsum(ts)
+  value = ZERO
+  for tj, lq in zip(ts, sm.log_p, strict=True):
+    if tj:
+      value += -tj * lq
+  grad_z, grad_t = _zeros(c), _zeros(c)
+  hzz, hzt = _matrix(c), _matrix(c)
+  for j in range(c):
+    if not kept[j]:
+      continue
+    # S q_j - t'_j = q_j Σ_{k≠j} t'_k - t'_j (1 - q_j): no cancellation for a dominant
+    # class (50 digits cannot hold S - t'_j = (1 + 1e-83) - 1 either).
+    others = mpmath.fsum(tk for k, tk in enumerate(ts) if k != j)
+    grad_z[j] = sm.p[j] * others - ts[j] * _centered(sm, j, j)
+    if sm.present[j]:
+      grad_t[j] = -(1 - alpha) * sm.log_p[j]
+    elif ts[j] != 0 and alpha != 1:
+      grad_t[j] = INF
+    for k in range(c):
+      if kept[k]:
+        hzt[j][k] = (1 - alpha) * (sm.p[j] - (ONE if j == k else ZERO))
+        if sm.present[j] and sm.present[k]:
+          hzz[j][k] = s * sm.p[j] * _centered(sm, j, k)
+  hess = {("logits", "logits"): hzz, ("logits", "targets"): hzt}
+  hess[("targets", "logits")] = [list(r) for r in zip(*hzt, strict=True)]
+  return Jet(value, {"logits": grad_z, "targets": grad_t}, hess)
+
+
+def _jet_entropy_from_logits(row, kept):
+  """H(softmax z): ∂H/∂z_j = -q_j (l_j + H); ∂²H/∂z_j∂z_k = -q_j[(δ_jk - q_k)(l_j + H + 1)
+  - q_k (l_k + H)] (l = log q)."""
+  z = row["logits"]
+  c = len(z)
+  sm = _softmax_row(z, kept)
+  idx = [k for k in range(c) if sm.present[k]]
+  h = -mpmath.fsum(sm.p[k] * sm.log_p[k] for k in idx)
+  # l_j + H = Σ_{k≠j} q_k (z_j - z_k) (Σ q = 1, l_j - l_k = z_j - z_k): tiny for a dominant
+  # class or nearly tied logits, without cancellation.
+  lh = {j: mpmath.fsum(sm.p[k] * (z[j] - z[k]) for k in idx if k != j) for j in idx}
+  grad, hess = _zeros(c), _matrix(c)
+  for j in idx:
+    qj = sm.p[j]
+    grad[j] = -qj * lh[j]
+    for k in idx:
+      hess[j][k] = -qj * (_centered(sm, j, k) * (lh[j] + 1) - sm.p[k] * lh[k])
+  return Jet(h, {"logits": grad}, {("logits", "logits"): hess})
+
+
+def _jet_kl_divergence_from_logits(row, kept):
+  """KL(softmax zp ‖ softmax zq): ∂/∂zq_j = q_j - p_j; ∂/∂zp_j = p_j (d_j - KL), d = lp - lq.
+
+  Hessian: zq-zq q_j (δ_jk - q_k); zp-zq -p_j (δ_jk - p_k);
+  zp-zp p_j [(δ_jk - p_k)(d_j - KL + 1) - p_k (d_k - KL)].
+  """
+  zp, zq = row["p_logits"], row["q_logits"]
+  c = len(zp)
+  sp, sq = _softmax_row(zp, kept), _softmax_row(zq, kept)
+  support = [k for k in range(c) if sp.present[k]]
+  lost = [k for k in support if not sq.present[k]]  # p_k > 0 = q_k: KL = +inf
+  grad_q = _zeros(c)
+  for j in range(c):
+    if sp.p[j] > 0.5 and sq.p[j] > 0.5:  # (1 - p_j) - (1 - q_j): 1 - e^-700 needs it
+      grad_q[j] = _one_minus_exp(sp.log_p[j]) - _one_minus_exp(sq.log_p[j])
+    else:
+      grad_q[j] = sq.p[j] - sp.p[j]
+  hqq, hpq, hpp = _matrix(c), _matrix(c), _matrix(c)
+  for j in range(c):
+    for k in range(c):
+      if sq.present[j] and sq.present[k]:
+        hqq[j][k] = sq.p[j] * _centered(sq, j, k)
+      if sp.present[j] and sp.present[k]:
+        hpq[j][k] = -sp.p[j] * _centered(sp, j, k)
+  grad_p = _zeros(c)
+  if lost:
+    # The limit of p_j (d_j - KL) as the lost q-logits go to -inf together: -inf off the
+    # lost classes, +inf on them while they hold less than all of p's mass.
+    mass_lost = mpmath.fsum(sp.p[k] for k in lost)
+    if mass_lost == 1:
+      raise ValueError("the derivative has no limit when p lives on q's impossible classes")
+    for j in support:
+      grad_p[j] = INF if j in lost else NINF
+    return Jet(INF, {"p_logits": grad_p, "q_logits": grad_q}, {})
+  d = {k: sp.log_p[k] - sq.log_p[k] for k in support}
+  kl = mpmath.fsum(sp.p[k] * d[k] for k in support)
+  # d_j - KL = Σ_{k≠j} p_k (d_j - d_k) (Σ p = 1): no cancellation for a dominant class.
+  # (d_j - d_k = zp_j - zp_k - (zq_j - zq_k): exact for nearly equal logits too.)
+  dk = {
+    j: mpmath.fsum(sp.p[k] * ((zp[j] - zp[k]) - (zq[j] - zq[k])) for k in support if k != j)
+    for j in support
+  }
+  for j in support:
+    grad_p[j] = sp.p[j] * dk[j]
+    for k in support:
+      hpp[j][k] = sp.p[j] * (_centered(sp, j, k) * (dk[j] + 1) - sp.p[k] * dk[k])
+  hess = {("q_logits", "q_logits"): hqq, ("p_logits", "q_logits"): hpq}
+  hess[("q_logits", "p_logits")] = hpq  # symmetric: p_j p_k off the diagonal
+  hess[("p_logits", "p_logits")] = hpp
+  # ∂/∂zp_j adds up p_j·(log p_j, log q_j, KL, H(p, q) and H(p)) terms.
+  logs = mpmath.fsum(sp.p[k] * (abs(sp.log_p[k]) + abs(sq.log_p[k])) for k in support)
+  scale_p = [
+    sp.p[j] * (1 + abs(sp.log_p[j]) + abs(sq.log_p[j]) + logs) if sp.present[j] else ONE
+    for j in range(c)
+  ]
+  scale = {"p_logits": scale_p, "q_logits": [abs(g) for g in grad_q]}
+  return Jet(kl, {"p_logits": grad_p, "q_logits": grad_q}, hess, scale)
+
+
+_JETS = {
+  "entropy": (_jet_entropy, ("probs",)),
+  "entropy_from_logits": (_jet_entropy_from_logits, ("logits",)),
+  "binary_entropy": (_jet_binary_entropy, ("p",)),
+  "binary_entropy_from_logits": (_jet_binary_entropy_from_logits, ("logits",)),
+  "cross_entropy": (_jet_cross_entropy, ("p", "q")),
+  "softmax_cross_entropy": (_jet_softmax_cross_entropy, ("logits", "targets")),
+  "binary_cross_entropy": (_jet_binary_cross_entropy, ("p", "q")),
+  "sigmoid_binary_cross_entropy": (_jet_sigmoid_binary_cross_entropy, ("logits", "labels")),
+  "kl_divergence": (_jet_kl_divergence, ("p", "q")),
+  "kl_divergence_from_logits": (_jet_kl_divergence_from_logits, ("p_logits", "q_logits")),
+  "js_divergence": (_jet_js_divergence, ("p", "q")),
+  "sigmoid": (_jet_sigmoid, ("x",)),
+  "log_sigmoid": (_jet_log_sigmoid, ("x",)),
+  "tanh_probability": (_jet_tanh_probability, ("x",)),
+}
+
+# The differentiable arguments of each measure, in call order.
+JET_ARGS = {name: args for name, (_, args) in _JETS.items()}
+
+# Arguments that are probabilities: an exact 0 there is an exact input (it moves by nothing).
+_PROBABILITY_ARGS = {"probs", "p", "q", "targets", "labels"}
+
+
+def _input_ulps(arrays: dict, where) -> dict:
+  """ulp of every input entry as mpf rows; 0 for exact inputs (excluded, ±inf, 0 probability)."""
+  out = {}
+  for a, x in arrays.items():
+    x = np.asarray(x)
+    rows = _row_ulps(x)
+    masks = _row_masks(where, x.shape)
+    flat = x.tolist()
+    out[a] = [
+      [
+        u if m and not (a in _PROBABILITY_ARGS and v == 0) else ZERO
+        for u, m, v in zip(ur, mr, vr, strict=True)
+      ]
+      for ur, mr, vr in zip(rows, masks, flat, strict=True)
+    ]
+  return out
+
+
+def jets(name: str, arrays: dict, where=None, **options) -> tuple[list[Jet], dict]:
+  """The jets of every row of ``name`` at ``arrays`` ({argument: [N, C] array}) and the ulps.
+
+  Elementwise measures take [N] arrays (each element a row of one). Entries excluded by
+  ``where`` are never read, so they may hold anything.
+  """
+  build, arg_names = _JETS[name]
+  arrays = {a: np.asarray(arrays[a]) for a in arg_names}
+  key = (
+    name,
+    tuple(sorted(options.items())),
+    None if where is None else np.asarray(where).tobytes(),
+  )
+  key += tuple((x.dtype.str, x.shape, x.tobytes()) for x in arrays.values())
+  if key not in _JET_MEMO:
+    if len(_JET_MEMO) > 64:  # a value, a gradient and a jvp share one evaluation
+      _JET_MEMO.clear()
+    _JET_MEMO[key] = _evaluate_jets(build, arg_names, arrays, where, options)
+  return _JET_MEMO[key]
+
+
+_JET_MEMO: dict = {}
+
+
+def _evaluate_jets(build, arg_names, arrays, where, options):
+  elementwise = next(iter(arrays.values())).ndim == 1
+  if elementwise:
+    arrays = {a: x[:, None] for a, x in arrays.items()}
+  shape = next(iter(arrays.values())).shape
+  masks = _row_masks(where, shape)
+  rows = {a: _rows(np.where(masks, x, 0).astype(x.dtype))[0] for a, x in arrays.items()}
+  out = []
+  for r in range(shape[0]):
+    row = {a: rows[a][r] for a in arg_names}
+    out.append(build(row, masks[r], **options))
+  return out, _input_ulps(arrays, where)
+
+
+def _hess_dot(jet: Jet, a: str, k: int, ulps: dict, r: int):
+  """Σ_b Σ_l |∂²f/∂a_k∂b_l| ulp(b_l): the inherent change of ∂f/∂a_k."""
+  total = ZERO
+  for (a2, b), block in jet.hess.items():
+    if a2 == a:
+      total += mpmath.fsum(abs(h) * u for h, u in zip(block[k], ulps[b][r], strict=True) if u)
+  return total
+
+
+def _scale_of(jet: Jet, a: str, k: int):
+  return None if jet.scale is None else jet.scale[a][k]
+
+
+def vjp(name: str, arrays: dict, wrt: str, cotangent=None, where=None, **options):
+  """Reference of ``jax.vjp(name)(cotangent)`` w.r.t. ``wrt``: w_r ∂f_r/∂x_k, as [N, C].
+
+  ``cotangent`` ([N], default ones) is part of the input: its ulps add |∂f/∂x_k| ulp(w_r).
+  Elementwise measures give [N].
+  """
+  js, ulps = jets(name, arrays, where, **options)
+  n, c = len(js), len(js[0].grad[wrt])
+  w = np.ones(n) if cotangent is None else np.asarray(cotangent)
+  w_mp = _mpfs(w)
+  w_ulps = [ZERO] * n if cotangent is None else _ulps(w)
+  values, conds, scales = [], [], []
+  for r, jet in enumerate(js):
+    for k in range(c):
+      g = jet.grad[wrt][k]
+      values.append(w_mp[r] * g if g else ZERO)  # 0·inf cannot happen: w_r ≠ 0
+      cond = ZERO
+      if _is_finite(g):
+        cond = abs(w_mp[r]) * _hess_dot(jet, wrt, k, ulps, r) + abs(g) * w_ulps[r]
+      conds.append(cond)
+      s = _scale_of(jet, wrt, k)
+      scales.append(float(abs(w_mp[r]) * s) if s is not None else np.nan)
+  shape = (n,) if c == 1 and np.asarray(arrays[wrt]).ndim == 1 else (n, c)
+  scale = None if js[0].scale is None else np.array(scales).reshape(shape)
+  return DerivativeRef(_finish(values, conds, shape), scale)
+
+
+def jvp(name: str, arrays: dict, tangents: dict, where=None, **options):
+  """Reference of ``jax.jvp(name)`` with ``tangents`` ({argument: array like it}): [N].
+
+  d_r = Σ_a Σ_k ∂f_r/∂a_k t_{a,k}; condition Σ_b Σ_l |Σ_a Σ_k t_{a,k} ∂²f/∂a_k∂b_l| ulp(b_l)
+  + Σ |∂f/∂a_k| ulp(t_{a,k}), plus the rounding of the contraction itself, K·u·Σ|∂f/∂a_k
+  t_{a,k}| over its K terms (what a backward-stable sum may add: unit tangents have K = 1).
+  A tangent must be 0 wherever the gradient is infinite.
+  """
+  js, ulps = jets(name, arrays, where, **options)
+  t_rows, t_ulps = {}, {}
+  unit_roundoff = ZERO
+  for a, t in tangents.items():
+    t = np.asarray(t)
+    unit_roundoff = mpmath.mpf(float(np.finfo(t.dtype).eps)) / 2
+    t = t[:, None] if t.ndim == 1 else t
+    t_rows[a], t_ulps[a] = _rows(t)[0], _row_ulps(t)
+  values, conds, scales = [], [], []
+  for r, jet in enumerate(js):
+    terms, cond, scale = [], ZERO, ZERO
+    for a, t in t_rows.items():
+      for k, tk in enumerate(t[r]):
+        g = jet.grad[a][k]
+        if tk == 0:
+          continue
+        if not _is_finite(g):
+          raise ValueError(f"{name}: tangent on an infinite derivative ∂/∂{a}[{r}, {k}]")
+        terms.append(g * tk)
+        cond += abs(g) * t_ulps[a][r][k]
+        s = _scale_of(jet, a, k)
+        scale += abs(tk) * (s if s is not None else ZERO)
+    values.append(mpmath.fsum(terms))
+    cond += len(terms) * unit_roundoff * mpmath.fsum(abs(x) for x in terms)
+    for (a, b), block in jet.hess.items():
+      if a not in t_rows:
+        continue
+      for i, u in enumerate(ulps[b][r]):
+        if u:
+          cond += abs(mpmath.fsum(block[k][i] * tk for k, tk in enumerate(t_rows[a][r]))) * u
+    conds.append(cond)
+    scales.append(float(scale))
+  n = len(js)
+  scale = None if js[0].scale is None else np.array(scales)
+  return DerivativeRef(_finish(values, conds, (n,)), scale)
+
+
+def log_softmax_vjp(logits: np.ndarray, cotangent: np.ndarray, where=None) -> DerivativeRef:
+  """Reference of the VJP of log_softmax: v_k - q_k Σ_i v_i = ∂/∂z of H(-v, softmax z).
+
+  ``cotangent`` must be 0 on -inf logits (their output is the constant -inf). Like
+  :func:`jvp`, the condition adds the rounding of the contraction with the cotangent,
+  C·u·q_k Σ|v_i|.
+  """
+  v = np.asarray(cotangent)
+  out = vjp("softmax_cross_entropy", {"logits": logits, "targets": -v}, "logits", where=where)
+  sms, shape = _softmax_rows(logits, where)
+  u = float(np.finfo(v.dtype).eps) / 2
+  masks = np.asarray(_row_masks(where, shape))
+  total = np.sum(np.abs(np.where(masks, v, 0)), axis=1, keepdims=True, dtype=np.float64)
+  q = np.array([[float(x) for x in sm.p] for sm in sms])
+  extra = shape[1] * u * q * total
+  return DerivativeRef(Ref(out.ref.value, out.ref.abs_cond + extra), out.scale)
+
+
+def log_softmax_jvp(logits: np.ndarray, tangent: np.ndarray, where=None) -> Ref:
+  """Reference of the JVP of log_softmax: d_i = t_i - Σ_k q_k t_k = Σ_k q_k (t_i - t_k).
+
+  [N, C]; 0 on classes that are excluded or impossible (their output is the constant -inf).
+  Condition Σ_l q_l |t_l - Σ q t| ulp(z_l) + Σ_k |δ_ik - q_k| ulp(t_k), plus the rounding
+  of the contraction with the tangent, C·u·(|t_i| + Σ_k q_k |t_k|) (see :func:`jvp`).
+  """
+  sms, shape = _softmax_rows(logits, where)
+  t_rows, t_ulps, z_ulps = _rows(tangent)[0], _row_ulps(tangent), _row_ulps(logits)
+  u = mpmath.mpf(float(np.finfo(np.asarray(tangent).dtype).eps)) / 2
+  values, conds = [], []
+  for sm, t, ut, uz in zip(sms, t_rows, t_ulps, z_ulps, strict=True):
+    idx = [k for k in range(shape[1]) if sm.present[k]]
+    mean_t = mpmath.fsum(sm.p[k] * t[k] for k in idx)
+    dz = mpmath.fsum(sm.p[k] * abs(t[k] - mean_t) * uz[k] for k in idx)
+    contraction = shape[1] * u * mpmath.fsum(sm.p[k] * abs(t[k]) for k in idx)
+    for i in range(shape[1]):
+      if not sm.present[i]:
+        values.append(ZERO)
+        conds.append(ZERO)
+        continue
+      values.append(mpmath.fsum(sm.p[k] * (t[i] - t[k]) for k in idx if k != i))
+      rounding = contraction + shape[1] * u * abs(t[i])
+      conds.append(dz + rounding + mpmath.fsum(abs(_centered(sm, i, k)) * ut[k] for k in idx))
+  return _finish(values, conds, shape)
+
+
+def value_ref(name: str, arrays: dict, where=None, **options) -> Ref:
+  """The exact values of ``name`` with their condition Σ |∂f/∂x| ulp(x), from the jets."""
+  js, ulps = jets(name, arrays, where, **options)
+  conds = []
+  for r, jet in enumerate(js):
+    conds.append(
+      mpmath.fsum(
+        abs(g) * u
+        for a, grad in jet.grad.items()
+        for g, u in zip(grad, ulps[a][r], strict=True)
+        if u and _is_finite(g)
+      )
+    )
+  return _finish([j.value for j in js], conds, (len(js),))

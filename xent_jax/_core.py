@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from xent_jax import _normalizer
+
 Axis = int | Sequence[int]
 
 # Low-precision floats are computed in float32: their 8- or 11-bit mantissa cannot hold the
@@ -200,23 +202,29 @@ def mul0(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.where(a == 0, jnp.zeros((), a.dtype), a * b)
 
 
-def xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
-  """x · log(y) with 0 · log 0 = 0 in the value and in the gradient.
+def _xlogy_parts(x, y):
+  # Only the point x = 0, y = 0 is special: there y is replaced by 1 inside the log (the
+  # "double where" idiom), so that the value and both partials are 0 instead of 0·inf. The
+  # partials are formed from the primal values (∂/∂y = x/y, not (ct·x)/y, whose product
+  # can underflow at y = tiny): ∂/∂x = log y, ∂/∂y = x/y (0 where x = 0, +inf at y = 0 < x).
+  safe_y = jnp.where((x == 0) & (y == 0), jnp.ones((), y.dtype), y)
+  log_y = log_accurate(safe_y)
+  d_y = jnp.where(x == 0, jnp.zeros((), x.dtype), x / jnp.where(x == 0, 1, y))
+  return x * log_y, (log_y, d_y), ()
 
-  Only the point x = 0, y = 0 is special: there y is replaced by 1 inside the log (the
-  "double where" idiom), so that the value and both partial derivatives are 0 instead of
-  0 · inf = NaN. At x = 0 < y the derivative in x is the ordinary log(y).
-  """
-  zero_log_zero = (x == 0) & (y == 0)
-  safe_y = jnp.where(zero_log_zero, jnp.ones((), y.dtype), y)
-  return x * log_accurate(safe_y)
+
+def _xlog1my_parts(x, y):
+  # x · log(1 - y), the same convention at y = 1; ∂/∂x = log(1 - y), ∂/∂y = -x/(1 - y).
+  safe_y = jnp.where((x == 0) & (y == 1), jnp.zeros((), y.dtype), y)
+  log_1my = log1m_accurate(safe_y)
+  d_y = jnp.where(x == 0, jnp.zeros((), x.dtype), -x / jnp.where(x == 0, 1, 1 - y))
+  return x * log_1my, (log_1my, d_y), ()
 
 
-def xlog1my(x: jax.Array, y: jax.Array) -> jax.Array:
-  """x · log(1 - y) with the same 0 · log 0 = 0 convention as :func:`xlogy` (at y = 1)."""
-  zero_log_zero = (x == 0) & (y == 1)
-  safe_y = jnp.where(zero_log_zero, jnp.zeros((), y.dtype), y)
-  return x * log1m_accurate(safe_y)
+xlogy = _normalizer.measure(lambda x, y: _xlogy_parts(x, y)[0], _xlogy_parts)
+xlogy.__doc__ = """x · log(y) with 0 · log 0 = 0 in the value and in both partial derivatives."""
+xlog1my = _normalizer.measure(lambda x, y: _xlog1my_parts(x, y)[0], _xlog1my_parts)
+xlog1my.__doc__ = """x · log(1 - y) with the same 0 · log 0 = 0 convention as :func:`xlogy`."""
 
 
 def masked(x: jax.Array, mask: jax.Array | None, fill: float = 0) -> jax.Array:

@@ -43,6 +43,7 @@ non-elementary part is L again. No derivative ever goes through the fast passes,
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import jax
@@ -119,16 +120,36 @@ def separate(x: jax.Array, n: int) -> tuple[jax.Array, ...]:
 
 
 def clamp_neg_inf(d: jax.Array, row: jax.Array) -> jax.Array:
-  """max(d, -fmax): lets q · d be 0 where d = -inf and q = e^d = 0, with arithmetic only.
+  """max(d, -√fmax): lets q · d be 0 where d = -inf and q = e^d = 0, with arithmetic only.
 
-  ``row`` is a row statistic of the same rows (see :func:`row_constant`).
+  √fmax rather than fmax: a second derivative multiplies the clamped value by cotangents
+  and tangents, and fmax times 2 would overflow to inf (then inf · 0 = NaN). Any d below
+  -√fmax has e^d = 0 anyway. ``row`` is a row statistic of the same rows (see
+  :func:`row_constant`).
   """
-  return jnp.maximum(d, row_constant(row, -jnp.finfo(d.dtype).max))
+  return jnp.maximum(d, row_constant(row, -math.sqrt(jnp.finfo(d.dtype).max)))
 
 
 def masked_logits(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
   """Excluded classes become -inf logits: probability 0, no part in the normaliser."""
   return logits if mask is None else jnp.where(mask, logits, -jnp.inf)
+
+
+# Where e^x is a normal number just above the underflow threshold, XLA's exp on the CPU
+# flushes its subnormal intermediate to 0 (measured: q = 1.8e-38 returned as 0 in float32).
+_RAISE = 16.0
+_UNDERFLOW = {jnp.dtype(jnp.float32): 80.0, jnp.dtype(jnp.float64): 700.0}
+
+
+def softmax_from_log(log_q: jax.Array) -> jax.Array:
+  """q = e^{log q} for log q ≤ 0, normal wherever the exact q is.
+
+  Below log q = -80 (float32; -700 in float64) it is e^{log q + 16}·e^{-16}; above, the
+  plain e^{log q}, bit for bit. The switch s ∈ {0, 1} is arithmetic (floor, min, max), so
+  the passes that use it stay fused.
+  """
+  s = jnp.minimum(jnp.floor(jnp.maximum(-log_q - _UNDERFLOW[log_q.dtype], 0)), 1)
+  return jnp.exp(log_q + _RAISE * s) * (s * math.exp(-_RAISE) + (1 - s))
 
 
 def is_fast_case(x: jax.Array, axes: tuple[int, ...], mask, smoothing: float = 0.0) -> bool:
@@ -149,6 +170,15 @@ def frac_mass(e: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   return row_sum(e - jnp.floor(e), axes)
 
 
+def near_underflow(total: jax.Array, mass: jax.Array) -> jax.Array:
+  """Rows whose non-maximal mass is 0 or within 4x of the smallest normal number.
+
+  The fused passes' exp flushes terms just above the underflow threshold to 0, which there
+  decides L itself (L = log1p(mass) ≈ mass): such rows are recomputed exactly.
+  """
+  return (total < 2) & (mass < 4 * jnp.finfo(mass.dtype).tiny)
+
+
 def log_total(total: jax.Array, mass: jax.Array) -> jax.Array:
   """L = log(total), as log1p(mass) where total < 2 (see the module docstring)."""
   return jnp.where(total < 2, jnp.log1p(mass), jnp.log(total))
@@ -158,11 +188,20 @@ def log_total(total: jax.Array, mass: jax.Array) -> jax.Array:
 
 
 def _general_body(z, m, axes, branch_free=False):
-  """L = log Σ e^{z - m}; the log1p pass runs only when some row needs it."""
+  """L = log Σ e^{z - m}; the log1p pass runs only when some row needs it.
+
+  Its non-maximal mass is summed in a raised exponent, so that a mass just above the
+  underflow threshold is not flushed to 0 (the fast statistics hand such rows here, see
+  :func:`near_underflow`). Where the total is < 2 the maximum is unique (d = 0 there only).
+  """
   total = row_sum(jnp.exp(shift(z, m)), axes)
 
   def mass():
-    return frac_mass(jnp.exp(shift(z, m)), axes)
+    # Σ_{j: d_j < 0} e^{d_j + 16}, scaled by e^{-16} after the sum: terms that are each
+    # subnormal (flushed) can add up to a normal mass.
+    d = shift(z, m)
+    raised = jnp.where(d < 0, jnp.exp(jnp.minimum(d, 0) + _RAISE), 0)
+    return jnp.sum(raised, axis=axes, keepdims=True) * math.exp(-_RAISE)
 
   if branch_free:
     return log_total(total, mass())
@@ -201,7 +240,7 @@ def max_stats(z_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
 
   small = jax.lax.cond(jnp.any(total < 2), mass, lambda: jnp.zeros_like(total))
   stats = (m[:, 0], log_total(total, small)[:, 0])
-  bad = ~(total[:, 0] < jnp.inf)  # a +inf or NaN logit
+  bad = ~(total[:, 0] < jnp.inf) | near_underflow(total, small)[:, 0]  # also ±inf, NaN
   m, lse = fix_rows(bad, exact_stats, stats, z_BxC, row_size=num_classes)
   return m[:, None], lse[:, None]
 
@@ -232,7 +271,7 @@ def label_stats(z_BxC: jax.Array, y_B: jax.Array) -> tuple[jax.Array, jax.Array]
   small = jax.lax.cond(many, mass, lambda: jnp.zeros_like(total))
   lse = jnp.where(many & dominant, jnp.log1p(small), jnp.log(total))
   c = jnp.take_along_axis(z_BxC, y_clipped, axis=1)[:, 0]
-  flagged = ~(total < jnp.inf) | (dominant & ~many)
+  flagged = ~(total < jnp.inf) | (dominant & ~many) | (many & near_underflow(total, small))
   c, lse = fix_rows(flagged, exact_stats, (c, lse), z_BxC, row_size=num_classes)
   return c[:, None], lse[:, None]
 

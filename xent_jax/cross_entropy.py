@@ -112,7 +112,13 @@ def _dense_partials(z, t, m, lse, t_sum, axes, eps, mask):
   # rows without a dominant class, where ties may floor to 1), so that a JVP's reduction
   # Σ partial·tangent stays one fused pass.
   at_max = jnp.floor(jnp.exp(d)) * (lse < _LOG2).astype(d.dtype)
-  grad_z = (1 - at_max) * (t_sum * jnp.exp(log_q) - t) + at_max * (t_sum * jnp.expm1(-lse) + t_rest)
+  at_max_value = t_sum * jnp.expm1(-lse) + t_rest
+  # The row value misses dz_k in its derivative (m is held constant; d_k = z_k - m is 0 only
+  # in value): a term of value 0 restores it, T·q_k·(d_k - stop_gradient(d_k)).
+  d_fin = _normalizer.clamp_neg_inf(d, m)
+  at_max_value = at_max_value + (t_sum * jnp.exp(-lse)) * (d_fin - jax.lax.stop_gradient(d_fin))
+  q = _normalizer.softmax_from_log(log_q)
+  grad_z = (1 - at_max) * (t_sum * q - t) + at_max * at_max_value
   # -log q = L - d is +inf on an impossible class; where t = 0 there the term is the
   # constant 0·log 0 = 0 (a one-sided derivative), never 0·inf. ε = 1: t is a constant.
   log_d = _normalizer.log_shift(z, m)
@@ -257,9 +263,18 @@ def _int_xent_parts(axis, eps, logits, labels, mask):
   # formed as expm1(log q) + ε: q - 1 keeps the relative precision of 1 - q = Σ_{j≠y} q_j
   # when the label dominates.
   is_label = jax.lax.broadcasted_iota(labels_e.dtype, z.shape, axis) == labels_e
-  grad = jnp.where(is_label, jnp.expm1(log_q_label) + eps, jnp.exp(log_q))
+  # With smoothing the label's target 1 - ε + ε/K is one constant: where q_y ≤ 1/2 the
+  # partial is q_y minus it (exact when q_y equals it), else (q_y - 1) + (ε - ε/K).
+  q = _normalizer.softmax_from_log(log_q)
   if eps:
-    grad = grad - _core.masked(jnp.broadcast_to(eps / k, z.shape), mask)
+    at_label = jnp.where(
+      log_q_label > -_LOG2,
+      jnp.expm1(log_q_label) + (eps - eps / k),
+      jnp.exp(log_q_label) - (1 - eps + eps / k),
+    )
+    grad = jnp.where(is_label, at_label, q - _core.masked(jnp.broadcast_to(eps / k, z.shape), mask))
+  else:
+    grad = jnp.where(is_label, jnp.expm1(log_q_label), q)
   keep = valid if has_support is None else valid & has_support
   grad = _core.masked(jnp.where(keep, grad, 0), mask)
   loss = jnp.where(valid, loss, jnp.nan)
@@ -291,9 +306,11 @@ def _int_xent_fast_value(z_BxC, y_B):
 
 
 def _int_xent_fast_parts(z_BxC, y_B):
-  c, lse = _normalizer.log_normalizer(_normalizer.label_stats, (1,), z_BxC, y_B)
+  # The partials take the max shift: with the label's own logit far below the maximum,
+  # log q_j = (z_j - z_y) - L would subtract two large numbers and lose the digits of q_j.
+  c, lse = _normalizer.log_normalizer(_normalizer.max_stats, (1,), z_BxC)
   loss = _int_xent_fast_loss(z_BxC, y_B, c, lse)
-  q = jnp.exp(_normalizer.shift(z_BxC, c) - lse)
+  q = _normalizer.softmax_from_log(_normalizer.shift(z_BxC, c) - lse)
   # At the label, log q = -loss: its partial expm1(-loss) is a row value, put in place with
   # the arithmetic indicator max(0, 1 - |j - y|) (no compare or select: a JVP's reduction
   # Σ partial·tangent stays one fused pass). Rows with an invalid label get 0.
@@ -419,25 +436,40 @@ def _sigmoid_xent_value(logits, labels):
   return jnp.log1p(jnp.exp(-a)) + c * a_fin + jax.lax.stop_gradient(inf_term)
 
 
-def _sigmoid_xent_parts(logits, labels):
-  # ∂/∂z = σ(z) - y, written as (1-y)·σ(z) - y·σ(-z): at z = 20, y = 1 it is -σ(-20) =
-  # -2.1e-9, where σ(20) - 1 rounds to 0. With e = e^{-|z|}, σ(|z|) = a = 1/(1+e) and
-  # σ(-|z|) = b = e·a keep relative precision in both tails, and with p = [z > 0] =
-  # max(sign z, 0) the partial is a·(p - y) + b·(1 - p - y): arithmetic only, so a JVP's
-  # reduction and the VJP's output are each one fused pass. ∂/∂y = -z (±inf at ±inf).
+def _smoothed_labels(labels, eps):
+  """(1-ε)·y + ε/2; for ε = 1 the constant ½ (no derivative w.r.t. y, not 0·inf)."""
+  if eps == 1:
+    return jnp.full_like(labels, 0.5)
+  return (1 - eps) * labels + eps / 2 if eps else labels
+
+
+def _sigmoid_xent_smoothed_value(eps, logits, labels):
+  return _sigmoid_xent_value(logits, _smoothed_labels(labels, eps))
+
+
+def _sigmoid_xent_parts(eps, logits, labels):
+  # The smoothing is inside the rule, so that ∂/∂y = -(1-ε)·z is formed before the
+  # cotangent multiplies it (z near fmax times a cotangent of 2 would overflow first).
+  labels = _smoothed_labels(labels, eps)
+  # ∂/∂z = σ(z) - y = (1-y)·σ(z) - y·σ(-z), in the form (p - y)·tanh(|z|/2) + σ(-|z|)(1 - 2y)
+  # with p = [z > 0] = max(sign z, 0) (σ(|z|) - σ(-|z|) = tanh(|z|/2)): at z = 20, y = 1 it
+  # is -σ(-20) = -2.1e-9, where σ(20) - 1 rounds to 0; at y = 1/2 it is tanh(z/2)/2 also
+  # next to z = 0; each term keeps relative precision in both tails. Arithmetic only, so a
+  # JVP's reduction and the VJP's output are each one fused pass. ∂/∂y = -z.
   # The inputs and the constant 1 come through one barrier: XLA would otherwise share e,
   # or the broadcast 1, with the value's pass by writing it out as an [N] temporary, which
   # costs more than recomputing it (measured: 0 temporaries this way, 256-1024 MiB at 2^26
   # logits otherwise).
   z, y, one = jax.lax.optimization_barrier((logits, labels, jnp.ones((), logits.dtype)))
-  e = jnp.exp(-jnp.abs(z))
-  a = one / (one + e)
+  a = jnp.abs(z)
+  e = jnp.exp(-a)
   p = jnp.maximum(jnp.sign(z), 0)
-  grad_logits = a * (p - y) + (e * a) * (one - p - y)
-  return _sigmoid_xent_value(logits, labels), (grad_logits, -z), ()
+  grad_logits = (p - y) * jnp.tanh(a * 0.5) + e / (one + e) * (one - 2 * y)
+  grad_labels = None if eps == 1 else -(1 - eps) * z
+  return _sigmoid_xent_value(logits, labels), (grad_logits, grad_labels), ()
 
 
-_sigmoid_xent = _normalizer.measure(_sigmoid_xent_value, _sigmoid_xent_parts)
+_sigmoid_xent = _normalizer.measure(_sigmoid_xent_smoothed_value, _sigmoid_xent_parts, num_static=1)
 
 
 def sigmoid_binary_cross_entropy(
@@ -482,8 +514,4 @@ def sigmoid_binary_cross_entropy(
   logits, labels = _core.promote(fn, logits=logits, labels=labels)
   eps = _core.check_smoothing(label_smoothing, fn)
   scale = _core.log_scale(base, fn)
-  if eps == 1:  # the labels drop out: no derivative w.r.t. them (not 0·inf)
-    labels = jnp.full_like(labels, 0.5)
-  elif eps:
-    labels = (1 - eps) * labels + eps / 2
-  return _core.in_base(_sigmoid_xent(logits, labels), scale)
+  return _core.in_base(_sigmoid_xent(eps, logits, labels), scale)

@@ -102,7 +102,7 @@ def _kl_from_logits_parts(axes, p_logits, q_logits, mask):
   p, q = jnp.exp(log_p), jnp.exp(log_q)
   sum_axes = functools.partial(jnp.sum, axis=axes, keepdims=True)
   # Double where: the p = 0 entries never see (-inf) - (-inf), in value or in derivative.
-  support = p > 0
+  support = log_p > -jnp.inf  # also where p itself is subnormal (flushed to 0)
   log_ratio = jnp.where(support, log_p, 0) - jnp.where(support, log_q, 0)  # +inf: q = 0 < p
   terms = jnp.where(support, p * log_ratio, 0)
   kl = sum_axes(terms)
@@ -119,7 +119,10 @@ def _kl_from_logits_parts(axes, p_logits, q_logits, mask):
   rest = sum_axes(jnp.where(p_dominant, 0, terms))
   r_minus_kl = jnp.where(p_dominant, -jnp.expm1(log_p) * r - rest, r - kl)
   r_minus_kl = jnp.where(finite, r_minus_kl, jnp.inf)
-  grad_p = jnp.where(support, p * jnp.where(support, r_minus_kl, 0), 0)
+  # p_j·(r_j - KL) with p_j raised by e^16 and scaled back: the product can be a normal
+  # number where p_j alone is subnormal (log p_j < -87 in float32, r_j ≈ 88).
+  raised = jnp.exp(jnp.where(support, log_p, 0) + 16.0)
+  grad_p = jnp.where(support, raised * jnp.where(support, r_minus_kl, 0) * math.exp(-16.0), 0)
   kl = _core.straight_through_nonnegative(jnp.squeeze(kl, axes))
   return kl, (_core.masked(grad_p, mask), _core.masked(grad_q, mask), None), axes
 

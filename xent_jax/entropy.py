@@ -126,6 +126,7 @@ def _entropy_fast_stats_impl(z_BxC):
 
   lse = jax.lax.cond(many, exact_lse, lambda: jnp.log(total))
   bad = ~jnp.isfinite((lse - d_bar)[:, 0]) | (dominant & ~many)  # also ±inf logits, NaN
+  bad = bad | (many & _normalizer.near_underflow(total, lse))[:, 0]  # L ≈ mass there
   out = (m[:, 0], lse[:, 0], d_bar[:, 0])
   out = _normalizer.fix_rows(bad, _exact_entropy_stats, out, z_BxC, row_size=num_classes)
   return tuple(x[:, None] for x in out)

@@ -1,0 +1,716 @@
+"""Values and derivatives of every measure, reverse and forward mode, against mpmath (SPEC §2).
+
+Property-based: hypothesis draws batches of rows with extreme inputs (logits up to ±80 in
+float32 and ±700 in float64, ±1e30 and ±inf for the elementwise measures, dominant and tied
+classes, -inf logits, probabilities exactly 0 and 1 and their neighbours, hard and soft
+labels, label smoothing, `where` masks with garbage in the excluded entries), and every
+differentiable argument is checked four ways against the exact jets of
+``tests/_mp_reference.py``:
+
+- the value (plain call, and the primal outputs of ``jax.vjp`` / ``jax.jvp``);
+- ``jax.vjp`` with a random cotangent per example;
+- ``jax.jvp`` with a unit tangent per input entry (the forward-mode gradient);
+- ``jax.jvp`` with a random tangent on every argument at once.
+
+The tolerance is SPEC §2's condition-aware rule (:func:`_mp_reference.assert_accurate`): the
+inherent change of the exact derivative when every input (cotangent and tangent included)
+moves by one ulp, from the Hessians written out in mpmath. The divergences use the absolute
+rule with the size of the terms each derivative adds up (like their values, 1 + H(p, q)).
+Draws are derandomised and never shrunk: a failure shows the first failing batch.
+"""
+
+import functools
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+import xent_jax as xj
+from tests import _grids
+from tests import _mp_reference as ref
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+SETTINGS = settings(
+  derandomize=True,
+  max_examples=6,
+  deadline=None,
+  database=None,
+  phases=(Phase.explicit, Phase.generate),  # no shrinking: each step recomputes mpmath
+  suppress_health_check=(HealthCheck.too_slow, HealthCheck.data_too_large),
+)
+ROWS = 6  # examples per drawn batch
+CLASSES = (2, 33)  # class counts a batch is drawn with (each compiles once per dtype)
+ELEMENTS = 24  # entries per drawn batch of an elementwise measure
+GARBAGE = (np.nan, np.inf, -np.inf, -1.0, 2.0, 1e30)  # what excluded entries hold
+
+# Public function -> the kind of each differentiable argument, in call order (the names are
+# the reference's, ref.JET_ARGS). "support": probabilities that are 0 only where the first
+# argument's are; "logits_support": logits -inf only where the first argument's are; "wide":
+# any float, ±inf included.
+MEASURES = {
+  "entropy": ("probs",),
+  "entropy_from_logits": ("logits",),
+  "cross_entropy": ("probs", "probs"),
+  "softmax_cross_entropy": ("logits", "probs"),
+  "kl_divergence": ("probs", "support"),
+  "kl_divergence_from_logits": ("logits", "logits_support"),
+  "js_divergence": ("probs", "probs"),
+}
+ELEMENTWISE = {
+  "sigmoid": ("wide",),
+  "log_sigmoid": ("wide",),
+  "tanh_probability": ("wide",),
+  "binary_entropy_from_logits": ("wide",),
+  "binary_entropy": ("prob",),
+  "binary_cross_entropy": ("prob", "prob"),
+  "sigmoid_binary_cross_entropy": ("wide", "prob"),
+}
+DIVERGENCES = ("kl_divergence", "kl_divergence_from_logits", "js_divergence")
+
+
+def _dtype_params(names, **extra_axes):
+  return [
+    {**p, "testcase_name": f"{name}_{p['testcase_name']}", "name": name}
+    for name in names
+    for p in _grids.dtype_params(**extra_axes)
+  ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Strategies. Every array is built in float64 and rounded once to the dtype under test.
+
+
+def _floats(dtype, lo, hi):
+  width = 32 if np.dtype(dtype) == np.float32 else 64
+  return st.floats(lo, hi, width=width, allow_subnormal=False, allow_nan=False)
+
+
+@st.composite
+def _logit_row(draw, c, dtype):
+  """Random, dominant, tied, impossible (-inf) and offset rows; at least one finite logit."""
+  big = _grids.MAX_LOGIT[np.dtype(dtype)]
+  rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+  kind = draw(st.sampled_from(("drawn", "dominant", "tied", "impossible", "offset")))
+  if kind == "drawn":  # hypothesis' own floats: 0, ±big, simple and odd values
+    return np.array(draw(st.lists(_floats(dtype, -big, big), min_size=c, max_size=c)))
+  z = rng.normal(size=c) * draw(st.sampled_from((0.5, 3.0, 20.0)))
+  if kind == "dominant":
+    margin = draw(st.one_of(st.sampled_from((17.0, 20.0, 30.0, 40.0, big)), _floats(dtype, 5, big)))
+    z[rng.integers(c)] = z.max() + margin
+  elif kind == "tied":
+    z[: max(2, c // 2)] = z.max() + draw(st.sampled_from((0.0, 15.0, big / 2)))
+  elif kind == "impossible":
+    z[rng.random(c) < 0.5] = -np.inf
+    z[rng.integers(c)] = rng.normal()
+  else:
+    z = z / 10 + draw(st.sampled_from((50.0, -big / 2, big / 2)))
+  return np.clip(z, -big, big)
+
+
+@st.composite
+def _prob_row(draw, c, dtype):
+  """Softmaxes of logit rows (tails), one-hots, near-one-hots (1 - ulp), uniform, edges."""
+  kind = draw(
+    st.sampled_from(("softmax", "softmax", "one_hot", "near_one_hot", "uniform", "edges"))
+  )
+  eps = np.finfo(dtype).eps
+  k = draw(st.integers(0, c - 1))
+  if kind == "softmax":
+    return _grids.softmax64(draw(_logit_row(c, dtype)))
+  if kind == "one_hot":
+    return (np.arange(c) == k).astype(np.float64)
+  if kind == "near_one_hot":  # the largest probability below 1, the rest spread on the others
+    p = np.full(c, eps / 2 / (c - 1))
+    p[k] = 1 - eps / 2
+    return p
+  if kind == "uniform":
+    return np.full(c, 1.0 / c)
+  tiny = np.finfo(dtype).tiny
+  edges = (0.0, 1.0, tiny, 1 - eps / 2, eps, 0.5, 1e-20)
+  p = np.array(draw(st.lists(st.sampled_from(edges), min_size=c, max_size=c)))
+  return p / max(1.0, p.sum())  # at most 1 in total (exact 0 and 1 kept where alone)
+
+
+def _cast(x, dtype):
+  """Rounds to ``dtype``, flushing subnormals (out of scope: XLA on CPU treats them as 0)."""
+  x = np.asarray(x, np.float64).astype(dtype)
+  return np.where(np.abs(x) < np.finfo(dtype).tiny, 0, x).astype(dtype)
+
+
+@st.composite
+def _batch(draw, kinds, dtype, c=None, masked=False, normalized=False):
+  """{argument: [ROWS, C] array} with the given kinds; with ``masked``, also a mask.
+
+  ``support``: a probability row that is 0 only where the first argument is (finite KL);
+  ``logits_support``: logits that are -inf only where the first argument's are. With
+  ``normalized``, probability rows sum to 1 over the kept classes (KL and JS are defined
+  for distributions: of sub-distributions they can be negative).
+  """
+  c = draw(st.sampled_from(CLASSES)) if c is None else c
+  arrays = []
+  for kind in kinds:
+    rows = []
+    for r in range(ROWS):
+      if kind == "logits":
+        rows.append(draw(_logit_row(c, dtype)))
+      elif kind == "logits_support":
+        z = draw(_logit_row(c, dtype))
+        rows.append(np.where(np.isinf(arrays[0][r]), -np.inf, np.where(np.isinf(z), 0.0, z)))
+      else:
+        p = draw(_prob_row(c, dtype))
+        if kind == "support":
+          p = np.where(arrays[0][r] > 0, np.maximum(p, 0.5 / c), p)
+          p = p / p.sum()
+        rows.append(p)
+    arrays.append(_cast(rows, dtype))
+  where = None
+  if masked:
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    where = rng.random((ROWS, c)) < 0.7
+    where[-1] = False  # a fully excluded example: value 0, zero gradient
+  if normalized:
+    kept = np.ones((ROWS, c), bool) if where is None else where
+    arrays = [
+      x if "logits" in k else _normalized(x, kept, dtype)
+      for x, k in zip(arrays, kinds, strict=True)
+    ]
+  if masked:
+    garbage = rng.choice(np.array(GARBAGE), size=(ROWS, c))
+    arrays = [np.where(where, x, garbage).astype(dtype) for x in arrays]
+  return arrays, where
+
+
+def _normalized(p, where, dtype):
+  """Rows rescaled to sum to 1 over the kept classes (rows with no mass stay 0)."""
+  kept = np.where(where, p.astype(np.float64), 0)
+  total = kept.sum(axis=1, keepdims=True)
+  return _cast(kept / np.where(total > 0, total, 1), dtype)
+
+
+@st.composite
+def _elementwise_batch(draw, kinds, dtype):
+  """[ELEMENTS] arrays: logits over the whole float range (±1e30, ±inf) or probabilities."""
+  big = _grids.MAX_LOGIT[np.dtype(dtype)]
+  fmax = float(np.finfo(dtype).max)
+  specials = (0.0, 1e-30, -1e-30, 17.0, 20.0, 30.0, 40.0, -88.0, 43.7, 1e30, -1e30, np.inf, -np.inf)
+  eps = np.finfo(dtype).eps
+  prob_edges = (0.0, 1.0, 0.5, eps, 1 - eps, 1 - eps / 2, np.finfo(dtype).tiny, 1e-20)
+  arrays = []
+  for kind in kinds:
+    if kind == "wide":
+      element = st.one_of(
+        _floats(dtype, -big, big), _floats(dtype, -fmax, fmax), st.sampled_from(specials)
+      )
+    else:
+      element = st.one_of(_floats(dtype, 0.0, 1.0), st.sampled_from(prob_edges))
+    x = draw(st.lists(element, min_size=ELEMENTS, max_size=ELEMENTS))
+    arrays.append(_cast(x, dtype))
+  return arrays
+
+
+# ----------------------------------------------------------------------------------------------
+# The library under test: value, reverse mode and forward mode, each one compiled function.
+
+
+def _call(name, options, masked, extra):
+  fn = getattr(xj, name)
+
+  def call(where, *args):
+    kwargs = dict(options)
+    if masked:
+      kwargs["where"] = where
+    return fn(*args, *extra, **kwargs)
+
+  return call
+
+
+@functools.cache
+def _reverse(name, options=(), masked=False):
+  """(plain value, value under vjp, the vjp's cotangents) for cotangent w."""
+
+  def run(args, extra, where, w):
+    call = functools.partial(_call(name, options, masked, extra), where)
+    value, pullback = jax.vjp(call, *args)
+    return call(*args), value, pullback(w)
+
+  return jax.jit(run)
+
+
+@functools.cache
+def _forward(name, options=(), masked=False):
+  """(value under jvp, jvp with tangents t, per-argument forward-mode gradients)."""
+
+  def run(args, extra, where, t):
+    call = functools.partial(_call(name, options, masked, extra), where)
+    value, out = jax.jvp(call, tuple(args), tuple(t))
+    zeros = [jnp.zeros_like(a) for a in args]
+    grads = []
+    for i, a in enumerate(args):
+      if a.ndim == 1:  # elementwise: a tangent of ones gives every derivative at once
+        tangent = zeros[:i] + [jnp.ones_like(a)] + zeros[i + 1 :]
+        grads.append(jax.jvp(call, tuple(args), tuple(tangent))[1])
+        continue
+
+      def column(e, i=i, a=a):  # the unit tangent e_k in every example
+        tangent = zeros[:i] + [jnp.broadcast_to(e, a.shape)] + zeros[i + 1 :]
+        return jax.jvp(call, tuple(args), tuple(tangent))[1]
+
+      grads.append(jax.vmap(column)(jnp.eye(a.shape[-1], dtype=a.dtype)).T)
+    return value, out, grads
+
+  return jax.jit(run)
+
+
+# ----------------------------------------------------------------------------------------------
+# The checks.
+
+
+def _value_scale(name, arrays, where):
+  """1 + H(p, q) for the divergences (their absolute rule), None for the rest."""
+  if name not in DIVERGENCES:
+    return None
+  a, b = arrays
+  if name == "kl_divergence":
+    cross = ref.cross_entropy(a, b, where).value
+  elif name == "kl_divergence_from_logits":
+    kl = ref.kl_divergence_from_logits(a, b, where)
+    cross = kl.value + ref.entropy_from_logits(a, where).value
+  else:
+    m = ((a.astype(np.float64) + b) / 2).astype(a.dtype)
+    m = np.where(where, m, 0) if where is not None else m
+    cross = ref.cross_entropy(a, m, where).value + ref.cross_entropy(b, m, where).value
+  with np.errstate(invalid="ignore"):
+    return 1 + np.abs(np.nan_to_num(cross, posinf=0.0))
+
+
+class _Failures:
+  """Collects every failing check of one drawn batch, so that one report lists them all."""
+
+  def __init__(self, title, inputs=None):
+    self.title, self.messages, self.inputs = title, [], inputs or {}
+
+  def check(self, label, fn, *args, **kwargs):
+    try:
+      fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - a refused transformation is a failure too
+      message = f"[{label}] {type(e).__name__}: {str(e)[:1500]}"
+      self.messages.append(message + self._context(message))
+
+  def _context(self, message) -> str:
+    """The inputs at the first failing entry, e.g. `logits=20.0 labels=1.0`."""
+    match = re.search(r"at \(([\d, ]+)\)", message)
+    if not match or not self.inputs:
+      return ""
+    index = tuple(int(i) for i in match.group(1).split(",") if i.strip())
+    parts = []
+    for name, x in self.inputs.items():
+      x = np.asarray(x)
+      row = x[index[0]]
+      if x.ndim == 1:
+        parts.append(f"{name}={row!r}")
+      elif len(index) == 2:
+        parts.append(
+          f"{name}[{index[1]}]={row[index[1]]!r} row={np.array2string(row, precision=4, max_line_width=10**4, threshold=12)}"
+        )
+      else:
+        parts.append(
+          f"{name} row={np.array2string(row, precision=4, max_line_width=10**4, threshold=12)}"
+        )
+    return "\n    inputs: " + "; ".join(parts)
+
+  def raise_any(self):
+    if self.messages:
+      raise AssertionError(f"{self.title}\n" + "\n".join(self.messages))
+
+
+def _in_range(expected: ref.DerivativeRef, dtype):
+  """The reference as the dtype can hold it: ±inf beyond its range (the correctly rounded
+  result), and an absolute scale of at least tiny/rtol (below tiny nothing is representable).
+  """
+  finfo = np.finfo(dtype)
+  value, cond = expected.ref
+  with np.errstate(invalid="ignore"):
+    over = np.abs(value) > finfo.max
+  # A condition the reference could not form (0·inf where an input is infinite) adds no
+  # allowance: the strict rule applies there.
+  cond = np.where(np.isnan(cond) & np.isfinite(value), 0.0, cond)
+  exact = ref.Ref(np.where(over, np.sign(value) * np.inf, value), np.where(over, 0, cond))
+  scale = expected.scale
+  if scale is not None:
+    scale = np.maximum(scale, finfo.tiny / ref.RTOL[np.dtype(dtype)])
+  return exact, scale
+
+
+def _assert_zero_where_excluded(got, where):
+  """SPEC §2: excluded entries get exactly 0, whatever they hold."""
+  got = np.asarray(got)[~np.broadcast_to(where, np.shape(got))]
+  if np.any(got != 0):
+    raise AssertionError(f"{np.sum(got != 0)} excluded entries are not 0: {got[got != 0][:6]}")
+
+
+def check_measure(name, arrays, dtype, *, where=None, extra=(), options=(), seed=0):
+  """Value, vjp, unit-tangent jvp and random-tangent jvp of ``name`` against mpmath.
+
+  ``arrays``: the differentiable arguments in call order; ``extra``: the others (integer
+  labels, checked through exact one-hot targets); ``options``: static keyword options as
+  ``((key, value), ...)``. Raises one AssertionError listing every check that missed.
+  """
+  ref_name = "softmax_cross_entropy" if extra else name
+  arg_names = ref.JET_ARGS[ref_name][: len(arrays)]
+  ref_arrays = dict(zip(arg_names, arrays, strict=True))
+  if extra:
+    ref_arrays["targets"] = ref.one_hot(extra[0], arrays[0].shape[-1], dtype)
+  masked = where is not None
+  opts = dict(options)
+  inputs = dict(zip(arg_names, arrays, strict=True))
+  if extra:
+    inputs["labels"] = extra[0]
+  if masked:
+    inputs["where"] = where
+  fails = _Failures(f"{name} {opts} ({np.dtype(dtype).name}), where={masked}", inputs)
+  kw = {"where": where, **opts}
+  rng = np.random.default_rng(seed)
+
+  value = ref.value_ref(ref_name, ref_arrays, **kw)
+  scale = _value_scale(name, arrays, where)
+  grads = {a: ref.vjp(ref_name, ref_arrays, a, **kw) for a in arg_names}
+  n = arrays[0].shape[0]
+  w = (rng.uniform(0.5, 2.0, n) * rng.choice([-1, 1], n)).astype(dtype)
+  tangents = []
+  for a, x in zip(arg_names, arrays, strict=True):
+    t = rng.normal(size=x.shape) * np.isfinite(grads[a].ref.value)
+    if masked:  # large tangents on excluded entries: they must not reach the output
+      t = np.where(where, t, 1e3)
+    tangents.append(t.astype(dtype))
+  args = tuple(jnp.asarray(x) for x in arrays)
+  extra = tuple(jnp.asarray(e) for e in extra)
+  where_arg = jnp.asarray(where) if masked else None
+
+  def check_value(got, label):
+    got = forgive_flush_next_to_tiny(got, value)
+    fails.check(label, ref.assert_accurate, got, value, dtype, name=f"{name} {label}", scale=scale)
+
+  # The one documented exception (README, "Derivatives"): where the value itself is ±inf, a
+  # forward-mode contraction may meet 0·∞ (a zero tangent entry times an infinite partial)
+  # and give NaN. Only that NaN is forgiven there; reverse mode is checked everywhere.
+  infinite_value = ~np.isfinite(np.asarray(value.value))
+
+  # README, "Subnormal": XLA on the CPU flushes subnormal intermediates, so a derivative
+  # within 8x of the smallest normal number (a subnormal partial times a cotangent or
+  # tangent of up to 2, or a sum of subnormal terms) may come out as exactly 0.
+  # Likewise a subnormal term flushed inside a sum (a probability e^{-92} next to a target
+  # of 1e-36) costs at most the smallest normal number in absolute terms.
+  def forgive_flush_next_to_tiny(got, exact):
+    got = np.asarray(got, np.float64)
+    tiny = np.finfo(dtype).tiny
+    near = np.abs(exact.value) < 8 * tiny
+    with np.errstate(invalid="ignore"):
+      flushed_term = np.abs(got - exact.value) <= tiny
+    return np.where(((got == 0) & near) | flushed_term, exact.value, got)
+
+  def forgive_nan_at_infinite_values(got, exact):
+    got = np.asarray(got, np.float64)
+    inf_rows = infinite_value.reshape(
+      infinite_value.shape + (1,) * (got.ndim - infinite_value.ndim)
+    )
+    return np.where(np.isnan(got) & inf_rows, exact.value, got)
+
+  def check_derivative(got, expected, label, forward=False):
+    exact, scale = _in_range(expected, dtype)
+    if forward:
+      got = forgive_nan_at_infinite_values(got, exact)
+    got = forgive_flush_next_to_tiny(got, exact)
+    fails.check(label, ref.assert_accurate, got, exact, dtype, name=f"{name} {label}", scale=scale)
+    if masked and np.ndim(got) == 2:
+      fails.check(f"{label}, excluded entries", _assert_zero_where_excluded, got, where)
+
+  def reverse():
+    plain, primal, cotangents = _reverse(name, options, masked)(args, extra, where_arg, w)
+    check_value(plain, "value")
+    check_value(primal, "value under vjp")
+    for a, got in zip(arg_names, cotangents, strict=True):
+      check_derivative(got, ref.vjp(ref_name, ref_arrays, a, cotangent=w, **kw), f"vjp d/d{a}")
+
+  def forward():
+    primal, out, unit = _forward(name, options, masked)(args, extra, where_arg, tuple(tangents))
+    check_value(primal, "value under jvp")
+    expected = ref.jvp(ref_name, ref_arrays, dict(zip(arg_names, tangents, strict=True)), **kw)
+    check_derivative(out, expected, "jvp, random tangent", forward=True)
+    for a, got in zip(arg_names, unit, strict=True):
+      check_derivative(got, grads[a], f"jvp d/d{a}, unit tangents", forward=True)
+
+  fails.check("reverse mode", reverse)
+  fails.check("forward mode", forward)
+  fails.raise_any()
+
+
+# ----------------------------------------------------------------------------------------------
+# Property tests.
+
+
+class MeasureDerivativesTest(chex.TestCase):
+  @parameterized.named_parameters(_dtype_params(MEASURES, masked=(False, True)))
+  def test_matches_mpmath(self, name, dtype, masked):
+    kinds = MEASURES[name]
+
+    normalized = name in ("kl_divergence", "js_divergence")
+
+    @SETTINGS
+    @given(_batch(kinds, dtype, masked=masked, normalized=normalized), st.integers(0, 2**16))
+    def prop(batch, seed):
+      arrays, where = batch
+      check_measure(name, arrays, dtype, where=where, seed=seed)
+
+    prop()
+
+  @parameterized.named_parameters(
+    _dtype_params(["softmax_cross_entropy"], smoothing_masked=((0.25, True), (1.0, False)))
+  )
+  def test_label_smoothing_matches_mpmath(self, name, dtype, smoothing_masked):
+    smoothing, masked = smoothing_masked
+
+    @SETTINGS
+    @given(_batch(("logits", "probs"), dtype, masked=masked), st.integers(0, 2**16))
+    def prop(batch, seed):
+      arrays, where = batch
+      options = (("label_smoothing", smoothing),)
+      check_measure(name, arrays, dtype, where=where, options=options, seed=seed)
+
+    prop()
+
+  @parameterized.named_parameters(
+    _dtype_params(
+      ["softmax_cross_entropy_with_integer_labels"],
+      smoothing_masked=((0.0, False), (0.0, True), (0.25, True), (1.0, False)),
+    )
+  )
+  def test_integer_labels_match_mpmath(self, name, dtype, smoothing_masked):
+    smoothing, masked = smoothing_masked
+
+    @SETTINGS
+    @given(_batch(("logits",), dtype, masked=masked), st.integers(0, 2**16))
+    def prop(batch, seed):
+      (z,), where = batch
+      rng = np.random.default_rng(seed)
+      kept = np.ones(z.shape, bool) if where is None else where
+      # The dominant class on even examples, a random kept class on odd ones.
+      candidates = np.where(kept, np.where(np.isnan(z), -np.inf, z), -np.inf)
+      top = np.argmax(candidates, axis=1)
+      random = np.array([rng.choice(np.flatnonzero(k)) if k.any() else 0 for k in kept])
+      labels = np.where(np.arange(len(z)) % 2 == 0, top, random)
+      options = (("label_smoothing", smoothing),) if smoothing else ()
+      check_measure(name, [z], dtype, where=where, extra=(labels,), options=options, seed=seed)
+
+    prop()
+
+  @parameterized.named_parameters(_dtype_params(ELEMENTWISE))
+  def test_elementwise_matches_mpmath(self, name, dtype):
+    kinds = ELEMENTWISE[name]
+
+    @SETTINGS
+    @given(_elementwise_batch(kinds, dtype), st.integers(0, 2**16))
+    def prop(arrays, seed):
+      check_measure(name, arrays, dtype, seed=seed)
+
+    prop()
+
+  @parameterized.named_parameters(
+    _dtype_params(["sigmoid_binary_cross_entropy"], smoothing=(0.25, 1.0))
+  )
+  def test_sigmoid_label_smoothing_matches_mpmath(self, name, dtype, smoothing):
+    @SETTINGS
+    @given(_elementwise_batch(("wide", "prob"), dtype), st.integers(0, 2**16))
+    def prop(arrays, seed):
+      options = (("label_smoothing", smoothing),)
+      check_measure(name, arrays, dtype, options=options, seed=seed)
+
+    prop()
+
+
+@functools.cache
+def _log_softmax_derivatives(masked):
+  def run(z, where, v, t):
+    kwargs = {"where": where} if masked else {}
+    call = functools.partial(xj.log_softmax, **kwargs)
+    value, pullback = jax.vjp(call, z)
+    return value, pullback(v)[0]
+
+  def run_forward(z, where, t):
+    kwargs = {"where": where} if masked else {}
+    return jax.jvp(functools.partial(xj.log_softmax, **kwargs), (z,), (t,))
+
+  return jax.jit(run), jax.jit(run_forward)
+
+
+class LogSoftmaxDerivativesTest(chex.TestCase):
+  @parameterized.named_parameters(_grids.dtype_params(masked=(False, True)))
+  def test_matches_mpmath(self, dtype, masked):
+    @SETTINGS
+    @given(_batch(("logits",), dtype, masked=masked), st.integers(0, 2**16))
+    def prop(batch, seed):
+      (z,), where = batch
+      rng = np.random.default_rng(seed)
+      kept = np.ones(z.shape, bool) if where is None else where
+      present = kept & (z > -np.inf)
+      fails = _Failures(f"log_softmax ({np.dtype(dtype).name}), where={masked}")
+      # Cotangents: 0 on -inf logits (their output is the constant -inf), anything on
+      # excluded entries (their output is constant too), random elsewhere.
+      v = np.where(present | ~kept, rng.normal(size=z.shape), 0).astype(dtype)
+      t = np.where(kept, rng.normal(size=z.shape), 1e3).astype(dtype)
+      reverse, forward = _log_softmax_derivatives(masked)
+      where_arg = jnp.asarray(where) if masked else None
+      exact = ref.log_softmax(z, where=where)
+
+      def check_reverse():
+        value, grad = reverse(z, where_arg, v, t)
+        fails.check("value", ref.assert_accurate, value, exact, dtype, name="log_softmax")
+        expected = ref.log_softmax_vjp(z, np.where(kept, v, 0), where=where)
+        fails.check("vjp", ref.assert_accurate, grad, expected.ref, dtype, name="vjp log_softmax")
+        if masked:
+          fails.check("vjp, excluded entries", _assert_zero_where_excluded, grad, where)
+
+      def check_forward():
+        value, out = forward(z, where_arg, t)
+        fails.check("value under jvp", ref.assert_accurate, value, exact, dtype, name="log_softmax")
+        expected = ref.log_softmax_jvp(z, np.where(kept, t, 0).astype(dtype), where=where)
+        # Outputs at -inf logits are constant -inf: their tangent is not compared.
+        got = np.where(present | ~kept, np.asarray(out, np.float64), 0)
+        fails.check("jvp", ref.assert_accurate, got, expected, dtype, name="jvp log_softmax")
+        if masked:
+          fails.check("jvp, excluded entries", _assert_zero_where_excluded, out, where)
+
+      fails.check("reverse mode", check_reverse)
+      fails.check("forward mode", check_forward)
+      fails.raise_any()
+
+    prop()
+
+
+# ----------------------------------------------------------------------------------------------
+# Known defects and edge cases, one test each (issue 11): exact values from the jets.
+
+
+def _f32_or_skip(test, dtype):
+  if dtype == np.float64 and not jax.config.jax_enable_x64:
+    test.skipTest("float64 needs JAX_ENABLE_X64=1")
+
+
+class RegressionTest(chex.TestCase):
+  def _check(self, name, arrays, dtype=np.float32, **kwargs):
+    _f32_or_skip(self, dtype)
+    check_measure(name, [np.asarray(a, dtype) for a in arrays], dtype, **kwargs)
+
+  def test_sigmoid_bce_gradient_at_confident_logits_float32(self):
+    # ∂/∂z = -σ(-z): -2.06e-9 at 20 and -9.36e-14 at 30, not σ(z) - 1 = 0.
+    z, y = np.array([20.0, 30.0], np.float32), np.ones(2, np.float32)
+    exact = ref.vjp("sigmoid_binary_cross_entropy", {"logits": z, "labels": y}, "logits")
+    np.testing.assert_allclose(exact.ref.value, [-2.0611536e-9, -9.3576230e-14], rtol=1e-7)
+    self._check("sigmoid_binary_cross_entropy", [z, y])
+
+  def test_sigmoid_bce_gradient_at_40_float64(self):
+    self._check("sigmoid_binary_cross_entropy", [[40.0], [1.0]], np.float64)
+
+  def test_sigmoid_bce_chain_rule(self):
+    # d/dw H(1, σ(20 w)) at w = 1 is 20 · (-σ(-20)) = -4.12e-8, in both modes.
+    def loss(w):
+      return xj.sigmoid_binary_cross_entropy(20 * w, jnp.float32(1.0))
+
+    arrays = {"logits": np.float32([20.0]), "labels": np.float32([1.0])}
+    g = ref.vjp("sigmoid_binary_cross_entropy", arrays, "logits")
+    jet = ref.jets("sigmoid_binary_cross_entropy", arrays)[0][0]
+    # d/dw 20 g(20 w) = 400 g'(20 w): its change when w moves by ulp(1).
+    cond = 400 * float(jet.hess[("logits", "logits")][0][0]) * np.spacing(np.float32(1))
+    exact = ref.Ref(20 * g.ref.value, np.array([cond]))
+    fails = _Failures("d/dw sigmoid_binary_cross_entropy(20 w, 1) at w = 1")
+    w = jnp.float32(1.0)
+    for label, fn in (
+      ("grad", lambda: jax.jit(jax.grad(loss))(w)),
+      ("jvp", lambda: jax.jit(lambda w: jax.jvp(loss, (w,), (jnp.ones_like(w),))[1])(w)),
+    ):
+      fails.check(label, lambda fn=fn: ref.assert_accurate([fn()], exact, np.float32, name="d/dw"))
+    fails.raise_any()
+
+  def test_softmax_ce_dominant_class_gradient(self):
+    # ∂/∂z_1 = S q_1 - t_1 ≈ 1.0e-12 (S = 1 + 9.9e-13): the sum of the others' mass.
+    z = [[-80.0, 0.0, -80.0, -80.0]]
+    t = [[3.3e-13, 1.0, 3.3e-13, 3.3e-13]]
+    exact = ref.vjp(
+      "softmax_cross_entropy", {"logits": np.float32(z), "targets": np.float32(t)}, "logits"
+    )
+    self.assertGreater(exact.ref.value[0, 1], 9e-13)
+    self._check("softmax_cross_entropy", [z, t])
+
+  def test_kl_from_logits_q_gradient_sign_at_dominant_class(self):
+    # ∂KL/∂zq_0 = q_0 - p_0 = (1 - p_0) - (1 - q_0) = 2.06e-9 - 1.39e-11 > 0.
+    self._check("kl_divergence_from_logits", [[[0.0, -20.0]], [[0.0, -25.0]]])
+
+  def test_kl_gradient_where_rounded_kl_is_negative(self):
+    # KL of p = [½, ½] from q = [½ + ulp, ½] is exactly -ulp·(1 + O(ulp)) < 0: the value may
+    # be clamped to 0, the gradient -p/q must not be.
+    half_up = np.nextafter(np.float32(0.5), np.float32(1))
+    self._check("kl_divergence", [[[0.5, 0.5]], [[half_up, 0.5]]])
+
+  def test_excluded_certain_class_with_zero_model_probability(self):
+    where = np.array([[True, True, False]])
+    for name in ("cross_entropy", "kl_divergence"):
+      with self.subTest(name):
+        self._check(name, [[[0.5, 0.5, 1.0]], [[0.25, 0.75, 0.0]]], where=where)
+
+  def test_entropy_with_excluded_negative_entry(self):
+    self._check("entropy", [[[0.5, 0.5, -1.0]]], where=np.array([[True, True, False]]))
+
+  def test_js_with_excluded_inf(self):
+    where = np.array([[True, True, False]])
+    self._check("js_divergence", [[[0.5, 0.5, np.inf]], [[0.25, 0.75, 0.5]]], where=where)
+
+  def test_q_gradient_where_p_is_certain_and_q_is_zero(self):
+    # d/dq of KL([0, 1] ‖ [1, 0]) and H([0, 1], [1, 0]): [0, -inf], not NaN.
+    for name in ("kl_divergence", "cross_entropy"):
+      with self.subTest(name):
+        exact = ref.vjp(name, {"p": [[0.0, 1.0]], "q": [[1.0, 0.0]]}, "q")
+        np.testing.assert_array_equal(exact.ref.value, [[0.0, -np.inf]])
+        self._check(name, [[[0.0, 1.0]], [[1.0, 0.0]]])
+
+  def test_kl_from_logits_p_gradient_with_impossible_q_class(self):
+    # KL(softmax[0, 0] ‖ softmax[0, -inf]) = inf; by the limit ∂/∂zp = [-inf, +inf].
+    self._check("kl_divergence_from_logits", [[[0.0, 0.0]], [[0.0, -np.inf]]])
+
+  def test_integer_labels_full_smoothing_on_impossible_class(self):
+    # t' = [½, ½] puts mass on the -inf class: the value is +inf (not NaN), ∂/∂z = [½, -½].
+    self._check(
+      "softmax_cross_entropy_with_integer_labels",
+      [[[0.0, -np.inf]]],
+      extra=(np.array([1]),),
+      options=(("label_smoothing", 1.0),),
+    )
+
+  def test_sigmoid_bce_label_gradient_with_full_smoothing(self):
+    # ε = 1: the label is ½ whatever y is, so ∂/∂y = 0 (not 0·inf) at z = +inf.
+    self._check(
+      "sigmoid_binary_cross_entropy", [[np.inf], [0.5]], options=(("label_smoothing", 1.0),)
+    )
+
+  def test_binary_entropy_from_logits_does_not_underflow(self):
+    # h(σ(-88)) = 5.39e-37 and its derivative at -87.5 ≈ 8.7e-37: normal float32 numbers.
+    z = np.array([-88.0, -87.5], np.float32)
+    exact = ref.value_ref("binary_entropy_from_logits", {"logits": z})
+    np.testing.assert_allclose(exact.value[0], 5.39e-37, rtol=1e-3)
+    grad = ref.vjp("binary_entropy_from_logits", {"logits": z}, "logits")
+    np.testing.assert_allclose(grad.ref.value[1], 8.7e-37, rtol=1e-2)
+    self._check("binary_entropy_from_logits", [z])
+
+  def test_tanh_probability_gradient_does_not_underflow(self):
+    # d/dx σ(2x) at 43.7 = 2σ(87.4)σ(-87.4) ≈ 2.2e-38, just above float32's tiny.
+    grad = ref.vjp("tanh_probability", {"x": np.float32([43.7])}, "x")
+    np.testing.assert_allclose(grad.ref.value, [2.2e-38], rtol=1e-1)
+    self._check("tanh_probability", [[43.7]])
+
+
+if __name__ == "__main__":
+  absltest.main()
