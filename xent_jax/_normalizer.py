@@ -227,6 +227,10 @@ def exact_stats(z_KxC: jax.Array) -> tuple[jax.Array, jax.Array]:
   return m[:, 0], _general_body(z_KxC, m, (1,), branch_free=True)[:, 0]
 
 
+# Totals below this take the log1p of the non-maximal mass (L < log(17/16) ≈ 1/16).
+_NEEDS_MASS = 1.0625
+
+
 def max_stats(z_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(m, L) of ``[B, C]`` rows in fused passes: max + Σe in one, the log1p mass if needed."""
   num_rows, num_classes = z_BxC.shape
@@ -238,18 +242,24 @@ def max_stats(z_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
     (z2,) = separate(z_BxC, 1)
     return frac_mass(jnp.exp(z2 - row_max(z2, (1,))), (1,))
 
-  small = jax.lax.cond(jnp.any(total < 2), mass, lambda: jnp.zeros_like(total))
-  stats = (m[:, 0], log_total(total, small)[:, 0])
-  bad = ~(total[:, 0] < jnp.inf) | near_underflow(total, small)[:, 0]  # also ±inf, NaN
-  m, lse = fix_rows(bad, exact_stats, stats, z_BxC, row_size=num_classes)
+  # log(total) has an absolute error of about eps/2, so the log1p of the mass is needed
+  # only where L itself is small (L < 1/16): from one more pass over all rows when such
+  # rows are many (a confident model), else row by row.
+  need = total < _NEEDS_MASS
+  many = jnp.sum(need) > num_rows // 8
+  small = jax.lax.cond(many, mass, lambda: jnp.zeros_like(total))
+  lse = jnp.where(many & need, jnp.log1p(small), jnp.log(total))
+  bad = ~(total < jnp.inf) | (need & ~many) | (many & near_underflow(total, small))
+  m, lse = fix_rows(bad[:, 0], exact_stats, (m[:, 0], lse[:, 0]), z_BxC, row_size=num_classes)
   return m[:, None], lse[:, None]
 
 
 def label_stats(z_BxC: jax.Array, y_B: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(c, L) of ``[B, C]`` rows shifted by the label's own logit, c = z_y, in fused passes.
 
-  S = Σ_j e^{z_j - z_y} needs no max pass. Where S ≥ 2, L = log S ≥ log 2 is accurate;
-  where S < 2 the label is the strict maximum and L = log1p of the non-label mass: from one
+  S = Σ_j e^{z_j - z_y} needs no max pass. L = log S has an absolute error of about eps/2,
+  which is accurate enough unless L < 1/16; where S < 17/16 the label is the strict maximum
+  and L = log1p of the non-label mass: from one
   more pass over all rows when such rows are many (a confident model), else row by row.
   Rows where S is not finite (a class 88 nats above the label in float32, ±inf or NaN
   logits) get the general statistics, c = max. Out-of-range labels are clipped here (their
@@ -262,7 +272,7 @@ def label_stats(z_BxC: jax.Array, y_B: jax.Array) -> tuple[jax.Array, jax.Array]
     return z_BxC - jnp.take_along_axis(z_BxC, y_clipped, axis=1)
 
   total = row_sum(jnp.exp(label_shifted()), (1,))[:, 0]
-  dominant = total < 2  # NaN compares False
+  dominant = total < _NEEDS_MASS  # NaN compares False; see max_stats
   many = jnp.sum(dominant) > num_rows // 8
 
   def mass():
