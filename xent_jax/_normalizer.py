@@ -152,6 +152,15 @@ def softmax_from_log(log_q: jax.Array) -> jax.Array:
   return jnp.exp(log_q + _RAISE * s) * (s * math.exp(-_RAISE) + (1 - s))
 
 
+def times_prob(log_q: jax.Array, x: jax.Array) -> jax.Array:
+  """e^{log q}·x for log q ≤ 0, formed as (e^{log q + 16}·x)·e^{-16}.
+
+  The product is a normal number wherever the exact one is, also where q alone would be
+  subnormal (flushed to 0 on CPU) and |x| > 1 lifts it back (e.g. q·|log q| in entropies).
+  """
+  return jnp.exp(log_q + _RAISE) * x * math.exp(-_RAISE)
+
+
 def is_fast_case(x: jax.Array, axes: tuple[int, ...], mask, smoothing: float = 0.0) -> bool:
   """Whether the fast path applies: class axis last, nothing masked or smoothed, B ≥ 1."""
   return axes == (x.ndim - 1,) and x.size > 0 and mask is None and smoothing == 0

@@ -119,10 +119,10 @@ def _kl_from_logits_parts(axes, p_logits, q_logits, mask):
   rest = sum_axes(jnp.where(p_dominant, 0, terms))
   r_minus_kl = jnp.where(p_dominant, -jnp.expm1(log_p) * r - rest, r - kl)
   r_minus_kl = jnp.where(finite, r_minus_kl, jnp.inf)
-  # p_j·(r_j - KL) with p_j raised by e^16 and scaled back: the product can be a normal
-  # number where p_j alone is subnormal (log p_j < -87 in float32, r_j ≈ 88).
-  raised = jnp.exp(jnp.where(support, log_p, 0) + 16.0)
-  grad_p = jnp.where(support, raised * jnp.where(support, r_minus_kl, 0) * math.exp(-16.0), 0)
+  # p_j·(r_j - KL): the product can be a normal number where p_j alone is subnormal
+  # (log p_j < -87 in float32, r_j ≈ 88).
+  safe_log_p, safe_r = jnp.where(support, log_p, 0), jnp.where(support, r_minus_kl, 0)
+  grad_p = jnp.where(support, _normalizer.times_prob(safe_log_p, safe_r), 0)
   kl = _core.straight_through_nonnegative(jnp.squeeze(kl, axes))
   return kl, (_core.masked(grad_p, mask), _core.masked(grad_q, mask), None), axes
 

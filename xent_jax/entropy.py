@@ -64,8 +64,6 @@ def entropy(
 # float32 while q_i·|d_i - d̄| can still be normal: the exponent is raised by 16 and the
 # product scaled back.
 
-_RAISE = 16.0
-
 
 def _mean_shift(z, m, lse, axes):
   """d̄ = Σ_j q_j d_j (kept as size 1) from the statistics, one pass."""
@@ -76,9 +74,8 @@ def _mean_shift(z, m, lse, axes):
 def _entropy_partials(z, m, lse, d_bar):
   d = _normalizer.shift(z, m)
   r = _normalizer.clamp_neg_inf(d, m) - d_bar  # finite where d = -inf (q = 0)
-  # -q·r with q = e^{d - L} raised by e^16 and scaled back: no select, and no underflow
-  # of q where q·|r| is still normal (q ≤ 1, so e^{d - L + 16} cannot overflow).
-  return (jnp.exp(d - lse + _RAISE) * r) * -math.exp(-_RAISE)
+  # -q·r, with no underflow of q where q·|r| is still normal, and no select.
+  return -_normalizer.times_prob(d - lse, r)
 
 
 def _entropy_parts(axes, logits, mask):
