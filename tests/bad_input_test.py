@@ -223,13 +223,12 @@ def _trace_time_cases():
         "none": None,
         "string": "1",
       }
-      if kinds.get("labels"):
-        axes |= {"tuple": (1,), "pair": (0, 1)}
       for case, axis in axes.items():
-        # The integer-label loss takes a single int: any tuple is a TypeError there.
-        value_error = ("2", "-3") if kinds.get("labels") else ("2", "-3", "repeated", "empty")
+        value_error = ("2", "-3", "repeated", "empty")
         error = ValueError if case in value_error else TypeError
         yield name, f"axis_{case}", _replace(name, axis=axis), error, "axis"
+      if kinds.get("labels"):  # two class axes leave no example axis for the [4] labels
+        yield name, "axis_pair", _replace(name, axis=(0, 1)), ValueError, "labels"
     if "where" in kwargs:
       wheres = {"float": _W.astype(np.float32), "int": _W.astype(np.int32), "string": "abc"}
       for case, where in wheres.items():

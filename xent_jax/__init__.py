@@ -6,6 +6,7 @@ The public API (SPEC §1) is re-exported here; each function lives in one module
 """
 
 from xent_jax.checked import checked
+from xent_jax.classification import poly_loss_cross_entropy, sigmoid_focal_loss
 from xent_jax.cross_entropy import (
   binary_cross_entropy,
   cross_entropy,
@@ -13,7 +14,12 @@ from xent_jax.cross_entropy import (
   softmax_cross_entropy,
   softmax_cross_entropy_with_integer_labels,
 )
-from xent_jax.divergence import js_divergence, kl_divergence, kl_divergence_from_logits
+from xent_jax.divergence import (
+  generalized_kl_divergence,
+  js_divergence,
+  kl_divergence,
+  kl_divergence_from_logits,
+)
 from xent_jax.entropy import (
   binary_entropy,
   binary_entropy_from_logits,
@@ -32,13 +38,16 @@ __all__ = [
   "cross_entropy",
   "entropy",
   "entropy_from_logits",
+  "generalized_kl_divergence",
   "js_divergence",
   "kl_divergence",
   "kl_divergence_from_logits",
   "log_sigmoid",
   "log_softmax",
+  "poly_loss_cross_entropy",
   "sigmoid",
   "sigmoid_binary_cross_entropy",
+  "sigmoid_focal_loss",
   "softmax_cross_entropy",
   "softmax_cross_entropy_with_integer_labels",
   "tanh_probability",

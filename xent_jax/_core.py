@@ -267,6 +267,20 @@ def masked(x: jax.Array, mask: jax.Array | None, fill: float = 0) -> jax.Array:
   return x if mask is None else jnp.where(mask, x, jnp.asarray(fill, x.dtype))
 
 
+def nonnegative_within_rounding(total: jax.Array, magnitude: jax.Array) -> jax.Array:
+  """``total`` moved to 0 where it is negative by less than its rounding error, else as is.
+
+  For a sum whose exact value is ≥ 0 when the inputs are valid (a KL divergence of two
+  distributions) and whose rounding error is at most ``8·eps·magnitude`` (``magnitude``:
+  the sum of the absolute values of the parts that cancel). Beyond that bound a negative
+  total is the formula's value for invalid input (e.g. unnormalised measures) and is
+  returned as it is, never clamped to a silent 0. The derivative is the identity.
+  """
+  tol = 8 * jnp.finfo(total.dtype).eps * magnitude
+  rounded = (total < 0) & (total >= -tol)
+  return jnp.where(rounded, total - jax.lax.stop_gradient(total), total)
+
+
 def straight_through_nonnegative(x: jax.Array) -> jax.Array:
   """max(x, 0) in value, the identity in the derivative.
 

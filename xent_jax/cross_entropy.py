@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from xent_jax import _core, _normalizer
+from xent_jax.softmax import _sigmoid
 
 
 def cross_entropy(
@@ -360,7 +361,8 @@ def softmax_cross_entropy_with_integer_labels(
   Args:
     logits: ``[..., C, ...]``.
     labels: integer labels, ``logits.shape`` without ``axis``.
-    axis: the class axis (a single int).
+    axis: the class axis; a tuple of axes is flattened into one class axis (row-major,
+      as in optax): a label is then a flat index into ``logits[axes]``.
     where: optional boolean mask broadcastable to ``logits``; False entries are excluded.
     label_smoothing: ε in [0, 1].
     ignore_index: optional label value (torch uses -100) marking examples to skip: their
@@ -384,17 +386,27 @@ def softmax_cross_entropy_with_integer_labels(
   fn = "softmax_cross_entropy_with_integer_labels"
   logits = _core.as_float(logits, "logits", fn)
   labels = _core.as_labels(labels, "labels", fn)
-  if isinstance(axis, (tuple, list)):
-    raise TypeError(f"{fn}: `axis` must be a single int (the class axis), got {axis!r}.")
-  (axis,) = _core.normalize_axis(axis, logits.ndim, "logits", fn)
-  _core.check_classes(logits, (axis,), "logits", fn)
-  expected = logits.shape[:axis] + logits.shape[axis + 1 :]
+  axes = _core.normalize_axis(axis, logits.ndim, "logits", fn)
+  _core.check_classes(logits, axes, "logits", fn)
+  expected = tuple(n for i, n in enumerate(logits.shape) if i not in axes)
   if labels.shape != expected:
     raise ValueError(
-      f"{fn}: `labels` must have the shape of `logits` without the class axis {axis}, "
+      f"{fn}: `labels` must have the shape of `logits` without the class axes {axes}, "
       f"i.e. {expected}; got labels {labels.shape} for logits {logits.shape}."
     )
   mask = _core.as_mask(where, logits.shape, fn)
+  if len(axes) > 1:
+    # Several class axes (optax's convention): they move to the end, in order, and are
+    # flattened into one; a label is a flat (row-major) index into logits[axes].
+    batch_axes = tuple(i for i in range(logits.ndim) if i not in axes)
+
+    def flatten(x):
+      return x.transpose(batch_axes + axes).reshape(expected + (-1,))
+
+    logits = flatten(logits)
+    mask = None if mask is None else flatten(mask)
+    axes = (logits.ndim - 1,)
+  (axis,) = axes
   eps = _core.check_smoothing(label_smoothing, fn)
   ignore_index = _core.check_ignore_index(ignore_index, fn)
   weights = _core.as_weights(weights, labels.shape, logits.dtype, fn)
@@ -417,7 +429,9 @@ def softmax_cross_entropy_with_integer_labels(
   return _core.in_base(loss if weights is None else loss * weights, scale)
 
 
-def binary_cross_entropy(p: ArrayLike, q: ArrayLike, *, base: float | None = None) -> jax.Array:
+def binary_cross_entropy(
+  p: ArrayLike, q: ArrayLike, *, label_smoothing: float = 0.0, base: float | None = None
+) -> jax.Array:
   r"""Elementwise binary cross-entropy between target probabilities p and model q (seed §3.2).
 
   .. math::
@@ -429,6 +443,8 @@ def binary_cross_entropy(p: ArrayLike, q: ArrayLike, *, base: float | None = Non
   Args:
     p: target probabilities, any shape.
     q: model probabilities, same shape as ``p``.
+    label_smoothing: ε in [0, 1]: the target becomes (1-ε)·p + ε/2 (keras's
+      ``BinaryCrossentropy(label_smoothing=ε)``).
     base: logarithm base; None for nats.
 
   Returns:
@@ -441,6 +457,7 @@ def binary_cross_entropy(p: ArrayLike, q: ArrayLike, *, base: float | None = Non
   p, q = _core.as_float(p, "p", fn), _core.as_float(q, "q", fn)
   _core.check_same_shape(fn, p=p, q=q)
   p, q = _core.promote(fn, p=p, q=q)
+  p = _smoothed_labels(p, _core.check_smoothing(label_smoothing, fn))
   scale = _core.log_scale(base, fn)
   return _core.in_base(-(_core.xlogy(p, q) + _core.xlog1my(1 - p, q)), scale)
 
@@ -502,11 +519,31 @@ def _sigmoid_xent_parts(eps, logits, labels):
 _sigmoid_xent = _normalizer.measure(_sigmoid_xent_smoothed_value, _sigmoid_xent_parts, num_static=1)
 
 
+def _pos_weighted_sigmoid_xent_parts(logits, labels, pos_weight):
+  # w·y·softplus(-z) + (1-y)·softplus(z): two non-negative terms (softplus is log1p-exact),
+  # 0·inf = 0 for a certain logit with the matching hard label. ∂/∂z = -w·y·σ(-z) +
+  # (1-y)·σ(z), each term with its own tail; ∂/∂y = w·softplus(-z) - softplus(z);
+  # ∂/∂w = y·softplus(-z).
+  z, y, w = logits, labels, pos_weight
+  sp_neg, sp_pos = jax.nn.softplus(-z), jax.nn.softplus(z)
+  wy = w * y
+  loss = _core.mul0(wy, sp_neg) + _core.mul0(1 - y, sp_pos)
+  grad_z = (1 - y) * _sigmoid(z) - wy * _sigmoid(-z)
+  grad_y = w * sp_neg - sp_pos
+  return loss, (grad_z, grad_y, _core.mul0(y, sp_neg)), ()
+
+
+_pos_weighted_sigmoid_xent = _normalizer.measure(
+  lambda *args: _pos_weighted_sigmoid_xent_parts(*args)[0], _pos_weighted_sigmoid_xent_parts
+)
+
+
 def sigmoid_binary_cross_entropy(
   logits: ArrayLike,
   labels: ArrayLike,
   *,
   label_smoothing: float = 0.0,
+  pos_weight: ArrayLike | None = None,
   base: float | None = None,
 ) -> jax.Array:
   r"""Elementwise H(y, σ(z)), the logistic-regression loss (seed §4.1–4.2), tail-accurate.
@@ -526,6 +563,9 @@ def sigmoid_binary_cross_entropy(
     labels: target probabilities of class 1 (0/1 labels, integer or float, or soft
       labels in [0, 1]), same shape as ``logits``.
     label_smoothing: ε in [0, 1].
+    pos_weight: optional weight w > 0 of the positive term, broadcastable to ``logits``
+      (torch's ``BCEWithLogitsLoss(pos_weight=...)``): the loss becomes
+      -w·y·log σ(z) - (1-y)·log σ(-z), with the same tail accuracy.
     base: logarithm base; None for nats.
 
   Returns:
@@ -544,4 +584,17 @@ def sigmoid_binary_cross_entropy(
   logits, labels = _core.promote(fn, logits=logits, labels=labels)
   eps = _core.check_smoothing(label_smoothing, fn)
   scale = _core.log_scale(base, fn)
-  return _core.in_base(_sigmoid_xent(eps, logits, labels), scale)
+  if pos_weight is None:
+    return _core.in_base(_sigmoid_xent(eps, logits, labels), scale)
+  if isinstance(pos_weight, int | float) and not pos_weight > 0:
+    raise ValueError(f"{fn}: `pos_weight` must be > 0, got {pos_weight}.")
+  pos_weight = _core.as_float(pos_weight, "pos_weight", fn).astype(logits.dtype)
+  try:
+    pos_weight = jnp.broadcast_to(pos_weight, logits.shape)
+  except ValueError:
+    raise ValueError(
+      f"{fn}: `pos_weight` of shape {pos_weight.shape} does not broadcast to `logits` "
+      f"{logits.shape}."
+    ) from None
+  labels = _smoothed_labels(labels, eps)
+  return _core.in_base(_pos_weighted_sigmoid_xent(logits, labels, pos_weight), scale)

@@ -32,8 +32,12 @@ def kl_divergence(
 
   Summed term by term (p_j (log p_j - log q_j)), so p ≈ q gives a small result without the
   cancellation of H(p, q) - H(p); absolute error ≤ 1e-6·(1 + H(p, q)) in float32 (SPEC §2).
-  0·log 0 = 0; p_j > 0 with q_j = 0 gives +inf. Never negative: a sum rounded to -1 ulp
-  is returned as 0, with its gradient kept (no clamp that zeroes a derivative).
+  0·log 0 = 0; p_j > 0 with q_j = 0 gives +inf. Never negative for distributions: a sum
+  rounded below 0 (by less than 8·eps·(2 + H(p) + H(p, q)), its rounding bound) is returned as
+  0, with its gradient kept (no clamp that zeroes a derivative). Inputs that are not
+  distributions (e.g. unnormalised, as in optax's tests) get the formula's value, negative
+  if it is: never a silent 0. :func:`xent_jax.checked` rejects them;
+  :func:`generalized_kl_divergence` is the divergence meant for unnormalised measures.
 
   Args:
     p: target probabilities ``[..., C, ...]``.
@@ -50,8 +54,56 @@ def kl_divergence(
   """
   p, q, axes, mask, scale = _core.distribution_pair("kl_divergence", p, q, axis, where, base)
   p, q = _core.masked_pair(p, q, mask)
-  terms = _core.masked(_core.xlogy(p, p) - _core.xlogy(p, q), mask)
-  return _core.in_base(_core.straight_through_nonnegative(jnp.sum(terms, axis=axes)), scale)
+  neg_entropy_terms, cross_terms = _core.xlogy(p, p), _core.xlogy(p, q)
+  terms = _core.masked(neg_entropy_terms - cross_terms, mask)
+  # Rounding bound: the parts that cancel, and p + q for inputs whose sums are 1 only up
+  # to rounding (KL ≥ Σp·log(Σp/Σq) ≈ Σp - Σq can then be -eps).
+  magnitude = jnp.abs(neg_entropy_terms) + jnp.abs(cross_terms) + p + q
+  magnitude = jnp.sum(_core.masked(magnitude, mask), axis=axes)
+  kl = _core.nonnegative_within_rounding(jnp.sum(terms, axis=axes), magnitude)
+  return _core.in_base(kl, scale)
+
+
+def generalized_kl_divergence(
+  p: ArrayLike,
+  q: ArrayLike,
+  axis: _core.Axis = -1,
+  *,
+  where: ArrayLike | None = None,
+  base: float | None = None,
+) -> jax.Array:
+  r"""Generalised KL divergence of unnormalised non-negative measures, target p first.
+
+  .. math::
+    D(p\|q) = \sum_j \Big(p_j \log\frac{p_j}{q_j} - p_j + q_j\Big) \ge 0,
+
+  the Bregman divergence of x log x - x (optax's ``generalized_kl_divergence(log q, p)``,
+  scipy's ``rel_entr(p, q) - p + q`` summed). Equal to :func:`kl_divergence` when both sum
+  to 1. Every term is ≥ 0, so a term rounded below 0 is returned as 0 (gradient kept).
+  0·log 0 = 0 (a class with p_j = 0 contributes q_j); p_j > 0 with q_j = 0 gives +inf.
+  Absolute error ≤ 1e-6·(Σp + Σq + H) in float32, with H = Σ|p log p| + Σ|p log q|.
+
+  Args:
+    p: target measure ``[..., C, ...]``, entries ≥ 0.
+    q: model measure, same shape, entries ≥ 0.
+    axis: the class axis (int or tuple of ints).
+    where: optional boolean mask broadcastable to ``p``; False entries are excluded.
+    base: logarithm base; None for nats.
+
+  Returns:
+    D(p‖q) per example: ``p`` with ``axis`` removed.
+
+  >>> float(generalized_kl_divergence([2.0, 0.0], [1.0, 1.0]))  # 2 log 2 - 2 + 2
+  1.3862943649291992
+  """
+  fn = "generalized_kl_divergence"
+  p, q, axes, mask, scale = _core.distribution_pair(fn, p, q, axis, where, base)
+  p, q = _core.masked_pair(p, q, mask)
+  a, b = _core.xlogy(p, p), _core.xlogy(p, q)
+  terms = (a - b) - (p - q)
+  magnitude = jnp.abs(a) + jnp.abs(b) + p + q
+  terms = _core.nonnegative_within_rounding(terms, magnitude)
+  return _core.in_base(jnp.sum(_core.masked(terms, mask), axis=axes), scale)
 
 
 def kl_divergence_from_logits(

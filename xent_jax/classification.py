@@ -1,0 +1,238 @@
+"""Reweighted cross-entropies for classification: the focal loss and the poly-1 loss.
+
+Both multiply or extend the cross-entropy by a power of 1 - p_t, the probability the model
+gives to everything but the target. Written literally (optax), 1 - p_t rounds to 0 once the
+model is confident (p_t > 1 - 6e-8 in float32, a margin of about 17 nats) and the loss or
+its gradient with it. Here 1 - p_t is formed from the other classes' probabilities (σ(-z)
+for a sigmoid, -expm1(log q) from a tail-accurate log-softmax), so the value and every
+derivative keep their relative precision at margins of 20-80 nats and beyond.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from xent_jax import _core, _normalizer
+from xent_jax.cross_entropy import _sigmoid_xent_parts
+from xent_jax.softmax import _sigmoid
+
+
+def _log_sigmoid(x: jax.Array) -> jax.Array:
+  return -jax.nn.softplus(-x)
+
+
+# Where 1 - p_t is at least this, it is formed and raised to γ in linear space (pow is
+# correctly rounded); below (an underflowing σ), in log space. exp(γ·log m) alone would
+# multiply the rounding of log m by γ·|log m| (8e-6 relative at m = 1e-6, γ = 5).
+_LINEAR_MIN = 2.0**-100
+
+
+def _focal_parts(logits, labels, gamma):
+  z, y = logits, labels
+  ce, (ce_z, ce_y), _ = _sigmoid_xent_parts(0.0, z, y)
+  # m = 1 - p_t = y·σ(-z) + (1-y)·σ(z): two non-negative terms, σ(-z) for y = 1 (no
+  # 1 - σ(z) rounded to 0).
+  s_pos, s_neg = _sigmoid(z), _sigmoid(-z)
+  m = y * s_neg + (1 - y) * s_pos
+  linear = m >= _LINEAR_MIN
+  m_safe = jnp.where(linear, m, 1)  # double where: no 0 ** (γ-1) in any derivative
+  log_sig, log_sig_neg = _log_sigmoid(z), _log_sigmoid(-z)
+  log_m = jnp.logaddexp(jnp.log(y) + log_sig_neg, jnp.log1p(-y) + log_sig)
+  alive = log_m > -jnp.inf  # m = 0: an infinite logit with the matching hard label
+  lm = jnp.where(alive, log_m, 0)
+  power = _core.mul0(gamma - 1, lm)
+
+  def from_logs(log_x):  # γ·m^(γ-1)·x in one exponent: no huge m^(γ-1) times a tiny x
+    return jnp.where(alive, gamma * jnp.exp(power + log_x), 0)
+
+  weight = jnp.where(linear, m_safe**gamma, jnp.exp(_core.mul0(gamma, log_m)))  # m^γ
+  loss = ce * weight
+  # ∂m^γ/∂z = γ m^(γ-1) (1 - 2y) σ(z)σ(-z) and ∂m^γ/∂y = γ m^(γ-1) (σ(-z) - σ(z)). In the
+  # linear regime m^γ is factored out: w·(∂ce + ce·γ·(∂m)/m), so that a small second term
+  # is added before the product with w, not lost as a subnormal after it.
+  r_z = s_pos * s_neg / m_safe
+  r_y = (s_neg - s_pos) / m_safe
+  grad_z = jnp.where(
+    linear,
+    weight * (ce_z + ce * (1 - 2 * y) * gamma * r_z),
+    ce_z * weight + ce * (1 - 2 * y) * from_logs(log_sig + log_sig_neg),
+  )
+  grad_y = jnp.where(
+    linear,
+    _core.mul0(weight, ce_y + ce * gamma * r_y),
+    _core.mul0(weight, ce_y) + ce * (from_logs(log_sig_neg) - from_logs(log_sig)),
+  )
+  grad_gamma = ce * _core.mul0(weight, log_m)  # ∂/∂γ = ce · m^γ · log m
+  return loss, (grad_z, grad_y, grad_gamma), ()
+
+
+_focal = _normalizer.measure(lambda *args: _focal_parts(*args)[0], _focal_parts)
+
+
+def _check_real_scalar_range(value, name, fn, low, high):
+  """A Python-number option must lie in [low, high]; arrays are accepted as given."""
+  if isinstance(value, bool) or value is None:
+    raise TypeError(f"{fn}: `{name}` must be a number, got {value!r}.")
+  if isinstance(value, int | float) and not low <= value <= high:
+    raise ValueError(f"{fn}: `{name}` must be in [{low}, {high}], got {value}.")
+
+
+def sigmoid_focal_loss(
+  logits: ArrayLike,
+  labels: ArrayLike,
+  *,
+  alpha: ArrayLike | None = None,
+  gamma: ArrayLike = 2.0,
+  base: float | None = None,
+) -> jax.Array:
+  r"""Sigmoid focal loss (Lin et al. 2017), elementwise, exact in both tails.
+
+  .. math::
+    \mathrm{FL}(z, y) = \alpha_t\,(1 - p_t)^\gamma\, H(y, \sigma(z)),\qquad
+    1 - p_t = y\,\sigma(-z) + (1 - y)\,\sigma(z),\quad
+    \alpha_t = \alpha y + (1 - \alpha)(1 - y),
+
+  with H(y, σ(z)) :func:`xent_jax.sigmoid_binary_cross_entropy`; for hard labels this is
+  optax's ``sigmoid_focal_loss``. 1 - p_t is formed from σ(-z) (for y = 1) in log space, so
+  at z = 20, y = 1, γ = 2 the loss is σ(-20)³ ≈ 8.8e-27 (optax: 0, its cross-entropy already
+  rounds to 0), its gradient -σ(-z)^(γ+1) - γ·H·σ(-z)^γ·σ(z) ≈ -2.6e-26, never a rounded
+  1 - p. Derivatives w.r.t. ``logits``, ``labels`` and ``gamma`` are exact (closed-form
+  partials, as for every function of xent_jax).
+
+  Args:
+    logits: any shape.
+    labels: probabilities of class 1 in [0, 1] (hard 0/1 or soft), same shape as ``logits``.
+    alpha: optional weight α in [0, 1] of the positive class; None: no weighting.
+    gamma: focusing exponent γ ≥ 0 (γ = 0 is the cross-entropy).
+    base: logarithm base; None for nats.
+
+  Returns:
+    The loss, same shape as ``logits``.
+
+  >>> float(sigmoid_focal_loss(0.0, 1.0, gamma=2.0))  # (1/2)^2 · log 2  # doctest: +ELLIPSIS
+  0.1732...
+  """
+  fn = "sigmoid_focal_loss"
+  logits = _core.as_float(logits, "logits", fn)
+  labels = _core._asarray(labels, "labels", fn)
+  if jnp.issubdtype(labels.dtype, jnp.integer) or labels.dtype == jnp.bool_:
+    labels = labels.astype(logits.dtype)
+  labels = _core.as_float(labels, "labels", fn)
+  _core.check_same_shape(fn, logits=logits, labels=labels)
+  logits, labels = _core.promote(fn, logits=logits, labels=labels)
+  _check_real_scalar_range(gamma, "gamma", fn, 0.0, float("inf"))
+  gamma = jnp.broadcast_to(_core.as_float(gamma, "gamma", fn).astype(logits.dtype), logits.shape)
+  scale = _core.log_scale(base, fn)
+  loss = _focal(logits, labels, gamma)
+  if alpha is not None:
+    _check_real_scalar_range(alpha, "alpha", fn, 0.0, 1.0)
+    alpha = _core.as_float(alpha, "alpha", fn).astype(logits.dtype)
+    loss = (alpha * labels + (1 - alpha) * (1 - labels)) * loss
+  return _core.in_base(loss, scale)
+
+
+# φ(v) = -log(1 - v) - v = Σ_{k≥2} v^k / k (v = 1 - q): its Taylor series below v = 0.3
+# (Horner, enough terms for the dtype), the direct form above, where the cancellation
+# costs at most a factor v / φ(v) ≤ 5.3 in relative error.
+_SERIES_MAX = 0.3
+_SERIES_TERMS = {jnp.dtype(jnp.float32): 15, jnp.dtype(jnp.float64): 31}
+
+
+def _neg_log1m_minus(v, log_q):
+  """φ(v) = -log q - v for v = 1 - q ∈ [0, 1], q = e^{log q}, without cancellation."""
+  small = v < _SERIES_MAX
+  vs = jnp.where(small, v, 0)
+  series = jnp.zeros_like(v)
+  for k in range(_SERIES_TERMS[v.dtype], 1, -1):
+    series = series * vs + 1.0 / k
+  return jnp.where(small, series * vs * vs, -log_q - v)
+
+
+def _poly_parts(axes, logits, targets, epsilon, mask):
+  # L = Σ_j t_j (-log q_j + ε v_j) = Σ_j t_j (φ(v_j) + (1 + ε) v_j), v = 1 - q: each term
+  # ≥ 0 for ε ≥ -1, so the loss has no cancellation, also at ε = -1 where it is ≈ v²/2.
+  z = _normalizer.masked_logits(logits, mask)
+  t = _core.masked(targets, mask)
+  c, lse = _normalizer.stats(z, axes)
+  log_q = _normalizer.log_shift(z, c) - lse
+  q = _normalizer.softmax_from_log(log_q)
+  v = -jnp.expm1(log_q)  # 1 - q_j as the sum of the other classes
+  eps = epsilon  # broadcast over the classes: ∂L/∂ε sums ∂L/∂ε_j = t_j v_j
+  per_class = _neg_log1m_minus(v, log_q) + (1 + eps) * v  # = -log q_j + ε v_j
+  loss = jnp.sum(_core.mul0(t, per_class), axis=axes, keepdims=True)
+  u = jnp.sum(t * v, axis=axes, keepdims=True)  # 1 - p_t for Σt = 1
+  # ∂L/∂z_k = (1+ε) q_k (r_k - u) + (q_k u - t_k v_k), r_k = Σ_{j≠k} t_j. The bracket is
+  # formed as Σ_{j≠k} t_j v_j - v_k u where q_k is dominant (v_k < 1/2): e.g. -v_y² at the
+  # label of a one-hot target, where -v_y + q_y v_y would cancel to 0.
+  t_sum = jnp.sum(t, axis=axes, keepdims=True)
+  rest = t_sum - t
+  u_rest = u - t * v
+  bracket = jnp.where(v < 0.5, u_rest - v * u, q * u - t * v)
+  grad_z = _core.masked((1 + eps) * q * (rest - u) + bracket, mask)
+  grad_t = _core.masked(per_class, mask)
+  grad_eps = _core.masked(t * v, mask)
+  return jnp.squeeze(loss, axes), (grad_z, grad_t, grad_eps, None), axes
+
+
+_poly = _normalizer.measure(lambda *args: _poly_parts(*args)[0], _poly_parts, num_static=1)
+
+
+def poly_loss_cross_entropy(
+  logits: ArrayLike,
+  targets: ArrayLike,
+  axis: _core.Axis = -1,
+  *,
+  epsilon: ArrayLike = 2.0,
+  where: ArrayLike | None = None,
+  base: float | None = None,
+) -> jax.Array:
+  r"""Poly-1 loss (Leng et al. 2022): softmax cross-entropy plus ε·(1 - p_t), tail-exact.
+
+  .. math::
+    L_{\text{Poly-1}} = H(t, \mathrm{softmax}(z)) + \varepsilon\,(1 - p_t),\qquad
+    1 - p_t = \sum_j t_j\,(1 - q_j),\; q = \mathrm{softmax}(z),
+
+  which is optax's ``1 - Σ_j t_j q_j`` for targets summing to 1. Each 1 - q_j is
+  ``-expm1(log q_j)`` from a tail-accurate log-softmax: for a label that wins by 20 nats
+  1 - p_t is 2.06e-9 (optax: 0), and the gradient of the ε term, q_k((Σ_{j≠k} t_j) - (1 -
+  p_t)), is formed without 1 - q rounded. Same conventions as
+  :func:`xent_jax.softmax_cross_entropy` (``axis``, ``where``, -inf logits).
+
+  Args:
+    logits: ``[..., C, ...]``.
+    targets: target probabilities, same shape as ``logits`` (one-hot or soft).
+    axis: the class axis (int or tuple of ints).
+    epsilon: ε, the weight of the polynomial term (any real; the paper uses ε ∈ [-1, 5]).
+    where: optional boolean mask broadcastable to ``logits``; False entries are excluded.
+    base: logarithm base; None for nats (applies to the whole loss).
+
+  Returns:
+    Loss per example: ``logits`` with ``axis`` removed.
+
+  >>> float(poly_loss_cross_entropy([0.0, 0.0], [1.0, 0.0], epsilon=2.0))  # log 2 + 1
+  1.6931471824645996
+  """
+  fn = "poly_loss_cross_entropy"
+  logits = _core.as_float(logits, "logits", fn)
+  targets = _core.as_float(targets, "targets", fn)
+  _core.check_same_shape(fn, logits=logits, targets=targets)
+  logits, targets = _core.promote(fn, logits=logits, targets=targets)
+  axes = _core.normalize_axis(axis, logits.ndim, "logits", fn)
+  _core.check_classes(logits, axes, "logits", fn)
+  mask = _core.as_mask(where, logits.shape, fn)
+  if isinstance(epsilon, bool) or epsilon is None:
+    raise TypeError(f"{fn}: `epsilon` must be a number, got {epsilon!r}.")
+  epsilon = _core.as_float(epsilon, "epsilon", fn).astype(logits.dtype)
+  out_shape = tuple(n for i, n in enumerate(logits.shape) if i not in axes)
+  try:
+    epsilon = jnp.broadcast_to(epsilon, out_shape)
+    epsilon = jnp.broadcast_to(jnp.expand_dims(epsilon, axes), logits.shape)
+  except ValueError:
+    raise ValueError(
+      f"{fn}: `epsilon` of shape {epsilon.shape} does not broadcast to the per-example "
+      f"loss shape {out_shape}."
+    ) from None
+  scale = _core.log_scale(base, fn)
+  return _core.in_base(_poly(axes, logits, targets, epsilon, mask), scale)
