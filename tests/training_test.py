@@ -184,6 +184,20 @@ class SweepTest(chex.TestCase):
     np.testing.assert_allclose(results[-1][1], expected["w"], rtol=10 * RTOL, atol=10 * RTOL)
 
 
+class CallersJitTest(chex.TestCase):
+  def test_values_unchecked_under_a_callers_jit_shapes_and_dtypes_checked(self):
+    batch, opt = _small_softmax().train, MINIBATCH_SGD
+    state = training.init_train_state(models.init_softmax_regression(4, 3), opt)
+    run = lambda x, y: training.train_full_batch(
+      state, (x, y), loss_fn=SOFTMAX_LOSS, optimizer=opt, num_steps=2
+    )
+    inside, _ = jax.jit(run)(*batch)
+    outside, _ = run(*batch)
+    chex.assert_trees_all_close(inside.params, outside.params, rtol=RTOL, atol=RTOL)
+    with self.assertRaisesRegex(TypeError, "train_full_batch: `y_N` must hold integer class"):
+      jax.jit(run)(batch.x, batch.y.astype(jnp.float32))
+
+
 class ProgressTest(chex.TestCase):
   def test_hook_is_called_every_k_steps_with_the_loss(self):
     batch, opt = _small_softmax().train, MINIBATCH_SGD

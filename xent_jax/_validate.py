@@ -86,18 +86,22 @@ def values_in(
 ) -> None:
   """Every entry finite and in ``[low, high]``, else a ValueError at the first one (row-major).
 
-  Concrete values only. A numpy array is checked with one sum first (no temporary the
-  size of X), element by element only if that sum is not finite or a bound is finite.
+  Concrete values only. A numpy array, or a JAX array in this process's CPU memory (read
+  as a view: no copy, no compilation), is checked with one sum first (no temporary the size
+  of X), element by element only if that sum is not finite or a bound is finite. Any other
+  JAX array (an accelerator's, or sharded over hosts) is reduced where it lives by one
+  small compiled program; only the verdict comes back.
   """
-  if not is_concrete(x) or np.size(x) == 0:
+  if not is_concrete(x) or np.size(x) == 0 or x.dtype == bool:
     return
-  if x.dtype == bool:
-    x = x.astype(np.int8)
-  if isinstance(x, jax.Array):
+  on_host = not isinstance(x, jax.Array) or (
+    x.is_fully_addressable and all(d.platform == "cpu" for d in x.devices())
+  )
+  if not on_host:  # an accelerator's array: reduce it there, bring back only the verdict
     with jax.ensure_compile_time_eval():  # concrete data inside a caller's trace: run it now
       bad, index, value = (np.asarray(v) for v in _first_violation(x, low, high))
   else:
-    x = np.asarray(x)
+    x = np.asarray(x)  # a CPU jax.Array: a view, no copy and no compilation
     unbounded = math.isinf(low) and math.isinf(high)
     if unbounded and (x.dtype.kind in "iu" or np.isfinite(np.sum(x))):
       return  # a finite sum has finite terms (an overflowing one is looked at below)

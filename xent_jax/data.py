@@ -125,10 +125,12 @@ def standardize(x_train_NxD: np.ndarray, x_test_MxD: np.ndarray):
   fn = "standardize"
   x_train_NxD = _validate.array(fn, "x_train_NxD", x_train_NxD, ndim=2, what=" [N, D]")
   x_test_MxD = _validate.array(fn, "x_test_MxD", x_test_MxD, ndim=2, what=" [M, D]")
-  if x_train_NxD.shape[0] == 0 or x_test_MxD.shape[1] != x_train_NxD.shape[1]:
+  if x_train_NxD.shape[0] == 0:
+    raise ValueError(f"{fn}: `x_train_NxD` must have rows; got shape {x_train_NxD.shape}.")
+  if x_test_MxD.shape[1] != x_train_NxD.shape[1]:
     raise ValueError(
-      f"{fn}: `x_train_NxD` must have rows, and `x_test_MxD` its D columns; got shapes "
-      f"{x_train_NxD.shape} and {x_test_MxD.shape}."
+      f"{fn}: `x_test_MxD` must have the D={x_train_NxD.shape[1]} columns of x_train_NxD; "
+      f"got shape {x_test_MxD.shape}."
     )
   _validate.values_in(fn, "x_train_NxD", x_train_NxD)
   _validate.values_in(fn, "x_test_MxD", x_test_MxD)
@@ -140,13 +142,16 @@ def standardize(x_train_NxD: np.ndarray, x_test_MxD: np.ndarray):
   return scale(x_train_NxD), scale(x_test_MxD)
 
 
-def _split_standardize(fn, x, y, *, test_fraction, seed, num_classes: int) -> Dataset:
-  from sklearn.model_selection import train_test_split  # Optional dependency: lazy.
-
+def _check_split(fn, test_fraction, seed) -> None:
   _validate.count(fn, "seed", seed, minimum=0)
   _validate.real(
     fn, "test_fraction", test_fraction, low=0.0, high=1.0, open_low=True, open_high=True
   )
+
+
+def _split_standardize(fn, x, y, *, test_fraction, seed, num_classes: int) -> Dataset:
+  from sklearn.model_selection import train_test_split  # Optional dependency: lazy.
+
   # A stratified split needs every class on both sides (scikit-learn rounds the test size up).
   num_test = math.ceil(test_fraction * len(y))
   if min(num_test, len(y) - num_test) < num_classes:
@@ -182,6 +187,7 @@ def load_breast_cancer(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
   >>> load_breast_cancer().train.x.shape
   (455, 30)
   """
+  _check_split("load_breast_cancer", test_fraction, seed)
   from sklearn import datasets  # Optional dependency: lazy.
 
   x, y = datasets.load_breast_cancer(return_X_y=True)
@@ -209,6 +215,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
   >>> load_digits().num_classes
   10
   """
+  _check_split("load_digits", test_fraction, seed)
   from sklearn import datasets  # Optional dependency: lazy.
 
   x, y = datasets.load_digits(return_X_y=True)

@@ -114,8 +114,19 @@ def _check_params(fn: str, params: Params, ndim: int) -> None:
     )
 
 
-def _l2_penalty(fn: str, w: jax.Array, l2: float) -> jax.Array:
+def _check_inputs(fn: str, params: Params, x_NxD, y_N, l2, *, ndim: int):
+  """All checks of a model function, before any compute: (x, feature-major?, y or None)."""
+  _check_params(fn, params, ndim)
+  x, feature_major = _check_features(fn, x_NxD, jnp.shape(params["w"]))
+  if y_N is not None:
+    num_examples = x.shape[1 if feature_major else 0]
+    high = jnp.shape(params["w"])[1] - 1 if ndim == 2 else 1
+    y_N = _check_labels(fn, y_N, num_examples, high=high, integer=ndim == 2)
   _validate.real(fn, "l2", l2, low=0.0)
+  return x, feature_major, y_N
+
+
+def _l2_penalty(w: jax.Array, l2: float) -> jax.Array:
   return 0.5 * l2 * jnp.sum(jnp.square(w))
 
 
@@ -179,14 +190,13 @@ def logistic_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
   return _logistic_logits("logistic_regression_logits", params, x_NxD)[0]
 
 
-def _logistic_logits(fn: str, params: Params, x_NxD) -> tuple[jax.Array, jax.Array, bool]:
-  """(z_N, the checked features, whether they are feature-major), errors naming ``fn``."""
-  _check_params(fn, params, 1)
-  x, feature_major = _check_features(fn, x_NxD, jnp.shape(params["w"]))
+def _logistic_logits(fn: str, params: Params, x_NxD, y_N=None, l2=0.0):
+  """(z_N, checked features, whether feature-major, checked labels): checks, then z_N."""
+  x, feature_major, y_N = _check_inputs(fn, params, x_NxD, y_N, l2, ndim=1)
   # w @ X_DxN, not X_DxNᵀ w: XLA:CPU lowers this order (and its transpose, the gradient's
   # X_DxN @ r) to two contiguous streams; the other order becomes a strided loop.
   z_N = (params["w"] @ x if feature_major else x @ params["w"]) + params["b"]
-  return z_N, x, feature_major
+  return z_N, x, feature_major, y_N
 
 
 def logistic_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
@@ -240,9 +250,9 @@ def logistic_regression_loss(
   0.693147
   """
   fn = "logistic_regression_loss"
-  z_N = _logistic_logits(fn, params, x_NxD)[0]
-  y_N = _check_labels(fn, y_N, z_N.shape[0], high=1, integer=False).astype(z_N.dtype)
-  return jnp.mean(sigmoid_binary_cross_entropy(z_N, y_N)) + _l2_penalty(fn, params["w"], l2)
+  z_N, _, _, y_N = _logistic_logits(fn, params, x_NxD, y_N, l2)
+  loss_N = sigmoid_binary_cross_entropy(z_N, y_N.astype(z_N.dtype))
+  return jnp.mean(loss_N) + _l2_penalty(params["w"], l2)
 
 
 def logistic_regression_grad(
@@ -273,11 +283,10 @@ def logistic_regression_grad(
   [0.25]
   """
   fn = "logistic_regression_grad"
-  z_N, x, feature_major = _logistic_logits(fn, params, x_NxD)
+  z_N, x, feature_major, y_N = _logistic_logits(fn, params, x_NxD, y_N, l2)
   sigma_N = sigmoid(z_N)
   num_examples = sigma_N.shape[0]
-  y_N = _check_labels(fn, y_N, num_examples, high=1, integer=False).astype(sigma_N.dtype)
-  _validate.real(fn, "l2", l2, low=0.0)
+  y_N = y_N.astype(sigma_N.dtype)
   residual_N = sigma_N - y_N
   x_t_r = x @ residual_N if feature_major else residual_N @ x  # Xᵀ r
   return {"w": x_t_r / num_examples + l2 * params["w"], "b": jnp.mean(residual_N)}
@@ -312,8 +321,8 @@ def seed_section_4_1_loss(params: Params, x_NxD: ArrayLike, y_N: ArrayLike) -> j
   0.346574
   """
   fn = "seed_section_4_1_loss"
-  z_N = _logistic_logits(fn, params, x_NxD)[0]
-  y_N = _check_labels(fn, y_N, z_N.shape[0], high=1, integer=False).astype(z_N.dtype)
+  z_N, _, _, y_N = _logistic_logits(fn, params, x_NxD, y_N)
+  y_N = y_N.astype(z_N.dtype)
   # Where y = 0 the term is 0 even if log σ(z) = -inf (z = -inf): 0·(-inf) would be NaN.
   return -jnp.mean(jnp.where(y_N == 0, 0.0, y_N * log_sigmoid(z_N)))
 
@@ -378,12 +387,11 @@ def softmax_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
   return _softmax_logits("softmax_regression_logits", params, x_NxD)[0]
 
 
-def _softmax_logits(fn: str, params: Params, x_NxD) -> tuple[jax.Array, jax.Array, bool]:
-  """(z_NxK, the checked features, whether they are feature-major), errors naming ``fn``."""
-  _check_params(fn, params, 2)
-  x, feature_major = _check_features(fn, x_NxD, jnp.shape(params["w"]))
+def _softmax_logits(fn: str, params: Params, x_NxD, y_N=None, l2=0.0):
+  """(z_NxK, checked features, whether feature-major, checked labels): checks, then z."""
+  x, feature_major, y_N = _check_inputs(fn, params, x_NxD, y_N, l2, ndim=2)
   z_NxK = (x.T if feature_major else x) @ params["w"] + params["b"][None, :]
-  return z_NxK, x, feature_major
+  return z_NxK, x, feature_major, y_N
 
 
 def softmax_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
@@ -436,11 +444,9 @@ def softmax_regression_loss(
   1.386294
   """
   fn = "softmax_regression_loss"
-  z_NxK = _softmax_logits(fn, params, x_NxD)[0]
-  num_examples, num_classes = z_NxK.shape
-  y_N = _check_labels(fn, y_N, num_examples, high=num_classes - 1, integer=True)
+  z_NxK, _, _, y_N = _softmax_logits(fn, params, x_NxD, y_N, l2)
   loss_N = softmax_cross_entropy_with_integer_labels(z_NxK, y_N)
-  return jnp.mean(loss_N) + _l2_penalty(fn, params["w"], l2)
+  return jnp.mean(loss_N) + _l2_penalty(params["w"], l2)
 
 
 def softmax_regression_grad(
@@ -470,11 +476,9 @@ def softmax_regression_grad(
   [0.5, -0.5]
   """
   fn = "softmax_regression_grad"
-  z_NxK, x, feature_major = _softmax_logits(fn, params, x_NxD)
+  z_NxK, x, feature_major, y_N = _softmax_logits(fn, params, x_NxD, y_N, l2)
   p_NxK = jnp.exp(log_softmax(z_NxK, axis=-1))
   num_examples, num_classes = p_NxK.shape
-  y_N = _check_labels(fn, y_N, num_examples, high=num_classes - 1, integer=True)
-  _validate.real(fn, "l2", l2, low=0.0)
   residual_NxK = p_NxK - jax.nn.one_hot(y_N, num_classes, dtype=p_NxK.dtype)
   grad_w = (x if feature_major else x.T) @ residual_NxK / num_examples + l2 * params["w"]
   return {"w": grad_w, "b": jnp.mean(residual_NxK, axis=0)}
@@ -482,23 +486,18 @@ def softmax_regression_grad(
 
 # ------------------------------------------------------------------------ for the trainers
 
-# The losses above as xent_jax.training sees them: the rank of ``params["w"]`` and the
-# labels they take (checked at a trainer's entry, where the data are concrete), and their
+# The losses above as xent_jax.training sees them: the rank of ``params["w"]``, which says
+# the labels they take (checked at a trainer's entry, where the data are concrete), and their
 # keyword hyperparameters, which a trainer passes as traced values (a sweep over ``l2``
 # compiles once). Every one of them accepts FeatureMajor features.
-_LOSSES = {
-  logistic_regression_loss: (1, False),
-  seed_section_4_1_loss: (1, False),
-  softmax_regression_loss: (2, True),
+_LOSSES = {  # the rank of params["w"]: 1 (0/1 or [0, 1] labels) or 2 (classes [0, K))
+  logistic_regression_loss: (1,),
+  seed_section_4_1_loss: (1,),
+  softmax_regression_loss: (2,),
 }
 _TRACED_KEYWORDS = ("l2",)
 
 
 def _check_loss_data(fn: str, loss_fn, params: Params, x_NxD, y_N) -> None:
   """The checks ``loss_fn`` (one of :data:`_LOSSES`) makes, with errors naming ``fn``."""
-  ndim, integer = _LOSSES[loss_fn]
-  _check_params(fn, params, ndim)
-  x, feature_major = _check_features(fn, x_NxD, jnp.shape(params["w"]))
-  num_examples = x.shape[1 if feature_major else 0]
-  high = jnp.shape(params["w"])[1] - 1 if integer else 1
-  _check_labels(fn, y_N, num_examples, high=high, integer=integer)
+  _check_inputs(fn, params, x_NxD, y_N, 0.0, ndim=_LOSSES[loss_fn][0])

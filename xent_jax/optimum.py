@@ -68,10 +68,11 @@ def _data(fn, x_NxD, y_N, *, l2, num_classes=None):
   """x and y as float64 / int64 numpy, checked: shapes, dtypes, finite x, labels in range."""
   x = _validate.array(fn, "x_NxD", x_NxD, ndim=2, what=" [N, D]")
   y = _validate.array(fn, "y_N", y_N)
-  if x.shape[0] == 0 or y.shape != x.shape[:1]:
+  if x.shape[0] == 0:
+    raise ValueError(f"{fn}: `x_NxD` must be a non-empty [N, D] array; got shape {x.shape}.")
+  if y.shape != x.shape[:1]:
     raise ValueError(
-      f"{fn}: `x_NxD` must be a non-empty [N, D] array and `y_N` [N]; got shapes "
-      f"{x.shape} and {y.shape}."
+      f"{fn}: `y_N` must have shape ({x.shape[0]},) to match `x_NxD`; got {y.shape}."
     )
   _validate.values_in(fn, "x_NxD", x)
   _validate.real(fn, "l2", l2, low=0.0)

@@ -646,8 +646,9 @@ def train_seeds(
   _validate.callable_(fn, "init_fn", init_fn)
   _check_optimizer(fn, optimizer)
   progress = _progress(fn, log_every, hook)
+  params_shape = jax.eval_shape(init_fn, jax.ShapeDtypeStruct(keys_S.shape[1:], keys_S.dtype))
+  _check_batch(fn, batch, loss_fn, params_shape)
   params_S, shuffle_keys = _init_seeds(keys_S, init_fn=Static(init_fn))
-  _check_batch(fn, batch, loss_fn, jax.tree.map(lambda a: a[0], params_S))
   num_runs = len(shuffle_keys)
   states = TrainState(params_S, jax.vmap(optimizer.init)(params_S), jnp.zeros(num_runs, jnp.int32))
   loss, loss_args = _loss_parts(loss_fn)
@@ -712,7 +713,8 @@ def _check_key(fn: str, name: str, key, *, ndim: int) -> None:
   if not ((typed and len(shape) == ndim) or raw):
     want = "a PRNG key, e.g. jax.random.key(0)" if ndim == 0 else "[S] PRNG keys, e.g. "
     want += "" if ndim == 0 else "jax.random.split(jax.random.key(0), S)"
-    raise TypeError(f"{fn}: `{name}` must be {want}; got {name}={key!r:.80}.")
+    got = f"shape {shape}, dtype {dtype}" if dtype is not None else type(key).__name__
+    raise TypeError(f"{fn}: `{name}` must be {want}; got {got}.")
 
 
 def _num_examples(batch) -> int:
