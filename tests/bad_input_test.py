@@ -718,7 +718,7 @@ class BadInputTest(chex.TestCase):
   def test_checked_rejects_bad_values(self, name, kwargs, arg, rule, index, value):
     pattern = (
       f"^{name}: `{re.escape(arg)}` {re.escape(rule)}.*; first offending \\w+ at "
-      f"index {re.escape(index)}: [\\w ]+ = {re.escape(value)} "
+      f"index {re.escape(index)}: [\\w ]+ = {re.escape(value)}$"
     )
     with self.assertRaisesRegex(checkify.JaxRuntimeError, pattern):
       xj.checked(getattr(xj, name))(**kwargs)

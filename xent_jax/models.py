@@ -30,13 +30,16 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from xent_jax import _validate
-from xent_jax.cross_entropy import (
+# The checkable measures of the package: checked(a models loss) checks the calls inside.
+from xent_jax import (
+  _validate,
+  log_sigmoid,
+  log_softmax,
+  sigmoid,
   sigmoid_binary_cross_entropy,
   softmax_cross_entropy_with_integer_labels,
 )
 from xent_jax.data import FeatureMajor
-from xent_jax.softmax import log_sigmoid, log_softmax, sigmoid
 
 Params = dict[str, jax.Array]
 
