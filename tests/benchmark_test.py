@@ -27,6 +27,7 @@ def _expected_rows(config) -> list[tuple[str, str]]:
     rows += [(op, p) for op in ("softmax_int", "softmax_dense") for (p,) in kernel]
   rows += [("entropy", p) for _ in config.softmax_shapes for (p,) in kernel]
   rows += [("train_step", "step")] * len(config.train_step_sizes)
+  rows += [("sweep", f"{config.sweep_values} lr")]
   rows += [("optimum", "fit")] * len(config.optimum_sizes)
   return rows + [("import", "import")]
 

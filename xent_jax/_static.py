@@ -10,7 +10,9 @@ optax ``GradientTransformation``) its members. Two objects with equal keys trace
 same program, so a cache hit on an equal key is correct.
 
 What cannot be compared by value is compared by identity (and kept alive by the key, so
-that an ``id`` is never reused): large arrays, objects without ``==``, cycles.
+that an ``id`` is never reused): large arrays, objects without ``==``, cycles, and lists and
+sets, which a function usually closes over to append to (a log, a counter), as JAX itself
+treats a closure. Dicts are compared by value (optax closes over dicts of settings).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def value_key(obj: Any, depth: int = 0) -> Any:
     return (types.FunctionType, obj.__code__, _Identity(obj.__globals__), closure, defaults)
   if isinstance(obj, types.MethodType):
     return (types.MethodType, key(obj.__func__), key(obj.__self__))
-  if isinstance(obj, tuple | list):  # NamedTuples (GradientTransformation) keep their type
+  if isinstance(obj, tuple):  # NamedTuples (GradientTransformation) keep their type
     return (type(obj), tuple(map(key, obj)))
   if isinstance(obj, dict):
     return (dict, tuple((key(k), key(v)) for k, v in obj.items()))
