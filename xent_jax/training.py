@@ -17,17 +17,29 @@ The seed's §4.2: minimise the cross-entropy by gradient descent,
   functions run SPMD; the mean over the batch becomes an all-reduce inserted by XLA, so the
   result equals the single-device one up to the order of floating-point summation.
 
-``loss_fn(params, x_NxD, y_N) -> scalar`` is any loss of :mod:`xent_jax.models`, e.g.
-``functools.partial(logistic_regression_loss, l2=1e-2)``. For full-batch training on CPU,
-pass the features as :func:`xent_jax.data.feature_major` (``[D, N]`` in memory): the
-gradient's two products over X then both stream memory (measured: 40% → 110% of the
-two-reads-of-X roofline per logistic-regression step, N = 200k, D = 100).
-``loss_fn``, ``optimizer`` and the integer sizes are static arguments of the jitted runs:
-build them once and reuse them, or every call recompiles.
+``loss_fn(params, x_NxD, y_N) -> scalar`` is any loss: one of :mod:`xent_jax.models`, e.g.
+``functools.partial(logistic_regression_loss, l2=1e-2)``, or your own. For full-batch
+training on CPU, pass the features as :func:`xent_jax.data.feature_major` (``[D, N]`` in
+memory): the gradient's two products over X then both stream memory (measured: 40% → 110%
+of the two-reads-of-X roofline per logistic-regression step, N = 200k, D = 100); a loss
+outside :mod:`xent_jax.models` receives them as ``[N, D]``.
 
-The whole-run functions *donate* ``state``: its buffers are reused for the returned state
-(no second copy of parameters and optimiser state lives during the run), so do not use the
-``state`` you passed in afterwards (JAX raises if you do).
+The whole runs respect the caller (SPEC §8):
+
+* nothing passed in is donated (the ``params`` and ``state`` you pass stay usable for the
+  next run of a sweep); ``donate=True`` lets XLA reuse ``state``'s buffers when you ask;
+* one compilation per shape and structure: ``loss_fn``, ``optimizer`` and ``init_fn`` are
+  static arguments compared by *value* (:mod:`xent_jax._static`), so the same settings
+  built again (a new ``sgd(0.1)``, ``optax.adam(1e-3)``, partial or lambda) share the
+  compiled run, and hyperparameters are traced: those of :func:`sgd` live in the optimiser
+  state, and the ``l2`` of a partial of a models loss (or any array keyword of a partial)
+  is passed as an argument. Other optax optimisers sweep without recompiling when built
+  with ``optax.inject_hyperparams``;
+* every argument and the data are checked at the Python entry, where the data are concrete
+  (finite features; for a models loss, labels in range), not in the compiled loop; inside a
+  caller's ``jax.jit`` only shapes and dtypes can be checked;
+* ``log_every``/``hook`` report progress (:class:`Progress`: step k/n, loss, elapsed) from
+  inside the scan through ``jax.debug.callback``; off by default, with no callback compiled.
 
 Multi-host
 ----------
@@ -641,13 +653,13 @@ def train_seeds(
   fn = "train_seeds"
   _check_key(fn, "keys_S", keys_S, ndim=1)
   _validate.count(fn, "num_epochs", num_epochs)
-  if batch_size is not None:
-    _check_batch_size(fn, batch_size, _num_examples(batch))
   _validate.callable_(fn, "init_fn", init_fn)
   _check_optimizer(fn, optimizer)
   progress = _progress(fn, log_every, hook)
   params_shape = jax.eval_shape(init_fn, jax.ShapeDtypeStruct(keys_S.shape[1:], keys_S.dtype))
   _check_batch(fn, batch, loss_fn, params_shape)
+  if batch_size is not None:
+    _check_batch_size(fn, batch_size, _num_examples(batch))
   params_S, shuffle_keys = _init_seeds(keys_S, init_fn=Static(init_fn))
   num_runs = len(shuffle_keys)
   states = TrainState(params_S, jax.vmap(optimizer.init)(params_S), jnp.zeros(num_runs, jnp.int32))
