@@ -243,24 +243,40 @@ def atomic_write(path: Path | str, data: bytes | str) -> Path:
   """Writes ``data`` to ``path`` via a temp file in the same directory and ``os.replace``.
 
   Readers (and a crash or Ctrl-C at any point) see the old file or the complete new one,
-  never a partial file; the temp file is removed if the write is interrupted.
+  never a partial file. SIGINT and SIGTERM are held back while the temp file exists (they
+  are delivered right after), so an interrupt cannot land between its creation and the
+  ``try`` that removes it; any other failure removes it too.
   """
   path = Path(path)
   if isinstance(data, str):
     data = data.encode("utf-8")
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(tmp)
-    raise
+  with _signals_deferred():
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+      with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+      os.chmod(tmp, 0o644)
+      os.replace(tmp, path)
+    except BaseException:
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+      raise
   return path
+
+
+_DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+  """Blocks SIGINT and SIGTERM for this thread; pending ones are delivered on exit."""
+  previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def write_json(path: Path | str, obj: Any) -> Path:

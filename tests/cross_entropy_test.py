@@ -316,6 +316,137 @@ class SoftmaxCrossEntropyGradientTest(chex.TestCase):
     )
 
 
+def _torch_nll(z64, labels, smoothing=0.0):
+  """torch's documented per-example loss, numpy float64: (1-ε)(-log p_y) + (ε/C) Σ_j -log p_j."""
+  m = z64.max(axis=1, keepdims=True)
+  log_p = z64 - m - np.log(np.sum(np.exp(z64 - m), axis=1, keepdims=True))
+  nll = -log_p[np.arange(len(z64)), labels]
+  return (1 - smoothing) * nll - smoothing * log_p.mean(axis=1) if smoothing else nll
+
+
+class IgnoreIndexAndWeightsTest(chex.TestCase):
+  """torch's ``ignore_index`` and weighted means, against its documented formulas in numpy."""
+
+  def _batch(self, dtype):
+    rng = np.random.default_rng(7)
+    z = (rng.normal(size=(6, 5)) * 4).astype(dtype)
+    labels = np.array([0, -100, 3, 4, -100, 1])
+    garbage = z.copy()
+    garbage[1] = np.nan  # padding rows hold anything
+    garbage[4] = [np.inf, -np.inf, np.nan, 1e30, -1]
+    return z, garbage, labels
+
+  @parameterized.named_parameters(_grids.dtype_params(smoothing=(0.0, 0.2)))
+  def test_ignored_examples_are_skipped_like_torch(self, dtype, smoothing):
+    z, garbage, labels = self._batch(dtype)
+    keep = labels != -100
+    f = jax.jit(
+      lambda z: xj.softmax_cross_entropy_with_integer_labels(
+        z, labels, ignore_index=-100, label_smoothing=smoothing
+      )
+    )
+    loss = np.asarray(f(garbage))
+    np.testing.assert_array_equal(loss[~keep], 0)
+    exact = _torch_nll(z[keep].astype(np.float64), labels[keep], smoothing)
+    np.testing.assert_allclose(loss[keep], exact, rtol=2 * ref.RTOL[np.dtype(dtype)])
+    # torch's reduction="mean": the mean over the included examples.
+    np.testing.assert_allclose(
+      loss.sum() / keep.sum(), exact.mean(), rtol=4 * ref.RTOL[np.dtype(dtype)]
+    )
+    # Gradient and JVP: exactly 0 on the skipped rows, softmax - target on the others.
+    grad = np.asarray(jax.jit(jax.grad(lambda z: jnp.sum(f(z))))(garbage))
+    np.testing.assert_array_equal(grad[~keep], 0)
+    p = _grids.softmax64(z[keep].astype(np.float64))
+    target = (1 - smoothing) * np.eye(5)[labels[keep]] + smoothing / 5
+    np.testing.assert_allclose(grad[keep], p - target, atol=4 * ref.RTOL[np.dtype(dtype)])
+    tangent = np.ones_like(z)
+    _, jvp = jax.jvp(f, (garbage,), (tangent,))
+    np.testing.assert_array_equal(np.asarray(jvp)[~keep], 0)
+    self.assertTrue(np.all(np.isfinite(np.asarray(jvp))))
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_ignore_index_with_where_and_out_of_range_labels(self, dtype):
+    z, garbage, labels = self._batch(dtype)
+    where = np.ones(z.shape, bool)
+    where[:, 0] = False  # class 0 excluded everywhere: the skipped rows must not need it
+    labels = labels.copy()
+    labels[0] = 7  # out of range and not ignored: NaN, as without ignore_index
+    loss = np.asarray(
+      jax.jit(
+        lambda z: xj.softmax_cross_entropy_with_integer_labels(
+          z, labels, where=where, ignore_index=-100
+        )
+      )(garbage)
+    )
+    self.assertTrue(np.isnan(loss[0]))
+    np.testing.assert_array_equal(loss[[1, 4]], 0)
+    z_kept = np.where(where, z, -np.inf).astype(np.float64)
+    np.testing.assert_allclose(
+      loss[[2, 3, 5]],
+      _torch_nll(z_kept[[2, 3, 5]], labels[[2, 3, 5]]),
+      rtol=2 * ref.RTOL[np.dtype(dtype)],
+    )
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_class_weighted_mean_like_torch(self, dtype):
+    # torch's CrossEntropyLoss(weight=w, ignore_index=-100): Σ_i w_{y_i} ℓ_i / Σ_i w_{y_i} over
+    # the included examples; here through per-example weights w_{y_i}.
+    z, garbage, labels = self._batch(dtype)
+    keep = labels != -100
+    class_weight = np.array([0.5, 2.0, 1.0, 3.0, 0.25])
+    w = np.where(keep, class_weight[np.where(keep, labels, 0)], 0).astype(dtype)
+    loss = np.asarray(
+      jax.jit(
+        lambda z, w: xj.softmax_cross_entropy_with_integer_labels(
+          z, labels, ignore_index=-100, weights=w
+        )
+      )(garbage, w)
+    )
+    nll = _torch_nll(z[keep].astype(np.float64), labels[keep])
+    wk = class_weight[labels[keep]]
+    np.testing.assert_allclose(
+      loss.sum() / w.sum(), np.sum(wk * nll) / np.sum(wk), rtol=4 * ref.RTOL[np.dtype(dtype)]
+    )
+    # d/dw of the per-example loss is the unweighted loss.
+    dw = jax.jit(
+      jax.grad(
+        lambda w: jnp.sum(
+          xj.softmax_cross_entropy_with_integer_labels(z, labels, ignore_index=-100, weights=w)
+        )
+      )
+    )(w)
+    np.testing.assert_allclose(np.asarray(dw)[keep], nll, rtol=2 * ref.RTOL[np.dtype(dtype)])
+    np.testing.assert_array_equal(np.asarray(dw)[~keep], 0)
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_dense_weights_scale_each_example(self, dtype):
+    z, _, _ = self._batch(dtype)
+    t = _grids.softmax64(np.random.default_rng(2).normal(size=z.shape)).astype(dtype)
+    w = np.array([1.0, 0.0, 2.5, 0.5, 3.0, 1.0], dtype)
+    got = jax.jit(lambda z, w: xj.softmax_cross_entropy(z, t, weights=w))(z, w)
+    z64 = z.astype(np.float64)
+    log_p = np.log(_grids.softmax64(z64))
+    np.testing.assert_allclose(
+      got, w * -np.sum(t * log_p, axis=1), rtol=2 * ref.RTOL[np.dtype(dtype)], atol=0
+    )
+    grad = jax.jit(jax.grad(lambda z: jnp.sum(xj.softmax_cross_entropy(z, t, weights=w))))(z)
+    np.testing.assert_allclose(
+      grad, w[:, None] * (_grids.softmax64(z64) - t), atol=4 * ref.RTOL[np.dtype(dtype)]
+    )
+
+  def test_bad_ignore_index_and_weights(self):
+    z, labels = np.zeros((2, 3), np.float32), np.array([0, 1])
+    fn = xj.softmax_cross_entropy_with_integer_labels
+    with self.assertRaisesRegex(TypeError, "ignore_index"):
+      fn(z, labels, ignore_index=1.5)
+    with self.assertRaisesRegex(ValueError, "weights"):
+      fn(z, labels, weights=np.ones(3))
+    with self.assertRaisesRegex(TypeError, "weights"):
+      fn(z, labels, weights=np.ones(2, complex))
+    with self.assertRaisesRegex(ValueError, "weights"):
+      xj.softmax_cross_entropy(z, z, weights=np.ones((2, 2)))
+
+
 class CrossEntropyTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(c=(2, 3, 10, 1000)))

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from xent_jax import _normalizer
@@ -157,6 +158,35 @@ def check_smoothing(label_smoothing: float, fn: str) -> float:
   if not 0.0 <= eps <= 1.0:
     raise ValueError(f"{fn}: `label_smoothing` must be in [0, 1], got {eps}.")
   return eps
+
+
+def as_weights(weights: ArrayLike | None, shape: tuple[int, ...], dtype, fn: str):
+  """Per-example ``weights``: real, broadcastable to the per-example loss ``shape``."""
+  if weights is None:
+    return None
+  weights = _asarray(weights, "weights", fn)
+  if not jnp.issubdtype(weights.dtype, jnp.floating) and not jnp.issubdtype(
+    weights.dtype, jnp.integer
+  ):
+    raise TypeError(f"{fn}: `weights` must be real numbers, got dtype {weights.dtype}.")
+  try:
+    return jnp.broadcast_to(weights, shape).astype(dtype)
+  except ValueError:
+    raise ValueError(
+      f"{fn}: `weights` of shape {weights.shape} does not broadcast to the per-example "
+      f"loss shape {shape}."
+    ) from None
+
+
+def check_ignore_index(ignore_index, fn: str) -> int | None:
+  """``ignore_index`` must be None or a Python integer (a static label value)."""
+  if ignore_index is None:
+    return None
+  if isinstance(ignore_index, bool) or not isinstance(ignore_index, int | np.integer):
+    raise TypeError(
+      f"{fn}: `ignore_index` must be a Python int or None, got {type(ignore_index).__name__}."
+    )
+  return int(ignore_index)
 
 
 def distribution_pair(fn, p, q, axis, where, base, names=("p", "q")):

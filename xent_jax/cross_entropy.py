@@ -186,6 +186,7 @@ def softmax_cross_entropy(
   *,
   where: ArrayLike | None = None,
   label_smoothing: float = 0.0,
+  weights: ArrayLike | None = None,
   base: float | None = None,
 ) -> jax.Array:
   r"""Cross-entropy between target distributions and softmax(logits), tail-accurate.
@@ -207,6 +208,10 @@ def softmax_cross_entropy(
     axis: the class axis (int or tuple of ints).
     where: optional boolean mask broadcastable to ``logits``; False entries are excluded.
     label_smoothing: ε in [0, 1].
+    weights: optional per-example weights, broadcastable to the output: the loss of
+      example i is multiplied by w_i (torch's weighted mean is ``jnp.sum(loss) /
+      jnp.sum(weights)``; to drop examples use ``where``, which also keeps garbage in
+      them out of the gradient).
     base: logarithm base; None for nats.
 
   Returns:
@@ -224,13 +229,15 @@ def softmax_cross_entropy(
   _core.check_classes(logits, axes, "logits", fn)
   mask = _core.as_mask(where, logits.shape, fn)
   eps = _core.check_smoothing(label_smoothing, fn)
+  out_shape = tuple(n for i, n in enumerate(logits.shape) if i not in axes)
+  weights = _core.as_weights(weights, out_shape, logits.dtype, fn)
   scale = _core.log_scale(base, fn)
   if _normalizer.is_fast_case(logits, axes, mask, eps):
     rows = _normalizer.as_rows
     loss = _softmax_xent_fast(rows(logits), rows(targets)).reshape(logits.shape[:-1])
   else:
     loss = _softmax_xent(axes, eps, logits, targets, mask)
-  return _core.in_base(loss, scale)
+  return _core.in_base(loss if weights is None else loss * weights, scale)
 
 
 def _label_terms(logits, labels, axis, mask):
@@ -333,6 +340,8 @@ def softmax_cross_entropy_with_integer_labels(
   *,
   where: ArrayLike | None = None,
   label_smoothing: float = 0.0,
+  ignore_index: int | None = None,
+  weights: ArrayLike | None = None,
   base: float | None = None,
 ) -> jax.Array:
   r"""Softmax cross-entropy with integer class labels, tail-accurate (seed §4.1, multi-class).
@@ -354,6 +363,14 @@ def softmax_cross_entropy_with_integer_labels(
     axis: the class axis (a single int).
     where: optional boolean mask broadcastable to ``logits``; False entries are excluded.
     label_smoothing: ε in [0, 1].
+    ignore_index: optional label value (torch uses -100) marking examples to skip: their
+      loss is 0 and their gradient exactly 0 whatever their logits hold, as if ``where``
+      excluded the whole example.
+    weights: optional per-example weights, broadcastable to ``labels``: the loss of example
+      i is multiplied by w_i. torch's ``CrossEntropyLoss(reduction="mean")`` with
+      ``ignore_index`` is ``jnp.sum(loss) / jnp.sum(labels != ignore_index)``; with
+      per-example weights, ``jnp.sum(loss) / jnp.sum(weights * (labels != ignore_index))``
+      (the mean over the included examples).
     base: logarithm base; None for nats.
 
   Returns:
@@ -379,12 +396,25 @@ def softmax_cross_entropy_with_integer_labels(
     )
   mask = _core.as_mask(where, logits.shape, fn)
   eps = _core.check_smoothing(label_smoothing, fn)
+  ignore_index = _core.check_ignore_index(ignore_index, fn)
+  weights = _core.as_weights(weights, labels.shape, logits.dtype, fn)
   scale = _core.log_scale(base, fn)
+  if ignore_index is not None:
+    # Double where: a skipped example computes the loss of zero logits and label 0 (finite,
+    # with finite partials), and its loss is then replaced by 0, so neither its logits nor
+    # its label reach the value or a derivative.
+    keep = labels != ignore_index
+    logits = jnp.where(jnp.expand_dims(keep, axis), logits, 0)
+    labels = jnp.where(keep, labels, 0)
+    if mask is not None:  # all classes of a skipped example included: label 0 stays legal
+      mask = mask | ~jnp.expand_dims(keep, axis)
   if _normalizer.is_fast_case(logits, (axis,), mask, eps):
     loss = _int_xent_fast(_normalizer.as_rows(logits), labels.reshape(-1)).reshape(labels.shape)
   else:
     loss = _int_xent(axis, eps, logits, labels, mask)
-  return _core.in_base(loss, scale)
+  if ignore_index is not None:
+    loss = jnp.where(keep, loss, 0)
+  return _core.in_base(loss if weights is None else loss * weights, scale)
 
 
 def binary_cross_entropy(p: ArrayLike, q: ArrayLike, *, base: float | None = None) -> jax.Array:
