@@ -257,6 +257,21 @@ class CheckedRejectsTest(chex.TestCase):
     with self.assertRaisesRegex(EAGER_ERROR, r"`labels` must be in \[0, 4\).*index \(0,\)"):
       xj.checked(fn)(z, labels, where=where)
 
+  def test_ignore_index_and_weights_pass_through(self):
+    z = np.array([[0.0, 1.0, 2.0], [5.0, 0.0, 0.0], [1.0, 1.0, 3.0]], np.float32)
+    labels, weights = np.array([2, -100, 0]), np.array([0.5, 2.0, 1.5], np.float32)
+    fn = xj.softmax_cross_entropy_with_integer_labels
+    z64 = z.astype(np.float64)
+    log_p = z64 - np.log(np.sum(np.exp(z64), axis=-1, keepdims=True))
+    expected = [-0.5 * log_p[0, 2], 0.0, -1.5 * log_p[2, 0]]  # torch: an ignored example is 0
+    kwargs = dict(ignore_index=-100, weights=weights)
+    np.testing.assert_allclose(xj.checked(fn)(z, labels, **kwargs), expected, rtol=1e-6)
+    user_loss = xj.checked(lambda a, b: fn(a, b, **kwargs))
+    np.testing.assert_allclose(user_loss(z, labels), expected, rtol=1e-6)
+    labels[1] = -5  # not the ignore label: out of range
+    with self.assertRaisesRegex(EAGER_ERROR, r"or labelled ignore_index=-100; .*index \(1,\)"):
+      xj.checked(fn)(z, labels, ignore_index=-100)
+
   def test_where_excluding_every_class(self):
     p = np.full((3, 2), 0.5, np.float32)
     where = np.array([[True, True], [True, True], [False, False]])

@@ -115,7 +115,7 @@ def _add_checks(fn, spec: _Spec, arguments: Mapping[str, Any]) -> None:
   axis = arguments.get("axis")
   first = next(iter(spec.roles))
   axes = None if axis is None else _core.normalize_axis(axis, arrays[first].ndim, first, "")
-  _check_values(fn, axes, repr(axis), arrays, where)
+  _check_values(fn, axes, repr(axis), arrays, where, arguments.get("ignore_index"))
 
 
 def _measure(fn):
@@ -235,7 +235,12 @@ def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
     bound = signature.bind(*args, **kwargs)
     bound.apply_defaults()
     _check_has_classes(fn.__name__, spec, bound.arguments)
-    arrays = {k: v for k, v in bound.arguments.items() if k in spec.roles or k == "where"}
+    # The checked roles and `where`, and any other array (`weights`): traced, not static.
+    arrays = {
+      k: v
+      for k, v in bound.arguments.items()
+      if k in spec.roles or k == "where" or (_is_array(v) and np.ndim(v) > 0)
+    }
     options = tuple((k, _as_static(v)) for k, v in bound.arguments.items() if k not in arrays)
     try:
       hash(options)
@@ -358,12 +363,16 @@ def _run(fn, options, arrays) -> tuple[checkify.Error, jax.Array]:
   axis = options.get("axis")
   first = next(iter(_SPECS[fn].roles))  # (jit hands `arrays` back with its keys sorted)
   axes = None if axis is None else _core.normalize_axis(axis, arrays[first].ndim, first, "")
-  run = functools.partial(_check_values, fn, axes, repr(axis))
+  run = functools.partial(_check_values, fn, axes, repr(axis), ignore=options.get("ignore_index"))
   err, _ = checkify.checkify(run, errors=checkify.user_checks)(arrays, where)
   return err, out
 
 
-def _check_values(fn, axes, axis_as_given, arrays, where) -> None:
+def _is_array(value) -> bool:
+  return isinstance(value, np.ndarray | jax.Array)
+
+
+def _check_values(fn, axes, axis_as_given, arrays, where, ignore=None) -> None:
   """Adds one checkify check per rule, in argument order; the first failure is reported."""
   spec, name = _SPECS[fn], fn.__name__
   first = next(iter(spec.roles))
@@ -381,7 +390,7 @@ def _check_values(fn, axes, axis_as_given, arrays, where) -> None:
   for arg, role in spec.roles.items():
     x = arrays[arg]
     if role is _Role.LABELS:
-      _check_labels(name, x, arrays[first].shape[axes[0]], mask, axes[0])
+      _check_labels(name, x, arrays[first].shape[axes[0]], mask, axes[0], ignore)
       continue
     eps_dtype = x.dtype
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -423,15 +432,20 @@ def _check_values(fn, axes, axis_as_given, arrays, where) -> None:
       )
 
 
-def _check_labels(name, labels, num_classes, mask, axis) -> None:
-  """Labels in [0, C) naming an included class, except in examples fully excluded."""
+def _check_labels(name, labels, num_classes, mask, axis, ignore=None) -> None:
+  """Labels in [0, C) naming an included class, except in examples fully excluded (by
+  ``where``, or by the label ``ignore``, the ``ignore_index`` of the integer-label loss)."""
   row_included = jnp.ones(labels.shape, bool) if mask is None else jnp.any(mask, axis=axis)
+  skipped = "fully excluded by `where`"
+  if ignore is not None:
+    row_included &= labels != ignore
+    skipped += f" or labelled ignore_index={ignore}"
   in_range = (labels >= 0) & (labels < num_classes)
   _check(
     name,
     row_included & ~in_range,
     labels,
-    f"`labels` must be in [0, {num_classes}) except in examples fully excluded by `where`",
+    f"`labels` must be in [0, {num_classes}) except in examples {skipped}",
     "example",
     "label",
   )
