@@ -125,9 +125,26 @@ def _first_violation(x, low, high):
   return bad[index], index, flat[index]
 
 
-def one_of(fn: str, name: str, value: Any, allowed: tuple) -> None:
-  if value not in allowed:
-    raise ValueError(f"{fn}: `{name}` must be one of {allowed}; got {name}={value!r}.")
+def regression_data(fn: str, x_NxD: Any, y_N: Any, num_classes: int | None = None):
+  """(x, y) of a regression solver, checked: a non-empty ``[N, D]`` x of finite reals; y of
+  shape ``[N]``, in [0, 1] (``num_classes`` None) or integer classes in ``[0, K)``."""
+  x = array(fn, "x_NxD", x_NxD, ndim=2, what=" [N, D]")
+  y = array(fn, "y_N", y_N)
+  if x.shape[0] == 0:
+    raise ValueError(f"{fn}: `x_NxD` must be a non-empty [N, D] array; got shape {x.shape}.")
+  if y.shape != x.shape[:1]:
+    raise ValueError(
+      f"{fn}: `y_N` must have shape ({x.shape[0]},) to match `x_NxD`; got {y.shape}."
+    )
+  values_in(fn, "x_NxD", x)
+  if num_classes is None:
+    values_in(fn, "y_N", y, low=0, high=1, rule="must lie in [0, 1]")
+    return x, y
+  if y.dtype.kind not in "iu":
+    raise TypeError(f"{fn}: `y_N` must hold integer class labels; got y_N.dtype={y.dtype}.")
+  rule = f"must be a class label in [0, {num_classes})"
+  values_in(fn, "y_N", y, low=0, high=num_classes - 1, rule=rule)
+  return x, y
 
 
 def callable_(fn: str, name: str, value: Any, *, optional: bool = False) -> None:

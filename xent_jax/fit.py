@@ -96,22 +96,7 @@ def _device_data(x_NxD, y_N):
 
 def _check(fn, x_NxD, y_N, *, l2, tol, max_iter, memory, num_classes=None) -> None:
   """Shapes, dtypes, finite features, labels in range and the solver's settings."""
-  x = _validate.array(fn, "x_NxD", x_NxD, ndim=2, what=" [N, D]")
-  y = _validate.array(fn, "y_N", y_N)
-  if x.shape[0] == 0:
-    raise ValueError(f"{fn}: `x_NxD` must be a non-empty [N, D] array; got shape {x.shape}.")
-  if y.shape != x.shape[:1]:
-    raise ValueError(
-      f"{fn}: `y_N` must have shape ({x.shape[0]},) to match `x_NxD`; got {y.shape}."
-    )
-  _validate.values_in(fn, "x_NxD", x)
-  if num_classes is None:
-    _validate.values_in(fn, "y_N", y, low=0, high=1, rule="must lie in [0, 1]")
-  else:
-    if y.dtype.kind not in "iu":
-      raise TypeError(f"{fn}: `y_N` must hold integer class labels; got y_N.dtype={y.dtype}.")
-    rule = f"must be a class label in [0, {num_classes})"
-    _validate.values_in(fn, "y_N", y, low=0, high=num_classes - 1, rule=rule)
+  _validate.regression_data(fn, x_NxD, y_N, num_classes)
   _validate.real(fn, "l2", l2, low=0.0)
   _validate.real(fn, "tol", tol, low=0.0, open_low=True)
   _validate.count(fn, "max_iter", max_iter)

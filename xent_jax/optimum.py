@@ -66,24 +66,9 @@ def _as_f64(fn, params, w_ndim: int, num_features: int):
 
 def _data(fn, x_NxD, y_N, *, l2, num_classes=None):
   """x and y as float64 / int64 numpy, checked: shapes, dtypes, finite x, labels in range."""
-  x = _validate.array(fn, "x_NxD", x_NxD, ndim=2, what=" [N, D]")
-  y = _validate.array(fn, "y_N", y_N)
-  if x.shape[0] == 0:
-    raise ValueError(f"{fn}: `x_NxD` must be a non-empty [N, D] array; got shape {x.shape}.")
-  if y.shape != x.shape[:1]:
-    raise ValueError(
-      f"{fn}: `y_N` must have shape ({x.shape[0]},) to match `x_NxD`; got {y.shape}."
-    )
-  _validate.values_in(fn, "x_NxD", x)
+  x, y = _validate.regression_data(fn, x_NxD, y_N, num_classes)
   _validate.real(fn, "l2", l2, low=0.0)
-  if num_classes is None:
-    _validate.values_in(fn, "y_N", y, low=0, high=1, rule="must lie in [0, 1]")
-    return np.asarray(x, np.float64), np.asarray(y, np.float64)
-  if y.dtype.kind not in "iu":
-    raise TypeError(f"{fn}: `y_N` must hold integer class labels; got y_N.dtype={y.dtype}.")
-  rule = f"must be a class label in [0, {num_classes})"
-  _validate.values_in(fn, "y_N", y, low=0, high=num_classes - 1, rule=rule)
-  return np.asarray(x, np.float64), np.asarray(y, np.int64)
+  return np.asarray(x, np.float64), np.asarray(y, np.float64 if num_classes is None else np.int64)
 
 
 def _logistic_value_and_grad(params, x_NxD, y_N, l2):
