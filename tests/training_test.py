@@ -7,6 +7,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl.testing import absltest
 
 from xent_jax import data, models, optimum, training
@@ -164,6 +165,23 @@ class SweepTest(chex.TestCase):
       )
       expected = optimum.softmax_regression_objective(params, *batch, l2=l2)
       np.testing.assert_allclose(m["loss"][0], expected, rtol=RTOL)
+
+  def test_equal_optax_optimisers_share_a_compilation(self):
+    batch, params, traces = _small_softmax().train, models.init_softmax_regression(4, 3), []
+
+    def loss_fn(p, x, y):
+      traces.append(1)  # once per trace
+      return SOFTMAX_LOSS(p, x, y)
+
+    finals = []
+    for _ in range(2):
+      opt = optax.adam(1e-2)  # a new object, equal in value to the previous one
+      state, _ = training.train_full_batch(
+        training.init_train_state(params, opt), batch, loss_fn=loss_fn, optimizer=opt, num_steps=2
+      )
+      finals.append(state.params)
+    self.assertLen(traces, 1)
+    chex.assert_trees_all_equal(*finals)
 
   def test_train_seeds_with_fresh_lambdas_compiles_once(self):
     batch = _small_softmax().train
