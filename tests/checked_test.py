@@ -109,7 +109,6 @@ class CheckedAnyFunctionTest(chex.TestCase):
   _BAD_T = np.array([[0.2, 0.3, 0.5], [1.5, -0.25, -0.25]], np.float32)  # sums to 1
 
   @parameterized.named_parameters(
-    ("def", _user_loss, "_user_loss"),
     ("partial", functools.partial(_user_loss), "_user_loss"),
     ("lambda", lambda z, t: _user_loss(z, t), "<lambda>"),
     ("jitted", jax.jit(_user_loss), "_user_loss"),
@@ -270,7 +269,7 @@ class CheckedRejectsTest(chex.TestCase):
     np.testing.assert_allclose(user_loss(z, labels), expected, rtol=1e-6)
     labels[1] = -5  # not the ignore label: out of range
     with self.assertRaisesRegex(EAGER_ERROR, r"or labelled ignore_index=-100; .*index \(1,\)"):
-      xj.checked(fn)(z, labels, ignore_index=-100)
+      xj.checked(fn)(z, labels, **kwargs)
 
   def test_where_excluding_every_class(self):
     p = np.full((3, 2), 0.5, np.float32)

@@ -169,6 +169,8 @@ def sgd(
   Built with ``optax.inject_hyperparams``: η and μ live in the optimiser *state*
   (``opt_state.hyperparams``) as arrays, not in the compiled program, so a sweep over
   them compiles the trainers once (``sgd(0.1)`` and ``sgd(0.2)`` share a compilation).
+  The trainers use the η and μ of the optimiser they are passed, also with a state built
+  by another ``sgd``.
 
   Args:
     learning_rate: η, finite and > 0.
@@ -187,9 +189,30 @@ def sgd(
     _validate.real("sgd", "momentum", momentum, low=0.0, high=1.0, open_high=True)
   if not isinstance(nesterov, bool):
     raise TypeError(f"sgd: `nesterov` must be a bool; got nesterov={nesterov!r}.")
-  return optax.inject_hyperparams(optax.sgd)(
+  opt = optax.inject_hyperparams(optax.sgd)(
     learning_rate=learning_rate, momentum=momentum, nesterov=nesterov
   )
+  sgd_ = _InjectedSGD(*opt)
+  sgd_.hyperparams = {"learning_rate": learning_rate}
+  if momentum is not None:
+    sgd_.hyperparams["momentum"] = momentum
+  return sgd_
+
+
+class _InjectedSGD(optax.GradientTransformationExtraArgs):
+  """What :func:`sgd` returns: an optax ``GradientTransformationExtraArgs`` that also knows
+  the hyperparameters it was built with (``.hyperparams``); the trainers write them into the
+  state they are given, so a state built for another η trains with this optimiser's η."""
+
+
+def _with_hyperparams_of(optimizer, state: TrainState) -> TrainState:
+  """``state`` with the optimiser's own η and μ (new scalars; the caller's state untouched)."""
+  wanted = getattr(optimizer, "hyperparams", None)
+  held = getattr(state.opt_state, "hyperparams", None)
+  if not isinstance(wanted, dict) or not isinstance(held, dict) or set(wanted) != set(held):
+    return state
+  hyperparams = {k: jnp.asarray(wanted[k], jnp.result_type(held[k])) for k in held}
+  return state._replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
 
 
 def _global_norm(tree: Params) -> jax.Array:
@@ -228,6 +251,7 @@ def train_step(
   """
   _check_state("train_step", state, optimizer)
   _check_batch("train_step", batch, loss_fn, state.params)
+  state = _with_hyperparams_of(optimizer, state)
   return _step(state, batch, _on_rows_unless_ours(loss_fn), optimizer.update)
 
 
@@ -397,6 +421,7 @@ def train_full_batch(
   _check_state(fn, state, optimizer)
   _check_batch(fn, batch, loss_fn, state.params)
   loss, loss_args = _loss_parts(loss_fn)
+  state = _with_hyperparams_of(optimizer, state)
   run = _full_batch_donating if _donate(fn, donate) else _full_batch_jit
   return run(
     state,
@@ -550,6 +575,7 @@ def train_minibatch(
   _check_batch_size(fn, batch_size, _num_examples(batch))
   _check_key(fn, "key", key, ndim=0)
   loss, loss_args = _loss_parts(loss_fn)
+  state = _with_hyperparams_of(optimizer, state)
   run = _minibatch_donating if _donate(fn, donate) else _minibatch_jit
   return run(
     state,
