@@ -13,7 +13,7 @@ From the repository root::
 import ml_collections
 
 # The benchmark's groups of cases, in the order they run.
-SECTIONS = ("sigmoid", "softmax", "entropy", "train_step", "optimum", "import")
+SECTIONS = ("sigmoid", "softmax", "entropy", "train_step", "sweep", "optimum", "import")
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -35,6 +35,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.bias = 0.5  # b*
   config.train_step_sizes = (200_000, 1_000_000)  # N of the timed SGD train step
   config.learning_rate = 0.1  # SGD learning rate of the timed train step
+  # A learning-rate sweep, compile included: xent_jax.training.train_full_batch (η traced:
+  # one compilation) against the plain optax loop a user writes (a jitted step per value).
+  config.sweep_size = 20_000  # N
+  config.sweep_values = 8  # learning rates, geometric from 0.05 to 2
+  config.sweep_steps = 200  # full-batch momentum-SGD steps per value
+  config.sweep_repeats = 3  # whole sweeps of each contender, interleaved; median
   # Time to the optimum: xent_jax.fit.fit_logistic_regression (JAX caches cleared before
   # each run: compile included) against scikit-learn LogisticRegression(lbfgs, C=inf).
   config.optimum_sizes = (200_000, 1_000_000)  # N of the time-to-optimum races
@@ -50,6 +56,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.softmax_shapes = ((64, 100),)
     config.train_step_sizes = (2000,)
     config.num_features = 10
+    config.sweep_size = 2000
+    config.sweep_values = 3
+    config.sweep_steps = 5
+    config.sweep_repeats = 1
     config.optimum_sizes = (2000,)
     config.optimum_repeats = 1
     config.import_repeats = 1

@@ -1,5 +1,8 @@
 """The bad-input matrix: every invalid input of every public function, and valid edge inputs.
 
+Part 1, the measures (below); part 2, the training layer (`_training_cases`, SPEC §8): every
+public entry of models, training, fit, optimum and data, one bad argument at a time.
+
 One table (`_VALID`) gives, per public function, a valid call on [4, 3] arrays whose rows are
 edge cases (zeros, ones, -inf logits, entries masked by `where`) and their closed-form
 values. The bad cases are derived from it by replacing one argument, so that every function
@@ -14,6 +17,8 @@ meets every rule that applies to it:
 Every value case keeps the shapes of the valid call, so each function compiles once.
 """
 
+import functools
+import inspect
 import re
 
 import chex
@@ -24,6 +29,7 @@ from absl.testing import absltest, parameterized
 from jax.experimental import checkify
 
 import xent_jax as xj
+from xent_jax import data, fit, models, optimum, training
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -255,7 +261,7 @@ def _trace_time_cases():
 
 
 def _takes(name, option):
-  return option in getattr(xj, name).__code__.co_varnames
+  return option in inspect.signature(getattr(xj, name)).parameters
 
 
 # ---------------------------------------------------------------------------------------
@@ -419,6 +425,270 @@ def _assert_accurate(got, expected):
 _KNOWN_GAPS = {}  # (function, case) -> reason, for a case the library does not meet yet
 
 
+# ---------------------------------------------------------------------------------------
+# Part 2, the training layer: (case, call, error, function named, argument named). Each call
+# fails in Python before any compilation, so the table costs milliseconds per row.
+
+_RNG = np.random.default_rng(0)
+_XT = _RNG.normal(size=(8, 3)).astype(np.float32)  # 8 examples, 3 features
+_Y2 = np.array([0, 1] * 4)  # binary labels
+_Y3 = np.array([0, 1, 2] * 2 + [0, 1])  # 3 classes
+_LOGISTIC = {"w": np.zeros(3, np.float32), "b": np.zeros((), np.float32)}
+_SOFTMAX = {"w": np.zeros((3, 3), np.float32), "b": np.zeros(3, np.float32)}
+
+
+def _with(x, index, value):
+  x = np.array(x, dtype=np.result_type(x, type(value)))
+  x[index] = value
+  return x
+
+
+# Bad features and labels, shared by every function taking (x_NxD, y_N): (case, x, y, error,
+# argument); `labels` picks the binary or the class-label variant.
+def _bad_data(labels):
+  y = _Y2 if labels == "binary" else _Y3
+  cases = [
+    ("x_nan", _with(_XT, (2, 1), np.nan), y, ValueError, "x_NxD"),
+    ("x_inf", _with(_XT, (5, 0), -np.inf), y, ValueError, "x_NxD"),
+    ("x_complex", _XT.astype(np.complex64), y, TypeError, "x_NxD"),
+    ("x_string", _XT.astype(str), y, TypeError, "x_NxD"),
+    ("x_rank_1", _XT[:, 0], y, ValueError, "x_NxD"),
+    ("y_short", _XT, y[:-1], ValueError, "y_N"),
+    ("y_string", _XT, y.astype(str), TypeError, "y_N"),
+    ("y_complex", _XT, y.astype(np.complex64), TypeError, "y_N"),
+    ("y_minus_1", _XT, _with(y, 3, -1), ValueError, "y_N"),
+  ]
+  if labels == "binary":
+    cases += [
+      ("y_2", _XT, _with(y, 3, 2), ValueError, "y_N"),
+      ("y_nan", _XT, _with(y, 3, np.nan), ValueError, "y_N"),
+      ("y_1.5", _XT, _with(y, 3, 1.5), ValueError, "y_N"),
+    ]
+  else:
+    cases += [
+      ("y_K", _XT, _with(y, 3, 3), ValueError, "y_N"),
+      ("y_float", _XT, y.astype(np.float32), TypeError, "y_N"),
+    ]
+  return cases
+
+
+_MODEL_FUNCTIONS = {
+  "binary": (
+    (models.logistic_regression_loss, _LOGISTIC),
+    (models.logistic_regression_grad, _LOGISTIC),
+    (models.seed_section_4_1_loss, _LOGISTIC),
+  ),
+  "classes": (
+    (models.softmax_regression_loss, _SOFTMAX),
+    (models.softmax_regression_grad, _SOFTMAX),
+  ),
+}
+_SGD = training.sgd(0.1)
+_STATE = {"binary": training.init_train_state(_LOGISTIC, _SGD)}
+_STATE["classes"] = training.init_train_state(_SOFTMAX, _SGD)
+_LOSS = {
+  "binary": functools.partial(models.logistic_regression_loss, l2=0.1),
+  "classes": models.softmax_regression_loss,
+}
+_KEY = jax.random.key(0)
+
+
+def _user_loss(params, x, y):
+  return jnp.mean(jnp.square(x @ params["w"] + params["b"] - y))
+
+
+def _trainers(labels):
+  """(name, call(x, y)) for each trainer, on the labels' model."""
+  state, loss = _STATE[labels], _LOSS[labels]
+  run = dict(loss_fn=loss, optimizer=_SGD)
+  init = (
+    functools.partial(models.init_logistic_regression, 3)
+    if labels == "binary"
+    else functools.partial(models.init_softmax_regression, 3, 3)
+  )
+  return [
+    ("train_step", lambda x, y: training.train_step(state, (x, y), **run)),
+    ("train_full_batch", lambda x, y: training.train_full_batch(state, (x, y), num_steps=2, **run)),
+    (
+      "train_minibatch",
+      lambda x, y: training.train_minibatch(state, (x, y), _KEY, num_epochs=1, batch_size=2, **run),
+    ),
+    (
+      "train_seeds",
+      lambda x, y: training.train_seeds(
+        jax.random.split(_KEY, 2), (x, y), init_fn=lambda k: init(key=k), num_epochs=1, **run
+      ),
+    ),
+  ]
+
+
+def _reference_solvers(labels):
+  if labels == "binary":
+    return [
+      ("fit_logistic_regression", fit.fit_logistic_regression),
+      ("logistic_regression_optimum", optimum.logistic_regression_optimum),
+      (
+        "logistic_regression_objective",
+        lambda x, y: optimum.logistic_regression_objective(_LOGISTIC, x, y),
+      ),
+    ]
+  return [
+    ("fit_softmax_regression", lambda x, y: fit.fit_softmax_regression(x, y, 3)),
+    ("softmax_regression_optimum", lambda x, y: optimum.softmax_regression_optimum(x, y, 3)),
+    (
+      "softmax_regression_objective",
+      lambda x, y: optimum.softmax_regression_objective(_SOFTMAX, x, y),
+    ),
+  ]
+
+
+def _data_cases():
+  """Bad features and labels through every function that takes them."""
+  for labels in ("binary", "classes"):
+    calls = [(f.__name__, functools.partial(f, p)) for f, p in _MODEL_FUNCTIONS[labels]]
+    calls += _trainers(labels) + _reference_solvers(labels)
+    for name, call in calls:
+      for case, x, y, error, arg in _bad_data(labels):
+        if case == "x_rank_1" and name.startswith("train_seeds"):
+          continue  # same check as train_full_batch; a rank-1 x would not reach it first
+        yield f"{name}__{labels}_{case}", functools.partial(call, x, y), error, name, arg
+
+
+def _user_loss_cases():
+  """A loss the library does not know: real dtypes, finite values, one example axis."""
+  state = training.init_train_state(_LOGISTIC, _SGD)
+  run = functools.partial(
+    training.train_full_batch, state, loss_fn=_user_loss, optimizer=_SGD, num_steps=1
+  )
+  y = _Y2.astype(np.float32)
+  t = "train_full_batch"
+  yield f"{t}__user_loss_x_nan", lambda: run((_with(_XT, 0, np.nan), y)), ValueError, t, "x_NxD"
+  yield f"{t}__user_loss_y_inf", lambda: run((_XT, _with(y, 0, np.inf))), ValueError, t, "y_N"
+  yield f"{t}__user_loss_y_string", lambda: run((_XT, y.astype(str))), TypeError, t, "y_N"
+  yield f"{t}__user_loss_sizes", lambda: run((_XT, y[:5])), ValueError, t, "batch"
+  yield f"{t}__user_loss_not_a_pair", lambda: run((_XT, y, y)), TypeError, t, "batch"
+
+
+def _setting_cases():
+  """Counts, fractions, optimiser settings, keys, hooks: one bad keyword argument per row."""
+  state, loss, batch = _STATE["binary"], _LOSS["binary"], (_XT, _Y2)
+  run = dict(loss_fn=loss, optimizer=_SGD)
+  full = functools.partial(training.train_full_batch, state, batch, **run)
+  mini = functools.partial(training.train_minibatch, state, batch, key=_KEY, num_epochs=1, **run)
+  init = lambda k: models.init_logistic_regression(3, key=k)
+  keys = jax.random.split(_KEY, 2)
+  seeds = functools.partial(training.train_seeds, keys_S=keys, batch=batch, init_fn=init, **run)
+  sgd, lr = training.sgd, dict(learning_rate=0.1)
+  fit_l = functools.partial(fit.fit_logistic_regression, _XT, _Y2)
+  fit_s = functools.partial(fit.fit_softmax_regression, _XT, _Y3)
+  opt_l = functools.partial(optimum.logistic_regression_optimum, _XT, _Y2)
+  opt_s = functools.partial(optimum.softmax_regression_optimum, _XT, _Y3)
+  obj_l = functools.partial(optimum.logistic_regression_objective, x_NxD=_XT, y_N=_Y2)
+  init_l, init_s = models.init_logistic_regression, models.init_softmax_regression
+  loss_l = functools.partial(models.logistic_regression_loss, _LOGISTIC, _XT, _Y2)
+  grad_s = functools.partial(models.softmax_regression_grad, _SOFTMAX, _XT, _Y3)
+  logits_l = functools.partial(models.logistic_regression_logits, x_NxD=_XT)
+  probs_s = functools.partial(models.softmax_regression_probs, x_NxD=_XT)
+  logistic, softmax = data.make_logistic_data, data.make_softmax_data
+  cancer, digits, standardize = data.load_breast_cancer, data.load_digits, data.standardize
+  nan_x, short_x = _with(_XT, 0, np.nan), _XT[:, :2]
+  V, T = ValueError, TypeError
+  # (function, call, keyword arguments; the last one is bad and must be named, error)
+  rows = [
+    ("sgd", sgd, dict(learning_rate=0.0), V),
+    ("sgd", sgd, dict(learning_rate=-0.1), V),
+    ("sgd", sgd, dict(learning_rate=np.inf), V),
+    ("sgd", sgd, dict(learning_rate=np.nan), V),
+    ("sgd", sgd, dict(learning_rate="0.1"), T),
+    ("sgd", sgd, dict(learning_rate=0.1j), T),
+    ("sgd", sgd, dict(**lr, momentum=1.0), V),
+    ("sgd", sgd, dict(**lr, momentum=-0.5), V),
+    ("sgd", sgd, dict(**lr, momentum=np.nan), V),
+    ("sgd", sgd, dict(**lr, nesterov="yes"), T),
+    ("train_full_batch", full, dict(num_steps=-1), V),
+    ("train_full_batch", full, dict(num_steps=0), V),
+    ("train_full_batch", full, dict(num_steps=2.5), T),
+    ("train_full_batch", full, dict(num_steps=True), T),
+    ("train_full_batch", full, dict(num_steps=2, log_every=0), V),
+    ("train_full_batch", full, dict(num_steps=2, hook=print), V),
+    ("train_full_batch", full, dict(num_steps=2, log_every=1, hook="print"), T),
+    ("train_full_batch", full, dict(num_steps=2, donate="yes"), T),
+    ("train_full_batch", full, dict(num_steps=2, optimizer=0.1), T),
+    ("train_full_batch", full, dict(num_steps=2, loss_fn="mse"), T),
+    ("train_step", training.train_step, dict(batch=batch, **run, state=_LOGISTIC), T),
+    ("train_minibatch", mini, dict(batch_size=0), V),
+    ("train_minibatch", mini, dict(batch_size=9), V),
+    ("train_minibatch", mini, dict(batch_size=2.0), T),
+    ("train_minibatch", mini, dict(batch_size=2, num_epochs=0), V),
+    ("train_minibatch", mini, dict(batch_size=2, key=0), T),
+    ("train_seeds", seeds, dict(num_epochs=1, keys_S=_KEY), T),
+    ("train_seeds", seeds, dict(num_epochs=0), V),
+    ("train_seeds", seeds, dict(num_epochs=1, batch_size=0), V),
+    ("train_seeds", seeds, dict(num_epochs=1, init_fn=None), T),
+    ("init_train_state", training.init_train_state, dict(params={}, optimizer=1), T),
+    ("init_logistic_regression", init_l, dict(num_features=0), V),
+    ("init_logistic_regression", init_l, dict(num_features=2.0), T),
+    ("init_logistic_regression", init_l, dict(num_features=2, scale=-1.0), V),
+    ("init_logistic_regression", init_l, dict(num_features=2, dtype=np.int32), T),
+    ("init_softmax_regression", init_s, dict(num_features=2, num_classes=0), V),
+    ("logistic_regression_loss", loss_l, dict(l2=-1.0), V),
+    ("softmax_regression_grad", grad_s, dict(l2=np.nan), V),
+    ("logistic_regression_logits", logits_l, dict(params=_SOFTMAX), V),
+    ("softmax_regression_probs", probs_s, dict(params={"w": 1}), V),
+    ("fit_logistic_regression", fit_l, dict(tol=-1.0), V),
+    ("fit_logistic_regression", fit_l, dict(tol=0.0), V),
+    ("fit_logistic_regression", fit_l, dict(l2=-1.0), V),
+    ("fit_logistic_regression", fit_l, dict(max_iter=0), V),
+    ("fit_logistic_regression", fit_l, dict(memory=0), V),
+    ("fit_logistic_regression", fit_l, dict(warm_start=-1), V),
+    ("fit_softmax_regression", fit_s, dict(num_classes=0), V),
+    ("fit_softmax_regression", fit_s, dict(tol=np.nan), V),
+    ("logistic_regression_optimum", opt_l, dict(tol=0.0), V),
+    ("logistic_regression_optimum", opt_l, dict(max_iter=-1), V),
+    ("logistic_regression_optimum", opt_l, dict(l2=-1.0), V),
+    ("softmax_regression_optimum", opt_s, dict(num_classes=0), V),
+    ("logistic_regression_objective", obj_l, dict(params={"w": np.zeros(4), "b": 0.0}), V),
+    ("make_logistic_data", logistic, dict(seed=0, num_train=0), V),
+    ("make_logistic_data", logistic, dict(seed=0, num_train=-5), V),
+    ("make_logistic_data", logistic, dict(seed=0, num_features=0), V),
+    ("make_logistic_data", logistic, dict(seed=0, num_test=-1), V),
+    ("make_logistic_data", logistic, dict(seed=-1), V),
+    ("make_logistic_data", logistic, dict(seed=0.5), T),
+    ("make_logistic_data", logistic, dict(seed=0, weight_scale=-1.0), V),
+    ("make_logistic_data", logistic, dict(seed=0, bias=np.nan), V),
+    ("make_softmax_data", softmax, dict(seed=0, num_classes=1), V),
+    ("make_softmax_data", softmax, dict(seed=0, num_train=0), V),
+    ("load_breast_cancer", cancer, dict(test_fraction=1.5), V),
+    ("load_breast_cancer", cancer, dict(test_fraction=0.0), V),
+    ("load_breast_cancer", cancer, dict(test_fraction=0.001), V),  # a class missing
+    ("load_breast_cancer", cancer, dict(test_fraction="0.2"), T),
+    ("load_breast_cancer", cancer, dict(seed=-1), V),
+    ("load_digits", digits, dict(test_fraction=1.0), V),
+    ("standardize", standardize, dict(x_test_MxD=_XT, x_train_NxD=nan_x), V),
+    ("standardize", standardize, dict(x_train_NxD=_XT, x_test_MxD=_XT.astype(complex)), T),
+    ("standardize", standardize, dict(x_train_NxD=_XT, x_test_MxD=short_x), V),
+    ("feature_major", data.feature_major, dict(x_NxD=_XT[0]), V),
+    ("feature_major", data.feature_major, dict(x_NxD=_XT.astype(str)), T),
+  ]
+  for fn, call, kwargs, error in rows:
+    arg, value = list(kwargs.items())[-1]
+    case = f"{fn}__{arg}_{re.sub(r'[^0-9A-Za-z.]+', '_', str(value)[:12])}"
+    yield case, functools.partial(call, **kwargs), error, fn, arg
+
+
+def _training_cases():
+  cases = [*_data_cases(), *_user_loss_cases(), *_setting_cases()]
+  names = [c[0] for c in cases]
+  duplicates = {n for n in names if names.count(n) > 1}
+  # Rows that differ only in a value that prints alike get a counter.
+  counts = {}
+  for case, *rest in cases:
+    if case in duplicates:
+      counts[case] = counts.get(case, 0) + 1
+      case = f"{case}_{counts[case]}"
+    yield (case, *rest)
+
+
 class BadInputTest(chex.TestCase):
   @parameterized.named_parameters(_params(_trace_time_cases()))
   def test_trace_time_error_names_the_argument(self, name, kwargs, error, arg):
@@ -435,11 +705,19 @@ class BadInputTest(chex.TestCase):
     self.assertIn(name, str(raised.exception))
     self.assertIn(f"`{arg}`", str(raised.exception))
 
+  @parameterized.named_parameters(_training_cases())
+  def test_training_layer_error_names_the_function_and_argument(self, call, error, fn, arg):
+    with self.assertRaises(error) as raised:
+      call()
+    message = str(raised.exception)
+    self.assertTrue(message.startswith(f"{fn}: `{arg}`"), message)
+    self.assertEqual(len(message.splitlines()), 1, message)
+
   @parameterized.named_parameters(_params(_value_cases()))
   def test_checked_rejects_bad_values(self, name, kwargs, arg, rule, index, value):
     pattern = (
       f"^{name}: `{re.escape(arg)}` {re.escape(rule)}.*; first offending \\w+ at "
-      f"index {re.escape(index)}: [\\w ]+ = {re.escape(value)} "
+      f"index {re.escape(index)}: [\\w ]+ = {re.escape(value)}$"
     )
     with self.assertRaisesRegex(checkify.JaxRuntimeError, pattern):
       xj.checked(getattr(xj, name))(**kwargs)

@@ -27,6 +27,7 @@ def _expected_rows(config) -> list[tuple[str, str]]:
     rows += [(op, p) for op in ("softmax_int", "softmax_dense") for (p,) in kernel]
   rows += [("entropy", p) for _ in config.softmax_shapes for (p,) in kernel]
   rows += [("train_step", "step")] * len(config.train_step_sizes)
+  rows += [("sweep", f"{config.sweep_values} lr")]
   rows += [("optimum", "fit")] * len(config.optimum_sizes)
   return rows + [("import", "import")]
 
@@ -88,17 +89,21 @@ class BenchmarkSmokeTest(chex.TestCase):
       for key in ("compile_s", "xla_buffer_bytes"):
         for who, value in row.get(key, {}).items():
           _positive_finite(self, value, f"{where} {key}.{who}")
+      repeats = {
+        "optimum": self.config.optimum_repeats,
+        "import": self.config.import_repeats,
+        "sweep": self.config.sweep_repeats,
+      }.get(row["operation"], self.config.repeats)
       for who, samples in row["samples_s"].items():
-        self.assertLen(
-          samples,
-          self.config.optimum_repeats
-          if row["operation"] == "optimum"
-          else self.config.import_repeats
-          if row["operation"] == "import"
-          else self.config.repeats,
-        )
+        self.assertLen(samples, repeats)
         for s in samples:
           _positive_finite(self, s, f"{where} sample of {who}")
+
+  def test_sweep_compiles_once_and_trains_like_optax(self):
+    (row,) = [r for r in self.results["rows"] if r["operation"] == "sweep"]
+    # Traces of the loss, counted in the runs: ours once, the plain loop once per value.
+    self.assertEqual(row["compiles"], {"ours": 1, "anchor": self.config.sweep_values})
+    self.assertLess(row["max_abs_weight_difference"], 1e-4)  # the same eight runs
 
   def test_every_spec_target_has_a_verdict(self):
     judged = {(r["operation"], r["pass"]) for r in self.results["rows"] if "target" in r}

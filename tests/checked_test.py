@@ -1,5 +1,6 @@
 """Tests for xent_jax.checked: value checks eagerly, under jit, vmap and grad (SPEC §1, §5)."""
 
+import functools
 import re
 
 import chex
@@ -10,6 +11,7 @@ from absl.testing import absltest, parameterized
 from jax.experimental import checkify
 
 import xent_jax as xj
+from xent_jax import models
 from xent_jax.checked import sum_tolerance
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -93,9 +95,96 @@ class CheckedPassThroughTest(chex.TestCase):
     self.assertEqual(wrapped.__name__, "entropy")
     self.assertEqual(wrapped.__doc__, xj.entropy.__doc__)
 
-  def test_rejects_a_function_it_does_not_know(self):
-    with self.assertRaisesRegex(TypeError, r"checked: `fn` must be one of xent_jax's measures"):
-      xj.checked(jnp.log)
+
+def _user_loss(logits, targets):
+  """A user's loss: the mean softmax cross-entropy, written with the library's measures."""
+  return jnp.mean(xj.cross_entropy(targets, jnp.exp(xj.log_softmax(logits))))
+
+
+class CheckedAnyFunctionTest(chex.TestCase):
+  """SPEC §8: checked(fn) for any fn checks the library calls inside it; one-line errors."""
+
+  _Z = np.array([[0.0, 1.0, 2.0], [3.0, -1.0, 0.5]], np.float32)
+  _T = np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]], np.float32)
+  _BAD_T = np.array([[0.2, 0.3, 0.5], [1.5, -0.25, -0.25]], np.float32)  # sums to 1
+
+  @parameterized.named_parameters(
+    ("partial", functools.partial(_user_loss), "_user_loss"),
+    ("lambda", lambda z, t: _user_loss(z, t), "<lambda>"),
+    ("jitted", jax.jit(_user_loss), "_user_loss"),
+  )
+  def test_user_functions(self, fn, name):
+    wrapped = xj.checked(fn)
+    z64 = self._Z.astype(np.float64)
+    log_p = z64 - np.log(np.sum(np.exp(z64), axis=-1, keepdims=True))
+    expected = -np.mean(np.sum(self._T * log_p, axis=-1))  # numpy float64 oracle
+    np.testing.assert_allclose(wrapped(self._Z, self._T), expected, rtol=1e-6)
+    with self.assertRaises(EAGER_ERROR) as raised:
+      wrapped(self._Z, self._BAD_T)
+    self.assertEqual(
+      str(raised.exception),
+      "cross_entropy: `p` must lie in [0, 1]; first offending entry at index (1, 0): "
+      f"value = 1.5 (inside {name})",
+    )
+
+  def test_one_line_and_nothing_logged_also_from_a_jitted_step(self):
+    step = xj.checked(jax.jit(jax.value_and_grad(_user_loss)))
+    with self.assertNoLogs(level="WARNING"):
+      with self.assertRaises(EAGER_ERROR) as raised:
+        step(self._Z, self._BAD_T)
+    self.assertNotIn("INTERNAL", str(raised.exception))
+    self.assertEqual(len(str(raised.exception).splitlines()), 1)
+    # Under a plain outer jit the error comes from a host callback; still nothing logged.
+    with self.assertNoLogs(level="WARNING"):
+      with self.assertRaisesRegex(JIT_ERROR, "cross_entropy: `p` must lie in"):
+        jax.block_until_ready(jax.jit(xj.checked(_user_loss))(self._Z, self._BAD_T))
+
+  def test_a_function_traced_before_without_checks_is_checked(self):
+    jitted = jax.jit(_user_loss)
+    self.assertFalse(np.isnan(jitted(self._Z, self._BAD_T)))  # unchecked: a silent number
+    with self.assertRaisesRegex(EAGER_ERROR, r"`p` must lie in \[0, 1\]"):
+      xj.checked(jitted)(self._Z, self._BAD_T)
+
+  def test_models_losses_and_nested_checked(self):
+    params = {"w": jnp.ones(2), "b": jnp.zeros(())}
+    x, y = np.ones((3, 2), np.float32), np.array([0.0, 2.0, 1.0], np.float32)
+    with self.assertRaisesRegex(
+      EAGER_ERROR,
+      r"^sigmoid_binary_cross_entropy: `labels` must lie in \[0, 1\]; first offending entry "
+      r"at index \(1,\): value = 2(\.0)? \(inside logistic_regression_loss\)$",
+    ):
+      xj.checked(models.logistic_regression_loss)(params, x, y)
+    outer = xj.checked(lambda z, t: xj.checked(xj.softmax_cross_entropy)(z, t).sum())
+    with self.assertRaisesRegex(EAGER_ERROR, r"^softmax_cross_entropy: `targets` must lie in"):
+      outer(self._Z, self._BAD_T)
+    with self.assertRaisesRegex(EAGER_ERROR, "`p` must lie in"):
+      jax.grad(xj.checked(_user_loss))(self._Z, self._BAD_T)
+
+
+class SwappedArgumentsTest(chex.TestCase):
+  """README's argument-order table: a call in another library's order fails loudly."""
+
+  _Z = np.array([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], np.float32)  # logits
+  _P = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)  # targets
+  _Y = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]], np.float32)  # binary labels
+
+  @parameterized.named_parameters(
+    # torch.nn.functional.cross_entropy(input=logits, target) order, into ours (targets 2nd)
+    ("softmax_cross_entropy", xj.softmax_cross_entropy, "_P", "_Z", "targets"),
+    # optax.kl_divergence(log_predictions, targets): log-probabilities land in `p`
+    ("kl_divergence_optax_order", xj.kl_divergence, "log_P", "_P", "p"),
+    # torch.nn.functional.kl_div(input=log q, target=p)
+    ("kl_divergence_torch_order", xj.kl_divergence, "log_P", "_P", "p"),
+    ("cross_entropy_logits_for_q", xj.cross_entropy, "_P", "_Z", "q"),
+    # torch.nn.functional.binary_cross_entropy(input=q, target=p): ours is (p, q); q = σ(z)
+    ("binary_cross_entropy_logits", xj.binary_cross_entropy, "_Z", "_Y", "p"),
+    # optax.sigmoid_binary_cross_entropy(logits, labels) is ours too; swapped, it is caught
+    ("sigmoid_binary_cross_entropy", xj.sigmoid_binary_cross_entropy, "_Y", "_Z", "labels"),
+  )
+  def test_swapped_call_is_flagged(self, fn, first, second, arg):
+    value = lambda name: np.log(self._P) if name == "log_P" else getattr(self, name)
+    with self.assertRaisesRegex(EAGER_ERROR, f"^{fn.__name__}: `{arg}` must lie in \\[0, 1\\]"):
+      xj.checked(fn)(value(first), value(second))
 
 
 class CheckedRejectsTest(chex.TestCase):
@@ -166,6 +255,21 @@ class CheckedRejectsTest(chex.TestCase):
     labels[0] = 5  # a row with included classes is checked
     with self.assertRaisesRegex(EAGER_ERROR, r"`labels` must be in \[0, 4\).*index \(0,\)"):
       xj.checked(fn)(z, labels, where=where)
+
+  def test_ignore_index_and_weights_pass_through(self):
+    z = np.array([[0.0, 1.0, 2.0], [5.0, 0.0, 0.0], [1.0, 1.0, 3.0]], np.float32)
+    labels, weights = np.array([2, -100, 0]), np.array([0.5, 2.0, 1.5], np.float32)
+    fn = xj.softmax_cross_entropy_with_integer_labels
+    z64 = z.astype(np.float64)
+    log_p = z64 - np.log(np.sum(np.exp(z64), axis=-1, keepdims=True))
+    expected = [-0.5 * log_p[0, 2], 0.0, -1.5 * log_p[2, 0]]  # torch: an ignored example is 0
+    kwargs = dict(ignore_index=-100, weights=weights)
+    np.testing.assert_allclose(xj.checked(fn)(z, labels, **kwargs), expected, rtol=1e-6)
+    user_loss = xj.checked(lambda a, b: fn(a, b, **kwargs))
+    np.testing.assert_allclose(user_loss(z, labels), expected, rtol=1e-6)
+    labels[1] = -5  # not the ignore label: out of range
+    with self.assertRaisesRegex(EAGER_ERROR, r"or labelled ignore_index=-100; .*index \(1,\)"):
+      xj.checked(fn)(z, labels, **kwargs)
 
   def test_where_excluding_every_class(self):
     p = np.full((3, 2), 0.5, np.float32)

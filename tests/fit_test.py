@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from xent_jax import fit, optimum
+from xent_jax import data, fit, optimum
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -89,10 +89,39 @@ class FitLogisticRegressionTest(chex.TestCase):
       fit.fit_logistic_regression(x[:, 0], y)
     with self.assertRaisesRegex(ValueError, "`y_N`"):
       fit.fit_logistic_regression(x, y[:5])
-    with self.assertRaisesRegex(ValueError, r"`y_N` must hold labels in \[0, 1\]"):
+    with self.assertRaisesRegex(ValueError, r"`y_N` must lie in \[0, 1\]"):
       fit.fit_logistic_regression(x, y + 1)
     with self.assertRaisesRegex(ValueError, "`l2`"):
       fit.fit_logistic_regression(x, y, l2=-1.0)
+
+
+class FitSoftmaxRegressionTest(chex.TestCase):
+  @parameterized.named_parameters(
+    ("digits_l2", "digits", 1e-2),
+    ("synthetic_unpenalised", "synthetic", 0.0),  # not separable: the optimum exists
+  )
+  def test_reaches_the_float64_optimum(self, dataset, l2):
+    if dataset == "digits":
+      x, y = data.load_digits().train
+    else:
+      x, y = data.make_softmax_data(0, 3000, 10, 5, 4).train
+    k = int(np.max(y)) + 1
+    reference = optimum.softmax_regression_optimum(x, y, k, l2=l2)
+    result = fit.fit_softmax_regression(x, y, l2=l2)
+    self.assertTrue(result.converged)
+    chex.assert_shape([result.params["w"], result.params["b"]], [(x.shape[1], k), (k,)])
+    value = optimum.softmax_regression_objective(result.params, x, y, l2=l2)
+    gap = (value - reference.value) / reference.value
+    self.assertBetween(gap, -1e-12, 1e-6)  # SPEC §3: within 1e-6 (relative) of the optimum
+    if l2:  # W is unique when λ > 0; b only up to a common shift
+      np.testing.assert_allclose(result.params["w"], reference.params["w"], atol=2e-3)
+
+  def test_bad_inputs_raise_naming_the_argument(self):
+    x, y = np.ones((4, 2)), np.array([0, 1, 2, 1])
+    with self.assertRaisesRegex(ValueError, r"`y_N` must be a class label in \[0, 2\)"):
+      fit.fit_softmax_regression(x, y, num_classes=2)
+    with self.assertRaisesRegex(TypeError, "`y_N` must hold integer class labels"):
+      fit.fit_softmax_regression(x, y.astype(float))
 
 
 if __name__ == "__main__":

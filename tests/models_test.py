@@ -144,11 +144,11 @@ class LogisticRegressionTest(chex.TestCase):
     self.assertGreater(float(jnp.std(random["w"])), 0.0)
 
   @parameterized.named_parameters(
-    ("x_rank", np.ones(5), np.zeros(5), "x must have rank 2"),
-    ("x_features", np.ones((5, 2)), np.zeros(5), "x has 2 features"),
-    ("y_length", np.ones((5, 3)), np.zeros(4), r"y must have shape \[N\]=\(5,\)"),
-    ("y_range", np.ones((2, 3)), np.array([0.0, 2.0]), r"y must lie in \[0, 1\]"),
-    ("y_nan", np.ones((2, 3)), np.array([0.0, np.nan]), r"y must lie in \[0, 1\]"),
+    ("x_rank", np.ones(5), np.zeros(5), "`x_NxD` must have rank 2"),
+    ("x_features", np.ones((5, 2)), np.zeros(5), "`x_NxD` has 2 features"),
+    ("y_length", np.ones((5, 3)), np.zeros(4), r"`y_N` must have shape \[N\]=\(5,\)"),
+    ("y_range", np.ones((2, 3)), np.array([0.0, 2.0]), r"`y_N` must lie in \[0, 1\]"),
+    ("y_nan", np.ones((2, 3)), np.array([0.0, np.nan]), r"`y_N` must lie in \[0, 1\]"),
   )
   def test_bad_inputs_raise_naming_the_argument(self, x, y, message):
     params = models.init_logistic_regression(3)
@@ -161,7 +161,7 @@ class LogisticRegressionTest(chex.TestCase):
         fn(params, x, y)
 
   def test_bad_params_raise(self):
-    with self.assertRaisesRegex(ValueError, r"params must have shapes w \[D\], b \[\]"):
+    with self.assertRaisesRegex(ValueError, r"`params` must have shapes w \[D\], b \[\]"):
       models.logistic_regression_logits({"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}, np.ones((1, 3)))
     with self.assertRaisesRegex(ValueError, "keys 'w' and 'b'"):
       models.logistic_regression_logits({"w": jnp.ones(3)}, np.ones((1, 3)))
@@ -199,7 +199,9 @@ class FeatureMajorTest(chex.TestCase):
 
   def test_wrong_features_raise_naming_the_array(self):
     params, x, y = _random_problem(8)
-    with self.assertRaisesRegex(ValueError, r"x has 64 features .*x\.x_DxN\.shape=\(64, 5\)"):
+    with self.assertRaisesRegex(
+      ValueError, r"`x_NxD` has 64 features .*x_NxD\.x_DxN\.shape=\(64, 5\)"
+    ):
       models.logistic_regression_loss(params, data.FeatureMajor(x), y)
     with self.assertRaisesRegex(ValueError, "rank 2"):
       data.feature_major(np.ones(3))
@@ -263,10 +265,20 @@ class SoftmaxRegressionTest(chex.TestCase):
     chex.assert_trees_all_equal(params, {"w": jnp.zeros((3, 5)), "b": jnp.zeros(5)})
 
   @parameterized.named_parameters(
-    ("y_high", np.array([0, 4]), ValueError, r"y must lie in \[0, 3\]; found y=4"),
-    ("y_negative", np.array([-1, 0]), ValueError, r"y must lie in \[0, 3\]; found y=-1"),
+    (
+      "y_high",
+      np.array([0, 4]),
+      ValueError,
+      r"`y_N` must be a class label in \[0, 4\); found y_N\[1\] = 4",
+    ),
+    (
+      "y_negative",
+      np.array([-1, 0]),
+      ValueError,
+      r"`y_N` must be a class label in \[0, 4\); found y_N\[0\] = -1",
+    ),
     ("y_float", np.array([0.0, 1.0]), TypeError, "integer class labels"),
-    ("y_length", np.array([0, 1, 2]), ValueError, r"y must have shape \[N\]=\(2,\)"),
+    ("y_length", np.array([0, 1, 2]), ValueError, r"`y_N` must have shape \[N\]=\(2,\)"),
   )
   def test_bad_labels_raise(self, y, error, message):
     params = models.init_softmax_regression(3, 4)

@@ -1,9 +1,14 @@
-"""Runtime validation of the *values* passed to xent_jax's measures (SPEC §1, §5).
+"""Runtime validation of the *values* passed to xent_jax's measures (SPEC §1, §5, §8).
 
 Shapes, dtypes, ``axis``, ``where``, ``base`` and ``label_smoothing`` are checked by every
 function at trace time. What cannot be known before the data arrives (a probability of 1.5,
 a distribution summing to 0.97, a NaN, a label of -1, a ``+inf`` logit) is checked here with
 :mod:`jax.experimental.checkify`, so that it also works under ``jax.jit`` and ``jax.vmap``.
+
+``checked`` also wraps any function (a user's loss, a ``functools.partial``, a lambda): the
+measures exported by ``xent_jax`` are :func:`checkable` wrappers that add their value checks
+while a ``checked`` function is being traced (a ``jax.make_user_context`` flag, so that jit
+caches tell a checked trace from a plain one) and cost nothing otherwise.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -21,6 +27,8 @@ import numpy as np
 from jax.experimental import checkify
 
 from xent_jax import _core
+from xent_jax._static import Static
+from xent_jax.classification import poly_loss_cross_entropy, sigmoid_focal_loss
 from xent_jax.cross_entropy import (
   binary_cross_entropy,
   cross_entropy,
@@ -28,7 +36,12 @@ from xent_jax.cross_entropy import (
   softmax_cross_entropy,
   softmax_cross_entropy_with_integer_labels,
 )
-from xent_jax.divergence import js_divergence, kl_divergence, kl_divergence_from_logits
+from xent_jax.divergence import (
+  generalized_kl_divergence,
+  js_divergence,
+  kl_divergence,
+  kl_divergence_from_logits,
+)
 from xent_jax.entropy import (
   binary_entropy,
   binary_entropy_from_logits,
@@ -46,6 +59,7 @@ class _Role(enum.Enum):
   LOGITS = enum.auto()  # softmax logits: no NaN, no +inf, a finite logit in every example
   BINARY_LOGITS = enum.auto()  # sigmoid logits: no NaN (±inf are the certain classes 0 and 1)
   LABELS = enum.auto()  # integer classes in [0, C) of the logits' class axis
+  MEASURE = enum.auto()  # unnormalised non-negative masses: ≥ 0, no NaN
 
 
 class _Spec(NamedTuple):
@@ -53,7 +67,7 @@ class _Spec(NamedTuple):
   padding: bool = False  # whether examples fully excluded by `where` are allowed (padding)
 
 
-_P, _D, _Z, _B, _Y = _Role  # short names for the table below
+_P, _D, _Z, _B, _Y, _M = _Role  # short names for the table below
 _SPECS: dict[Callable[..., jax.Array], _Spec] = {
   entropy: _Spec({"probs": _D}),
   entropy_from_logits: _Spec({"logits": _Z}),
@@ -71,8 +85,58 @@ _SPECS: dict[Callable[..., jax.Array], _Spec] = {
   sigmoid: _Spec({"x": _B}),
   log_sigmoid: _Spec({"x": _B}),
   tanh_probability: _Spec({"x": _B}),
+  sigmoid_focal_loss: _Spec({"logits": _B, "labels": _P}),
+  poly_loss_cross_entropy: _Spec({"logits": _Z, "targets": _D}),
+  generalized_kl_divergence: _Spec({"p": _M, "q": _M}),
 }
 _CLASS_AXIS_ROLES = (_Role.DISTRIBUTION, _Role.LOGITS)
+
+# True while a checked function is traced: the measures then add their checks. Part of the
+# jit cache key, so a function traced plainly before is traced again, with its checks.
+_CHECKING = jax.make_user_context(default_value=False)
+
+
+def checkable(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+  """The measure ``fn`` (one of :data:`_SPECS`), adding its value checks inside ``checked``.
+
+  Outside a ``checked`` trace it is ``fn`` plus one flag lookup. This is what ``xent_jax``
+  exports, so that ``checked(my_loss)`` checks the library calls inside ``my_loss``.
+  """
+  spec, signature = _SPECS[fn], inspect.signature(fn)
+
+  @functools.wraps(fn)
+  def measure(*args, **kwargs):
+    out = fn(*args, **kwargs)  # first: trace-time errors (shapes, dtypes) are fn's own
+    if _CHECKING.value:
+      bound = signature.bind(*args, **kwargs)
+      bound.apply_defaults()
+      _add_checks(fn, spec, bound.arguments)
+    return out
+
+  return measure
+
+
+def _add_checks(fn, spec: _Spec, arguments: Mapping[str, Any]) -> None:
+  """The checkify checks of ``fn`` on its bound ``arguments`` (inside a checkify trace)."""
+  _check_has_classes(fn.__name__, spec, arguments)
+  arrays = {k: jnp.asarray(arguments[k]) for k in spec.roles}
+  where = arguments.get("where")
+  where = None if where is None else jnp.asarray(where)
+  axis = arguments.get("axis")
+  first = next(iter(spec.roles))
+  axes = None if axis is None else _core.normalize_axis(axis, arrays[first].ndim, first, "")
+  _check_values(fn, axes, repr(axis), arrays, where, arguments.get("ignore_index"))
+
+
+def _measure(fn):
+  """The raw measure behind ``fn`` (itself or its :func:`checkable` wrapper), or None."""
+  for candidate in (fn, getattr(fn, "__wrapped__", None)):
+    try:
+      if candidate in _SPECS:
+        return candidate
+    except TypeError:  # unhashable
+      return None
+  return None
 
 
 def sum_tolerance(dtype: Any, num_classes: int) -> float:
@@ -94,8 +158,24 @@ def sum_tolerance(dtype: Any, num_classes: int) -> float:
   return 2 * eps_in + 8 * eps * math.sqrt(num_classes)
 
 
-def checked(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
-  r"""Wraps a public function of xent_jax so that invalid input *values* raise an error.
+def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
+  r"""Wraps a function so that invalid input *values* of xent_jax's measures raise an error.
+
+  ``fn`` is a measure of xent_jax, or any function calling them: a user's loss, a
+  ``functools.partial``, a lambda, a jitted function. Inside it, every call of a measure
+  exported by ``xent_jax`` (``xj.cross_entropy``, ``xj.softmax_cross_entropy``, …; also the
+  losses of :mod:`xent_jax.models`) is checked as below; the first failed check is raised
+  as one line, with `` (inside NAME)`` naming ``fn``:
+
+  >>> import jax.numpy as jnp
+  >>> import xent_jax as xj
+  >>> def my_loss(logits, p):
+  ...   return xj.cross_entropy(p, jax.nn.softmax(logits)).mean()
+  >>> xj.checked(my_loss)(jnp.zeros((2, 2)), jnp.array([[0.5, 0.5], [1.5, -0.5]]))
+  ... # doctest: +ELLIPSIS
+  Traceback (most recent call last):
+  ...
+  xent_jax.checked.CheckError: cross_entropy: `p` must lie in [0, 1]; ... (inside my_loss)
 
   The wrapped function has the signature of ``fn`` and the output of ``jax.jit(fn)`` (bit
   for bit: the same compiled ``fn``), and also checks, on the values, that
@@ -128,12 +208,18 @@ def checked(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
   ``jax.errors.JaxRuntimeError`` (a ``RuntimeError``) whose message contains the same text.
   The checks cost one extra read of the inputs; use ``checked`` while debugging, or keep it.
 
+  For a checked function the error is raised where it is called: eagerly, under
+  ``jax.vmap``/``jax.grad``, and inside another ``checked`` function (put ``checked``
+  outermost, e.g. ``checked(jax.jit(step))``, for a one-line error from a jitted step).
+  Only under a plain outer ``jax.jit`` is the error left to the host callback above.
+
   Args:
     fn: one of the public measures of xent_jax (entropies, cross-entropies, divergences,
-      ``log_softmax``, ``sigmoid``, ``log_sigmoid``, ``tanh_probability``).
+      ``log_softmax``, ``sigmoid``, ``log_sigmoid``, ``tanh_probability``), or any
+      function that calls them.
 
   Returns:
-    A function with the signature and docstring of ``fn`` that validates its values.
+    A function with the signature and docstring of ``fn`` that validates the values.
 
   >>> import jax.numpy as jnp
   >>> from xent_jax import checked, kl_divergence
@@ -143,20 +229,28 @@ def checked(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
   >>> safe_kl(jnp.array([0.5, 0.5]), jnp.array([0.9, 0.2]))  # doctest: +ELLIPSIS
   Traceback (most recent call last):
   ...
-  jax._src.checkify.JaxRuntimeError: kl_divergence: `q` must sum to 1 ...: sum = 1.1...
+  xent_jax.checked.CheckError: kl_divergence: `q` must sum to 1 ...: sum = 1.1...
   """
-  spec = _SPECS.get(fn)
-  if spec is None:
-    names = ", ".join(sorted(f.__name__ for f in _SPECS))
-    raise TypeError(f"checked: `fn` must be one of xent_jax's measures ({names}); got {fn!r}.")
-  signature = inspect.signature(fn)
+  if not callable(fn):
+    raise TypeError(f"checked: `fn` must be callable; got {fn!r:.80}.")
+  measure = _measure(fn)
+  if measure is None:
+    return _checked_any(fn)
+  given, fn, spec, signature = fn, measure, _SPECS[measure], inspect.signature(measure)
 
-  @functools.wraps(fn)
+  @functools.wraps(given)
   def checked_fn(*args, **kwargs):
+    if _CHECKING.value:  # inside another checked function: its checkify raises
+      return checkable(fn)(*args, **kwargs)
     bound = signature.bind(*args, **kwargs)
     bound.apply_defaults()
     _check_has_classes(fn.__name__, spec, bound.arguments)
-    arrays = {k: v for k, v in bound.arguments.items() if k in spec.roles or k == "where"}
+    # The checked roles and `where`, and any other array (`weights`): traced, not static.
+    arrays = {
+      k: v
+      for k, v in bound.arguments.items()
+      if k in spec.roles or k == "where" or (_is_array(v) and np.ndim(v) > 0)
+    }
     options = tuple((k, _as_static(v)) for k, v in bound.arguments.items() if k not in arrays)
     try:
       hash(options)
@@ -189,18 +283,72 @@ def _check_has_classes(fn: str, spec: _Spec, arguments: Mapping[str, Any]) -> No
       raise ValueError(f"{fn}: `{name}` has no class along axis {axes} (shape {shape}).")
 
 
-def _raise_if_failed(err: checkify.Error) -> None:
+def _checked_any(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """``checked`` of a function that is not a measure: checkify of it, traced with the flag."""
+  static_fn = Static(fn)
+  name = getattr(
+    inspect.unwrap(fn.func if isinstance(fn, functools.partial) else fn), "__name__", repr(fn)
+  )
+
+  @functools.wraps(fn)
+  def checked_fn(*args, **kwargs):
+    if _CHECKING.value:  # inside another checked function: its checkify raises
+      return fn(*args, **kwargs)
+    leaves, treedef = jax.tree.flatten((args, kwargs))
+    # Arrays are traced; anything else (ints, strings, options) is static, by value.
+    is_array = [isinstance(leaf, jax.Array | np.ndarray | np.generic) for leaf in leaves]
+    arrays = [leaf for leaf, a in zip(leaves, is_array, strict=True) if a]
+    static = tuple(None if a else Static(leaf) for leaf, a in zip(leaves, is_array, strict=True))
+    err, out = _run_any(arrays, fn=static_fn, treedef=treedef, static=static)
+    _raise_if_failed(err, f" (inside {name})")
+    return out
+
+  return checked_fn
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "treedef", "static"))
+def _run_any(arrays, *, fn, treedef, static):
+  def body(arrays):
+    it = iter(arrays)
+    leaves = [next(it) if s is None else s.value for s in static]
+    args, kwargs = jax.tree.unflatten(treedef, leaves)
+    with _CHECKING(True):
+      return fn.value(*args, **kwargs)
+
+  return checkify.checkify(body, errors=checkify.user_checks)(arrays)
+
+
+class CheckError(checkify.JaxRuntimeError):
+  """A failed value check of :func:`checked`: one line naming the function, the argument,
+  the rule and the first offending index and value (a ``checkify.JaxRuntimeError``)."""
+
+
+def _raise_if_failed(err: checkify.Error, where: str = "") -> None:
   leaves, treedef = jax.tree.flatten(err)
   if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
     # Under an outer transformation the verdict is only known when the computation runs: a
     # host callback raises it then (XLA wraps it in a jax.errors.JaxRuntimeError).
-    jax.debug.callback(functools.partial(_throw, treedef), *leaves)
+    jax.debug.callback(functools.partial(_throw, treedef, where), *leaves)
   else:
-    err.throw()
+    _throw(treedef, where, *leaves)
 
 
-def _throw(treedef, *leaves) -> None:
-  jax.tree.unflatten(treedef, leaves).throw()
+def _throw(treedef, where, *leaves) -> None:
+  message = jax.tree.unflatten(treedef, leaves).get()
+  if message is not None:
+    # checkify appends " (`check` failed)"; the rule and the index already say what failed.
+    raise CheckError(message.removesuffix(" (`check` failed)") + where)
+
+
+class _QuietCheckFailures(logging.Filter):
+  """Keeps jax.debug.callback from logging a traceback for a failed check: it is raised."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, CheckError)
+
+
+logging.getLogger("jax._src.debugging").addFilter(_QuietCheckFailures())
 
 
 def _as_static(value):
@@ -225,12 +373,16 @@ def _run(fn, options, arrays) -> tuple[checkify.Error, jax.Array]:
   axis = options.get("axis")
   first = next(iter(_SPECS[fn].roles))  # (jit hands `arrays` back with its keys sorted)
   axes = None if axis is None else _core.normalize_axis(axis, arrays[first].ndim, first, "")
-  run = functools.partial(_check_values, fn, axes, repr(axis))
+  run = functools.partial(_check_values, fn, axes, repr(axis), ignore=options.get("ignore_index"))
   err, _ = checkify.checkify(run, errors=checkify.user_checks)(arrays, where)
   return err, out
 
 
-def _check_values(fn, axes, axis_as_given, arrays, where) -> None:
+def _is_array(value) -> bool:
+  return isinstance(value, np.ndarray | jax.Array)
+
+
+def _check_values(fn, axes, axis_as_given, arrays, where, ignore=None) -> None:
   """Adds one checkify check per rule, in argument order; the first failure is reported."""
   spec, name = _SPECS[fn], fn.__name__
   first = next(iter(spec.roles))
@@ -248,7 +400,7 @@ def _check_values(fn, axes, axis_as_given, arrays, where) -> None:
   for arg, role in spec.roles.items():
     x = arrays[arg]
     if role is _Role.LABELS:
-      _check_labels(name, x, arrays[first].shape[axes[0]], mask, axes[0])
+      _check_labels(name, x, arrays[first].shape[axes[0]], mask, axes[0], ignore)
       continue
     eps_dtype = x.dtype
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -258,6 +410,8 @@ def _check_values(fn, axes, axis_as_given, arrays, where) -> None:
     _check(name, included & jnp.isnan(x), x, f"`{arg}` must not contain NaN")
     if role in (_Role.PROBABILITY, _Role.DISTRIBUTION):
       _check(name, included & ~((x >= 0) & (x <= 1)), x, f"`{arg}` must lie in [0, 1]")
+    if role is _Role.MEASURE:
+      _check(name, included & (x < 0), x, f"`{arg}` must be ≥ 0")
     if role is _Role.DISTRIBUTION:
       total = jnp.sum(_core.masked(x, mask), axis=axes)
       k = math.prod(x.shape[a] for a in axes)
@@ -290,15 +444,20 @@ def _check_values(fn, axes, axis_as_given, arrays, where) -> None:
       )
 
 
-def _check_labels(name, labels, num_classes, mask, axis) -> None:
-  """Labels in [0, C) naming an included class, except in examples fully excluded."""
+def _check_labels(name, labels, num_classes, mask, axis, ignore=None) -> None:
+  """Labels in [0, C) naming an included class, except in examples fully excluded (by
+  ``where``, or by the label ``ignore``, the ``ignore_index`` of the integer-label loss)."""
   row_included = jnp.ones(labels.shape, bool) if mask is None else jnp.any(mask, axis=axis)
+  skipped = "fully excluded by `where`"
+  if ignore is not None:
+    row_included &= labels != ignore
+    skipped += f" or labelled ignore_index={ignore}"
   in_range = (labels >= 0) & (labels < num_classes)
   _check(
     name,
     row_included & ~in_range,
     labels,
-    f"`labels` must be in [0, {num_classes}) except in examples fully excluded by `where`",
+    f"`labels` must be in [0, {num_classes}) except in examples {skipped}",
     "example",
     "label",
   )

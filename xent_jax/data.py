@@ -18,11 +18,14 @@ Arrays are ``jax.Array``: features in the default float dtype (float32 unless
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from xent_jax import _validate
 
 __all__ = [
   "Batch",
@@ -79,10 +82,8 @@ def feature_major(x_NxD) -> FeatureMajor:
   >>> feature_major(np.ones((4, 3))).x_DxN.shape
   (3, 4)
   """
-  x_NxD = jnp.asarray(x_NxD)
-  if x_NxD.ndim != 2:
-    raise ValueError(f"feature_major: `x_NxD` must have rank 2 [N, D]; got shape {x_NxD.shape}.")
-  return FeatureMajor(jnp.transpose(x_NxD))
+  x_NxD = _validate.array("feature_major", "x_NxD", x_NxD, ndim=2, what=" [N, D]")
+  return FeatureMajor(jnp.transpose(jnp.asarray(x_NxD)))
 
 
 class Dataset(NamedTuple):
@@ -121,6 +122,18 @@ def standardize(x_train_NxD: np.ndarray, x_test_MxD: np.ndarray):
   >>> standardize(np.array([[0.0], [2.0]]), np.array([[4.0]]))[1]
   array([[3.]])
   """
+  fn = "standardize"
+  x_train_NxD = _validate.array(fn, "x_train_NxD", x_train_NxD, ndim=2, what=" [N, D]")
+  x_test_MxD = _validate.array(fn, "x_test_MxD", x_test_MxD, ndim=2, what=" [M, D]")
+  if x_train_NxD.shape[0] == 0:
+    raise ValueError(f"{fn}: `x_train_NxD` must have rows; got shape {x_train_NxD.shape}.")
+  if x_test_MxD.shape[1] != x_train_NxD.shape[1]:
+    raise ValueError(
+      f"{fn}: `x_test_MxD` must have the D={x_train_NxD.shape[1]} columns of x_train_NxD; "
+      f"got shape {x_test_MxD.shape}."
+    )
+  _validate.values_in(fn, "x_train_NxD", x_train_NxD)
+  _validate.values_in(fn, "x_test_MxD", x_test_MxD)
   x_train_NxD = np.asarray(x_train_NxD, np.float64)
   mean_D = x_train_NxD.mean(axis=0)
   std_D = x_train_NxD.std(axis=0)
@@ -129,8 +142,23 @@ def standardize(x_train_NxD: np.ndarray, x_test_MxD: np.ndarray):
   return scale(x_train_NxD), scale(x_test_MxD)
 
 
-def _split_standardize(x, y, *, test_fraction: float, seed: int, num_classes: int) -> Dataset:
+def _check_split(fn, test_fraction, seed) -> None:
+  _validate.count(fn, "seed", seed, minimum=0)
+  _validate.real(
+    fn, "test_fraction", test_fraction, low=0.0, high=1.0, open_low=True, open_high=True
+  )
+
+
+def _split_standardize(fn, x, y, *, test_fraction, seed, num_classes: int) -> Dataset:
   from sklearn.model_selection import train_test_split  # Optional dependency: lazy.
+
+  # A stratified split needs every class on both sides (scikit-learn rounds the test size up).
+  num_test = math.ceil(test_fraction * len(y))
+  if min(num_test, len(y) - num_test) < num_classes:
+    raise ValueError(
+      f"{fn}: `test_fraction`={test_fraction} leaves {num_test} of {len(y)} examples "
+      f"held out; each split needs at least one example of each of the {num_classes} classes."
+    )
 
   x_tr, x_te, y_tr, y_te = train_test_split(
     x, y, test_size=test_fraction, random_state=seed, stratify=y
@@ -150,8 +178,8 @@ def load_breast_cancer(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
   L2 penalty.
 
   Args:
-    test_fraction: fraction of examples held out.
-    seed: seed of the split.
+    test_fraction: fraction of examples held out, in (0, 1).
+    seed: seed of the split (an integer >= 0).
 
   Returns:
     A :class:`Dataset`: ``train.x [455, 30]``, ``test.x [114, 30]`` by default.
@@ -159,10 +187,13 @@ def load_breast_cancer(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
   >>> load_breast_cancer().train.x.shape
   (455, 30)
   """
+  _check_split("load_breast_cancer", test_fraction, seed)
   from sklearn import datasets  # Optional dependency: lazy.
 
   x, y = datasets.load_breast_cancer(return_X_y=True)
-  return _split_standardize(x, y, test_fraction=test_fraction, seed=seed, num_classes=2)
+  return _split_standardize(
+    "load_breast_cancer", x, y, test_fraction=test_fraction, seed=seed, num_classes=2
+  )
 
 
 def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -175,8 +206,8 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
   statistics (:func:`standardize`; constant pixels are only centred).
 
   Args:
-    test_fraction: fraction of examples held out.
-    seed: seed of the split.
+    test_fraction: fraction of examples held out, in (0, 1).
+    seed: seed of the split (an integer >= 0).
 
   Returns:
     A :class:`Dataset`: ``train.x [1437, 64]``, ``test.x [360, 64]`` by default.
@@ -184,10 +215,13 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
   >>> load_digits().num_classes
   10
   """
+  _check_split("load_digits", test_fraction, seed)
   from sklearn import datasets  # Optional dependency: lazy.
 
   x, y = datasets.load_digits(return_X_y=True)
-  return _split_standardize(x, y, test_fraction=test_fraction, seed=seed, num_classes=10)
+  return _split_standardize(
+    "load_digits", x, y, test_fraction=test_fraction, seed=seed, num_classes=10
+  )
 
 
 def make_logistic_data(
@@ -213,11 +247,11 @@ def make_logistic_data(
   gives the same data with and without x64, and costs no compilation.
 
   Args:
-    seed: seed of the draw.
-    num_train: N.
-    num_test: M.
-    num_features: D.
-    weight_scale: s, the typical size of the true logit's slope part.
+    seed: seed of the draw (an integer >= 0).
+    num_train: N >= 1.
+    num_test: M >= 0.
+    num_features: D >= 1.
+    weight_scale: s >= 0, the typical size of the true logit's slope part.
     bias: :math:`b^\star`.
 
   Returns:
@@ -227,6 +261,8 @@ def make_logistic_data(
   >>> data.train.x.shape, data.true_params["w"].shape
   ((100, 3), (3,))
   """
+  _check_synthetic("make_logistic_data", seed, num_train, num_test, num_features, weight_scale)
+  _validate.real("make_logistic_data", "bias", bias)
   rng = np.random.default_rng(seed)
   w_D = weight_scale * rng.normal(size=num_features) / np.sqrt(num_features)
   x_NxD = rng.normal(size=(num_train + num_test, num_features))
@@ -255,12 +291,12 @@ def make_softmax_data(
   Drawn in float64 with ``numpy.random.default_rng(seed)``, then cast.
 
   Args:
-    seed: seed of the draw.
-    num_train: N.
-    num_test: M.
-    num_features: D.
-    num_classes: K.
-    weight_scale: s.
+    seed: seed of the draw (an integer >= 0).
+    num_train: N >= 1.
+    num_test: M >= 0.
+    num_features: D >= 1.
+    num_classes: K >= 2.
+    weight_scale: s >= 0.
 
   Returns:
     A :class:`Dataset` with ``true_params = {"w": [D, K], "b": [K]}``.
@@ -268,6 +304,8 @@ def make_softmax_data(
   >>> make_softmax_data(0, 50, 10, 4, 3).true_params["w"].shape
   (4, 3)
   """
+  _check_synthetic("make_softmax_data", seed, num_train, num_test, num_features, weight_scale)
+  _validate.count("make_softmax_data", "num_classes", num_classes, minimum=2)
   rng = np.random.default_rng(seed)
   shape_w = (num_features, num_classes)
   w_DxK = weight_scale * rng.normal(size=shape_w) / np.sqrt(num_features)
@@ -280,6 +318,14 @@ def make_softmax_data(
   y_N = np.minimum(np.sum(rng.random((len(z_NxK), 1)) >= cdf_NxK, axis=1), num_classes - 1)
   true_params = {"w": w_DxK, "b": b_K}
   return _as_dataset(x_NxD, y_N, num_train, num_classes=num_classes, true_params=true_params)
+
+
+def _check_synthetic(fn, seed, num_train, num_test, num_features, weight_scale) -> None:
+  _validate.count(fn, "seed", seed, minimum=0)
+  _validate.count(fn, "num_train", num_train)
+  _validate.count(fn, "num_test", num_test, minimum=0)
+  _validate.count(fn, "num_features", num_features)
+  _validate.real(fn, "weight_scale", weight_scale, low=0.0)
 
 
 def _as_batch(x_NxD, y_N) -> Batch:

@@ -31,18 +31,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xent_jax import optimum
+from xent_jax import _validate, optimum
 
-__all__ = ["Fit", "fit_logistic_regression"]
+__all__ = ["Fit", "fit_logistic_regression", "fit_softmax_regression"]
 
 _ALIGN = 64  # bytes: XLA:CPU's buffer alignment, below which device_put copies
 
 
 class Fit(NamedTuple):
-  """The result of :func:`fit_logistic_regression`.
+  """The result of :func:`fit_logistic_regression` or :func:`fit_softmax_regression`.
 
   Attributes:
-    params: ``{"w": [D], "b": []}`` as float64 numpy arrays.
+    params: ``{"w": [D], "b": []}`` (softmax: ``{"w": [D, K], "b": [K]}``) as float64
+      numpy arrays.
     grad_norm: L2 norm of the gradient of J at ``params``.
     gap_estimate: L-BFGS's estimate of J(params) - J*, ½ gᵀ H⁻¹ g.
     num_iterations: L-BFGS steps taken.
@@ -93,22 +94,13 @@ def _device_data(x_NxD, y_N):
   return x_dev, y_dev, x_NxD[:k].astype(np.float64), y_N[:k].astype(np.float64)
 
 
-def _check(x_NxD, y_N, l2: float):
-  shape = np.shape(x_NxD)
-  if len(shape) != 2 or shape[0] == 0:
-    raise ValueError(
-      f"fit_logistic_regression: `x_NxD` must be a non-empty [N, D] array; got shape {shape}."
-    )
-  if np.shape(y_N) != (shape[0],):
-    raise ValueError(
-      f"fit_logistic_regression: `y_N` must have shape ({shape[0]},) to match "
-      f"`x_NxD`; got {np.shape(y_N)}."
-    )
-  y = np.asarray(y_N, np.float64)
-  if not np.all((y >= 0) & (y <= 1)):
-    raise ValueError("fit_logistic_regression: `y_N` must hold labels in [0, 1].")
-  if not l2 >= 0:
-    raise ValueError(f"fit_logistic_regression: `l2` must be >= 0; got {l2}.")
+def _check(fn, x_NxD, y_N, *, l2, tol, max_iter, memory, num_classes=None) -> None:
+  """Shapes, dtypes, finite features, labels in range and the solver's settings."""
+  _validate.regression_data(fn, x_NxD, y_N, num_classes)
+  _validate.real(fn, "l2", l2, low=0.0)
+  _validate.real(fn, "tol", tol, low=0.0, open_low=True)
+  _validate.count(fn, "max_iter", max_iter)
+  _validate.count(fn, "memory", memory)
 
 
 def fit_logistic_regression(
@@ -156,7 +148,10 @@ def fit_logistic_regression(
   >>> fit.converged, round(float(fit.params["w"][0]), 4)  # the optimum: w* = 0.3553
   (True, 0.3553)
   """
-  _check(x_NxD, y_N, l2)
+  _check(
+    fn := "fit_logistic_regression", x_NxD, y_N, l2=l2, tol=tol, max_iter=max_iter, memory=memory
+  )
+  _validate.count(fn, "warm_start", warm_start, minimum=0)
   num_examples, num_features = np.shape(x_NxD)
   x_dev, y_dev, x_head, y_head = _device_data(x_NxD, y_N)
   penalty = np.append(np.full(num_features, float(l2)), 0.0)
@@ -190,6 +185,91 @@ def fit_logistic_regression(
   return Fit(params, float(np.linalg.norm(g)), float(gap), iterations, counter[0], bool(gap <= tol))
 
 
+@jax.jit
+def _softmax_gradient_sums(theta, x_NxD, y_N):
+  """Σ_n (p_n - e_{y_n}) ⊗ (x_n, 1), flattened as (W [D, K], b [K]), in the dtype of X."""
+  num_features, num_classes = x_NxD.shape[1], theta.shape[0] // (x_NxD.shape[1] + 1)
+  theta = theta.astype(x_NxD.dtype)
+  w_DxK = theta[: num_features * num_classes].reshape(num_features, num_classes)
+  z_NxK = jnp.dot(x_NxD, w_DxK, precision="highest") + theta[None, num_features * num_classes :]
+  r_NxK = jax.nn.softmax(z_NxK, axis=1) - jax.nn.one_hot(y_N, num_classes, dtype=z_NxK.dtype)
+  grad_w = jnp.dot(x_NxD.T, r_NxK, precision="highest")
+  return jnp.concatenate([grad_w.ravel(), jnp.sum(r_NxK, axis=0)])
+
+
+def fit_softmax_regression(
+  x_NxD,
+  y_N,
+  num_classes: int | None = None,
+  *,
+  l2: float = 0.0,
+  tol: float = 1e-9,
+  max_iter: int = 500,
+  memory: int = 10,
+) -> Fit:
+  r"""Minimises the (optionally L2-penalised) mean softmax cross-entropy with L-BFGS.
+
+  .. math::
+    J(W, b) = \frac{1}{N} \sum_n \Big[\log \sum_k e^{z_{nk}} - z_{n y_n}\Big]
+      + \frac{\lambda}{2} \lVert W \rVert_F^2, \qquad z_n = x_n W + b,
+    \qquad \nabla_W J = \frac{1}{N} X^\top (P - Y) + \lambda W
+
+  The objective of :func:`xent_jax.models.softmax_regression_loss`, the multi-class twin
+  of :func:`fit_logistic_regression`: the same L-BFGS, line search and stopping rule
+  (L-BFGS's estimate of J - J* at most ``tol``), with one compiled gradient (two products
+  over X). ``b`` is determined up to a common shift (softmax is shift invariant); the
+  fit starts from 0 and never moves the mean of ``b``.
+
+  Args:
+    x_NxD: features ``[N, D]``, numpy or JAX (computed in the default float dtype).
+    y_N: integer class labels in ``[0, K)``, ``[N]``.
+    num_classes: K; the largest label + 1 when None.
+    l2: λ ≥ 0 (not applied to ``b``).
+    tol: stop once L-BFGS's estimate of J - J* is at most this (> 0).
+    max_iter: L-BFGS steps at most.
+    memory: L-BFGS history length.
+
+  Returns:
+    A :class:`Fit` with ``params = {"w": [D, K], "b": [K]}`` (float64 numpy).
+
+  >>> x = np.array([[-2.0], [-1.0], [1.0], [2.0]]); y = np.array([0, 1, 1, 2])
+  >>> fit = fit_softmax_regression(x, y, l2=0.1)
+  >>> fit.converged, fit.params["w"].shape
+  (True, (1, 3))
+  """
+  fn = "fit_softmax_regression"
+  y = _validate.array(fn, "y_N", y_N)
+  if num_classes is None:  # a float y_N is reported by _check
+    num_classes = int(np.max(y)) + 1 if y.dtype.kind in "iu" and y.size else 1
+  _validate.count(fn, "num_classes", num_classes)
+  _check(fn, x_NxD, y, l2=l2, tol=tol, max_iter=max_iter, memory=memory, num_classes=num_classes)
+  num_examples, num_features = np.shape(x_NxD)
+  x_dev = jnp.asarray(x_NxD)
+  if not jnp.issubdtype(x_dev.dtype, jnp.floating) or x_dev.dtype.itemsize < 4:
+    x_dev = x_dev.astype(jnp.zeros(()).dtype)
+  y_dev = jnp.asarray(y, jnp.int32)
+  size_w = num_features * num_classes
+  penalty = np.append(np.full(size_w, float(l2)), np.zeros(num_classes))
+  counter = [0]
+
+  def gradient(theta):
+    counter[0] += 1
+    sums = _softmax_gradient_sums(jnp.asarray(theta, x_dev.dtype), x_dev, y_dev)
+    return np.asarray(sums, np.float64) / num_examples + penalty * theta
+
+  theta, g, _, iterations, gap = _lbfgs(
+    gradient,
+    np.zeros(size_w + num_classes),
+    [],
+    tol=tol,
+    max_iter=max_iter,
+    memory=memory,
+    initial_scale=float(num_classes),
+  )
+  params = {"w": theta[:size_w].reshape(num_features, num_classes), "b": theta[size_w:]}
+  return Fit(params, float(np.linalg.norm(g)), float(gap), iterations, counter[0], bool(gap <= tol))
+
+
 def _host_gradient_sums(theta, x_NxD: np.ndarray, y_N: np.ndarray) -> np.ndarray:
   """Σ_n (σ_n - y_n) (x_n, 1) in float64 numpy (σ without overflow)."""
   if not len(y_N):
@@ -199,7 +279,7 @@ def _host_gradient_sums(theta, x_NxD: np.ndarray, y_N: np.ndarray) -> np.ndarray
   return np.append(r @ x_NxD, r.sum())
 
 
-def _lbfgs(gradient, theta, history, *, tol, max_iter, memory):
+def _lbfgs(gradient, theta, history, *, tol, max_iter, memory, initial_scale=4.0):
   """L-BFGS from ``theta`` (and curvature pairs ``history``) until ½gᵀH⁻¹g ≤ tol.
 
   Returns ``(theta, gradient there, history, steps taken, last gap estimate)``.
@@ -207,7 +287,7 @@ def _lbfgs(gradient, theta, history, *, tol, max_iter, memory):
   g = gradient(theta)
   gap, steps = np.inf, 0
   while steps < max_iter:
-    d = -_two_loop(g, history)
+    d = -_two_loop(g, history, initial_scale)
     slope = float(g @ d)
     gap = -0.5 * slope  # ½ gᵀ H⁻¹ g with L-BFGS's H: the predicted J - J*
     if gap <= tol:
@@ -219,16 +299,17 @@ def _lbfgs(gradient, theta, history, *, tol, max_iter, memory):
       history = [*history, (s, y, 1.0 / sy)][-memory:]
     theta, g, steps = theta + s, g_new, steps + 1
   else:
-    gap = 0.5 * float(g @ _two_loop(g, history))
+    gap = 0.5 * float(g @ _two_loop(g, history, initial_scale))
   return theta, g, history, steps, gap
 
 
-def _two_loop(g: np.ndarray, history) -> np.ndarray:
+def _two_loop(g: np.ndarray, history, initial_scale: float = 4.0) -> np.ndarray:
   """H⁻¹ g by the L-BFGS two-loop recursion; H⁻¹ ≈ γ I before any curvature pair.
 
   With no history, γ = 4: at w = 0 every σ_n = 1/2, and σ(1-σ) ≤ 1/4 bounds the curvature
   per unit of feature variance, so the first step is the Newton step for standardised
-  features.
+  features (softmax regression passes γ = K: at W = 0 the curvature of its loss in the
+  logits is 1/K off the all-ones direction).
   """
   q = g.copy()
   alphas = []
@@ -240,7 +321,7 @@ def _two_loop(g: np.ndarray, history) -> np.ndarray:
     s, y, _ = history[-1]
     q *= float(s @ y) / float(y @ y)
   else:
-    q *= 4.0
+    q *= initial_scale
   for (s, y, rho), a in zip(history, reversed(alphas), strict=True):
     q += (a - rho * float(y @ q)) * s
   return q

@@ -15,24 +15,31 @@ Features are ``x_NxD`` ``[N, D]``, or the same matrix stored feature-major
 (:class:`xent_jax.data.FeatureMajor`, ``[D, N]``), which makes both products of the
 gradient stream contiguous memory on CPU (see its docstring for the measured effect).
 
-Shape and label errors are raised at trace time (shapes) or eagerly when the labels are
-concrete (values); under ``jax.jit`` an out-of-range label gives a NaN loss, as the
-library's cross-entropies do.
+Every function checks its inputs before computing: shapes and dtypes always (at trace
+time), and, when the data are concrete (outside ``jax.jit``), finite features and labels in
+range (logistic regression: 0/1 labels or probabilities in [0, 1]; softmax regression:
+integer classes in ``[0, K)``); errors name the function and the argument (``x_NxD``,
+``y_N``, ``params``, ``l2``). Under ``jax.jit`` an out-of-range label gives a NaN loss, as
+the library's cross-entropies do; the trainers of :mod:`xent_jax.training` check the data
+at their entry, where it is concrete.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
-from xent_jax.cross_entropy import (
+# The checkable measures of the package: checked(a models loss) checks the calls inside.
+from xent_jax import (
+  _validate,
+  log_sigmoid,
+  log_softmax,
+  sigmoid,
   sigmoid_binary_cross_entropy,
   softmax_cross_entropy_with_integer_labels,
 )
 from xent_jax.data import FeatureMajor
-from xent_jax.softmax import log_sigmoid, log_softmax, sigmoid
 
 Params = dict[str, jax.Array]
 
@@ -54,63 +61,83 @@ __all__ = [
 # ----------------------------------------------------------------------------- checks
 
 
-def _float_dtype(dtype=None):
-  return jnp.dtype(dtype) if dtype is not None else jnp.zeros(()).dtype
+def _float_dtype(fn: str, dtype=None):
+  if dtype is None:
+    return jnp.zeros(()).dtype
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"{fn}: `dtype` must be a float dtype; got dtype={dtype!r}.")
+  return jnp.dtype(dtype)
 
 
-def _check_features(x_NxD, w_shape: tuple[int, ...]) -> tuple[jax.Array, bool]:
-  """(the feature array, whether it is feature-major ``[D, N]``), checked against ``w``."""
+def _check_features(fn: str, x_NxD, w_shape: tuple[int, ...]) -> tuple[jax.Array, bool]:
+  """(the feature array, whether it is feature-major ``[D, N]``), checked against ``w``.
+
+  Shape and dtype always; finite values when concrete (outside jit).
+  """
   feature_major = isinstance(x_NxD, FeatureMajor)
-  x = jnp.asarray(x_NxD.x_DxN if feature_major else x_NxD)
-  name, d_axis = ("x.x_DxN", 0) if feature_major else ("x", 1)
-  if x.ndim != 2:
-    want = "[D, N]" if feature_major else "[N, D]"
-    raise ValueError(f"{name} must have rank 2 {want}; got {name}.shape={x.shape}.")
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    x = x.astype(_float_dtype())
+  name, d_axis = ("x_NxD.x_DxN", 0) if feature_major else ("x_NxD", 1)
+  layout = " [D, N]" if feature_major else " [N, D]"
+  x = _validate.array(fn, name, x_NxD.x_DxN if feature_major else x_NxD, ndim=2, what=layout)
   if x.shape[d_axis] != w_shape[0]:
     raise ValueError(
-      f"x has {x.shape[d_axis]} features but params['w'] has shape {w_shape}; "
+      f"{fn}: `x_NxD` has {x.shape[d_axis]} features but params['w'] has shape {w_shape}; "
       f"got {name}.shape={x.shape}."
     )
+  _validate.values_in(fn, name, x)
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(_float_dtype(fn))
   return x, feature_major
 
 
-def _check_labels(y_N: ArrayLike, num_examples: int, *, high: int, integer: bool) -> jax.Array:
-  """Checks shape (always) and values (only when concrete, i.e. outside jit)."""
-  y_N = jnp.asarray(y_N)
+def _check_labels(fn: str, y_N: ArrayLike, num_examples: int, *, high: int, integer: bool):
+  """Checks shape and dtype (always) and values (only when concrete, i.e. outside jit)."""
+  y_N = _validate.array(fn, "y_N", y_N)
   if y_N.shape != (num_examples,):
     raise ValueError(
-      f"y must have shape [N]=({num_examples},) to match x; got y.shape={y_N.shape}."
+      f"{fn}: `y_N` must have shape [N]=({num_examples},) to match x_NxD; "
+      f"got y_N.shape={y_N.shape}."
     )
   if integer and not jnp.issubdtype(y_N.dtype, jnp.integer):
-    raise TypeError(f"y must hold integer class labels; got y.dtype={y_N.dtype}.")
-  if not isinstance(y_N, jax.core.Tracer) and num_examples:
-    y_np = np.asarray(y_N)
-    if np.any(~(y_np >= 0)) or np.any(~(y_np <= high)):  # `~(>=)` also catches NaN.
-      bad = y_np[~((y_np >= 0) & (y_np <= high))][0]
-      raise ValueError(f"y must lie in [0, {high}]; found y={bad}.")
-  return y_N
+    raise TypeError(f"{fn}: `y_N` must hold integer class labels; got y_N.dtype={y_N.dtype}.")
+  rule = f"must be a class label in [0, {high + 1})" if integer else "must lie in [0, 1]"
+  _validate.values_in(fn, "y_N", y_N, low=0, high=high, rule=rule)
+  return jnp.asarray(y_N)
 
 
-def _check_params(params: Params, ndim: int) -> None:
+def _check_params(fn: str, params: Params, ndim: int) -> None:
   if not isinstance(params, dict) or set(params) != {"w", "b"}:
-    raise ValueError(f"params must be a dict with keys 'w' and 'b'; got {params!r:.80}.")
+    raise ValueError(f"{fn}: `params` must be a dict with keys 'w' and 'b'; got {params!r:.80}.")
   w_shape, b_shape = jnp.shape(params["w"]), jnp.shape(params["b"])
   if len(w_shape) != ndim or b_shape != w_shape[1:]:
     want = "w [D], b []" if ndim == 1 else "w [D, K], b [K]"
     raise ValueError(
-      f"params must have shapes {want}; got params['w'].shape={w_shape}, "
+      f"{fn}: `params` must have shapes {want}; got params['w'].shape={w_shape}, "
       f"params['b'].shape={b_shape}."
     )
+
+
+def _check_inputs(fn: str, params: Params, x_NxD, y_N, l2, *, ndim: int):
+  """All checks of a model function, before any compute: (x, feature-major?, y or None)."""
+  _check_params(fn, params, ndim)
+  x, feature_major = _check_features(fn, x_NxD, jnp.shape(params["w"]))
+  if y_N is not None:
+    num_examples = x.shape[1 if feature_major else 0]
+    high = jnp.shape(params["w"])[1] - 1 if ndim == 2 else 1
+    y_N = _check_labels(fn, y_N, num_examples, high=high, integer=ndim == 2)
+  _validate.real(fn, "l2", l2, low=0.0)
+  return x, feature_major, y_N
 
 
 def _l2_penalty(w: jax.Array, l2: float) -> jax.Array:
   return 0.5 * l2 * jnp.sum(jnp.square(w))
 
 
-def _init(shape_w, shape_b, *, key, scale, dtype) -> Params:
-  dtype = _float_dtype(dtype)
+def _init(fn, shape_w, shape_b, *, key, scale, dtype) -> Params:
+  for name, size in zip(("num_features", "num_classes"), (*shape_w,), strict=False):
+    _validate.count(fn, name, size)
+  _validate.real(fn, "scale", scale, low=0.0)
+  dtype = _float_dtype(fn, dtype)
   if key is None:
     w = jnp.zeros(shape_w, dtype)
   else:
@@ -142,7 +169,7 @@ def init_logistic_regression(
   >>> init_logistic_regression(3)["w"].round(6).tolist()
   [0.0, 0.0, 0.0]
   """
-  return _init((num_features,), (), key=key, scale=scale, dtype=dtype)
+  return _init("init_logistic_regression", (num_features,), (), key=key, scale=scale, dtype=dtype)
 
 
 def logistic_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
@@ -163,11 +190,16 @@ def logistic_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
   >>> logistic_regression_logits(params, jnp.array([[2.0, 1.0]])).round(6).tolist()
   [1.5]
   """
-  _check_params(params, 1)
-  x, feature_major = _check_features(x_NxD, jnp.shape(params["w"]))
+  return _logistic_logits("logistic_regression_logits", params, x_NxD)[0]
+
+
+def _logistic_logits(fn: str, params: Params, x_NxD, y_N=None, l2=0.0):
+  """(z_N, checked features, whether feature-major, checked labels): checks, then z_N."""
+  x, feature_major, y_N = _check_inputs(fn, params, x_NxD, y_N, l2, ndim=1)
   # w @ X_DxN, not X_DxNᵀ w: XLA:CPU lowers this order (and its transpose, the gradient's
   # X_DxN @ r) to two contiguous streams; the other order becomes a strided loop.
-  return (params["w"] @ x if feature_major else x @ params["w"]) + params["b"]
+  z_N = (params["w"] @ x if feature_major else x @ params["w"]) + params["b"]
+  return z_N, x, feature_major, y_N
 
 
 def logistic_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
@@ -188,7 +220,7 @@ def logistic_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
   >>> logistic_regression_probs(params, jnp.array([[0.0]])).round(6).tolist()
   [0.5]
   """
-  return sigmoid(logistic_regression_logits(params, x_NxD))
+  return sigmoid(_logistic_logits("logistic_regression_probs", params, x_NxD)[0])
 
 
 def logistic_regression_loss(
@@ -220,9 +252,10 @@ def logistic_regression_loss(
   >>> round(float(logistic_regression_loss(params, jnp.ones((4, 2)), jnp.array([0, 1, 1, 0]))), 6)
   0.693147
   """
-  z_N = logistic_regression_logits(params, x_NxD)
-  y_N = _check_labels(y_N, z_N.shape[0], high=1, integer=False).astype(z_N.dtype)
-  return jnp.mean(sigmoid_binary_cross_entropy(z_N, y_N)) + _l2_penalty(params["w"], l2)
+  fn = "logistic_regression_loss"
+  z_N, _, _, y_N = _logistic_logits(fn, params, x_NxD, y_N, l2)
+  loss_N = sigmoid_binary_cross_entropy(z_N, y_N.astype(z_N.dtype))
+  return jnp.mean(loss_N) + _l2_penalty(params["w"], l2)
 
 
 def logistic_regression_grad(
@@ -252,10 +285,11 @@ def logistic_regression_grad(
   >>> g["w"].round(6).tolist()
   [0.25]
   """
-  x, feature_major = _check_features(x_NxD, jnp.shape(params["w"]))
-  sigma_N = logistic_regression_probs(params, x_NxD)
+  fn = "logistic_regression_grad"
+  z_N, x, feature_major, y_N = _logistic_logits(fn, params, x_NxD, y_N, l2)
+  sigma_N = sigmoid(z_N)
   num_examples = sigma_N.shape[0]
-  y_N = _check_labels(y_N, num_examples, high=1, integer=False).astype(sigma_N.dtype)
+  y_N = y_N.astype(sigma_N.dtype)
   residual_N = sigma_N - y_N
   x_t_r = x @ residual_N if feature_major else residual_N @ x  # Xᵀ r
   return {"w": x_t_r / num_examples + l2 * params["w"], "b": jnp.mean(residual_N)}
@@ -289,8 +323,9 @@ def seed_section_4_1_loss(params: Params, x_NxD: ArrayLike, y_N: ArrayLike) -> j
   >>> round(float(seed_section_4_1_loss(params, jnp.ones((2, 1)), jnp.array([1, 0]))), 6)
   0.346574
   """
-  z_N = logistic_regression_logits(params, x_NxD)
-  y_N = _check_labels(y_N, z_N.shape[0], high=1, integer=False).astype(z_N.dtype)
+  fn = "seed_section_4_1_loss"
+  z_N, _, _, y_N = _logistic_logits(fn, params, x_NxD, y_N)
+  y_N = y_N.astype(z_N.dtype)
   # Where y = 0 the term is 0 even if log σ(z) = -inf (z = -inf): 0·(-inf) would be NaN.
   return -jnp.mean(jnp.where(y_N == 0, 0.0, y_N * log_sigmoid(z_N)))
 
@@ -324,7 +359,14 @@ def init_softmax_regression(
   >>> init_softmax_regression(2, 3)["w"].shape
   (2, 3)
   """
-  return _init((num_features, num_classes), (num_classes,), key=key, scale=scale, dtype=dtype)
+  return _init(
+    "init_softmax_regression",
+    (num_features, num_classes),
+    (num_classes,),
+    key=key,
+    scale=scale,
+    dtype=dtype,
+  )
 
 
 def softmax_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
@@ -345,9 +387,14 @@ def softmax_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
   >>> softmax_regression_logits(params, jnp.array([[3.0, 4.0]])).round(6).tolist()
   [[3.0, 5.0]]
   """
-  _check_params(params, 2)
-  x, feature_major = _check_features(x_NxD, jnp.shape(params["w"]))
-  return (x.T if feature_major else x) @ params["w"] + params["b"][None, :]
+  return _softmax_logits("softmax_regression_logits", params, x_NxD)[0]
+
+
+def _softmax_logits(fn: str, params: Params, x_NxD, y_N=None, l2=0.0):
+  """(z_NxK, checked features, whether feature-major, checked labels): checks, then z."""
+  x, feature_major, y_N = _check_inputs(fn, params, x_NxD, y_N, l2, ndim=2)
+  z_NxK = (x.T if feature_major else x) @ params["w"] + params["b"][None, :]
+  return z_NxK, x, feature_major, y_N
 
 
 def softmax_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
@@ -370,7 +417,8 @@ def softmax_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
   >>> softmax_regression_probs(params, jnp.ones((1, 2))).round(6).tolist()
   [[0.25, 0.25, 0.25, 0.25]]
   """
-  return jnp.exp(log_softmax(softmax_regression_logits(params, x_NxD), axis=-1))
+  z_NxK = _softmax_logits("softmax_regression_probs", params, x_NxD)[0]
+  return jnp.exp(log_softmax(z_NxK, axis=-1))
 
 
 def softmax_regression_loss(
@@ -398,9 +446,8 @@ def softmax_regression_loss(
   >>> round(float(softmax_regression_loss(params, jnp.ones((2, 2)), jnp.array([0, 3]))), 6)
   1.386294
   """
-  z_NxK = softmax_regression_logits(params, x_NxD)
-  num_examples, num_classes = z_NxK.shape
-  y_N = _check_labels(y_N, num_examples, high=num_classes - 1, integer=True)
+  fn = "softmax_regression_loss"
+  z_NxK, _, _, y_N = _softmax_logits(fn, params, x_NxD, y_N, l2)
   loss_N = softmax_cross_entropy_with_integer_labels(z_NxK, y_N)
   return jnp.mean(loss_N) + _l2_penalty(params["w"], l2)
 
@@ -431,10 +478,29 @@ def softmax_regression_grad(
   >>> softmax_regression_grad(params, jnp.ones((1, 1)), jnp.array([1]))["b"].round(6).tolist()
   [0.5, -0.5]
   """
-  x, feature_major = _check_features(x_NxD, jnp.shape(params["w"]))
-  p_NxK = softmax_regression_probs(params, x_NxD)
+  fn = "softmax_regression_grad"
+  z_NxK, x, feature_major, y_N = _softmax_logits(fn, params, x_NxD, y_N, l2)
+  p_NxK = jnp.exp(log_softmax(z_NxK, axis=-1))
   num_examples, num_classes = p_NxK.shape
-  y_N = _check_labels(y_N, num_examples, high=num_classes - 1, integer=True)
   residual_NxK = p_NxK - jax.nn.one_hot(y_N, num_classes, dtype=p_NxK.dtype)
   grad_w = (x if feature_major else x.T) @ residual_NxK / num_examples + l2 * params["w"]
   return {"w": grad_w, "b": jnp.mean(residual_NxK, axis=0)}
+
+
+# ------------------------------------------------------------------------ for the trainers
+
+# The losses above as xent_jax.training sees them: the rank of ``params["w"]``, which says
+# the labels they take (checked at a trainer's entry, where the data are concrete), and their
+# keyword hyperparameters, which a trainer passes as traced values (a sweep over ``l2``
+# compiles once). Every one of them accepts FeatureMajor features.
+_LOSSES = {  # the rank of params["w"]: 1 (0/1 or [0, 1] labels) or 2 (classes [0, K))
+  logistic_regression_loss: (1,),
+  seed_section_4_1_loss: (1,),
+  softmax_regression_loss: (2,),
+}
+_TRACED_KEYWORDS = ("l2",)
+
+
+def _check_loss_data(fn: str, loss_fn, params: Params, x_NxD, y_N) -> None:
+  """The checks ``loss_fn`` (one of :data:`_LOSSES`) makes, with errors naming ``fn``."""
+  _check_inputs(fn, params, x_NxD, y_N, 0.0, ndim=_LOSSES[loss_fn][0])

@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from xent_jax import _validate
+
 __all__ = [
   "Optimum",
   "logistic_regression_objective",
@@ -48,8 +50,25 @@ class Optimum(NamedTuple):
   num_iterations: int
 
 
-def _as_f64(params):
+def _as_f64(fn, params, w_ndim: int, num_features: int):
+  if not isinstance(params, dict) or set(params) != {"w", "b"}:
+    raise ValueError(f"{fn}: `params` must be a dict with keys 'w' and 'b'; got {params!r:.80}.")
+  params = {k: _validate.array(fn, f"params['{k}']", v) for k, v in params.items()}
+  w_shape, b_shape = params["w"].shape, params["b"].shape
+  if len(w_shape) != w_ndim or w_shape[0] != num_features or b_shape != w_shape[1:]:
+    want = "w [D], b []" if w_ndim == 1 else "w [D, K], b [K]"
+    raise ValueError(
+      f"{fn}: `params` must have shapes {want} with D={num_features}; got "
+      f"params['w'].shape={w_shape}, params['b'].shape={b_shape}."
+    )
   return {k: np.asarray(v, np.float64) for k, v in params.items()}
+
+
+def _data(fn, x_NxD, y_N, *, l2, num_classes=None):
+  """x and y as float64 / int64 numpy, checked: shapes, dtypes, finite x, labels in range."""
+  x, y = _validate.regression_data(fn, x_NxD, y_N, num_classes)
+  _validate.real(fn, "l2", l2, low=0.0)
+  return np.asarray(x, np.float64), np.asarray(y, np.float64 if num_classes is None else np.int64)
 
 
 def _logistic_value_and_grad(params, x_NxD, y_N, l2):
@@ -94,8 +113,9 @@ def logistic_regression_objective(params, x_NxD, y_N, *, l2: float = 0.0) -> flo
   >>> logistic_regression_objective({"w": np.zeros(2), "b": 0.0}, np.ones((3, 2)), np.ones(3))
   0.6931471805599453
   """
-  x, y = np.asarray(x_NxD, np.float64), np.asarray(y_N, np.float64)
-  return float(_logistic_value_and_grad(_as_f64(params), x, y, l2)[0])
+  fn = "logistic_regression_objective"
+  x, y = _data(fn, x_NxD, y_N, l2=l2)
+  return float(_logistic_value_and_grad(_as_f64(fn, params, 1, x.shape[1]), x, y, l2)[0])
 
 
 def softmax_regression_objective(params, x_NxD, y_N, *, l2: float = 0.0) -> float:
@@ -118,8 +138,16 @@ def softmax_regression_objective(params, x_NxD, y_N, *, l2: float = 0.0) -> floa
   >>> round(softmax_regression_objective(params, np.ones((3, 2)), np.array([0, 1, 3])), 6)
   1.386294
   """
-  x, y = np.asarray(x_NxD, np.float64), np.asarray(y_N, np.int64)
-  return float(_softmax_value_and_grad(_as_f64(params), x, y, l2)[0])
+  fn = "softmax_regression_objective"
+  w_shape = np.shape(params.get("w")) if isinstance(params, dict) else ()
+  num_classes = w_shape[1] if len(w_shape) == 2 else 1
+  x, y = _data(fn, x_NxD, y_N, l2=l2, num_classes=num_classes)
+  return float(_softmax_value_and_grad(_as_f64(fn, params, 2, x.shape[1]), x, y, l2)[0])
+
+
+def _check_solver(fn, tol, max_iter) -> None:
+  _validate.real(fn, "tol", tol, low=0.0, open_low=True)
+  _validate.count(fn, "max_iter", max_iter)
 
 
 def single_threaded_blas():
@@ -189,7 +217,9 @@ def logistic_regression_optimum(
   >>> round(logistic_regression_optimum(x, y, l2=0.1).value, 6)
   0.693147
   """
-  x, y = np.asarray(x_NxD, np.float64), np.asarray(y_N, np.float64)
+  fn = "logistic_regression_optimum"
+  x, y = _data(fn, x_NxD, y_N, l2=l2)
+  _check_solver(fn, tol, max_iter)
   params0 = {"w": np.zeros(x.shape[1]), "b": np.zeros(())}
   value_and_grad = lambda p: _logistic_value_and_grad(p, x, y, l2)
   return _minimize(value_and_grad, params0, tol=tol, max_iter=max_iter)
@@ -222,7 +252,10 @@ def softmax_regression_optimum(
   >>> softmax_regression_optimum(x, y, 3, l2=1.0).params["w"].shape
   (3, 3)
   """
-  x, y = np.asarray(x_NxD, np.float64), np.asarray(y_N, np.int64)
+  fn = "softmax_regression_optimum"
+  _validate.count(fn, "num_classes", num_classes)
+  x, y = _data(fn, x_NxD, y_N, l2=l2, num_classes=num_classes)
+  _check_solver(fn, tol, max_iter)
   params0 = {"w": np.zeros((x.shape[1], num_classes)), "b": np.zeros(num_classes)}
   value_and_grad = lambda p: _softmax_value_and_grad(p, x, y, l2)
   return _minimize(value_and_grad, params0, tol=tol, max_iter=max_iter)

@@ -17,17 +17,29 @@ The seed's §4.2: minimise the cross-entropy by gradient descent,
   functions run SPMD; the mean over the batch becomes an all-reduce inserted by XLA, so the
   result equals the single-device one up to the order of floating-point summation.
 
-``loss_fn(params, x_NxD, y_N) -> scalar`` is any loss of :mod:`xent_jax.models`, e.g.
-``functools.partial(logistic_regression_loss, l2=1e-2)``. For full-batch training on CPU,
-pass the features as :func:`xent_jax.data.feature_major` (``[D, N]`` in memory): the
-gradient's two products over X then both stream memory (measured: 40% → 110% of the
-two-reads-of-X roofline per logistic-regression step, N = 200k, D = 100).
-``loss_fn``, ``optimizer`` and the integer sizes are static arguments of the jitted runs:
-build them once and reuse them, or every call recompiles.
+``loss_fn(params, x_NxD, y_N) -> scalar`` is any loss: one of :mod:`xent_jax.models`, e.g.
+``functools.partial(logistic_regression_loss, l2=1e-2)``, or your own. For full-batch
+training on CPU, pass the features as :func:`xent_jax.data.feature_major` (``[D, N]`` in
+memory): the gradient's two products over X then both stream memory (measured: 40% → 110%
+of the two-reads-of-X roofline per logistic-regression step, N = 200k, D = 100); a loss
+outside :mod:`xent_jax.models` receives them as ``[N, D]``.
 
-The whole-run functions *donate* ``state``: its buffers are reused for the returned state
-(no second copy of parameters and optimiser state lives during the run), so do not use the
-``state`` you passed in afterwards (JAX raises if you do).
+The whole runs respect the caller (SPEC §8):
+
+* nothing passed in is donated (the ``params`` and ``state`` you pass stay usable for the
+  next run of a sweep); ``donate=True`` lets XLA reuse ``state``'s buffers when you ask;
+* one compilation per shape and structure: ``loss_fn``, ``optimizer`` and ``init_fn`` are
+  static arguments compared by *value* (:mod:`xent_jax._static`), so the same settings
+  built again (a new ``sgd(0.1)``, ``optax.adam(1e-3)``, partial or lambda) share the
+  compiled run, and hyperparameters are traced: those of :func:`sgd` live in the optimiser
+  state, and the ``l2`` of a partial of a models loss (or any array keyword of a partial)
+  is passed as an argument. Other optax optimisers sweep without recompiling when built
+  with ``optax.inject_hyperparams``;
+* every argument and the data are checked at the Python entry, where the data are concrete
+  (finite features; for a models loss, labels in range), not in the compiled loop; inside a
+  caller's ``jax.jit`` only shapes and dtypes can be checked;
+* ``log_every``/``hook`` report progress (:class:`Progress`: step k/n, loss, elapsed) from
+  inside the scan through ``jax.debug.callback``; off by default, with no callback compiled.
 
 Multi-host
 ----------
@@ -48,6 +60,8 @@ log them (conventionally ``jax.process_index() == 0``).
 from __future__ import annotations
 
 import functools
+import inspect
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -58,6 +72,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from xent_jax import _validate, models
+from xent_jax._static import Static
 from xent_jax.data import FeatureMajor
 
 Params = Any  # A pytree of arrays, e.g. {"w": [D], "b": []}.
@@ -66,8 +82,10 @@ LossFn = Callable[[Params, jax.Array, jax.Array], jax.Array]
 
 __all__ = [
   "TrainState",
+  "Progress",
   "init_train_state",
   "sgd",
+  "print_progress",
   "train_step",
   "train_full_batch",
   "train_minibatch",
@@ -93,11 +111,38 @@ class TrainState(NamedTuple):
   step: jax.Array
 
 
+class Progress(NamedTuple):
+  """What a progress hook receives, on the host, every ``log_every`` steps of a run.
+
+  Attributes:
+    step: k, the steps done (1 ≤ k ≤ n).
+    num_steps: n, the steps of the whole run (minibatch runs: epochs × minibatches).
+    loss: the loss of step k, before its update (a minibatch's loss in minibatch runs).
+    elapsed_s: seconds since the trainer was called (compilation included).
+  """
+
+  step: int
+  num_steps: int
+  loss: float
+  elapsed_s: float
+
+
+def print_progress(progress: Progress) -> None:
+  """The default progress hook: one line per report, ``step 100/1000  loss 0.3125  1.20 s``.
+
+  >>> print_progress(Progress(100, 1000, 0.3125, 1.2))
+  step 100/1000  loss 0.3125  1.20 s
+  """
+  k, n, loss, elapsed = progress
+  print(f"step {k}/{n}  loss {loss:.6g}  {elapsed:.2f} s", flush=True)
+
+
 def init_train_state(params: Params, optimizer: optax.GradientTransformation) -> TrainState:
   """The state before the first step.
 
   Args:
-    params: initial parameters.
+    params: initial parameters (kept, not copied: the trainers never delete them unless
+      asked to with ``donate=True``).
     optimizer: the optax transformation that will train them.
 
   Returns:
@@ -106,13 +151,14 @@ def init_train_state(params: Params, optimizer: optax.GradientTransformation) ->
   >>> init_train_state({"w": jnp.zeros(2)}, sgd(0.1)).step
   Array(0, dtype=int32)
   """
+  _check_optimizer("init_train_state", optimizer)
   return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
 def sgd(
   learning_rate: float, *, momentum: float | None = None, nesterov: bool = False
 ) -> optax.GradientTransformation:
-  r"""Stochastic gradient descent, the default optimiser (``optax.sgd``).
+  r"""Stochastic gradient descent, the default optimiser (``optax.sgd``), hyperparameters traced.
 
   .. math::
     v_{t+1} = \mu v_t + g_t, \qquad \theta_{t+1} = \theta_t - \eta\, v_{t+1}
@@ -120,22 +166,53 @@ def sgd(
 
   (Nesterov: :math:`\theta_{t+1} = \theta_t - \eta (g_t + \mu v_{t+1})`.)
 
+  Built with ``optax.inject_hyperparams``: η and μ live in the optimiser *state*
+  (``opt_state.hyperparams``) as arrays, not in the compiled program, so a sweep over
+  them compiles the trainers once (``sgd(0.1)`` and ``sgd(0.2)`` share a compilation).
+  The trainers use the η and μ of the optimiser they are passed, also with a state built
+  by another ``sgd``.
+
   Args:
-    learning_rate: η > 0.
+    learning_rate: η, finite and > 0.
     momentum: μ in [0, 1), or None for plain gradient descent.
     nesterov: use Nesterov momentum.
 
   Returns:
     An optax ``GradientTransformation``.
 
-  >>> sgd(0.1, momentum=0.9).init({"w": jnp.zeros(2)})[0].trace["w"].round(6).tolist()
-  [0.0, 0.0]
+  >>> state = sgd(0.25, momentum=0.9).init({"w": jnp.zeros(2)})
+  >>> float(state.hyperparams["learning_rate"]), state.inner_state[0].trace["w"].tolist()
+  (0.25, [0.0, 0.0])
   """
-  if not learning_rate > 0:
-    raise ValueError(f"learning_rate must be > 0; got learning_rate={learning_rate}.")
-  if momentum is not None and not 0 <= momentum < 1:
-    raise ValueError(f"momentum must be in [0, 1) or None; got momentum={momentum}.")
-  return optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
+  _validate.real("sgd", "learning_rate", learning_rate, low=0.0, open_low=True)
+  if momentum is not None:
+    _validate.real("sgd", "momentum", momentum, low=0.0, high=1.0, open_high=True)
+  if not isinstance(nesterov, bool):
+    raise TypeError(f"sgd: `nesterov` must be a bool; got nesterov={nesterov!r}.")
+  opt = optax.inject_hyperparams(optax.sgd)(
+    learning_rate=learning_rate, momentum=momentum, nesterov=nesterov
+  )
+  sgd_ = _InjectedSGD(*opt)
+  sgd_.hyperparams = {"learning_rate": learning_rate}
+  if momentum is not None:
+    sgd_.hyperparams["momentum"] = momentum
+  return sgd_
+
+
+class _InjectedSGD(optax.GradientTransformationExtraArgs):
+  """What :func:`sgd` returns: an optax ``GradientTransformationExtraArgs`` that also knows
+  the hyperparameters it was built with (``.hyperparams``); the trainers write them into the
+  state they are given, so a state built for another η trains with this optimiser's η."""
+
+
+def _with_hyperparams_of(optimizer, state: TrainState) -> TrainState:
+  """``state`` with the optimiser's own η and μ (new scalars; the caller's state untouched)."""
+  wanted = getattr(optimizer, "hyperparams", None)
+  held = getattr(state.opt_state, "hyperparams", None)
+  if not isinstance(wanted, dict) or not isinstance(held, dict) or set(wanted) != set(held):
+    return state
+  hyperparams = {k: jnp.asarray(wanted[k], jnp.result_type(held[k])) for k in held}
+  return state._replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
 
 
 def _global_norm(tree: Params) -> jax.Array:
@@ -154,7 +231,8 @@ def train_step(
 
   Args:
     state: the current :class:`TrainState`.
-    batch: ``(x_NxD, y_N)``.
+    batch: ``(x_NxD, y_N)``; features may be :class:`~xent_jax.data.FeatureMajor` for any
+      loss (a loss outside :mod:`xent_jax.models` receives them as ``[N, D]``).
     loss_fn: ``loss_fn(params, x_NxD, y_N) -> scalar``.
     optimizer: any optax ``GradientTransformation``.
 
@@ -171,17 +249,120 @@ def train_step(
   >>> round(float(m["loss"]), 6)
   0.693147
   """
-  x_NxD, y_N = batch
-  loss, grads = jax.value_and_grad(loss_fn)(state.params, x_NxD, y_N)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  _check_state("train_step", state, optimizer)
+  _check_batch("train_step", batch, loss_fn, state.params)
+  state = _with_hyperparams_of(optimizer, state)
+  return _step(state, batch, _on_rows_unless_ours(loss_fn), optimizer.update)
+
+
+def _step(state: TrainState, batch: Batch, loss_fn: LossFn, update) -> tuple[TrainState, dict]:
+  x, y = batch
+  loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y)
+  updates, opt_state = update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss, "grad_norm": _global_norm(grads)}
   return TrainState(params, opt_state, state.step + 1), metrics
 
 
-@functools.partial(
-  jax.jit, static_argnames=("loss_fn", "optimizer", "num_steps"), donate_argnames="state"
+# ------------------------------------------------------------------ whole runs, compiled
+#
+# Each public trainer checks its arguments and data in Python (where the data are
+# concrete), then calls a jitted core. The core's static arguments are compared by value
+# (xent_jax._static.Static): an equal optimiser or loss built again hits the cache.
+# Hyperparameters are traced: those of `sgd` live in the optimiser state; the `l2` of a
+# partial of a models loss, and any array keyword of a partial, are passed as arguments.
+
+
+def _base_loss(loss_fn):
+  """The function under partials and decorators (``functools.wraps``)."""
+  func = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
+  try:
+    return inspect.unwrap(func)
+  except ValueError:  # a __wrapped__ cycle
+    return func
+
+
+def _loss_parts(loss_fn: LossFn) -> tuple[Static, dict[str, Any]]:
+  """``loss_fn`` as (a static part compared by value, its traced keyword arguments)."""
+  if not isinstance(loss_fn, functools.partial):
+    return Static(loss_fn), {}
+  ours = _base_loss(loss_fn) in models._LOSSES
+
+  def traced(name, value):
+    if isinstance(value, jax.Array | np.ndarray):
+      return True
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return ours and number and name in models._TRACED_KEYWORDS
+
+  keywords = loss_fn.keywords
+  dynamic = {k: v for k, v in keywords.items() if traced(k, v)}
+  static = {k: v for k, v in keywords.items() if k not in dynamic}
+  return Static(functools.partial(loss_fn.func, *loss_fn.args, **static)), dynamic
+
+
+def _on_rows_unless_ours(loss_fn: LossFn) -> LossFn:
+  """The loss, taking FeatureMajor features as ``[N, D]`` if it is not a models loss."""
+  if _base_loss(loss_fn) in models._LOSSES:
+    return loss_fn  # reads [D, N] directly (the fast layout on CPU)
+
+  def loss_on_rows(params, x, y):
+    return loss_fn(params, x.x_DxN.T if isinstance(x, FeatureMajor) else x, y)
+
+  return loss_on_rows
+
+
+def _core_loss(loss_fn: Static, loss_args: dict[str, Any]) -> LossFn:
+  fn = functools.partial(loss_fn.value, **loss_args) if loss_args else loss_fn.value
+  return _on_rows_unless_ours(fn)
+
+
+def _report(progress: Static | None, num_steps: int, start, t, loss) -> None:
+  """Calls the progress hook on the host after steps k·log_every and n (nothing if off)."""
+  if progress is None:
+    return
+  log_every, hook = progress.value
+  done = t + 1
+  callback = functools.partial(_call_hook, hook, num_steps)
+  jax.lax.cond(
+    (done % log_every == 0) | (done == num_steps),
+    lambda: jax.debug.callback(callback, done, loss, start),
+    lambda: None,
+  )
+
+
+def _call_hook(hook, num_steps: int, done, loss, start) -> None:
+  hi, lo = (int(v) for v in np.asarray(start))
+  elapsed = (time.monotonic_ns() - (hi << 32 | lo)) / 1e9
+  hook(Progress(int(done), num_steps, float(loss), elapsed))
+
+
+def _start_time(progress: Static | None):
+  """The host's monotonic clock in ns as two uint32 (no x64 needed), for ``elapsed_s``."""
+  if progress is None:
+    return None
+  ns = time.monotonic_ns()
+  return np.array([ns >> 32, ns & 0xFFFFFFFF], np.uint32)
+
+
+def _full_batch(state, batch, loss_args, start, *, loss_fn, update, num_steps, progress):
+  loss = _core_loss(loss_fn, loss_args)
+
+  def body(state, t):
+    state, metrics = _step(state, batch, loss, update.value)
+    _report(progress, num_steps, start, t, metrics["loss"])
+    return state, metrics
+
+  ts = None if progress is None else jnp.arange(num_steps)
+  return jax.lax.scan(body, state, ts, length=num_steps)
+
+
+_FULL_BATCH_STATIC = ("loss_fn", "update", "num_steps", "progress")
+_full_batch_jit = jax.jit(_full_batch, static_argnames=_FULL_BATCH_STATIC)
+_full_batch_donating = jax.jit(
+  _full_batch, static_argnames=_FULL_BATCH_STATIC, donate_argnames="state"
 )
+
+
 def train_full_batch(
   state: TrainState,
   batch: Batch,
@@ -189,20 +370,36 @@ def train_full_batch(
   loss_fn: LossFn,
   optimizer: optax.GradientTransformation,
   num_steps: int,
+  log_every: int | None = None,
+  hook: Callable[[Progress], None] | None = None,
+  donate: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  r"""``num_steps`` full-batch steps, compiled as one ``lax.scan`` (``state`` is donated).
+  r"""``num_steps`` full-batch steps, compiled as one ``lax.scan``.
 
   .. math::
     \theta_{t+1} = \theta_t + \text{update}\big(\nabla L(\theta_t; X, y)\big),
     \quad t = 0, \dots, T - 1
 
+  Compiled once per shape and structure: equal ``loss_fn``/``optimizer`` objects built
+  again (a new ``sgd(0.1)``, a new ``functools.partial``, a lambda re-created in a loop)
+  share the compilation, and so do runs differing only in the learning rate and momentum
+  of :func:`sgd` or the ``l2`` of a partial of a :mod:`xent_jax.models` loss (traced).
+
   Args:
-    state: initial :class:`TrainState` (donated: do not reuse it).
+    state: initial :class:`TrainState`; left intact (usable again) unless ``donate``.
     batch: ``(x_NxD, y_N)``, the whole training set (may be sharded, see
-      :func:`shard_batch`).
-    loss_fn: ``loss_fn(params, x_NxD, y_N) -> scalar`` (static).
-    optimizer: optax transformation (static).
-    num_steps: T (static).
+      :func:`shard_batch`); checked first (finite features; labels in range for the
+      models' losses).
+    loss_fn: ``loss_fn(params, x_NxD, y_N) -> scalar``.
+    optimizer: optax transformation.
+    num_steps: T ≥ 1.
+    log_every: report progress every this many steps (and after the last), from inside
+      the compiled loop; None (default): no report, and no callback in the program.
+    hook: called on the host with a :class:`Progress` at each report; default
+      :func:`print_progress`.
+    donate: let XLA reuse ``state``'s buffers for the result (no second copy of the
+      parameters and optimiser state during the run); ``state``, and the ``params`` it
+      was built from, are deleted.
 
   Returns:
     ``(final_state, metrics)`` with each metric of shape ``[T]``.
@@ -212,12 +409,30 @@ def train_full_batch(
   >>> batch = (jnp.array([[1.0], [-1.0], [0.5]]), jnp.array([1, 0, 0]))
   >>> state = init_train_state(init_logistic_regression(1), opt)
   >>> state, m = train_full_batch(state, batch, loss_fn=logistic_regression_loss,
-  ...                             optimizer=opt, num_steps=100)
+  ...                             optimizer=opt, num_steps=100, log_every=50)
+  step 50/100  loss ...
+  step 100/100  loss ...
   >>> m["loss"].shape, bool(m["loss"][-1] < m["loss"][0])
   ((100,), True)
   """
-  step = functools.partial(train_step, batch=batch, loss_fn=loss_fn, optimizer=optimizer)
-  return jax.lax.scan(lambda s, _: step(s), state, length=num_steps)
+  fn = "train_full_batch"
+  _validate.count(fn, "num_steps", num_steps)
+  progress = _progress(fn, log_every, hook)
+  _check_state(fn, state, optimizer)
+  _check_batch(fn, batch, loss_fn, state.params)
+  loss, loss_args = _loss_parts(loss_fn)
+  state = _with_hyperparams_of(optimizer, state)
+  run = _full_batch_donating if _donate(fn, donate) else _full_batch_jit
+  return run(
+    state,
+    batch,
+    loss_args,
+    _start_time(progress),
+    loss_fn=loss,
+    update=Static(optimizer.update),
+    num_steps=num_steps,
+    progress=progress,
+  )
 
 
 def _is_feature_major(a) -> bool:
@@ -235,7 +450,7 @@ def _map_examples(fn, feature_major_fn, batch):
 
 def _epoch_batches(key: jax.Array, batch: Batch, batch_size: int) -> Batch:
   """A shuffled epoch as ``[num_batches, batch_size, ...]`` (the last partial batch dropped)."""
-  num_examples = batch[0].shape[0]
+  num_examples = _num_examples(batch)
   num_batches = num_examples // batch_size
   perm = jax.random.permutation(key, num_examples)[: num_batches * batch_size]
   perm_MxB = perm.reshape(num_batches, batch_size)
@@ -245,11 +460,60 @@ def _epoch_batches(key: jax.Array, batch: Batch, batch_size: int) -> Batch:
   )
 
 
-@functools.partial(
-  jax.jit,
-  static_argnames=("loss_fn", "optimizer", "num_epochs", "batch_size", "batch_sharding"),
-  donate_argnames="state",
+def _minibatch(
+  state,
+  batch,
+  key,
+  loss_args,
+  start,
+  *,
+  loss_fn,
+  update,
+  num_epochs,
+  batch_size,
+  batch_sharding,
+  progress,
+):
+  loss = _core_loss(loss_fn, loss_args)
+  num_batches = _num_examples(batch) // batch_size
+
+  def minibatch_step(state, t_and_minibatch):
+    t, minibatch = t_and_minibatch
+    if batch_sharding is not None:
+      minibatch = _map_examples(
+        lambda a: jax.lax.with_sharding_constraint(a, batch_sharding),
+        lambda f: FeatureMajor(
+          jax.lax.with_sharding_constraint(f.x_DxN, _feature_major_sharding(batch_sharding))
+        ),
+        minibatch,
+      )
+    state, metrics = _step(state, minibatch, loss, update.value)
+    _report(progress, num_epochs * num_batches, start, t, metrics["loss"])
+    return state, metrics
+
+  def epoch(state, e_and_key):
+    e, epoch_key = e_and_key
+    ts = None if progress is None else e * num_batches + jnp.arange(num_batches)
+    return jax.lax.scan(minibatch_step, state, (ts, _epoch_batches(epoch_key, batch, batch_size)))
+
+  es = None if progress is None else jnp.arange(num_epochs)
+  return jax.lax.scan(epoch, state, (es, jax.random.split(key, num_epochs)))
+
+
+_MINIBATCH_STATIC = (
+  "loss_fn",
+  "update",
+  "num_epochs",
+  "batch_size",
+  "batch_sharding",
+  "progress",
 )
+_minibatch_jit = jax.jit(_minibatch, static_argnames=_MINIBATCH_STATIC)
+_minibatch_donating = jax.jit(
+  _minibatch, static_argnames=_MINIBATCH_STATIC, donate_argnames="state"
+)
+
+
 def train_minibatch(
   state: TrainState,
   batch: Batch,
@@ -260,28 +524,36 @@ def train_minibatch(
   num_epochs: int,
   batch_size: int,
   batch_sharding: NamedSharding | None = None,
+  log_every: int | None = None,
+  hook: Callable[[Progress], None] | None = None,
+  donate: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  r"""Shuffled minibatch epochs, compiled as nested ``lax.scan`` (``state`` is donated).
+  r"""Shuffled minibatch epochs, compiled as nested ``lax.scan``.
 
   Epoch ``e`` visits the examples in the order ``jax.random.permutation(k_e, N)``, with
   ``k_0, …, k_{E-1} = jax.random.split(key, E)``, in ``M = N // B`` minibatches (the
-  ``N mod B`` examples left over in an epoch are skipped that epoch).
+  ``N mod B`` examples left over in an epoch are skipped that epoch). Compiled once per
+  shape and structure, as :func:`train_full_batch`.
 
   .. math::
     \theta \leftarrow \theta + \text{update}\Big(\nabla \frac{1}{B} \sum_{n \in
     \text{batch}_m} \ell_n(\theta)\Big), \quad m = 1, \dots, M, \text{ each epoch}
 
   Args:
-    state: initial :class:`TrainState` (donated).
-    batch: ``(x_NxD, y_N)``, the whole training set.
+    state: initial :class:`TrainState`; left intact unless ``donate``.
+    batch: ``(x_NxD, y_N)``, the whole training set (checked first).
     key: PRNG key of the shuffles.
-    loss_fn: ``loss_fn(params, x_BxD, y_B) -> scalar`` (static).
-    optimizer: optax transformation (static).
-    num_epochs: E (static).
-    batch_size: B ≤ N (static).
+    loss_fn: ``loss_fn(params, x_BxD, y_B) -> scalar``.
+    optimizer: optax transformation.
+    num_epochs: E ≥ 1.
+    batch_size: B in [1, N].
     batch_sharding: for data parallelism, the sharding of a ``[B, ...]`` minibatch (e.g.
       ``NamedSharding(mesh, P("batch"))``); each minibatch is constrained to it so the
       step stays data parallel. None: let XLA decide.
+    log_every: report progress every this many minibatch steps (and after the last);
+      None: off, and no callback in the program.
+    hook: called on the host with a :class:`Progress`; default :func:`print_progress`.
+    donate: let XLA reuse (and delete) ``state``'s buffers.
 
   Returns:
     ``(final_state, metrics)`` with each metric of shape ``[E, M]``.
@@ -295,43 +567,66 @@ def train_minibatch(
   >>> m["loss"].shape
   (3, 2)
   """
-  num_examples = batch[0].shape[0]
-  if not 0 < batch_size <= num_examples:
-    raise ValueError(f"batch_size must be in [1, N={num_examples}]; got batch_size={batch_size}.")
-  step = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer)
+  fn = "train_minibatch"
+  _validate.count(fn, "num_epochs", num_epochs)
+  progress = _progress(fn, log_every, hook)
+  _check_state(fn, state, optimizer)
+  _check_batch(fn, batch, loss_fn, state.params)
+  _check_batch_size(fn, batch_size, _num_examples(batch))
+  _check_key(fn, "key", key, ndim=0)
+  loss, loss_args = _loss_parts(loss_fn)
+  state = _with_hyperparams_of(optimizer, state)
+  run = _minibatch_donating if _donate(fn, donate) else _minibatch_jit
+  return run(
+    state,
+    batch,
+    key,
+    loss_args,
+    _start_time(progress),
+    loss_fn=loss,
+    update=Static(optimizer.update),
+    num_epochs=num_epochs,
+    batch_size=batch_size,
+    batch_sharding=batch_sharding,
+    progress=progress,
+  )
 
-  def minibatch_step(state, minibatch):
-    if batch_sharding is not None:
-      minibatch = _map_examples(
-        lambda a: jax.lax.with_sharding_constraint(a, batch_sharding),
-        lambda f: FeatureMajor(
-          jax.lax.with_sharding_constraint(f.x_DxN, _feature_major_sharding(batch_sharding))
-        ),
-        minibatch,
-      )
-    return step(state, minibatch)
 
-  def epoch(state, epoch_key):
-    return jax.lax.scan(minibatch_step, state, _epoch_batches(epoch_key, batch, batch_size))
-
-  return jax.lax.scan(epoch, state, jax.random.split(key, num_epochs))
+@functools.partial(jax.jit, static_argnames="init_fn")
+def _init_seeds(keys_S, *, init_fn):
+  """(params of each run, shuffle key of each run): ``init_fn`` of the first half of each key."""
+  init_keys, shuffle_keys = jax.vmap(jax.random.split, out_axes=1)(keys_S)
+  return jax.vmap(init_fn.value)(init_keys), shuffle_keys
 
 
-def _train_one_seed(key, batch, *, init_fn, loss_fn, optimizer, num_epochs, batch_size):
-  init_key, shuffle_key = jax.random.split(key)
-  state = init_train_state(init_fn(init_key), optimizer)
+def _seeds(states, shuffle_keys, batch, loss_args, start, *, batch_size, num_epochs, **static):
   if batch_size is None:
-    run = functools.partial(train_full_batch, num_steps=num_epochs)
-  else:
-    run = functools.partial(
-      train_minibatch, key=shuffle_key, num_epochs=num_epochs, batch_size=batch_size
+    run = lambda state, key: _full_batch(
+      state, batch, loss_args, start, num_steps=num_epochs, **static
     )
-  return run(state, batch, loss_fn=loss_fn, optimizer=optimizer)
+  else:
+    run = lambda state, key: _minibatch(
+      state,
+      batch,
+      key,
+      loss_args,
+      start,
+      num_epochs=num_epochs,
+      batch_size=batch_size,
+      batch_sharding=None,
+      **static,
+    )
+  return jax.vmap(run)(states, shuffle_keys)
 
 
-@functools.partial(
-  jax.jit, static_argnames=("init_fn", "loss_fn", "optimizer", "num_epochs", "batch_size")
+# The states are the library's own (built from init_fn): donated.
+_seeds_jit = jax.jit(
+  _seeds,
+  static_argnames=("loss_fn", "update", "num_epochs", "batch_size", "progress"),
+  donate_argnames="states",
 )
+
+
 def train_seeds(
   keys_S: jax.Array,
   batch: Batch,
@@ -341,25 +636,33 @@ def train_seeds(
   optimizer: optax.GradientTransformation,
   num_epochs: int,
   batch_size: int | None = None,
+  log_every: int | None = None,
+  hook: Callable[[Progress], None] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   r"""S independent runs at once: ``jax.vmap`` over PRNG keys, one compiled program.
 
   Run ``s`` splits ``keys_S[s]`` into an init key (``params = init_fn(k_init)``) and a
   shuffle key, then trains exactly like :func:`train_full_batch` (``batch_size=None``,
   ``num_epochs`` steps) or :func:`train_minibatch`. Each run equals the same run done
-  alone.
+  alone. Equal ``init_fn``, ``loss_fn`` and ``optimizer`` objects built again (a lambda
+  re-created per call) share the compilation; the initial states are built outside the
+  compiled run (``optimizer.init`` under ``jax.vmap``), so the hyperparameters of
+  :func:`sgd` are traced here too.
 
   .. math::
     \big(\theta^{(s)}_T\big)_{s=1}^S = \text{vmap}(\text{run})(k_1, \dots, k_S)
 
   Args:
     keys_S: PRNG keys, ``[S]`` (e.g. ``jax.random.split(key, S)``).
-    batch: ``(x_NxD, y_N)``, shared by all runs.
-    init_fn: ``key -> params`` (static).
-    loss_fn: ``loss_fn(params, x, y) -> scalar`` (static).
-    optimizer: optax transformation (static).
-    num_epochs: full-batch steps, or minibatch epochs (static).
-    batch_size: None for full batch, else the minibatch size (static).
+    batch: ``(x_NxD, y_N)``, shared by all runs (checked first).
+    init_fn: ``key -> params``.
+    loss_fn: ``loss_fn(params, x, y) -> scalar``.
+    optimizer: optax transformation.
+    num_epochs: full-batch steps, or minibatch epochs (≥ 1).
+    batch_size: None for full batch, else the minibatch size, in [1, N].
+    log_every: report progress every this many steps; the hook is then called once per
+      run (S times) at each report. None: off, no callback in the program.
+    hook: called on the host with a :class:`Progress`; default :func:`print_progress`.
 
   Returns:
     ``(states, metrics)``: every leaf gets a leading ``[S]`` axis (metrics ``[S, T]`` or
@@ -373,15 +676,129 @@ def train_seeds(
   >>> states.params["w"].shape, m["loss"].shape
   ((4, 1), (4, 5))
   """
-  run = functools.partial(
-    _train_one_seed,
-    init_fn=init_fn,
-    loss_fn=loss_fn,
-    optimizer=optimizer,
+  fn = "train_seeds"
+  _check_key(fn, "keys_S", keys_S, ndim=1)
+  _validate.count(fn, "num_epochs", num_epochs)
+  _validate.callable_(fn, "init_fn", init_fn)
+  _check_optimizer(fn, optimizer)
+  progress = _progress(fn, log_every, hook)
+  params_shape = jax.eval_shape(init_fn, jax.ShapeDtypeStruct(keys_S.shape[1:], keys_S.dtype))
+  _check_batch(fn, batch, loss_fn, params_shape)
+  if batch_size is not None:
+    _check_batch_size(fn, batch_size, _num_examples(batch))
+  params_S, shuffle_keys = _init_seeds(keys_S, init_fn=Static(init_fn))
+  num_runs = len(shuffle_keys)
+  states = TrainState(params_S, jax.vmap(optimizer.init)(params_S), jnp.zeros(num_runs, jnp.int32))
+  loss, loss_args = _loss_parts(loss_fn)
+  return _seeds_jit(
+    states,
+    shuffle_keys,
+    batch,
+    loss_args,
+    _start_time(progress),
+    loss_fn=loss,
+    update=Static(optimizer.update),
     num_epochs=num_epochs,
     batch_size=batch_size,
+    progress=progress,
   )
-  return jax.vmap(run, in_axes=(0, None))(keys_S, batch)
+
+
+# ------------------------------------------------------------------------------- checks
+
+
+def _check_optimizer(fn: str, optimizer) -> None:
+  if not (
+    callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+  ):
+    raise TypeError(
+      f"{fn}: `optimizer` must be an optax GradientTransformation (with init and update); "
+      f"got {optimizer!r:.80}."
+    )
+
+
+def _check_state(fn: str, state, optimizer) -> None:
+  if not isinstance(state, TrainState):
+    raise TypeError(
+      f"{fn}: `state` must be a TrainState, e.g. init_train_state(params, optimizer); "
+      f"got {type(state).__name__}."
+    )
+  _check_optimizer(fn, optimizer)
+
+
+def _donate(fn: str, donate) -> bool:
+  if not isinstance(donate, bool):
+    raise TypeError(f"{fn}: `donate` must be a bool; got donate={donate!r}.")
+  return donate
+
+
+def _progress(fn: str, log_every, hook) -> Static | None:
+  """The static (log_every, hook) of a run that reports progress, or None."""
+  if log_every is None:
+    if hook is not None:
+      raise ValueError(f"{fn}: `hook` needs `log_every` (call it every how many steps?).")
+    return None
+  _validate.count(fn, "log_every", log_every)
+  _validate.callable_(fn, "hook", hook, optional=True)
+  return Static((int(log_every), print_progress if hook is None else hook))
+
+
+def _check_key(fn: str, name: str, key, *, ndim: int) -> None:
+  """A typed PRNG key array of rank ``ndim``, or raw uint32 keys ``[..., 2]``."""
+  dtype, shape = getattr(key, "dtype", None), np.shape(key) if hasattr(key, "shape") else None
+  typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+  raw = dtype == np.uint32 and shape is not None and len(shape) == ndim + 1 and shape[-1] == 2
+  if not ((typed and len(shape) == ndim) or raw):
+    want = "a PRNG key, e.g. jax.random.key(0)" if ndim == 0 else "[S] PRNG keys, e.g. "
+    want += "" if ndim == 0 else "jax.random.split(jax.random.key(0), S)"
+    got = f"shape {shape}, dtype {dtype}" if dtype is not None else type(key).__name__
+    raise TypeError(f"{fn}: `{name}` must be {want}; got {got}.")
+
+
+def _num_examples(batch) -> int:
+  x = batch[0]
+  return x.shape[0] if isinstance(x, FeatureMajor) else np.shape(jax.tree.leaves(x)[0])[0]
+
+
+def _check_batch_size(fn: str, batch_size, num_examples: int) -> None:
+  _validate.count(fn, "batch_size", batch_size)
+  if batch_size > num_examples:
+    raise ValueError(
+      f"{fn}: `batch_size` must be in [1, N={num_examples}]; got batch_size={batch_size}."
+    )
+
+
+def _check_batch(fn: str, batch, loss_fn, params) -> None:
+  """Shapes and dtypes of ``batch`` always; its values when concrete.
+
+  For a loss of :mod:`xent_jax.models` (also under ``functools.partial``), exactly that
+  loss's checks (labels 0/1 or in [0, 1], or classes in ``[0, K)``); for any other loss,
+  real dtypes, a common example axis and finite values.
+  """
+  _validate.callable_(fn, "loss_fn", loss_fn)
+  if not isinstance(batch, tuple) or len(batch) != 2:
+    raise TypeError(f"{fn}: `batch` must be a pair (x_NxD, y_N); got {type(batch).__name__}.")
+  x, y = batch
+  base = _base_loss(loss_fn)
+  if base in models._LOSSES:
+    models._check_loss_data(fn, base, params, x, y)
+    if isinstance(loss_fn, functools.partial) and "l2" in loss_fn.keywords:
+      _validate.real(fn, "l2", loss_fn.keywords["l2"], low=0.0)
+    return
+  leaves = [("x_NxD", leaf) for leaf in jax.tree.leaves(x, is_leaf=_is_feature_major)]
+  leaves += [("y_N", leaf) for leaf in jax.tree.leaves(y)]
+  sizes = set()
+  for name, leaf in leaves:
+    feature_major = isinstance(leaf, FeatureMajor)
+    leaf = _validate.array(fn, name, leaf.x_DxN if feature_major else leaf)
+    if leaf.ndim == 0:
+      raise ValueError(f"{fn}: `{name}` must have an example axis; got a scalar.")
+    sizes.add(leaf.shape[1 if feature_major else 0])
+    _validate.values_in(fn, name, leaf)
+  if len(sizes) > 1:
+    raise ValueError(
+      f"{fn}: `batch` arrays must share their example axis N; got sizes {sorted(sizes)}."
+    )
 
 
 # ------------------------------------------------------------------------ data parallel
