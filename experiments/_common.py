@@ -57,6 +57,10 @@ VERDICTS = ("holds", "partly", "fails")
 # Files a finished run leaves; removed first when a run reuses a workdir (--overwrite), so a
 # results.json on disk always belongs to the config.json next to it.
 COMPLETION_FILES = ("results.json", "timing.json", "REPORT.md")
+# Written before any compute: what ran, where and from which code (see provenance()).
+PROVENANCE_FILE = "provenance.json"
+# The other files a run writes at the top of its workdir (besides figures, *.png).
+RUN_FILES = ("config.json", "log.txt", "metrics.csv", PROVENANCE_FILE)
 
 
 class ConfigError(ValueError):
@@ -385,18 +389,82 @@ def logger_to(path: Path, name: str):
       logger.removeHandler(handler)
 
 
+PROGRESS_EVERY_S = 5.0  # the most often Workdir.progress logs a line within a long loop
+
+
 class Workdir:
-  """Where one experiment run writes: ``path``, ``log(msg)``, ``save_figure(fig, name)``."""
+  """Where one experiment run writes: ``path``, ``log(msg)``, ``save_figure(fig, name)``,
+  ``progress(k, n, what)`` and ``save_metrics(rows)``."""
 
   def __init__(self, path: Path, logger: logging.Logger):
-    self.path, self.logger, self.figures = path, logger, []
+    self.path, self.logger, self.figures, self.captions = path, logger, [], {}
+    self.metrics: list[dict] = []
+    self._started: dict[str, float] = {}
+    self._last_progress: dict[str, float] = {}
 
   def log(self, message: str, *args) -> None:
     """Logs one line to ``log.txt`` and stderr."""
     self.logger.info(message, *args)
 
-  def save_figure(self, fig, filename: str) -> str:
-    """Saves a matplotlib figure as PNG atomically, closes it, returns the file name."""
+  def progress(self, done: int, total: int, what: str) -> None:
+    """Logs ``what: step done/total, elapsed, ETA`` (the clock starts at ``done == 0``).
+
+    Call it with 0 before the first step, then after each chunk of work. It logs the start,
+    the end, and in between at most one line every ``PROGRESS_EVERY_S`` seconds; the ETA
+    extrapolates the mean time per step so far (compilation included).
+    """
+    now = time.perf_counter()
+    if not done:
+      self._started[what] = self._last_progress[what] = now
+      self.log("%s: step 0/%d", what, total)
+      return
+    if done < total and now - self._last_progress.get(what, 0.0) < PROGRESS_EVERY_S:
+      return
+    self._last_progress[what] = now
+    elapsed = now - self._started.setdefault(what, now)
+    if done >= total:
+      self.log("%s: step %d/%d, done in %.1f s", what, done, total, elapsed)
+    else:
+      eta = elapsed / done * (total - done)
+      self.log("%s: step %d/%d, elapsed %.1f s, ETA %.1f s", what, done, total, elapsed, eta)
+
+  def add_metrics(self, run: str, step, **columns) -> None:
+    """Adds per-step metrics of ``run`` (arrays of one length, aligned with ``step``).
+
+    They are written at the end of the run to ``metrics.csv``, one row per (run, step):
+    ``pandas.read_csv(workdir / "metrics.csv")`` reads it directly.
+    """
+    import numpy as np
+
+    step = np.asarray(step)
+    values = {k: np.asarray(v) for k, v in columns.items()}
+    for k, v in values.items():
+      if v.shape != step.shape:
+        raise ValueError(f"metric {k!r} has shape {v.shape}, step has {step.shape}")
+    for i in range(step.size):
+      self.metrics.append(
+        {"run": run, "step": int(step[i]), **{k: float(v[i]) for k, v in values.items()}}
+      )
+
+  def save_metrics(self, filename: str = "metrics.csv") -> str | None:
+    """Writes the collected metrics as CSV (atomically); None when there are none."""
+    if not self.metrics:
+      return None
+    import csv
+
+    columns = list(dict.fromkeys(k for row in self.metrics for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _csv_value(row.get(k)) for k in columns} for row in self.metrics)
+    atomic_write(self.path / filename, buffer.getvalue())
+    return filename
+
+  def save_figure(self, fig, filename: str, caption: str | None = None) -> str:
+    """Saves a matplotlib figure as PNG atomically, closes it, returns the file name.
+
+    ``caption``: one line saying what the figure shows (REPORT.md prints it under it).
+    """
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -404,7 +472,18 @@ class Workdir:
     plt.close(fig)
     atomic_write(self.path / filename, buffer.getvalue())
     self.figures.append(filename)
+    if caption:
+      self.captions[filename] = caption
     return filename
+
+
+def _csv_value(value):
+  """A CSV cell: floats in shortest round-trip form, nan/inf as pandas reads them."""
+  if value is None:
+    return ""
+  if isinstance(value, float) and not math.isfinite(value):
+    return "nan" if value != value else ("inf" if value > 0 else "-inf")
+  return repr(value) if isinstance(value, float) else value
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
@@ -417,6 +496,34 @@ def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
   return plt.subplots(nrows, ncols, layout="constrained", **kwargs)
 
 
+def plot_relative_gap(ax, loss_T, reference: float, dtype: str, *, color: str, label: str):
+  """Draws the per-step relative gap (L_t - L*) / L* of a loss recorded in ``dtype``.
+
+  A loss computed in ``dtype`` cannot resolve a relative gap much below its machine epsilon:
+  there the recorded values are rounding noise of either sign, and a line through them on a
+  log axis fills a solid block. The gap is drawn as a line where it exceeds 4 eps, and the
+  steps below that as points on a floor at 4 eps (the legend says so); the checkpoints'
+  float64 objective (drawn by the caller) shows how far below the floor it really went.
+  """
+  import numpy as np
+
+  floor = 4 * float(np.finfo(dtype).eps)
+  gap_T = (np.asarray(loss_T, np.float64) - reference) / abs(reference)
+  step_T = np.arange(len(gap_T))
+  above = gap_T > floor
+  ax.plot(step_T, np.where(above, gap_T, np.nan), color=color, lw=1, label=f"{label}, {dtype}")
+  if not above.all():
+    ax.plot(
+      step_T[~above],
+      np.full((~above).sum(), floor),
+      color=color,
+      ls="none",
+      marker="|",
+      ms=4,
+      label=f"{label}: below 4 eps of {dtype} = {floor:.1e} (rounding), drawn at it",
+    )
+
+
 def default_workdir(name: str) -> Path:
   """A fresh ``runs/<name>-<timestamp>[-k]`` path that does not exist yet."""
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -427,13 +534,52 @@ def default_workdir(name: str) -> Path:
   return path
 
 
+def is_incomplete_run(path: Path | str) -> bool:
+  """True for the workdir of a run that started but never finished.
+
+  Every run writes ``provenance.json`` before any compute and ``results.json`` (an
+  experiment) or ``REPORT.md`` (``reproduce``) last: a workdir with the first and neither
+  of the others was left by a run that failed or was interrupted.
+  """
+  path = Path(path)
+  return (path / PROVENANCE_FILE).is_file() and not any(
+    (path / name).exists() for name in COMPLETION_FILES
+  )
+
+
+def _clear_incomplete_run(path: Path) -> list[str]:
+  """Removes the files an unfinished run leaves at the top of ``path``; returns their names."""
+  removed = []
+  for entry in sorted(path.iterdir()):
+    if entry.is_file() and (
+      entry.name in RUN_FILES
+      or entry.suffix == ".png"
+      or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+    ):
+      entry.unlink()
+      removed.append(entry.name)
+  return removed
+
+
 def prepare_workdir(path: Path | str, *, overwrite: bool) -> Path:
-  """Creates ``path``; a non-empty existing one needs ``overwrite`` (else WorkdirError)."""
+  """Creates ``path``, writable, for a run; raises WorkdirError (one line) otherwise.
+
+  A non-empty existing workdir needs ``overwrite``, except the workdir of an unfinished run
+  (:func:`is_incomplete_run`): its files are removed (a note on stderr says so) and it is
+  reused, so that a failed or interrupted run never blocks its rerun.
+  """
   path = Path(path)
   if path.exists() and not path.is_dir():
     raise WorkdirError(f"workdir {path} exists and is not a directory")
   if path.is_dir() and any(path.iterdir()):
-    if not overwrite:
+    if is_incomplete_run(path):
+      removed = _clear_incomplete_run(path)
+      print(
+        f"note: {path} holds an unfinished run (no results); reusing it "
+        f"(removed {', '.join(removed) or 'nothing'})",
+        file=sys.stderr,
+      )
+    elif not overwrite:
       raise WorkdirError(
         f"workdir {path} is not empty; pass --overwrite to reuse it "
         "(its results would be replaced) or choose another --workdir"
@@ -441,7 +587,14 @@ def prepare_workdir(path: Path | str, *, overwrite: bool) -> Path:
     for name in COMPLETION_FILES:
       with contextlib.suppress(FileNotFoundError):
         (path / name).unlink()
-  path.mkdir(parents=True, exist_ok=True)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as error:
+    raise WorkdirError(
+      f"cannot write to workdir {path}: {error.strerror or error}; choose another --workdir"
+    ) from None
   return path
 
 
@@ -470,7 +623,9 @@ def run_experiment(
   if validate is not None:
     validate(config)
   path = prepare_workdir(workdir, overwrite=overwrite)
-  write_json(path / "config.json", config.to_dict() if hasattr(config, "to_dict") else config)
+  config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  write_json(path / "config.json", config_dict)
+  write_json(path / PROVENANCE_FILE, provenance(name, config_dict))
   start_utc, start = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
   with logger_to(path / "log.txt", name) as logger:
     workdir = Workdir(path, logger)
@@ -478,6 +633,9 @@ def run_experiment(
     results = run_fn(config, workdir)
     _check_results(name, results)
     results = {**results, "experiment": name, "figures": sorted(workdir.figures)}
+    if workdir.captions:
+      results["figure_captions"] = workdir.captions
+    workdir.save_metrics()
     write_json(path / "results.json", results)
     wall_s = time.perf_counter() - start
     write_json(
@@ -486,10 +644,13 @@ def run_experiment(
     )
     verdicts = [c["verdict"] for c in results["claims"]]
     workdir.log(
-      "%s: %d claims (%s) in %.2f s",
+      "%s: %s in %.2f s",
       name,
-      len(verdicts),
-      ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS),
+      (
+        f"{len(verdicts)} claims ({', '.join(f'{verdicts.count(v)} {v}' for v in VERDICTS)})"
+        if verdicts
+        else "done (it checks no claims of the seed)"
+      ),
       wall_s,
     )
   return to_jsonable(results)
@@ -504,6 +665,74 @@ def _environment() -> dict:
       jax=jax.__version__, backend=jax.default_backend(), x64=bool(jax.config.jax_enable_x64)
     )
   return env
+
+
+def git_commit() -> dict:
+  """``{"commit": sha or "unknown", "dirty": bool or None}`` of the code that runs."""
+  import subprocess
+
+  def git(*args):
+    return subprocess.run(
+      ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=10
+    )
+
+  try:
+    head = git("rev-parse", "HEAD")
+    if head.returncode:
+      return {"commit": "unknown", "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+  except (OSError, subprocess.SubprocessError):
+    return {"commit": "unknown", "dirty": None}
+
+
+def _command_line() -> list[str]:
+  """The command as typed: ``python -m experiments.NAME --flag ...`` for a module run."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  if spec is not None and spec.name and sys.argv[:1] != ["-c"]:
+    return ["python", "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]]
+  return ["python", *sys.argv]
+
+
+PROVENANCE_PACKAGES = ("jax", "jaxlib", "optax", "numpy", "ml-collections", "absl-py")
+
+
+def provenance(name: str, config: Mapping | None = None) -> dict:
+  """What produced a run: code, versions, machine, command line and seeds.
+
+  Written to ``provenance.json`` next to ``results.json``, never into it: results.json
+  stays byte-identical for the same config and seed (SPEC §5), while this file differs
+  between runs (the command line, the start time, the machine).
+  """
+  import importlib.metadata
+  import platform
+
+  versions = {}
+  for package in PROVENANCE_PACKAGES:
+    try:
+      versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      versions[package] = "not installed"
+  record = {
+    "experiment": name,
+    "git": git_commit(),
+    "command": _command_line(),
+    "cwd": os.getcwd(),
+    "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "python": platform.python_version(),
+    "packages": versions,
+    "platform": platform.platform(),
+    "machine": platform.machine(),
+    "cpu_count": os.cpu_count(),
+  }
+  if "jax" in sys.modules:
+    jax = sys.modules["jax"]
+    record["jax_backend"] = jax.default_backend()
+    record["devices"] = [str(d) for d in jax.devices()]
+    record["x64"] = bool(jax.config.jax_enable_x64)
+  if config is not None:
+    record["seeds"] = {k: v for k, v in _flatten(config) if "seed" in k.rsplit(".", 1)[-1]}
+  return record
 
 
 # ---------------------------------------------------------------------------- absl entry

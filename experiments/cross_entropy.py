@@ -378,7 +378,14 @@ def _figure(workdir, x_N, m_fwd, m_rev, results) -> None:
   for ax in axes:
     ax.legend(fontsize=7, loc="upper left")  # a fixed place: "best" scans every point
     ax.grid(alpha=0.3)
-  workdir.save_figure(fig, "cross_entropy.png")
+  workdir.save_figure(
+    fig,
+    "cross_entropy.png",
+    caption=(
+      "Cross-entropies and entropies of σ₁ and σ₂ over x (shaded: where H(p, q) < "
+      "H(q)), and H(p, q) - H(q) next to KL(p‖q) ≥ 0."
+    ),
+  )
 
 
 if __name__ == "__main__":

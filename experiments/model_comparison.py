@@ -330,7 +330,14 @@ def _figure(workdir, test, r) -> None:
   for ax, loc in ((ax_p, "center right"), (ax_b, "upper left"), (ax_s, "upper right")):
     ax.legend(fontsize=7, loc=loc)  # a fixed place: "best" scans every plotted point
     ax.grid(alpha=0.3)
-  workdir.save_figure(fig, "model_comparison.png")
+  workdir.save_figure(
+    fig,
+    "model_comparison.png",
+    caption=(
+      "Candidate models and sampled labels; held-out cross-entropy vs each model's own "
+      "entropy: the true model has the lowest cross-entropy, not the lowest entropy."
+    ),
+  )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 workdir protection, claims, and the command line (one-line errors, interrupts)."""
 
 import contextlib
+import csv
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -146,9 +148,14 @@ def test_claim_verdicts_follow_the_measurement():
 
 def _toy_run(config, workdir):
   workdir.log("steps=%d", config.steps)
+  workdir.progress(0, config.steps, "toy")
+  workdir.progress(config.steps, config.steps, "toy")
+  workdir.add_metrics(
+    "toy", np.arange(config.steps), value=config.learning_rate * np.arange(config.steps)
+  )
   fig, ax = _common.new_figure()
   ax.plot([0, 1], [0, config.learning_rate])
-  workdir.save_figure(fig, "curve.png")
+  workdir.save_figure(fig, "curve.png", caption="a toy curve")
   value = config.learning_rate * config.steps
   return {
     "value": value,
@@ -167,9 +174,34 @@ def test_run_experiment_writes_every_output(tmp_path):
     validate=lambda c: _common.check_config(c, TOY_SPEC),
   )
   names = sorted(p.name for p in _files(tmp_path / "run"))
-  assert names == ["config.json", "curve.png", "log.txt", "results.json", "timing.json"]
+  assert names == [
+    "config.json",
+    "curve.png",
+    "log.txt",
+    "metrics.csv",
+    "provenance.json",
+    "results.json",
+    "timing.json",
+  ]
   on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
   assert on_disk == results and on_disk["figures"] == ["curve.png"]
+  assert on_disk["figure_captions"] == {"curve.png": "a toy curve"}
+  provenance = json.loads((tmp_path / "run" / "provenance.json").read_text())
+  assert provenance["experiment"] == "toy" and provenance["seeds"] == {"seeds": [0, 1]}
+  assert provenance["packages"]["jax"] == jax.__version__
+  assert provenance["packages"]["numpy"] == np.__version__
+  assert provenance["devices"] == [str(d) for d in jax.devices()]
+  assert provenance["command"][:3] == ["python", "-m", "pytest"]
+  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+  assert provenance["git"]["commit"] == (head.stdout.strip() if head.returncode == 0 else "unknown")
+  assert not {"git", "command", "packages", "started_utc"} & set(on_disk)  # kept out of results
+  with open(tmp_path / "run" / "metrics.csv", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["run"], int(r["step"]), float(r["value"])) for r in rows] == [
+    ("toy", t, 0.1 * t) for t in range(10)
+  ]
+  log = (tmp_path / "run" / "log.txt").read_text()
+  assert "toy: step 0/10" in log and "toy: step 10/10, done in" in log
   assert on_disk["claims"][0]["verdict"] == "holds"
   assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 10
   assert "wall_s" in json.loads((tmp_path / "run" / "timing.json").read_text())
@@ -198,6 +230,33 @@ def test_non_empty_workdir_is_refused_unless_overwrite(tmp_path):
   assert (workdir / "results.json").read_bytes() == before
   _common.run_experiment("toy", _toy_run, _toy_config(steps=20), workdir, overwrite=True)
   assert json.loads((workdir / "results.json").read_text())["value"] == pytest.approx(2.0)
+
+
+def test_unfinished_run_does_not_block_the_rerun(tmp_path):
+  def failing_run(config, workdir):
+    fig, _ = _common.new_figure()
+    workdir.save_figure(fig, "stale.png")
+    raise FloatingPointError("diverged")
+
+  workdir = tmp_path / "run"
+  with pytest.raises(FloatingPointError):
+    _common.run_experiment("toy", failing_run, _toy_config(), workdir)
+  assert _common.is_incomplete_run(workdir)
+  _common.run_experiment("toy", _toy_run, _toy_config(steps=20), workdir)  # no --overwrite
+  assert not _common.is_incomplete_run(workdir)
+  assert not (workdir / "stale.png").exists()  # the failed run's files are gone
+  assert json.loads((workdir / "results.json").read_text())["value"] == pytest.approx(2.0)
+  # A directory of other files is not an unfinished run: still refused.
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "config.json").write_text("{}")
+  with pytest.raises(_common.WorkdirError, match="not empty"):
+    _common.run_experiment("toy", _toy_run, _toy_config(), tmp_path / "mine")
+
+
+def test_unwritable_workdir_is_one_clear_error(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(_common.WorkdirError, match="cannot write to workdir .*file/run"):
+    _common.run_experiment("toy", _toy_run, _toy_config(), tmp_path / "file" / "run")
 
 
 def test_default_workdirs_are_fresh(monkeypatch, tmp_path):
