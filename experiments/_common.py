@@ -175,6 +175,40 @@ def grid(min_num=2) -> Checker:
   return check
 
 
+def available_memory_bytes() -> int | None:
+  """Memory this process can still allocate without swapping (Linux MemAvailable), or None."""
+  try:
+    with open("/proc/meminfo", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def check_memory(arrays: Mapping[str, float], *, itemsize: int = 8) -> None:
+  """Raises ConfigError when the arrays a config implies cannot fit in memory.
+
+  Args:
+    arrays: ``{what: number of elements}`` for the arrays the run holds at once, e.g.
+      ``{"config.grid.num × 3 models × 2 curves": 3 * 2 * num}``: a lower bound of the
+      run's memory, checked before any compute against :func:`available_memory_bytes`.
+    itemsize: bytes per element (8: float64 on the host).
+  """
+  available = available_memory_bytes()
+  needed = itemsize * sum(arrays.values())
+  if available is not None and needed > available:
+    biggest = max(arrays, key=arrays.get)
+    raise ConfigError(
+      f"this config needs at least {needed / 2**30:.3g} GiB ({biggest}: "
+      f"{arrays[biggest]:.3g} values), more than the {available / 2**30:.3g} GiB available"
+    )
+
+
 def _flatten(config: Mapping, prefix: str = "") -> list[tuple[str, Any]]:
   """(dotted key, leaf value) pairs of a nested config."""
   items = []

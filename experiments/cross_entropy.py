@@ -68,6 +68,9 @@ def validate(config) -> None:
   )
   if tuple(config.target.values()) == tuple(config.model.values()):
     raise _common.ConfigError("config.target and config.model must differ")
+  _common.check_memory(  # both σ, both H, both cross-entropies and KLs on the grid
+    {"config.grid.num × 8 curves": 8 * config.grid.num, "config.search_num": config.search_num}
+  )
 
 
 def _base(config):

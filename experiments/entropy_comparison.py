@@ -66,6 +66,15 @@ def validate(config) -> None:
       f"config.intercepts and config.slopes must have the same length, got "
       f"{len(config.intercepts)} and {len(config.slopes)}"
     )
+  models = len(config.intercepts)
+  _common.check_memory(  # σ and H curves of every model on each grid
+    {
+      f"config.grid.num × {models} models × 2 curves": 2 * models * config.grid.num,
+      f"config.integral_num × {models} models": models * config.integral_num,
+      f"config.window_num × {models} models": models * config.window_num,
+      "config.probability_num": config.probability_num,
+    }
+  )
 
 
 @functools.partial(jax.jit, static_argnames="base")

@@ -74,6 +74,13 @@ def validate(config) -> None:
       "check_grads_order": _common.choice(1, 2),
     },
   )
+  n, d, k = config.num_examples, config.num_features, config.num_classes
+  _common.check_memory(  # σ' errors on the grid; X, Y one-hot and the logits, per dtype
+    {
+      "config.sigmoid_grid.num × 8 curves": 8 * config.sigmoid_grid.num,
+      "config.num_examples × (num_features + 2 num_classes) × 2 dtypes": 2 * n * (d + 2 * k),
+    }
+  )
 
 
 def _precision(dtype: str):

@@ -72,6 +72,14 @@ def validate(config) -> None:
       f"config.data.x_low must be < config.data.x_high, got {config.data.x_low} and "
       f"{config.data.x_high}"
     )
+  models = len(config.intercepts)
+  _common.check_memory(  # every candidate's probabilities on the data and the population grid
+    {
+      f"config.data.num_test × {models + 2} candidates": (models + 2) * config.data.num_test,
+      "config.data.num_train": 4 * config.data.num_train,
+      "config.population_num × candidates": (models + 2) * config.population_num,
+    }
+  )
 
 
 def sample_data(*, seed, x_low, x_high, num_train, num_test, intercept, slope):

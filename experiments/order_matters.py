@@ -79,6 +79,15 @@ def validate(config) -> None:
       "confident_logit": _common.real(low=0, low_open=True),
     },
   )
+  data = config.data
+  _common.check_memory(  # the data, and per step 4 metrics of each of the 2 runs
+    {
+      "config.data.num_train/num_test × (num_features + 1)": (data.num_train + data.num_test)
+      * (data.num_features + 1),
+      "config.num_steps × 2 runs × 4 metrics": 8 * config.num_steps,
+      "config.logit_grid.num × 6 curves": 6 * config.logit_grid.num,
+    }
+  )
 
 
 def smoothed_labels(y, label_smoothing):

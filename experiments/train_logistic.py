@@ -91,6 +91,17 @@ def validate(config) -> None:
         f"config.{key} = {num_steps} must be a multiple of "
         f"config.num_checkpoints = {config.num_checkpoints}"
       )
+  s = config.synthetic
+  _common.check_memory(  # the synthetic data; the per-step losses of the five runs
+    {
+      "config.synthetic.num_train/num_test × (num_features + 1)": (s.num_train + s.num_test)
+      * (s.num_features + 1),
+      "the num_steps of the five runs": 2 * s.num_steps
+      + config.breast_cancer.num_steps
+      + config.breast_cancer.unpenalised_num_steps
+      + 2 * config.seed_loss_num_steps,
+    }
+  )
 
 
 # ---------------------------------------------------------------------------- training
