@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -808,12 +809,14 @@ def experiment_name(run_fn: Callable) -> str:
   return Path(getattr(module, "__file__", "experiment")).stem
 
 
-def run_app(body: Callable[[], None]) -> None:
+def run_app(body: Callable[[], None], *, check: Callable[[], None] | None = None) -> None:
   """``absl.app.run(body)`` with one-line errors instead of tracebacks.
 
   A bad flag, config override or config file, a ConfigError or WorkdirError print one
   ``error:`` line on stderr and exit with status 2; stray arguments are rejected; Ctrl-C
   exits with 130 and SIGTERM with 143, after pending atomic writes have cleaned up.
+  ``--only_check_args`` runs ``check()`` (config validation) after parsing, then exits:
+  0 and ``ok: ...`` on stdout, or the error line and 2.
   """
   from absl import app, flags
   from absl import logging as absl_logging
@@ -825,9 +828,18 @@ def run_app(body: Callable[[], None]) -> None:
       rest = flag_values(argv)
       if "config" in flag_values:
         flag_values.config.to_dict()  # a config file that failed to load raises here
-      return rest
     except Exception as error:
       _die(_one_line(error))
+    if flag_values["only_check_args"].value:
+      if len(rest) > 1:
+        _die(f"unexpected arguments {rest[1:]} (settings go in --config.key=value)")
+      try:
+        if check is not None:
+          check()
+      except (ConfigError, WorkdirError) as error:
+        _die(str(error))
+      print("ok: flags and config are valid")
+    return rest
 
   def wrapped(argv):
     if len(argv) > 1:
@@ -841,30 +853,102 @@ def run_app(body: Callable[[], None]) -> None:
     except KeyboardInterrupt:
       _die("interrupted; the files already in the workdir are complete", 130)
 
+  app.define_help_flags()  # --only_check_args is defined with them
   app.run(wrapped, flags_parser=parse)
+
+
+_CONFIG_LINE = re.compile(r"^\s*config((?:\.\w+)+)\s*=\s*(.*?)\s*#\s*(.*)$")
+
+
+def config_field_comments(name: str) -> dict[str, str]:
+  """``{dotted key: comment}`` from ``configs/<name>.py`` (``config.key = value  # comment``).
+
+  Only the default config's lines count: the first assignment of a key wins (variants
+  come later in the file and reassign).
+  """
+  comments = {}
+  try:
+    lines = (CONFIGS_DIR / f"{name}.py").read_text("utf-8").splitlines()
+  except OSError:
+    return comments
+  for line in lines:
+    match = _CONFIG_LINE.match(line)
+    if match:
+      comments.setdefault(match.group(1)[1:], match.group(3))
+  return comments
+
+
+def config_help(name: str) -> str:
+  """The text ``--help`` shows after the module docstring: every config field of
+  ``configs/<name>.py`` with its default value and its comment, and the variants."""
+  config = load_config(name)
+  comments = config_field_comments(name)
+  rows = [(f"--config.{k}={_flag_value(v)}", comments.get(k, "")) for k, v in _flatten(config)]
+  width = min(max(len(flag) for flag, _ in rows), 48)
+  lines = [
+    "",
+    f"Config fields (configs/{name}.py; override any as --config.FIELD=VALUE, the variant",
+    f"with --config=configs/{name}.py:smoke; --print_config shows the resolved config,",
+    "--only_check_args validates the flags and the config, both without running):",
+    "",
+  ]
+  for flag, comment in rows:
+    pad = " " * max(1, width - len(flag) + 2)
+    lines.append(f"  {flag}{pad}{comment}".rstrip())
+  return "\n".join(lines) + "\n"
+
+
+def _flag_value(value) -> str:
+  """A config value as it is typed after ``--config.key=`` in a shell."""
+  import shlex
+
+  return shlex.quote(value if isinstance(value, str) else repr(value))
+
+
+def _add_to_usage(text: str) -> None:
+  """Appends ``text`` to the usage absl prints for ``--help`` (``__main__``'s docstring)."""
+  module = sys.modules.get("__main__")
+  if module is not None:
+    module.__doc__ = (module.__doc__ or "") + text.replace("%", "%%")
 
 
 def main(run_fn: Callable, validate: Callable | None = None) -> None:
   """The absl entry point of an experiment (``if __name__ == "__main__": main(run, validate)``).
 
   Flags: ``--config`` (default ``configs/<name>.py``; ``:smoke`` and ``--config.key=value``
-  overrides), ``--workdir`` (default a fresh ``runs/<name>-<timestamp>``), ``--overwrite``.
+  overrides), ``--workdir`` (default a fresh ``runs/<name>-<timestamp>``), ``--overwrite``,
+  ``--print_config`` (print the resolved config as JSON, validate it, exit) and absl's
+  ``--only_check_args`` (validate the flags and the config, exit). ``--help`` lists these
+  flags and every config field with its default and comment.
   """
   from absl import flags
   from ml_collections import config_flags
 
   name = experiment_name(run_fn)
+  # The flags below are the experiment's own: attributed to __main__, --help lists them.
+  flags.disclaim_key_flags()
   flags.DEFINE_string("workdir", None, "Output directory (default: runs/<name>-<timestamp>).")
   flags.DEFINE_bool("overwrite", False, "Allow reusing a non-empty --workdir.")
+  flags.DEFINE_bool("print_config", False, "Print the resolved config (JSON), validate it, exit.")
   try:
     config_flags.DEFINE_config_file(
       "config", str(CONFIGS_DIR / f"{name}.py"), "Experiment config file.", lock_config=True
     )
+    _add_to_usage(config_help(name))
   except Exception as error:  # overrides of the default config are parsed here already
     _die(_one_line(error))
 
+  def check():
+    if validate is not None:
+      validate(flags.FLAGS.config)
+
   def body():
     flag_values = flags.FLAGS
+    if flag_values.print_config:
+      sys.stdout.write(dumps(flag_values.config.to_dict()).decode("utf-8"))
+      sys.stdout.flush()
+      check()
+      return
     run_experiment(
       name,
       run_fn,
@@ -874,4 +958,4 @@ def main(run_fn: Callable, validate: Callable | None = None) -> None:
       overwrite=flag_values.overwrite,
     )
 
-  run_app(body)
+  run_app(body, check=check)

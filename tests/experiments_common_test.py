@@ -324,6 +324,11 @@ def test_command_line_errors_are_one_line_and_write_nothing(tmp_path):
     "unknown_key": (["--config.learning_rat=1"], tmp_path / "b", "unknown config key"),
     "stray_argv": (["extra"], tmp_path / "c", "unexpected arguments"),
     "taken_workdir": ([], taken, "--overwrite"),
+    "only_check_args": (
+      ["--only_check_args", "--config.grid.num=1"],
+      tmp_path / "d",
+      "config.grid.num must be >= 2",
+    ),
   }
   procs = {name: _launch(workdir, *flags) for name, (flags, workdir, _) in cases.items()}
   for name, proc in procs.items():
@@ -339,6 +344,29 @@ def test_command_line_errors_are_one_line_and_write_nothing(tmp_path):
       assert not workdir.exists(), name
   assert [p.name for p in taken.iterdir()] == ["results.json"]
   assert (taken / "results.json").read_text() == "{}"
+
+
+def test_help_and_print_config(tmp_path):
+  help_proc = _launch(tmp_path / "h", "--help")
+  print_proc = _launch(tmp_path / "p", "--print_config", "--config.grid.num=7")
+  stdout, _ = help_proc.communicate(timeout=120)
+  for flag in ("--workdir:", "--[no]overwrite:", "--[no]print_config:", "--config:"):
+    assert flag in stdout, flag
+  # Every config field, with its default and the comment from configs/entropy_comparison.py.
+  config = _common.load_config("entropy_comparison")
+  comments = _common.config_field_comments("entropy_comparison")
+  assert comments["grid.num"] == "number of points (spacing 0.01)"
+  for key, _ in _common._flatten(config):
+    line = next(line for line in stdout.splitlines() if f"--config.{key}=" in line)
+    assert line.strip().startswith(f"--config.{key}=") and comments[key] in line, line
+  assert "  --config.grid.num=2001  " in stdout and "--config.entropy_unit=nats  " in stdout
+  assert "--config.intercepts='(0.0, 1.0, -10.0)'  " in stdout  # quoted for the shell
+  stdout, stderr = print_proc.communicate(timeout=120)
+  assert print_proc.returncode == 0, stderr
+  printed = json.loads(stdout)
+  assert printed["grid"]["num"] == 7 and printed["entropy_unit"] == "nats"
+  assert set(printed) == set(config.to_dict())
+  assert not (tmp_path / "h").exists() and not (tmp_path / "p").exists()
 
 
 def _assert_complete(workdir: Path) -> None:
