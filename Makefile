@@ -35,7 +35,7 @@ test: lint
 	JAX_ENABLE_X64=0 $(PY) -m pytest $(PYTEST_ARGS)
 	JAX_ENABLE_X64=1 $(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed-test
+bench: $(VENV)/.installed-run
 	$(PY) -m experiments.benchmark --config=configs/benchmark.py --workdir=runs/bench-$(shell date +%Y%m%d-%H%M%S)
 
 clean:

@@ -16,16 +16,23 @@ To be runnable on its own and registered in ``experiments/reproduce.py`` it expo
     ``workdir.log(...)``. No timings in the results (they go to ``timing.json``).
 ``if __name__ == "__main__": _common.main(run, validate)``
     The absl entry point: ``python -m experiments.<name> --config=configs/<name>.py
-    --workdir=DIR [--config.key=value ...] [--overwrite]``.
+    --workdir=DIR [--config.key=value ...] [--overwrite] [--print_config]
+    [--only_check_args]``; ``--help`` lists the flags and the config fields.
 
 ``configs/<name>.py`` defines ``get_config(variant=None)``; ``variant="smoke"`` must return
 a config that runs in about a second (the tests and ``reproduce --smoke`` use it). Register
 the experiment by adding its name to ``EXPERIMENTS`` in ``experiments/reproduce.py``.
 
 Each run writes, atomically (temp file in the same directory + ``os.replace``), into its
-workdir: ``config.json``, ``log.txt``, the figures, ``results.json`` (written last, sorted
-keys, byte-identical for the same config; NaN/inf as the strings "nan"/"inf"/"-inf") and
-``timing.json``. A non-empty workdir is refused unless ``--overwrite`` is given.
+workdir: ``config.json`` and ``provenance.json`` (before any compute: code, versions,
+machine, command line, seeds; see :func:`provenance`), ``log.txt`` (with
+``Workdir.progress`` lines for long loops), the figures (``Workdir.save_figure``, with a
+one-line caption for the report), ``metrics.csv`` (per-step metrics added with
+``Workdir.add_metrics``), ``results.json`` (written last, sorted keys, byte-identical for
+the same config: nothing run-specific goes in it; NaN/inf as the strings
+"nan"/"inf"/"-inf") and ``timing.json``. A non-empty workdir is refused unless
+``--overwrite`` is given, except the workdir of an unfinished run (provenance but no
+results), which is cleared and reused.
 
 This module imports only the standard library at import time (numpy, ml_collections,
 absl and matplotlib are imported where they are used), so importing it stays light.

@@ -1,9 +1,11 @@
-"""Runs every registered experiment and writes ``REPORT.md``: each seed claim and its verdict.
+r"""Runs every registered experiment and writes ``REPORT.md``: each seed claim and its verdict.
 
 From the repository root (``make run`` does this with a fresh ``runs/<timestamp>``)::
 
     python -m experiments.reproduce --workdir=runs/all
     python -m experiments.reproduce --smoke --workdir=/tmp/all-smoke   # small configs, fast
+    python -m experiments.reproduce --workdir=runs/lr \
+        --override=train_logistic.synthetic.learning_rate=0.5   # NAME.FIELD=VALUE, repeatable
 
 Each experiment runs into ``<workdir>/<name>/`` with its default config (``configs/<name>.py``,
 or its ``:smoke`` variant with ``--smoke``); all configs are validated before anything runs.
