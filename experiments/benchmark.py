@@ -660,6 +660,8 @@ def machine() -> dict:
     "distrax": distrax_version,
     "backend": jax.default_backend(),
     "devices": len(jax.devices()),
+    "git": _common.git_commit(),
+    "command": _common.provenance("benchmark")["command"],
     "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
     "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
     "load_avg_start": os.getloadavg(),
@@ -680,6 +682,9 @@ def markdown(results: dict) -> str:
     f"Machine: {m['cpu']}, {m['usable_cores']} cores; jax {m['jax']}, optax {m['optax']}, "
     f"distrax {m['distrax']}; GLIBC_TUNABLES={m['GLIBC_TUNABLES']}; load average "
     f"{m['load_avg_start'][0]:.1f} at start, {results['load_avg_end'][0]:.1f} at end.",
+    f"Code: git commit {m['git']['commit']}"
+    f"{' (with uncommitted changes)' if m['git']['dirty'] else ''}; "
+    f"command: `{' '.join(m['command'])}` (more in provenance.json).",
     "",
     "| operation | shape | pass | ours | anchor | anchor time | read pass | ours/anchor "
     "| ours/read | anchor/read | target | met |",

@@ -141,6 +141,9 @@ class BenchmarkSmokeTest(chex.TestCase):
     self.assertGreaterEqual(machine["usable_cores"], 1)
     self.assertIn("GLIBC_TUNABLES", machine)
     self.assertIn(f"jax {jax.__version__}", self.table)
+    provenance = json.loads((self.workdir / "provenance.json").read_text("utf-8"))
+    self.assertEqual(machine["git"], provenance["git"])
+    self.assertIn(f"Code: git commit {machine['git']['commit']}", self.table)
 
 
 class ReferenceOptimumTest(chex.TestCase):
