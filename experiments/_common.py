@@ -421,6 +421,8 @@ def logger_to(path: Path, name: str):
   logger.propagate = False
   formatter = logging.Formatter("%(asctime)s %(name)s] %(message)s", "%H:%M:%S")
   handlers = [_AtomicLogHandler(path), logging.StreamHandler(sys.stderr)]
+  # Records marked file_only (progress on a terminal, shown there in place) skip stderr.
+  handlers[1].addFilter(lambda record: not getattr(record, "file_only", False))
   for handler in handlers:
     handler.setFormatter(formatter)
     logger.addHandler(handler)
@@ -443,32 +445,47 @@ class Workdir:
     self.metrics: list[dict] = []
     self._started: dict[str, float] = {}
     self._last_progress: dict[str, float] = {}
+    self._terminal_line = False  # an updating progress line is on the terminal
 
   def log(self, message: str, *args) -> None:
     """Logs one line to ``log.txt`` and stderr."""
+    self._clear_terminal_line()
     self.logger.info(message, *args)
 
   def progress(self, done: int, total: int, what: str) -> None:
     """Logs ``what: step done/total, elapsed, ETA`` (the clock starts at ``done == 0``).
 
-    Call it with 0 before the first step, then after each chunk of work. It logs the start,
-    the end, and in between at most one line every ``PROGRESS_EVERY_S`` seconds; the ETA
-    extrapolates the mean time per step so far (compilation included).
+    Call it with 0 before the first step, then after each chunk of work. ``log.txt`` gets
+    the start, the end, and in between at most one line every ``PROGRESS_EVERY_S``
+    seconds; the ETA extrapolates the mean time per step so far (compilation included).
+    On a terminal, stderr shows the steps in between as one line updated in place.
     """
     now = time.perf_counter()
     if not done:
       self._started[what] = self._last_progress[what] = now
       self.log("%s: step 0/%d", what, total)
       return
-    if done < total and now - self._last_progress.get(what, 0.0) < PROGRESS_EVERY_S:
-      return
-    self._last_progress[what] = now
     elapsed = now - self._started.setdefault(what, now)
     if done >= total:
       self.log("%s: step %d/%d, done in %.1f s", what, done, total, elapsed)
-    else:
-      eta = elapsed / done * (total - done)
-      self.log("%s: step %d/%d, elapsed %.1f s, ETA %.1f s", what, done, total, elapsed, eta)
+      return
+    text = f"{what}: step {done}/{total}, elapsed {elapsed:.1f} s, ETA "
+    text += f"{elapsed / done * (total - done):.1f} s"
+    terminal = sys.stderr.isatty()
+    if now - self._last_progress.get(what, 0.0) >= PROGRESS_EVERY_S:
+      self._last_progress[what] = now
+      self._clear_terminal_line()
+      self.logger.info("%s", text, extra={"file_only": terminal})
+    if terminal:
+      sys.stderr.write(f"\r{text}\x1b[K")
+      sys.stderr.flush()
+      self._terminal_line = True
+
+  def _clear_terminal_line(self) -> None:
+    """Erases the updating progress line (if any) before a line is logged."""
+    if self._terminal_line:
+      sys.stderr.write("\r\x1b[K")
+      self._terminal_line = False
 
   def add_metrics(self, run: str, step, **columns) -> None:
     """Adds per-step metrics of ``run`` (arrays of one length, aligned with ``step``).

@@ -3,6 +3,7 @@ workdir protection, claims, and the command line (one-line errors, interrupts)."
 
 import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -271,6 +272,27 @@ def test_configs_beyond_the_memory_fail_validation(monkeypatch):
     entropy_comparison.validate(config)
   monkeypatch.setattr(_common, "available_memory_bytes", lambda: 128 * 2**30)
   entropy_comparison.validate(config)  # it would fit
+
+
+def test_progress_on_a_terminal_is_one_updating_line(tmp_path, monkeypatch):
+  class Terminal(io.StringIO):
+    def isatty(self):
+      return True
+
+  terminal = Terminal()
+  monkeypatch.setattr(sys, "stderr", terminal)
+  monkeypatch.setattr(_common, "PROGRESS_EVERY_S", 0.0)  # every step also goes to the file
+  with _common.logger_to(tmp_path / "log.txt", "tty") as logger:
+    workdir = _common.Workdir(tmp_path, logger)
+    for done in range(4):
+      workdir.progress(done, 3, "fit")
+  log, shown = (tmp_path / "log.txt").read_text(), terminal.getvalue()
+  for done in (1, 2):
+    assert f"] fit: step {done}/3, elapsed" in log  # the file has every line
+    assert f"] fit: step {done}/3" not in shown  # the terminal: in place, no log line
+    assert f"\rfit: step {done}/3, elapsed" in shown
+  assert "\r\x1b[K" in shown.split("] fit: step 3/3, done in")[0][-40:]  # erased first
+  assert "] fit: step 0/3" in log and "] fit: step 0/3" in shown
 
 
 def test_default_workdirs_are_fresh(monkeypatch, tmp_path):
