@@ -683,8 +683,9 @@ def run_experiment(
     validate(config)
   path = prepare_workdir(workdir, overwrite=overwrite)
   config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  write_json(path / "config.json", config_dict)
+  # provenance.json first: from here on, an unfinished run is recognised (is_incomplete_run).
   write_json(path / PROVENANCE_FILE, provenance(name, config_dict))
+  write_json(path / "config.json", config_dict)
   start_utc, start = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
   with logger_to(path / "log.txt", name) as logger:
     workdir = Workdir(path, logger)

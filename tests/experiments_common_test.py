@@ -429,3 +429,5 @@ def test_interrupted_run_leaves_only_complete_files(tmp_path):
     if proc.returncode == 130:
       assert "error: interrupted" in stderr
     _assert_complete(tmp_path / name)
+    # An interrupted run is recognised as unfinished: its rerun will not be refused.
+    assert _common.is_incomplete_run(tmp_path / name) == (proc.returncode != 0)
