@@ -746,7 +746,7 @@ def git_commit() -> dict:
     return {"commit": "unknown", "dirty": None}
 
 
-def _command_line() -> list[str]:
+def command_line() -> list[str]:
   """The command as typed: ``python -m experiments.NAME --flag ...`` for a module run."""
   spec = getattr(sys.modules.get("__main__"), "__spec__", None)
   if spec is not None and spec.name and sys.argv[:1] != ["-c"]:
@@ -776,7 +776,7 @@ def provenance(name: str, config: Mapping | None = None) -> dict:
   record = {
     "experiment": name,
     "git": git_commit(),
-    "command": _command_line(),
+    "command": command_line(),
     "cwd": os.getcwd(),
     "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "python": platform.python_version(),

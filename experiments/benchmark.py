@@ -661,7 +661,7 @@ def machine() -> dict:
     "backend": jax.default_backend(),
     "devices": len(jax.devices()),
     "git": _common.git_commit(),
-    "command": _common.provenance("benchmark")["command"],
+    "command": _common.command_line(),
     "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES"),
     "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
     "load_avg_start": os.getloadavg(),
