@@ -7,7 +7,9 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?= -n 2
 
-.PHONY: run test lint format bench clean
+INSTALL_CHECK_VENV := build/install-check
+
+.PHONY: run test lint format bench install-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +37,15 @@ test: lint
 	JAX_ENABLE_X64=0 $(PY) -m pytest $(PYTEST_ARGS)
 	JAX_ENABLE_X64=1 $(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed-test
+bench: $(VENV)/.installed-run
 	$(PY) -m experiments.benchmark --config=configs/benchmark.py --workdir=runs/bench-$(shell date +%Y%m%d-%H%M%S)
 
+# `pip install .` (no extras) in a fresh venv, then the README's quick start there.
+install-check:
+	rm -rf $(INSTALL_CHECK_VENV)
+	$(PYTHON) -m venv $(INSTALL_CHECK_VENV)
+	$(INSTALL_CHECK_VENV)/bin/python -m pip install -q .
+	$(INSTALL_CHECK_VENV)/bin/python tests/readme_quickstart.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs build .pytest_cache .ruff_cache

@@ -27,7 +27,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.num_steps = 240  # full-batch steps
   config.num_checkpoints = 24  # parameters recorded every num_steps / num_checkpoints steps
   config.entropy_bins = 40  # bins of the held-out entropy histograms, over [0, log K]
-  config.optimum_rtol = 1e-6  # SPEC §3: the final objective must be this close (relative)
+  config.optimum_rtol = 1e-6  # the final objective must be this close to the optimum (relative)
 
   if variant == "smoke":
     config.num_checkpoints = 8

@@ -42,7 +42,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.seed_loss_num_steps = 20_000  # steps of the §4.1-loss runs
   # Parameters are recorded every num_steps / num_checkpoints steps (accuracy, ‖w‖, gaps).
   config.num_checkpoints = 40  # divides every num_steps above
-  config.optimum_rtol = 1e-6  # SPEC §3: the final objective must be this close (relative)
+  config.optimum_rtol = 1e-6  # the final objective must be this close to the optimum (relative)
 
   if variant == "smoke":
     config.synthetic.num_train = 500

@@ -16,16 +16,23 @@ To be runnable on its own and registered in ``experiments/reproduce.py`` it expo
     ``workdir.log(...)``. No timings in the results (they go to ``timing.json``).
 ``if __name__ == "__main__": _common.main(run, validate)``
     The absl entry point: ``python -m experiments.<name> --config=configs/<name>.py
-    --workdir=DIR [--config.key=value ...] [--overwrite]``.
+    --workdir=DIR [--config.key=value ...] [--overwrite] [--print_config]
+    [--only_check_args]``; ``--help`` lists the flags and the config fields.
 
 ``configs/<name>.py`` defines ``get_config(variant=None)``; ``variant="smoke"`` must return
 a config that runs in about a second (the tests and ``reproduce --smoke`` use it). Register
 the experiment by adding its name to ``EXPERIMENTS`` in ``experiments/reproduce.py``.
 
 Each run writes, atomically (temp file in the same directory + ``os.replace``), into its
-workdir: ``config.json``, ``log.txt``, the figures, ``results.json`` (written last, sorted
-keys, byte-identical for the same config; NaN/inf as the strings "nan"/"inf"/"-inf") and
-``timing.json``. A non-empty workdir is refused unless ``--overwrite`` is given.
+workdir: ``config.json`` and ``provenance.json`` (before any compute: code, versions,
+machine, command line, seeds; see :func:`provenance`), ``log.txt`` (with
+``Workdir.progress`` lines for long loops), the figures (``Workdir.save_figure``, with a
+one-line caption for the report), ``metrics.csv`` (per-step metrics added with
+``Workdir.add_metrics``), ``results.json`` (written last, sorted keys, byte-identical for
+the same config: nothing run-specific goes in it; NaN/inf as the strings
+"nan"/"inf"/"-inf") and ``timing.json``. A non-empty workdir is refused unless
+``--overwrite`` is given, except the workdir of an unfinished run (provenance but no
+results), which is cleared and reused.
 
 This module imports only the standard library at import time (numpy, ml_collections,
 absl and matplotlib are imported where they are used), so importing it stays light.
@@ -42,6 +49,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -57,6 +65,10 @@ VERDICTS = ("holds", "partly", "fails")
 # Files a finished run leaves; removed first when a run reuses a workdir (--overwrite), so a
 # results.json on disk always belongs to the config.json next to it.
 COMPLETION_FILES = ("results.json", "timing.json", "REPORT.md")
+# Written before any compute: what ran, where and from which code (see provenance()).
+PROVENANCE_FILE = "provenance.json"
+# The other files a run writes at the top of its workdir (besides figures, *.png).
+RUN_FILES = ("config.json", "log.txt", "metrics.csv", PROVENANCE_FILE)
 
 
 class ConfigError(ValueError):
@@ -169,6 +181,40 @@ def grid(min_num=2) -> Checker:
       _fail(key, "a non-empty grid with start < stop", dict(_flatten(value)))
 
   return check
+
+
+def available_memory_bytes() -> int | None:
+  """Memory this process can still allocate without swapping (Linux MemAvailable), or None."""
+  try:
+    with open("/proc/meminfo", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def check_memory(arrays: Mapping[str, float], *, itemsize: int = 8) -> None:
+  """Raises ConfigError when the arrays a config implies cannot fit in memory.
+
+  Args:
+    arrays: ``{what: number of elements}`` for the arrays the run holds at once, e.g.
+      ``{"config.grid.num × 3 models × 2 curves": 3 * 2 * num}``: a lower bound of the
+      run's memory, checked before any compute against :func:`available_memory_bytes`.
+    itemsize: bytes per element (8: float64 on the host).
+  """
+  available = available_memory_bytes()
+  needed = itemsize * sum(arrays.values())
+  if available is not None and needed > available:
+    biggest = max(arrays, key=arrays.get)
+    raise ConfigError(
+      f"this config needs at least {needed / 2**30:.3g} GiB ({biggest}: "
+      f"{arrays[biggest]:.3g} values), more than the {available / 2**30:.3g} GiB available"
+    )
 
 
 def _flatten(config: Mapping, prefix: str = "") -> list[tuple[str, Any]]:
@@ -375,6 +421,8 @@ def logger_to(path: Path, name: str):
   logger.propagate = False
   formatter = logging.Formatter("%(asctime)s %(name)s] %(message)s", "%H:%M:%S")
   handlers = [_AtomicLogHandler(path), logging.StreamHandler(sys.stderr)]
+  # Records marked file_only (progress on a terminal, shown there in place) skip stderr.
+  handlers[1].addFilter(lambda record: not getattr(record, "file_only", False))
   for handler in handlers:
     handler.setFormatter(formatter)
     logger.addHandler(handler)
@@ -385,18 +433,97 @@ def logger_to(path: Path, name: str):
       logger.removeHandler(handler)
 
 
+PROGRESS_EVERY_S = 5.0  # the most often Workdir.progress logs a line within a long loop
+
+
 class Workdir:
-  """Where one experiment run writes: ``path``, ``log(msg)``, ``save_figure(fig, name)``."""
+  """Where one experiment run writes: ``path``, ``log(msg)``, ``save_figure(fig, name)``,
+  ``progress(k, n, what)`` and ``save_metrics(rows)``."""
 
   def __init__(self, path: Path, logger: logging.Logger):
-    self.path, self.logger, self.figures = path, logger, []
+    self.path, self.logger, self.figures, self.captions = path, logger, [], {}
+    self.metrics: list[dict] = []
+    self._started: dict[str, float] = {}
+    self._last_progress: dict[str, float] = {}
+    self._terminal_line = False  # an updating progress line is on the terminal
 
   def log(self, message: str, *args) -> None:
     """Logs one line to ``log.txt`` and stderr."""
+    self._clear_terminal_line()
     self.logger.info(message, *args)
 
-  def save_figure(self, fig, filename: str) -> str:
-    """Saves a matplotlib figure as PNG atomically, closes it, returns the file name."""
+  def progress(self, done: int, total: int, what: str) -> None:
+    """Logs ``what: step done/total, elapsed, ETA`` (the clock starts at ``done == 0``).
+
+    Call it with 0 before the first step, then after each chunk of work. ``log.txt`` gets
+    the start, the end, and in between at most one line every ``PROGRESS_EVERY_S``
+    seconds; the ETA extrapolates the mean time per step so far (compilation included).
+    On a terminal, stderr shows the steps in between as one line updated in place.
+    """
+    now = time.perf_counter()
+    if not done:
+      self._started[what] = self._last_progress[what] = now
+      self.log("%s: step 0/%d", what, total)
+      return
+    elapsed = now - self._started.setdefault(what, now)
+    if done >= total:
+      self.log("%s: step %d/%d, done in %.1f s", what, done, total, elapsed)
+      return
+    text = f"{what}: step {done}/{total}, elapsed {elapsed:.1f} s, ETA "
+    text += f"{elapsed / done * (total - done):.1f} s"
+    terminal = sys.stderr.isatty()
+    if now - self._last_progress.get(what, 0.0) >= PROGRESS_EVERY_S:
+      self._last_progress[what] = now
+      self._clear_terminal_line()
+      self.logger.info("%s", text, extra={"file_only": terminal})
+    if terminal:
+      sys.stderr.write(f"\r{text}\x1b[K")
+      sys.stderr.flush()
+      self._terminal_line = True
+
+  def _clear_terminal_line(self) -> None:
+    """Erases the updating progress line (if any) before a line is logged."""
+    if self._terminal_line:
+      sys.stderr.write("\r\x1b[K")
+      self._terminal_line = False
+
+  def add_metrics(self, run: str, step, **columns) -> None:
+    """Adds per-step metrics of ``run`` (arrays of one length, aligned with ``step``).
+
+    They are written at the end of the run to ``metrics.csv``, one row per (run, step):
+    ``pandas.read_csv(workdir / "metrics.csv")`` reads it directly.
+    """
+    import numpy as np
+
+    step = np.asarray(step)
+    values = {k: np.asarray(v) for k, v in columns.items()}
+    for k, v in values.items():
+      if v.shape != step.shape:
+        raise ValueError(f"metric {k!r} has shape {v.shape}, step has {step.shape}")
+    for i in range(step.size):
+      self.metrics.append(
+        {"run": run, "step": int(step[i]), **{k: float(v[i]) for k, v in values.items()}}
+      )
+
+  def save_metrics(self, filename: str = "metrics.csv") -> str | None:
+    """Writes the collected metrics as CSV (atomically); None when there are none."""
+    if not self.metrics:
+      return None
+    import csv
+
+    columns = list(dict.fromkeys(k for row in self.metrics for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _csv_value(row.get(k)) for k in columns} for row in self.metrics)
+    atomic_write(self.path / filename, buffer.getvalue())
+    return filename
+
+  def save_figure(self, fig, filename: str, caption: str | None = None) -> str:
+    """Saves a matplotlib figure as PNG atomically, closes it, returns the file name.
+
+    ``caption``: one line saying what the figure shows (REPORT.md prints it under it).
+    """
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -404,7 +531,18 @@ class Workdir:
     plt.close(fig)
     atomic_write(self.path / filename, buffer.getvalue())
     self.figures.append(filename)
+    if caption:
+      self.captions[filename] = caption
     return filename
+
+
+def _csv_value(value):
+  """A CSV cell: floats in shortest round-trip form, nan/inf as pandas reads them."""
+  if value is None:
+    return ""
+  if isinstance(value, float) and not math.isfinite(value):
+    return "nan" if value != value else ("inf" if value > 0 else "-inf")
+  return repr(value) if isinstance(value, float) else value
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
@@ -417,6 +555,34 @@ def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
   return plt.subplots(nrows, ncols, layout="constrained", **kwargs)
 
 
+def plot_relative_gap(ax, loss_T, reference: float, dtype: str, *, color: str, label: str):
+  """Draws the per-step relative gap (L_t - L*) / L* of a loss recorded in ``dtype``.
+
+  A loss computed in ``dtype`` cannot resolve a relative gap much below its machine epsilon:
+  there the recorded values are rounding noise of either sign, and a line through them on a
+  log axis fills a solid block. The gap is drawn as a line where it exceeds 4 eps, and the
+  steps below that as points on a floor at 4 eps (the legend says so); the checkpoints'
+  float64 objective (drawn by the caller) shows how far below the floor it really went.
+  """
+  import numpy as np
+
+  floor = 4 * float(np.finfo(dtype).eps)
+  gap_T = (np.asarray(loss_T, np.float64) - reference) / abs(reference)
+  step_T = np.arange(len(gap_T))
+  above = gap_T > floor
+  ax.plot(step_T, np.where(above, gap_T, np.nan), color=color, lw=1, label=f"{label}, {dtype}")
+  if not above.all():
+    ax.plot(
+      step_T[~above],
+      np.full((~above).sum(), floor),
+      color=color,
+      ls="none",
+      marker="|",
+      ms=4,
+      label=f"{label}: below 4 eps of {dtype} = {floor:.1e} (rounding), drawn at it",
+    )
+
+
 def default_workdir(name: str) -> Path:
   """A fresh ``runs/<name>-<timestamp>[-k]`` path that does not exist yet."""
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -427,13 +593,52 @@ def default_workdir(name: str) -> Path:
   return path
 
 
+def is_incomplete_run(path: Path | str) -> bool:
+  """True for the workdir of a run that started but never finished.
+
+  Every run writes ``provenance.json`` before any compute and ``results.json`` (an
+  experiment) or ``REPORT.md`` (``reproduce``) last: a workdir with the first and neither
+  of the others was left by a run that failed or was interrupted.
+  """
+  path = Path(path)
+  return (path / PROVENANCE_FILE).is_file() and not any(
+    (path / name).exists() for name in COMPLETION_FILES
+  )
+
+
+def _clear_incomplete_run(path: Path) -> list[str]:
+  """Removes the files an unfinished run leaves at the top of ``path``; returns their names."""
+  removed = []
+  for entry in sorted(path.iterdir()):
+    if entry.is_file() and (
+      entry.name in RUN_FILES
+      or entry.suffix == ".png"
+      or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+    ):
+      entry.unlink()
+      removed.append(entry.name)
+  return removed
+
+
 def prepare_workdir(path: Path | str, *, overwrite: bool) -> Path:
-  """Creates ``path``; a non-empty existing one needs ``overwrite`` (else WorkdirError)."""
+  """Creates ``path``, writable, for a run; raises WorkdirError (one line) otherwise.
+
+  A non-empty existing workdir needs ``overwrite``, except the workdir of an unfinished run
+  (:func:`is_incomplete_run`): its files are removed (a note on stderr says so) and it is
+  reused, so that a failed or interrupted run never blocks its rerun.
+  """
   path = Path(path)
   if path.exists() and not path.is_dir():
     raise WorkdirError(f"workdir {path} exists and is not a directory")
   if path.is_dir() and any(path.iterdir()):
-    if not overwrite:
+    if is_incomplete_run(path):
+      removed = _clear_incomplete_run(path)
+      print(
+        f"note: {path} holds an unfinished run (no results); reusing it "
+        f"(removed {', '.join(removed) or 'nothing'})",
+        file=sys.stderr,
+      )
+    elif not overwrite:
       raise WorkdirError(
         f"workdir {path} is not empty; pass --overwrite to reuse it "
         "(its results would be replaced) or choose another --workdir"
@@ -441,7 +646,14 @@ def prepare_workdir(path: Path | str, *, overwrite: bool) -> Path:
     for name in COMPLETION_FILES:
       with contextlib.suppress(FileNotFoundError):
         (path / name).unlink()
-  path.mkdir(parents=True, exist_ok=True)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as error:
+    raise WorkdirError(
+      f"cannot write to workdir {path}: {error.strerror or error}; choose another --workdir"
+    ) from None
   return path
 
 
@@ -470,7 +682,10 @@ def run_experiment(
   if validate is not None:
     validate(config)
   path = prepare_workdir(workdir, overwrite=overwrite)
-  write_json(path / "config.json", config.to_dict() if hasattr(config, "to_dict") else config)
+  config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  # provenance.json first: from here on, an unfinished run is recognised (is_incomplete_run).
+  write_json(path / PROVENANCE_FILE, provenance(name, config_dict))
+  write_json(path / "config.json", config_dict)
   start_utc, start = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
   with logger_to(path / "log.txt", name) as logger:
     workdir = Workdir(path, logger)
@@ -478,6 +693,9 @@ def run_experiment(
     results = run_fn(config, workdir)
     _check_results(name, results)
     results = {**results, "experiment": name, "figures": sorted(workdir.figures)}
+    if workdir.captions:
+      results["figure_captions"] = workdir.captions
+    workdir.save_metrics()
     write_json(path / "results.json", results)
     wall_s = time.perf_counter() - start
     write_json(
@@ -486,10 +704,13 @@ def run_experiment(
     )
     verdicts = [c["verdict"] for c in results["claims"]]
     workdir.log(
-      "%s: %d claims (%s) in %.2f s",
+      "%s: %s in %.2f s",
       name,
-      len(verdicts),
-      ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS),
+      (
+        f"{len(verdicts)} claims ({', '.join(f'{verdicts.count(v)} {v}' for v in VERDICTS)})"
+        if verdicts
+        else "done (it checks no claims of the seed)"
+      ),
       wall_s,
     )
   return to_jsonable(results)
@@ -504,6 +725,74 @@ def _environment() -> dict:
       jax=jax.__version__, backend=jax.default_backend(), x64=bool(jax.config.jax_enable_x64)
     )
   return env
+
+
+def git_commit() -> dict:
+  """``{"commit": sha or "unknown", "dirty": bool or None}`` of the code that runs."""
+  import subprocess
+
+  def git(*args):
+    return subprocess.run(
+      ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=10
+    )
+
+  try:
+    head = git("rev-parse", "HEAD")
+    if head.returncode:
+      return {"commit": "unknown", "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+  except (OSError, subprocess.SubprocessError):
+    return {"commit": "unknown", "dirty": None}
+
+
+def command_line() -> list[str]:
+  """The command as typed: ``python -m experiments.NAME --flag ...`` for a module run."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  if spec is not None and spec.name and sys.argv[:1] != ["-c"]:
+    return ["python", "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]]
+  return ["python", *sys.argv]
+
+
+PROVENANCE_PACKAGES = ("jax", "jaxlib", "optax", "numpy", "ml-collections", "absl-py")
+
+
+def provenance(name: str, config: Mapping | None = None) -> dict:
+  """What produced a run: code, versions, machine, command line and seeds.
+
+  Written to ``provenance.json`` next to ``results.json``, never into it: results.json
+  stays byte-identical for the same config and seed (SPEC §5), while this file differs
+  between runs (the command line, the start time, the machine).
+  """
+  import importlib.metadata
+  import platform
+
+  versions = {}
+  for package in PROVENANCE_PACKAGES:
+    try:
+      versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      versions[package] = "not installed"
+  record = {
+    "experiment": name,
+    "git": git_commit(),
+    "command": command_line(),
+    "cwd": os.getcwd(),
+    "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "python": platform.python_version(),
+    "packages": versions,
+    "platform": platform.platform(),
+    "machine": platform.machine(),
+    "cpu_count": os.cpu_count(),
+  }
+  if "jax" in sys.modules:
+    jax = sys.modules["jax"]
+    record["jax_backend"] = jax.default_backend()
+    record["devices"] = [str(d) for d in jax.devices()]
+    record["x64"] = bool(jax.config.jax_enable_x64)
+  if config is not None:
+    record["seeds"] = {k: v for k, v in _flatten(config) if "seed" in k.rsplit(".", 1)[-1]}
+  return record
 
 
 # ---------------------------------------------------------------------------- absl entry
@@ -545,12 +834,14 @@ def experiment_name(run_fn: Callable) -> str:
   return Path(getattr(module, "__file__", "experiment")).stem
 
 
-def run_app(body: Callable[[], None]) -> None:
+def run_app(body: Callable[[], None], *, check: Callable[[], None] | None = None) -> None:
   """``absl.app.run(body)`` with one-line errors instead of tracebacks.
 
   A bad flag, config override or config file, a ConfigError or WorkdirError print one
   ``error:`` line on stderr and exit with status 2; stray arguments are rejected; Ctrl-C
   exits with 130 and SIGTERM with 143, after pending atomic writes have cleaned up.
+  ``--only_check_args`` runs ``check()`` (config validation) after parsing, then exits:
+  0 and ``ok: ...`` on stdout, or the error line and 2.
   """
   from absl import app, flags
   from absl import logging as absl_logging
@@ -562,9 +853,18 @@ def run_app(body: Callable[[], None]) -> None:
       rest = flag_values(argv)
       if "config" in flag_values:
         flag_values.config.to_dict()  # a config file that failed to load raises here
-      return rest
     except Exception as error:
       _die(_one_line(error))
+    if flag_values["only_check_args"].value:
+      if len(rest) > 1:
+        _die(f"unexpected arguments {rest[1:]} (settings go in --config.key=value)")
+      try:
+        if check is not None:
+          check()
+      except (ConfigError, WorkdirError) as error:
+        _die(str(error))
+      print("ok: flags and config are valid")
+    return rest
 
   def wrapped(argv):
     if len(argv) > 1:
@@ -578,30 +878,102 @@ def run_app(body: Callable[[], None]) -> None:
     except KeyboardInterrupt:
       _die("interrupted; the files already in the workdir are complete", 130)
 
+  app.define_help_flags()  # --only_check_args is defined with them
   app.run(wrapped, flags_parser=parse)
+
+
+_CONFIG_LINE = re.compile(r"^\s*config((?:\.\w+)+)\s*=\s*(.*?)\s*#\s*(.*)$")
+
+
+def config_field_comments(name: str) -> dict[str, str]:
+  """``{dotted key: comment}`` from ``configs/<name>.py`` (``config.key = value  # comment``).
+
+  Only the default config's lines count: the first assignment of a key wins (variants
+  come later in the file and reassign).
+  """
+  comments = {}
+  try:
+    lines = (CONFIGS_DIR / f"{name}.py").read_text("utf-8").splitlines()
+  except OSError:
+    return comments
+  for line in lines:
+    match = _CONFIG_LINE.match(line)
+    if match:
+      comments.setdefault(match.group(1)[1:], match.group(3))
+  return comments
+
+
+def config_help(name: str) -> str:
+  """The text ``--help`` shows after the module docstring: every config field of
+  ``configs/<name>.py`` with its default value and its comment, and the variants."""
+  config = load_config(name)
+  comments = config_field_comments(name)
+  rows = [(f"--config.{k}={_flag_value(v)}", comments.get(k, "")) for k, v in _flatten(config)]
+  width = min(max(len(flag) for flag, _ in rows), 48)
+  lines = [
+    "",
+    f"Config fields (configs/{name}.py; override any as --config.FIELD=VALUE, the variant",
+    f"with --config=configs/{name}.py:smoke; --print_config shows the resolved config,",
+    "--only_check_args validates the flags and the config, both without running):",
+    "",
+  ]
+  for flag, comment in rows:
+    pad = " " * max(1, width - len(flag) + 2)
+    lines.append(f"  {flag}{pad}{comment}".rstrip())
+  return "\n".join(lines) + "\n"
+
+
+def _flag_value(value) -> str:
+  """A config value as it is typed after ``--config.key=`` in a shell."""
+  import shlex
+
+  return shlex.quote(value if isinstance(value, str) else repr(value))
+
+
+def _add_to_usage(text: str) -> None:
+  """Appends ``text`` to the usage absl prints for ``--help`` (``__main__``'s docstring)."""
+  module = sys.modules.get("__main__")
+  if module is not None:
+    module.__doc__ = (module.__doc__ or "") + text.replace("%", "%%")
 
 
 def main(run_fn: Callable, validate: Callable | None = None) -> None:
   """The absl entry point of an experiment (``if __name__ == "__main__": main(run, validate)``).
 
   Flags: ``--config`` (default ``configs/<name>.py``; ``:smoke`` and ``--config.key=value``
-  overrides), ``--workdir`` (default a fresh ``runs/<name>-<timestamp>``), ``--overwrite``.
+  overrides), ``--workdir`` (default a fresh ``runs/<name>-<timestamp>``), ``--overwrite``,
+  ``--print_config`` (print the resolved config as JSON, validate it, exit) and absl's
+  ``--only_check_args`` (validate the flags and the config, exit). ``--help`` lists these
+  flags and every config field with its default and comment.
   """
   from absl import flags
   from ml_collections import config_flags
 
   name = experiment_name(run_fn)
+  # The flags below are the experiment's own: attributed to __main__, --help lists them.
+  flags.disclaim_key_flags()
   flags.DEFINE_string("workdir", None, "Output directory (default: runs/<name>-<timestamp>).")
   flags.DEFINE_bool("overwrite", False, "Allow reusing a non-empty --workdir.")
+  flags.DEFINE_bool("print_config", False, "Print the resolved config (JSON), validate it, exit.")
   try:
     config_flags.DEFINE_config_file(
       "config", str(CONFIGS_DIR / f"{name}.py"), "Experiment config file.", lock_config=True
     )
+    _add_to_usage(config_help(name))
   except Exception as error:  # overrides of the default config are parsed here already
     _die(_one_line(error))
 
+  def check():
+    if validate is not None:
+      validate(flags.FLAGS.config)
+
   def body():
     flag_values = flags.FLAGS
+    if flag_values.print_config:
+      sys.stdout.write(dumps(flag_values.config.to_dict()).decode("utf-8"))
+      sys.stdout.flush()
+      check()
+      return
     run_experiment(
       name,
       run_fn,
@@ -611,4 +983,4 @@ def main(run_fn: Callable, validate: Callable | None = None) -> None:
       overwrite=flag_values.overwrite,
     )
 
-  run_app(body)
+  run_app(body, check=check)

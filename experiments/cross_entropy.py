@@ -68,6 +68,9 @@ def validate(config) -> None:
   )
   if tuple(config.target.values()) == tuple(config.model.values()):
     raise _common.ConfigError("config.target and config.model must differ")
+  _common.check_memory(  # both σ, both H, both cross-entropies and KLs on the grid
+    {"config.grid.num × 8 curves": 8 * config.grid.num, "config.search_num": config.search_num}
+  )
 
 
 def _base(config):
@@ -378,7 +381,14 @@ def _figure(workdir, x_N, m_fwd, m_rev, results) -> None:
   for ax in axes:
     ax.legend(fontsize=7, loc="upper left")  # a fixed place: "best" scans every point
     ax.grid(alpha=0.3)
-  workdir.save_figure(fig, "cross_entropy.png")
+  workdir.save_figure(
+    fig,
+    "cross_entropy.png",
+    caption=(
+      "Cross-entropies and entropies of σ₁ and σ₂ over x (shaded: where H(p, q) < "
+      "H(q)), and H(p, q) - H(q) next to KL(p‖q) ≥ 0."
+    ),
+  )
 
 
 if __name__ == "__main__":

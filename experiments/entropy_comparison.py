@@ -66,6 +66,15 @@ def validate(config) -> None:
       f"config.intercepts and config.slopes must have the same length, got "
       f"{len(config.intercepts)} and {len(config.slopes)}"
     )
+  models = len(config.intercepts)
+  _common.check_memory(  # σ and H curves of every model on each grid
+    {
+      f"config.grid.num × {models} models × 2 curves": 2 * models * config.grid.num,
+      f"config.integral_num × {models} models": models * config.integral_num,
+      f"config.window_num × {models} models": models * config.window_num,
+      "config.probability_num": config.probability_num,
+    }
+  )
 
 
 @functools.partial(jax.jit, static_argnames="base")
@@ -430,23 +439,27 @@ def _figure(workdir, x_N, sig_MxN, h_MxN, results) -> None:
     label = f"{model['name']}: σ({model['a']:g} {sign} {abs(model['b']):g}x)"
     ax_p.plot(x_N, sig_MxN[m], label=label, color=f"C{m}")
     ax_h.plot(
-      x_N, h_MxN[m], label=f"{model['name']} (∫H dx = {model['integral']:.3f})", color=f"C{m}"
+      x_N,
+      h_MxN[m],
+      label=f"{model['name']} (∫H dx = {model['integral']:.3f} {unit})",
+      color=f"C{m}",
     )
     ax_h.axvline(model["max_entropy_x_closed_form"], color=f"C{m}", ls=":", lw=0.8)
-    for c, ls in ((0.0, "-"), (results["models"][2]["max_entropy_x_closed_form"], "--")):
+    for c, fill in ((0.0, f"C{m}"), (results["models"][2]["max_entropy_x_closed_form"], "none")):
       ws = [w for w in results["windows"][:-1] if np.isclose((w["lo"] + w["hi"]) / 2, c)]
-      ax_w.plot(
+      ax_w.plot(  # one point per window (a line would suggest values between the widths)
         [(w["hi"] - w["lo"]) / 2 for w in ws],
         [w["mean_entropy"][m] for w in ws],
-        ls=ls,
+        ls="none",
         marker="o",
-        ms=3,
+        ms=5,
+        mfc=fill,
         color=f"C{m}",
         label=f"{model['name']}, windows centred at x = {c:g}",
       )
-  ax_h.axhline(
-    results["models"][0]["max_entropy_closed_form"], color="gray", ls="--", lw=0.8, label="log 2"
-  )
+  h_max = results["models"][0]["max_entropy_closed_form"]
+  h_max_text = "log 2 nats = 1 bit" if unit == "bits" else f"log 2 = {h_max:.4g} nats"
+  ax_h.axhline(h_max, color="gray", ls="--", lw=0.8, label=f"max: {h_max_text}")
   ax_p.set(xlabel="x", ylabel="p(y = 1 | x)", title="model outputs σ(a + b·x)")
   ax_h.set(
     xlabel="x",
@@ -462,7 +475,14 @@ def _figure(workdir, x_N, sig_MxN, h_MxN, results) -> None:
   for ax in (ax_p, ax_h, ax_w):
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-  workdir.save_figure(fig, "entropy_curves.png")
+  workdir.save_figure(
+    fig,
+    "entropy_curves.png",
+    caption=(
+      "The three models σ(a + b·x), their binary entropies (all peak at log 2, at x = "
+      "-a/b) and mean entropy per x-window: the ranking depends on the window."
+    ),
+  )
 
 
 if __name__ == "__main__":

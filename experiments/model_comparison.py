@@ -72,6 +72,14 @@ def validate(config) -> None:
       f"config.data.x_low must be < config.data.x_high, got {config.data.x_low} and "
       f"{config.data.x_high}"
     )
+  models = len(config.intercepts)
+  _common.check_memory(  # every candidate's probabilities on the data and the population grid
+    {
+      f"config.data.num_test × {models + 2} candidates": (models + 2) * config.data.num_test,
+      "config.data.num_train": 4 * config.data.num_train,
+      "config.population_num × candidates": (models + 2) * config.population_num,
+    }
+  )
 
 
 def sample_data(*, seed, x_low, x_high, num_train, num_test, intercept, slope):
@@ -330,7 +338,14 @@ def _figure(workdir, test, r) -> None:
   for ax, loc in ((ax_p, "center right"), (ax_b, "upper left"), (ax_s, "upper right")):
     ax.legend(fontsize=7, loc=loc)  # a fixed place: "best" scans every plotted point
     ax.grid(alpha=0.3)
-  workdir.save_figure(fig, "model_comparison.png")
+  workdir.save_figure(
+    fig,
+    "model_comparison.png",
+    caption=(
+      "Candidate models and sampled labels; held-out cross-entropy vs each model's own "
+      "entropy: the true model has the lowest cross-entropy, not the lowest entropy."
+    ),
+  )
 
 
 if __name__ == "__main__":

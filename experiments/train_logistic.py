@@ -91,13 +91,32 @@ def validate(config) -> None:
         f"config.{key} = {num_steps} must be a multiple of "
         f"config.num_checkpoints = {config.num_checkpoints}"
       )
+  s = config.synthetic
+  _common.check_memory(  # the synthetic data; the per-step losses of the five runs
+    {
+      "config.synthetic.num_train/num_test × (num_features + 1)": (s.num_train + s.num_test)
+      * (s.num_features + 1),
+      "the num_steps of the five runs": 2 * s.num_steps
+      + config.breast_cancer.num_steps
+      + config.breast_cancer.unpenalised_num_steps
+      + 2 * config.seed_loss_num_steps,
+    }
+  )
 
 
 # ---------------------------------------------------------------------------- training
 
 
 def train_with_checkpoints(
-  params, batch, *, loss_fn, optimizer, num_steps: int, num_checkpoints: int
+  params,
+  batch,
+  *,
+  loss_fn,
+  optimizer,
+  num_steps: int,
+  num_checkpoints: int,
+  workdir: _common.Workdir | None = None,
+  name: str = "training",
 ):
   """Trains with :func:`xent_jax.training.train_full_batch`, recording the parameters.
 
@@ -113,6 +132,9 @@ def train_with_checkpoints(
     optimizer: optax transformation (likewise).
     num_steps: T, a multiple of ``num_checkpoints``.
     num_checkpoints: C.
+    workdir: where to report progress (``name: step k/T, elapsed, ETA`` after every
+      chunk) and the per-step loss (``metrics.csv``, run ``name``); None: neither.
+    name: the run's name in the log and in ``metrics.csv``.
 
   Returns:
     ``(checkpoints, loss_T)``: C + 1 parameter pytrees of numpy arrays (after 0, T/C, …, T
@@ -121,13 +143,21 @@ def train_with_checkpoints(
   to_host = functools.partial(jax.tree.map, np.array)  # np.array copies: safe to donate
   checkpoints, losses = [to_host(params)], []
   state = training.init_train_state(jax.tree.map(jax.numpy.array, params), optimizer)
-  for _ in range(num_checkpoints):
+  chunk = num_steps // num_checkpoints
+  if workdir is not None:
+    workdir.progress(0, num_steps, name)
+  for k in range(1, num_checkpoints + 1):
     state, metrics = training.train_full_batch(
-      state, batch, loss_fn=loss_fn, optimizer=optimizer, num_steps=num_steps // num_checkpoints
+      state, batch, loss_fn=loss_fn, optimizer=optimizer, num_steps=chunk
     )
     checkpoints.append(to_host(state.params))
     losses.append(np.asarray(metrics["loss"]))
-  return checkpoints, np.concatenate(losses)
+    if workdir is not None:
+      workdir.progress(k * chunk, num_steps, name)
+  loss_T = np.concatenate(losses)
+  if workdir is not None:
+    workdir.add_metrics(name, np.arange(num_steps), loss=loss_T)
+  return checkpoints, loss_T
 
 
 def checkpoint_steps(num_steps: int, num_checkpoints: int) -> np.ndarray:
@@ -162,7 +192,9 @@ def _first_step_within(loss_T, value: float, rtol: float):
   return int(hit[0]) if hit.size else None
 
 
-def _cross_entropy_run(dataset, *, l2, optimizer, num_steps, config) -> tuple[dict, dict]:
+def _cross_entropy_run(
+  dataset, *, l2, optimizer, num_steps, config, workdir=None, name="training"
+) -> tuple[dict, dict]:
   """Trains mean CE + (l2/2)‖w‖² and compares it with the float64 reference optimum."""
   reference = optimum.logistic_regression_optimum(*dataset.train, l2=l2)
   loss_fn = functools.partial(models.logistic_regression_loss, l2=l2)
@@ -173,6 +205,8 @@ def _cross_entropy_run(dataset, *, l2, optimizer, num_steps, config) -> tuple[di
     optimizer=optimizer,
     num_steps=num_steps,
     num_checkpoints=config.num_checkpoints,
+    workdir=workdir,
+    name=name,
   )
   objective = [optimum.logistic_regression_objective(p, *dataset.train, l2=l2) for p in checkpoints]
   final = checkpoints[-1]
@@ -200,7 +234,9 @@ def _cross_entropy_run(dataset, *, l2, optimizer, num_steps, config) -> tuple[di
   }, {"loss": loss_T, "reference": reference.value}
 
 
-def _unpenalised_run(dataset, *, optimizer, num_steps, config) -> tuple[dict, dict]:
+def _unpenalised_run(
+  dataset, *, optimizer, num_steps, config, workdir=None, name="training"
+) -> tuple[dict, dict]:
   """λ = 0 on separable data: the loss and ‖w‖ along training (no minimiser exists)."""
   checkpoints, loss_T = train_with_checkpoints(
     models.init_logistic_regression(dataset.train.x.shape[1]),
@@ -209,6 +245,8 @@ def _unpenalised_run(dataset, *, optimizer, num_steps, config) -> tuple[dict, di
     optimizer=optimizer,
     num_steps=num_steps,
     num_checkpoints=config.num_checkpoints,
+    workdir=workdir,
+    name=name,
   )
   steps = checkpoint_steps(num_steps, config.num_checkpoints)
   norm_C = np.array([np.linalg.norm(np.asarray(p["w"], np.float64)) for p in checkpoints])
@@ -267,7 +305,9 @@ def _cosine(params, direction) -> float:
   return float(v @ u / max(np.linalg.norm(v), np.finfo(float).tiny))
 
 
-def _seed_loss_run(dataset, *, optimizer, num_steps, config) -> tuple[dict, dict]:
+def _seed_loss_run(
+  dataset, *, optimizer, num_steps, config, workdir=None, name="training"
+) -> tuple[dict, dict]:
   """Training with the §4.1 loss: predictions, accuracy, ‖θ‖ and the limit direction."""
   checkpoints, loss_T = train_with_checkpoints(
     models.init_logistic_regression(dataset.train.x.shape[1]),
@@ -276,6 +316,8 @@ def _seed_loss_run(dataset, *, optimizer, num_steps, config) -> tuple[dict, dict
     optimizer=optimizer,
     num_steps=num_steps,
     num_checkpoints=config.num_checkpoints,
+    workdir=workdir,
+    name=name,
   )
   limit = seed_loss_limit(*dataset.train)
   limit_params = limit["direction"]
@@ -349,6 +391,8 @@ def run(config, workdir: _common.Workdir) -> dict:
     optimizer=optimizers["synthetic"],
     num_steps=s.num_steps,
     config=config,
+    workdir=workdir,
+    name="synthetic",
   )
   results["synthetic"]["true_model"] = _true_model(datasets["synthetic"])
   results["synthetic"]["test_cross_entropy"] = optimum.logistic_regression_objective(
@@ -361,17 +405,26 @@ def run(config, workdir: _common.Workdir) -> dict:
     optimizer=optimizers["breast_cancer"],
     num_steps=bc.num_steps,
     config=config,
+    workdir=workdir,
+    name="breast_cancer",
   )
   results["breast_cancer_unpenalised"], curves["breast_cancer_unpenalised"] = _unpenalised_run(
     datasets["breast_cancer"],
     optimizer=optimizers["breast_cancer"],
     num_steps=bc.unpenalised_num_steps,
     config=config,
+    workdir=workdir,
+    name="breast_cancer_unpenalised",
   )
   results["seed_loss"] = {}
   for name, dataset in datasets.items():
     results["seed_loss"][name], curves[f"seed_loss_{name}"] = _seed_loss_run(
-      dataset, optimizer=optimizers[name], num_steps=config.seed_loss_num_steps, config=config
+      dataset,
+      optimizer=optimizers[name],
+      num_steps=config.seed_loss_num_steps,
+      config=config,
+      workdir=workdir,
+      name=f"seed_loss_{name}",
     )
   results = _common.to_jsonable({**results, "dtype": str(datasets["synthetic"].train.x.dtype)})
   results["claims"] = _claims(results, config)
@@ -388,7 +441,9 @@ def _summary(r: dict) -> dict:
   for name in ("synthetic", "breast_cancer"):
     run = r[name]
     summary[f"{name}: relative gap to the optimum (λ = {run['l2']:g})"] = run["final_relative_gap"]
-    summary[f"{name}: steps to within the tolerance"] = run["steps_to_rtol"]
+    summary[f"{name}: first step within the tolerance, of {run['num_steps']} run"] = run[
+      "steps_to_rtol"
+    ]
     summary[f"{name}: train / held-out accuracy"] = (
       f"{run['train']['accuracy']:.4f} / {run['test']['accuracy']:.4f}"
     )
@@ -519,56 +574,108 @@ def _claims(r: dict, config) -> list[dict]:
 
 
 def _figure(workdir, r: dict, curves: dict) -> None:
-  """Loss curves (log), ‖w‖ at λ = 0, accuracy, and the §4.1-loss predictions."""
-  fig, (ax_l, ax_w, ax_a, ax_s) = _common.new_figure(1, 4, figsize=(21, 4.8))
+  """Relative gaps, losses without a minimiser, ‖w‖ and margin at λ = 0, accuracy, §4.1 loss.
+
+  Per-step curves are lines; checkpoint values (every num_steps / num_checkpoints steps)
+  are points. Step axes are logarithmic (symlog where step 0 is drawn).
+  """
+  fig, axes = _common.new_figure(2, 3, figsize=(18, 9))
+  (ax_g, ax_l, ax_w), (ax_a, ax_s, ax_m) = axes
   for name, color in (("synthetic", "C0"), ("breast_cancer", "C1")):
-    c = curves[name]
-    gap_T = (c["loss"] - c["reference"]) / c["reference"]
-    ax_l.plot(
-      np.arange(len(gap_T)),
-      np.maximum(gap_T, 1e-16),
+    _common.plot_relative_gap(
+      ax_g,
+      curves[name]["loss"],
+      curves[name]["reference"],
+      r["dtype"],
       color=color,
-      label=f"{name} (λ = {r[name]['l2']:g}): (L_t - L*)/L*",
+      label=f"{name} (λ = {r[name]['l2']:g})",
     )
+    ck = r[name]["checkpoints"]
+    ax_g.plot(
+      ck["step"][1:],
+      ck["relative_gap"][1:],
+      color=color,
+      ls="none",
+      marker="x",
+      label=f"{name}: checkpoints, objective in float64",
+    )
+  ax_g.set(
+    xscale="log",
+    yscale="log",
+    xlabel="step",
+    ylabel="(L_t - L*) / L*",
+    title="cross-entropy to its optimum L* (a minimiser exists)",
+  )
+  lowest = min(
+    min(g for g in r[n]["checkpoints"]["relative_gap"] if g > 0)
+    for n in ("synthetic", "breast_cancer")
+  )
+  ax_g.set_ylim(bottom=lowest * 1e-5)  # room for the legend below the curves
+
   for key, color, label in (
-    ("breast_cancer_unpenalised", "C2", "breast_cancer, λ = 0: L_t"),
-    ("seed_loss_synthetic", "C3", "synthetic, §4.1 loss: L_t"),
-    ("seed_loss_breast_cancer", "C4", "breast_cancer, §4.1 loss: L_t"),
+    ("breast_cancer_unpenalised", "C2", "breast_cancer, cross-entropy, λ = 0"),
+    ("seed_loss_synthetic", "C3", "synthetic, §4.1 loss"),
+    ("seed_loss_breast_cancer", "C4", "breast_cancer, §4.1 loss"),
   ):
     loss_T = curves[key]["loss"]
     ax_l.plot(np.arange(1, len(loss_T) + 1), loss_T, color=color, label=label)
-  ax_l.axhline(1e-6, color="gray", ls=":", lw=0.8, label="1e-6")
   ax_l.set(
-    xscale="log", yscale="log", xlabel="step", ylabel="loss / relative gap", title="training curves"
+    xscale="log",
+    yscale="log",
+    xlabel="step",
+    ylabel="training loss L_t (nats)",
+    title="losses without a minimiser: L_t → 0",
   )
 
   un = r["breast_cancer_unpenalised"]["checkpoints"]
-  ax_w.plot(un["step"][1:], un["w_norm"][1:], color="C2", marker=".", label="‖w‖, λ = 0")
-  ax_w2 = ax_w.twinx()
-  ax_w2.plot(un["step"][1:], un["loss"][1:], color="C2", ls="--", label="loss, λ = 0")
-  ax_w2.set(yscale="log", ylabel="training loss (dashed)")
+  ax_w.plot(un["step"][1:], un["w_norm"][1:], color="C2", ls="none", marker="o", label="‖w‖, λ = 0")
   ax_w.set(
     xscale="log",
     xlabel="step",
     ylabel="‖w‖",
-    title="breast_cancer without penalty: ‖w‖ → ∞, loss → 0",
+    title="breast_cancer without penalty: ‖w‖ grows without bound",
+  )
+  ax_m.plot(
+    un["step"][1:],
+    un["min_signed_margin"][1:],
+    color="C2",
+    ls="none",
+    marker="o",
+    label="λ = 0, training split",
+  )
+  ax_m.axhline(0, color="gray", lw=0.8)
+  ax_m.set(
+    xscale="log",
+    xlabel="step",
+    ylabel="min_i (2y_i - 1)·z_i (> 0: every example on its side)",
+    title="breast_cancer without penalty: smallest signed logit",
   )
 
+  marks = {"held-out": "o", "train": "s", "§4.1 loss, held-out": "^"}
   for name, color in (("synthetic", "C0"), ("breast_cancer", "C1")):
-    ck = r[name]["checkpoints"]
-    ax_a.plot(ck["step"], ck["test_accuracy"], color=color, label=f"{name}, held-out")
-    ax_a.plot(ck["step"], ck["train_accuracy"], color=color, ls=":", label=f"{name}, train")
-    sk = r["seed_loss"][name]["checkpoints"]
-    ax_a.plot(
-      sk["step"], sk["test_accuracy"], color=color, ls="--", label=f"{name}, §4.1 loss, held-out"
-    )
+    ck, sk = r[name]["checkpoints"], r["seed_loss"][name]["checkpoints"]
+    for what, steps, values in (
+      ("held-out", ck["step"], ck["test_accuracy"]),
+      ("train", ck["step"], ck["train_accuracy"]),
+      ("§4.1 loss, held-out", sk["step"], sk["test_accuracy"]),
+    ):
+      ax_a.plot(
+        steps,
+        values,
+        color=color,
+        ls="none",
+        marker=marks[what],
+        ms=4,
+        mfc="none" if what == "train" else color,
+        label=f"{name}, {what}",
+      )
     ax_a.axhline(r["seed_loss"][name]["test_positive_rate"], color=color, lw=0.6, ls="-.")
   ax_a.set(
     xscale="symlog",
-    xlim=(0, None),
+    xlim=(-0.5, None),
     xlabel="step",
     ylabel="accuracy",
-    title="accuracy (dash-dot: held-out positive rate)",
+    title="accuracy at checkpoints (dash-dot: held-out positive rate)",
   )
 
   for name, color in (("synthetic", "C0"), ("breast_cancer", "C1")):
@@ -577,13 +684,17 @@ def _figure(workdir, r: dict, curves: dict) -> None:
       sk["step"],
       sk["train_predicted_positive"],
       color=color,
+      ls="none",
+      marker="o",
+      ms=4,
       label=f"{name}: fraction predicted positive",
     )
     ax_s.plot(
       sk["step"],
       sk["cosine_to_limit"],
       color=color,
-      ls="--",
+      ls="none",
+      marker="x",
       label=f"{name}: cos(θ_t, limit direction)",
     )
     ax_s.axhline(
@@ -595,16 +706,23 @@ def _figure(workdir, r: dict, curves: dict) -> None:
     )
   ax_s.set(
     xscale="symlog",
-    xlim=(0, None),
+    xlim=(-0.5, None),
     xlabel="step",
     ylim=(0, 1.02),
-    title="§4.1 loss -(1/n) Σ y log σ: where it heads",
+    title="§4.1 loss -(1/n) Σ y log σ: where it heads (checkpoints)",
   )
-  for ax in (ax_l, ax_w, ax_a, ax_s):
+  for ax in axes.flat:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-  ax_w2.legend(fontsize=7, loc="lower right")
-  workdir.save_figure(fig, "train_logistic.png")
+  workdir.save_figure(
+    fig,
+    "train_logistic.png",
+    caption=(
+      "Relative gaps to the optimum, losses that have no minimiser (λ = 0, §4.1 loss), "
+      "‖w‖ and the smallest signed logit at λ = 0, accuracy and where the §4.1 loss "
+      "heads (checkpoints as points)."
+    ),
+  )
 
 
 if __name__ == "__main__":

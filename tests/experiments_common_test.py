@@ -2,6 +2,8 @@
 workdir protection, claims, and the command line (one-line errors, interrupts)."""
 
 import contextlib
+import csv
+import io
 import json
 import math
 import os
@@ -11,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -146,9 +149,14 @@ def test_claim_verdicts_follow_the_measurement():
 
 def _toy_run(config, workdir):
   workdir.log("steps=%d", config.steps)
+  workdir.progress(0, config.steps, "toy")
+  workdir.progress(config.steps, config.steps, "toy")
+  workdir.add_metrics(
+    "toy", np.arange(config.steps), value=config.learning_rate * np.arange(config.steps)
+  )
   fig, ax = _common.new_figure()
   ax.plot([0, 1], [0, config.learning_rate])
-  workdir.save_figure(fig, "curve.png")
+  workdir.save_figure(fig, "curve.png", caption="a toy curve")
   value = config.learning_rate * config.steps
   return {
     "value": value,
@@ -167,9 +175,34 @@ def test_run_experiment_writes_every_output(tmp_path):
     validate=lambda c: _common.check_config(c, TOY_SPEC),
   )
   names = sorted(p.name for p in _files(tmp_path / "run"))
-  assert names == ["config.json", "curve.png", "log.txt", "results.json", "timing.json"]
+  assert names == [
+    "config.json",
+    "curve.png",
+    "log.txt",
+    "metrics.csv",
+    "provenance.json",
+    "results.json",
+    "timing.json",
+  ]
   on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
   assert on_disk == results and on_disk["figures"] == ["curve.png"]
+  assert on_disk["figure_captions"] == {"curve.png": "a toy curve"}
+  provenance = json.loads((tmp_path / "run" / "provenance.json").read_text())
+  assert provenance["experiment"] == "toy" and provenance["seeds"] == {"seeds": [0, 1]}
+  assert provenance["packages"]["jax"] == jax.__version__
+  assert provenance["packages"]["numpy"] == np.__version__
+  assert provenance["devices"] == [str(d) for d in jax.devices()]
+  assert provenance["command"][:3] == ["python", "-m", "pytest"]
+  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+  assert provenance["git"]["commit"] == (head.stdout.strip() if head.returncode == 0 else "unknown")
+  assert not {"git", "command", "packages", "started_utc"} & set(on_disk)  # kept out of results
+  with open(tmp_path / "run" / "metrics.csv", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["run"], int(r["step"]), float(r["value"])) for r in rows] == [
+    ("toy", t, 0.1 * t) for t in range(10)
+  ]
+  log = (tmp_path / "run" / "log.txt").read_text()
+  assert "toy: step 0/10" in log and "toy: step 10/10, done in" in log
   assert on_disk["claims"][0]["verdict"] == "holds"
   assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 10
   assert "wall_s" in json.loads((tmp_path / "run" / "timing.json").read_text())
@@ -198,6 +231,68 @@ def test_non_empty_workdir_is_refused_unless_overwrite(tmp_path):
   assert (workdir / "results.json").read_bytes() == before
   _common.run_experiment("toy", _toy_run, _toy_config(steps=20), workdir, overwrite=True)
   assert json.loads((workdir / "results.json").read_text())["value"] == pytest.approx(2.0)
+
+
+def test_unfinished_run_does_not_block_the_rerun(tmp_path):
+  def failing_run(config, workdir):
+    fig, _ = _common.new_figure()
+    workdir.save_figure(fig, "stale.png")
+    raise FloatingPointError("diverged")
+
+  workdir = tmp_path / "run"
+  with pytest.raises(FloatingPointError):
+    _common.run_experiment("toy", failing_run, _toy_config(), workdir)
+  assert _common.is_incomplete_run(workdir)
+  _common.run_experiment("toy", _toy_run, _toy_config(steps=20), workdir)  # no --overwrite
+  assert not _common.is_incomplete_run(workdir)
+  assert not (workdir / "stale.png").exists()  # the failed run's files are gone
+  assert json.loads((workdir / "results.json").read_text())["value"] == pytest.approx(2.0)
+  # A directory of other files is not an unfinished run: still refused.
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "config.json").write_text("{}")
+  with pytest.raises(_common.WorkdirError, match="not empty"):
+    _common.run_experiment("toy", _toy_run, _toy_config(), tmp_path / "mine")
+
+
+def test_unwritable_workdir_is_one_clear_error(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(_common.WorkdirError, match="cannot write to workdir .*file/run"):
+    _common.run_experiment("toy", _toy_run, _toy_config(), tmp_path / "file" / "run")
+
+
+def test_configs_beyond_the_memory_fail_validation(monkeypatch):
+  from experiments import entropy_comparison
+
+  config = _common.load_config("entropy_comparison", "smoke")
+  entropy_comparison.validate(config)
+  config.unlock()
+  config.grid.num = 2_000_000_000  # 2e9 points × 3 models × 2 curves × 8 bytes = 89 GiB
+  monkeypatch.setattr(_common, "available_memory_bytes", lambda: 64 * 2**30)
+  with pytest.raises(_common.ConfigError, match=r"needs at least 89.4 GiB \(config.grid.num"):
+    entropy_comparison.validate(config)
+  monkeypatch.setattr(_common, "available_memory_bytes", lambda: 128 * 2**30)
+  entropy_comparison.validate(config)  # it would fit
+
+
+def test_progress_on_a_terminal_is_one_updating_line(tmp_path, monkeypatch):
+  class Terminal(io.StringIO):
+    def isatty(self):
+      return True
+
+  terminal = Terminal()
+  monkeypatch.setattr(sys, "stderr", terminal)
+  monkeypatch.setattr(_common, "PROGRESS_EVERY_S", 0.0)  # every step also goes to the file
+  with _common.logger_to(tmp_path / "log.txt", "tty") as logger:
+    workdir = _common.Workdir(tmp_path, logger)
+    for done in range(4):
+      workdir.progress(done, 3, "fit")
+  log, shown = (tmp_path / "log.txt").read_text(), terminal.getvalue()
+  for done in (1, 2):
+    assert f"] fit: step {done}/3, elapsed" in log  # the file has every line
+    assert f"] fit: step {done}/3" not in shown  # the terminal: in place, no log line
+    assert f"\rfit: step {done}/3, elapsed" in shown
+  assert "\r\x1b[K" in shown.split("] fit: step 3/3, done in")[0][-40:]  # erased first
+  assert "] fit: step 0/3" in log and "] fit: step 0/3" in shown
 
 
 def test_default_workdirs_are_fresh(monkeypatch, tmp_path):
@@ -251,6 +346,11 @@ def test_command_line_errors_are_one_line_and_write_nothing(tmp_path):
     "unknown_key": (["--config.learning_rat=1"], tmp_path / "b", "unknown config key"),
     "stray_argv": (["extra"], tmp_path / "c", "unexpected arguments"),
     "taken_workdir": ([], taken, "--overwrite"),
+    "only_check_args": (
+      ["--only_check_args", "--config.grid.num=1"],
+      tmp_path / "d",
+      "config.grid.num must be >= 2",
+    ),
   }
   procs = {name: _launch(workdir, *flags) for name, (flags, workdir, _) in cases.items()}
   for name, proc in procs.items():
@@ -266,6 +366,29 @@ def test_command_line_errors_are_one_line_and_write_nothing(tmp_path):
       assert not workdir.exists(), name
   assert [p.name for p in taken.iterdir()] == ["results.json"]
   assert (taken / "results.json").read_text() == "{}"
+
+
+def test_help_and_print_config(tmp_path):
+  help_proc = _launch(tmp_path / "h", "--help")
+  print_proc = _launch(tmp_path / "p", "--print_config", "--config.grid.num=7")
+  stdout, _ = help_proc.communicate(timeout=120)
+  for flag in ("--workdir:", "--[no]overwrite:", "--[no]print_config:", "--config:"):
+    assert flag in stdout, flag
+  # Every config field, with its default and the comment from configs/entropy_comparison.py.
+  config = _common.load_config("entropy_comparison")
+  comments = _common.config_field_comments("entropy_comparison")
+  assert comments["grid.num"] == "number of points (spacing 0.01)"
+  for key, _ in _common._flatten(config):
+    line = next(line for line in stdout.splitlines() if f"--config.{key}=" in line)
+    assert line.strip().startswith(f"--config.{key}=") and comments[key] in line, line
+  assert "  --config.grid.num=2001  " in stdout and "--config.entropy_unit=nats  " in stdout
+  assert "--config.intercepts='(0.0, 1.0, -10.0)'  " in stdout  # quoted for the shell
+  stdout, stderr = print_proc.communicate(timeout=120)
+  assert print_proc.returncode == 0, stderr
+  printed = json.loads(stdout)
+  assert printed["grid"]["num"] == 7 and printed["entropy_unit"] == "nats"
+  assert set(printed) == set(config.to_dict())
+  assert not (tmp_path / "h").exists() and not (tmp_path / "p").exists()
 
 
 def _assert_complete(workdir: Path) -> None:
@@ -306,3 +429,5 @@ def test_interrupted_run_leaves_only_complete_files(tmp_path):
     if proc.returncode == 130:
       assert "error: interrupted" in stderr
     _assert_complete(tmp_path / name)
+    # An interrupted run is recognised as unfinished: its rerun will not be refused.
+    assert _common.is_incomplete_run(tmp_path / name) == (proc.returncode != 0)

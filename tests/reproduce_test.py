@@ -1,15 +1,17 @@
 """Tests of ``experiments/reproduce.py``: the report is built from the run's results."""
 
 import json
+import re
 import subprocess
 import sys
 import types
 from pathlib import Path
 
+import jax
 import ml_collections
 import pytest
 
-from experiments import _common, reproduce
+from experiments import _common, reproduce, seed_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,9 +33,18 @@ def test_smoke_reproduction_writes_the_report(tmp_path):
       if claim["verdict"] != "holds":
         assert claim["correction"] in text.split("## Errata")[1]
     for figure in results["figures"]:
-      assert f"]({name}/{figure})" in text
+      caption = results["figure_captions"][figure]
+      assert f"![{caption}]({name}/{figure})\n\n*{caption}*" in text
       assert (tmp_path / "all" / name / figure).is_file()
+    passages = text.split("## The seed's passages")[1].split("\n## ")[0]
+    for claim in results["claims"]:  # every cited section is quoted, in English
+      for section in seed_text.sections_cited(claim["seed_section"]):
+        english = seed_text.SECTIONS[section][2]
+        assert f"- **§{section} {seed_text.SECTIONS[section][0]}.** “{english}”" in passages
   assert "Total, imports and compilation included" in text
+  provenance = json.loads((tmp_path / "all" / "provenance.json").read_text("utf-8"))
+  assert f"- code: git commit {provenance['git']['commit']}" in text
+  assert f"jax {jax.__version__}" in text.split("## Provenance")[1]
   log = (tmp_path / "all" / "log.txt").read_text("utf-8")
   n = len(reproduce.EXPERIMENTS)
   for i, name in enumerate(reproduce.EXPERIMENTS, 1):
@@ -80,6 +91,58 @@ def test_report_lists_failed_claims_and_experiments(tmp_path, monkeypatch):
   assert "| wrong | x equals one | 9.9 | 2 | **fails** |" in text
   assert "Correct statement: x equals 2." in text
   assert "| broken | (experiment failed: FloatingPointError: diverged) |" in text
+
+
+def test_overrides_reach_the_experiments(tmp_path, monkeypatch):
+  def run(config, workdir):
+    del workdir
+    return {
+      "claims": [
+        _common.claim(
+          "x-is-one",
+          "9.9",
+          "x equals one",
+          config.value,
+          holds=config.value == 1.0,
+          correction="no",
+        )
+      ]
+    }
+
+  _fake_experiment(monkeypatch, "toy", run)
+  reproduce.reproduce(tmp_path / "r", names=("toy",), overrides=("toy.value=1",))
+  text = (tmp_path / "r" / "REPORT.md").read_text("utf-8")
+  assert "| toy | x equals one | 9.9 | 1 | **holds** |" in text  # the default 2.0 fails
+  assert "Config overrides: `toy.value=1`." in text
+  assert json.loads((tmp_path / "r" / "toy" / "config.json").read_text()) == {"value": 1.0}
+  for override, message in (
+    ("toy.valeu=1", "config.valeu is not a field of configs/toy.py"),
+    ("other.value=1", "'other' is not among the experiments run"),
+    ("toy.value", "must read NAME.FIELD=VALUE"),
+    ("toy.value=two", "config.value must be of type float, got 'two'"),
+  ):
+    with pytest.raises(_common.ConfigError, match=re.escape(message)):
+      reproduce.reproduce(tmp_path / "bad", names=("toy",), overrides=(override,))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_unfinished_reproduction_does_not_block_the_rerun(tmp_path, monkeypatch):
+  def run(config, workdir):
+    del config, workdir
+    return {"claims": []}
+
+  def interrupted(config, workdir):
+    raise KeyboardInterrupt
+
+  _fake_experiment(monkeypatch, "done", run)
+  _fake_experiment(monkeypatch, "cut", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    reproduce.reproduce(tmp_path / "r", names=("done", "cut"))
+  assert (tmp_path / "r" / "done" / "results.json").is_file()
+  assert not (tmp_path / "r" / "REPORT.md").exists()
+  monkeypatch.setattr(sys.modules["experiments.cut"], "run", run)
+  report = reproduce.reproduce(tmp_path / "r", names=("done", "cut"))  # no --overwrite
+  assert "2 of 2 experiments ran" in report.read_text("utf-8")
 
 
 def test_bad_config_or_taken_workdir_fail_before_running(tmp_path, monkeypatch):

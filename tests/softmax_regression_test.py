@@ -5,6 +5,8 @@ The penalised optimum is recomputed with scikit-learn's multinomial ``LogisticRe
 entropies of the held-out predictions are recomputed in numpy from the saved parameters.
 """
 
+import csv
+
 import chex
 import jax
 import numpy as np
@@ -37,9 +39,9 @@ class SoftmaxRegressionExperimentTest(chex.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.config = _common.load_config("softmax_regression", "smoke")
-    workdir = absltest.get_default_test_tmpdir() + "/e6"
+    cls.workdir = absltest.get_default_test_tmpdir() + "/e6"
     cls.results = _common.run_experiment(
-      "softmax_regression", e6.run, cls.config, workdir, validate=e6.validate, overwrite=True
+      "softmax_regression", e6.run, cls.config, cls.workdir, validate=e6.validate, overwrite=True
     )
     cls.digits = data.load_digits(
       test_fraction=cls.config.test_fraction, seed=cls.config.split_seed
@@ -78,8 +80,21 @@ class SoftmaxRegressionExperimentTest(chex.TestCase):
     np.testing.assert_allclose(after["spearman_vs_max_probability"], rho, atol=1e-3)
     correct = np.argmax(log_p, axis=1) == np.asarray(self.digits.test.y)
     np.testing.assert_allclose(after["mean_wrong"], entropy[~correct].mean(), rtol=rtol)
-    # Before training W = 0: every prediction is uniform, H = log K.
-    np.testing.assert_allclose(self.results["entropy_before"]["mean"], np.log(10), rtol=rtol)
+    # Before training W = 0: every prediction is uniform, H = log K, all in the last bin
+    # (float32 can round H an ulp above log K: the histogram still counts every example).
+    before = self.results["entropy_before"]
+    np.testing.assert_allclose(before["mean"], np.log(10), rtol=rtol)
+    self.assertEqual(before["histogram"]["counts"][-1], len(entropy))
+    self.assertGreaterEqual(before["histogram"]["edges"][-1], before["max"])
+
+  def test_per_step_metrics_file(self):
+    with open(f"{self.workdir}/metrics.csv", encoding="utf-8") as f:
+      rows = list(csv.DictReader(f))
+    self.assertEqual([r["step"] for r in rows], [str(t) for t in range(self.config.num_steps)])
+    self.assertEqual({r["run"] for r in rows}, {"digits"})
+    # Step 0 is W = 0: the loss is log K exactly (uniform predictions, no penalty).
+    self.assertAlmostEqual(float(rows[0]["loss"]), np.log(10), places=5)
+    self.assertLess(float(rows[-1]["loss"]), float(rows[0]["loss"]) / 2)
 
   def test_verdicts(self):
     verdicts = {c["id"]: c["verdict"] for c in self.results["claims"]}
