@@ -2,7 +2,7 @@
 
 The public API (SPEC §1) is re-exported here; each function lives in one module per topic:
 :mod:`xent_jax.softmax`, :mod:`xent_jax.entropy`, :mod:`xent_jax.cross_entropy`,
-:mod:`xent_jax.divergence`.
+:mod:`xent_jax.divergence`, :mod:`xent_jax.linear_cross_entropy`.
 """
 
 from xent_jax.checked import checked
@@ -20,6 +20,7 @@ from xent_jax.entropy import (
   entropy,
   entropy_from_logits,
 )
+from xent_jax.linear_cross_entropy import linear_softmax_cross_entropy
 from xent_jax.softmax import log_sigmoid, log_softmax, sigmoid, tanh_probability
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
   "js_divergence",
   "kl_divergence",
   "kl_divergence_from_logits",
+  "linear_softmax_cross_entropy",
   "log_sigmoid",
   "log_softmax",
   "sigmoid",
