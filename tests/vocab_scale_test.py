@@ -21,6 +21,9 @@ from experiments import _common
 from experiments import vocab_scale as e8
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# TODO(issue 13): xent_jax.linear_softmax_cross_entropy (d98fc6e) adds bias [V] to the
+# [T, V] logits by implicit rank promotion; drop this once the library broadcasts it itself.
+_FUSED_RANK_PROMOTION = "allow"
 
 RTOL = 1e-10 if jax.config.jax_enable_x64 else 1e-5  # float64 reference vs the default dtype
 
@@ -43,9 +46,10 @@ class VocabScaleExperimentTest(chex.TestCase):
     super().setUpClass()
     cls.config = _common.load_config("vocab_scale", "smoke")
     cls.workdir = Path(absltest.get_default_test_tmpdir()) / "e8"
-    cls.results = _common.run_experiment(
-      "vocab_scale", e8.run, cls.config, cls.workdir, validate=e8.validate, overwrite=True
-    )
+    with jax.numpy_rank_promotion(_FUSED_RANK_PROMOTION):
+      cls.results = _common.run_experiment(
+        "vocab_scale", e8.run, cls.config, cls.workdir, validate=e8.validate, overwrite=True
+      )
     cls.corpus = _corpus(cls.config)
 
   def test_tokenizer(self):
@@ -95,12 +99,18 @@ class VocabScaleExperimentTest(chex.TestCase):
   def test_heldout_losses_match_numpy_on_every_pair(self):
     # The run's shapes (V, D, chunk), so that the compiled evaluation is reused.
     v, d = len(self.corpus.vocab), self.config.model.embed_dim
-    params = e8.init_params(jax.random.key(1), v, d, 1.0)
-    params["w"] = 0.5 * jax.random.normal(jax.random.key(2), (d, v), params["w"].dtype)
-    params["b"] = jax.random.normal(jax.random.key(3), (v,), params["b"].dtype)
+    rng = np.random.default_rng(1)
+    dtype = jax.numpy.zeros(()).dtype
+    params = {
+      "embedding": rng.normal(size=(v, d)),
+      "w": 0.5 * rng.normal(size=(d, v)),
+      "b": rng.normal(size=v),
+    }
+    params = {k: jax.numpy.asarray(x, dtype) for k, x in params.items()}
     prev, nxt = e8.bigram_pairs(self.corpus.heldout_ids)
     eval_set = e8._distinct_pairs(prev, nxt, v, self.config.eval_chunk)
-    out = e8.heldout_losses(params, *eval_set, chunk_size=self.config.model.chunk_size)
+    with jax.numpy_rank_promotion(_FUSED_RANK_PROMOTION):
+      out = e8.heldout_losses(params, *eval_set, chunk_size=self.config.model.chunk_size)
     p = {k: np.asarray(x, np.float64) for k, x in params.items()}
     logits = p["embedding"][prev] @ p["w"] + p["b"]
     top = logits.max(axis=1)
@@ -125,7 +135,7 @@ class VocabScaleExperimentTest(chex.TestCase):
   def test_claims_follow_from_the_numbers(self):
     r = self.results
     verdicts = {c["id"]: c["holds"] for c in r["claims"]}
-    ev, mem = r["evaluation"], r["memory"]
+    ev, mem = r["evaluation"], r["memory"]["largest_v_at_memory_batch_size"]
     self.assertEqual(
       verdicts["5-bigram-below-unigram-entropy"],
       ev["fused_bits"][-1] < r["references_bits"]["unigram_entropy_heldout"],
@@ -134,13 +144,16 @@ class VocabScaleExperimentTest(chex.TestCase):
     self.assertTrue(verdicts["3.1-fused-equals-materialised"])
     self.assertEqual(
       verdicts["4.1-fused-memory"],
-      mem["naive"][-1] / mem["fused"][-1] >= self.config.memory_ratio_min,
+      mem["naive"] / mem["fused"] >= self.config.memory_ratio_min,
     )
-    self.assertEqual(mem["vocab_size"], list(self.config.sweep.vocab_sizes))
+    self.assertEqual(r["memory"]["vocab_size"], list(self.config.sweep.vocab_sizes))
+    self.assertEqual(mem["batch_size"], self.config.sweep.memory_batch_size)
     # The naive step holds at least the [N, V] logits; timings stay out of results.json.
-    self.assertGreaterEqual(mem["naive"][-1], mem["logits_bytes"][-1])
+    self.assertEqual(mem["vocab_size"], self.config.sweep.vocab_sizes[-1])
+    self.assertGreaterEqual(mem["naive"], mem["logits_bytes"])
+    self.assertGreaterEqual(r["memory"]["naive"][-1], r["memory"]["logits_bytes"][-1])
     times = json.loads((self.workdir / "step_time.json").read_text("utf-8"))
-    self.assertEqual(times["vocab_size"], mem["vocab_size"])
+    self.assertEqual(times["vocab_size"], r["memory"]["vocab_size"])
     self.assertNotIn("step_time", json.dumps(r))
     for name in r["figures"]:
       self.assertTrue((self.workdir / name).is_file())
@@ -150,6 +163,7 @@ class VocabScaleExperimentTest(chex.TestCase):
       ("train.learning_rate", -1.0, "learning_rate"),
       ("train.num_evals", 7, "multiple"),
       ("sweep.vocab_sizes", (4096, 1024), "increasing"),
+      ("sweep.memory_batch_size", 0, "memory_batch_size"),
       ("corpus.heldout_fraction", 1.0, "heldout_fraction"),
     ):
       config = _common.load_config("vocab_scale", "smoke")
