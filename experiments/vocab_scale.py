@@ -40,11 +40,20 @@ Reference lines, in nats (and bits = nats / ln 2), all on the same held-out targ
 * *count bigram add-k*: q(y | x) = (c(x, y) + k) / (c(x) + kV), counts over the training
   pairs, evaluated on the held-out pairs.
 
-Perplexity is e^(cross-entropy in nats). Finally, one train step (loss, ``jax.value_and_grad``
-and the Adam update) is compiled with each loss for each V in ``sweep.vocab_sizes`` (random
-tokens, the model's shapes): XLA's temporaries (``memory_analysis().temp_size_in_bytes``) go
-to ``results.json``, the median step times to ``step_time.json`` (timings differ from run to
-run; ``results.json`` stays byte-identical for the same config).
+Perplexity is e^(cross-entropy in nats). At the end of training the gradients of the mean
+loss w.r.t. E, W and b on one minibatch are compared, fused against materialised.
+
+Finally, one train step (loss, ``jax.value_and_grad`` and the Adam update) is compiled with
+each loss for each V in ``sweep.vocab_sizes`` at ``sweep.time_batch_size`` random tokens (the
+model's shapes), and at the largest V also for ``sweep.memory_batch_size`` tokens, compiled
+only (the naive step's [N, V] arrays are never allocated). XLA's temporaries
+(``memory_analysis().temp_size_in_bytes``) go to ``results.json``; the median step times at
+``sweep.time_batch_size`` go to ``step_time.json`` (timings differ from run to run, and
+``results.json`` stays byte-identical for the same config). The fused loss keeps a few
+``[chunk_size, V]`` blocks, so its temporaries stop growing with N while the naive step's
+(the logits and their gradient, 2·N·V floats) grow linearly: the saving is a ratio of N to
+the chunk, visible only once N exceeds the chunk (``model.chunk_size``, 0: the library's
+default).
 """
 
 from __future__ import annotations
