@@ -74,12 +74,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import xent_jax
 from experiments import _common
 from experiments.benchmark import time_interleaved
-from xent_jax import training
+from xent_jax import linear_softmax_cross_entropy, training
 
-UNK = "<unk>"
+UNK = "<unk>"  # id 0: every token outside the vocabulary
 EXCLUDED_DIRS = frozenset(
   {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 )
@@ -249,12 +248,16 @@ def count_references(train_pairs, heldout_pairs, vocab_size: int, k: float) -> d
 # ------------------------------------------------------------------------ model and losses
 
 
+def _float_dtype():
+  """The default float: float32, or float64 under ``JAX_ENABLE_X64``."""
+  return jnp.zeros(()).dtype
+
+
 def _fused_loss(hidden_NxD, w_DxV, b_V, labels_N, chunk_size: int):
   """Per-token CE of softmax(h W + b), by the library's fused loss (no [N, V] array)."""
-  fused = getattr(xent_jax, "linear_softmax_cross_entropy", None)
-  if fused is None:
-    raise RuntimeError("xent_jax.linear_softmax_cross_entropy is not in this checkout (issue 13)")
-  return fused(hidden_NxD, w_DxV, labels_N, bias=b_V, chunk_size=chunk_size or None)
+  return linear_softmax_cross_entropy(
+    hidden_NxD, w_DxV, labels_N, bias=b_V, chunk_size=chunk_size or None
+  )
 
 
 def _naive_loss(hidden_NxD, w_DxV, b_V, labels_N, chunk_size: int):
@@ -269,7 +272,7 @@ PER_TOKEN_LOSSES = {"fused": _fused_loss, "naive": _naive_loss}
 
 def init_params(key, vocab_size: int, embed_dim: int, init_scale: float) -> dict:
   """E ~ N(0, init_scale²) [V, D]; W = 0 [D, V]; b = 0 [V]: uniform predictions at step 0."""
-  dtype = jnp.zeros(()).dtype  # float32, or float64 under JAX_ENABLE_X64
+  dtype = _float_dtype()
   return {
     "embedding": init_scale * jax.random.normal(key, (vocab_size, embed_dim), dtype),
     "w": jnp.zeros((embed_dim, vocab_size), dtype),
@@ -329,7 +332,7 @@ def _distinct_pairs(prev, nxt, vocab_size: int, chunk: int):
   keys, counts = np.unique(prev.astype(np.int64) * vocab_size + nxt, return_counts=True)
   pad = -len(keys) % chunk
   arrays = (keys // vocab_size, keys % vocab_size, counts)
-  dtypes = (np.int32, np.int32, jnp.zeros(()).dtype)
+  dtypes = (np.int32, np.int32, _float_dtype())
   return tuple(
     jnp.asarray(np.pad(a, (0, pad)).astype(t).reshape(-1, chunk))
     for a, t in zip(arrays, dtypes, strict=True)
@@ -371,7 +374,7 @@ def memory_and_time(config, optimizer) -> tuple[dict, dict]:
   allocated.
   """
   n, n_large = config.sweep.time_batch_size, config.sweep.memory_batch_size
-  itemsize = jnp.zeros(()).dtype.itemsize
+  itemsize = _float_dtype().itemsize
   memory = {"vocab_size": [], "batch_size": n, "fused": [], "naive": [], "logits_bytes": []}
   times = {"vocab_size": [], "batch_size": n, "fused": [], "naive": []}
   for v in config.sweep.vocab_sizes:
@@ -407,6 +410,29 @@ def memory_and_time(config, optimizer) -> tuple[dict, dict]:
   return memory, times
 
 
+def _log_sweep(workdir, memory: dict, times: dict) -> None:
+  """One log line per V of the sweep, and one for the large-N compile."""
+  for i, vs in enumerate(memory["vocab_size"]):
+    workdir.log(
+      "V = %d, N = %d: temporaries fused %.1f MiB, naive %.1f MiB; step fused %.1f ms, naive "
+      "%.1f ms",
+      vs,
+      memory["batch_size"],
+      memory["fused"][i] / 2**20,
+      memory["naive"][i] / 2**20,
+      1e3 * times["fused"][i],
+      1e3 * times["naive"][i],
+    )
+  large = memory["largest_v_at_memory_batch_size"]
+  workdir.log(
+    "V = %d, N = %d (compiled only): temporaries fused %.1f MiB, naive %.1f MiB",
+    large["vocab_size"],
+    large["batch_size"],
+    large["fused"] / 2**20,
+    large["naive"] / 2**20,
+  )
+
+
 # --------------------------------------------------------------------------------- run
 
 
@@ -436,32 +462,14 @@ def run(config, workdir: _common.Workdir) -> dict:
   optimizer = optax.adam(config.train.learning_rate)
   memory, times = memory_and_time(config, optimizer)
   _common.write_json(workdir.path / "step_time.json", times)
-  for i, vs in enumerate(memory["vocab_size"]):
-    workdir.log(
-      "V = %d, N = %d: temporaries fused %.1f MiB, naive %.1f MiB; step fused %.1f ms, naive "
-      "%.1f ms",
-      vs,
-      memory["batch_size"],
-      memory["fused"][i] / 2**20,
-      memory["naive"][i] / 2**20,
-      1e3 * times["fused"][i],
-      1e3 * times["naive"][i],
-    )
-  large = memory["largest_v_at_memory_batch_size"]
-  workdir.log(
-    "V = %d, N = %d (compiled only): temporaries fused %.1f MiB, naive %.1f MiB",
-    large["vocab_size"],
-    large["batch_size"],
-    large["fused"] / 2**20,
-    large["naive"] / 2**20,
-  )
+  _log_sweep(workdir, memory, times)
   heldout_next = heldout_pairs[1]
   results = _common.to_jsonable(
     {
-      "dtype": str(jnp.zeros(()).dtype),
+      "dtype": str(_float_dtype()),
       "embed_dim": config.model.embed_dim,
       "chunk_size": config.model.chunk_size,
-      "agreement_tolerance": config.agreement_ulps * float(jnp.finfo(jnp.zeros(()).dtype).eps),
+      "agreement_tolerance": config.agreement_ulps * float(jnp.finfo(_float_dtype()).eps),
       "corpus": corpus.info,
       "vocab": {
         "size": v,
@@ -479,15 +487,25 @@ def run(config, workdir: _common.Workdir) -> dict:
     }
   )
   results["claims"] = _claims(results, config)
-  final = evaluation["fused_bits"][-1]
-  results["summary"] = {
-    "held-out CE, trained bigram (bits/token)": final,
-    "perplexity": evaluation["perplexity"][-1],
+  results["summary"] = _summary(results)
+  for key, value in results["summary"].items():
+    workdir.log("%s: %s", key, value)
+  _figure_heldout(workdir, results)
+  _figure_memory(workdir, results, times)
+  return results
+
+
+def _summary(r: dict) -> dict:
+  """The headline numbers for the log and REPORT.md."""
+  ev, memory = r["evaluation"], r["memory"]
+  large = memory["largest_v_at_memory_batch_size"]
+  return {
+    "held-out CE, trained bigram (bits/token)": ev["fused_bits"][-1],
+    "perplexity": ev["perplexity"][-1],
     "references (bits): unigram entropy of held-out / unigram add-k / count bigram add-k": [
-      results["references_bits"][k]
-      for k in ("unigram_entropy_heldout", "unigram_addk", "bigram_addk")
+      r["references_bits"][k] for k in ("unigram_entropy_heldout", "unigram_addk", "bigram_addk")
     ],
-    "fused vs naive: max relative gap of the held-out CE": max(evaluation["relative_gap"]),
+    "fused vs naive: max relative gap of the held-out CE": max(ev["relative_gap"]),
     f"temporaries naive / fused at N = {memory['batch_size']}, per V": dict(
       zip(
         [str(x) for x in memory["vocab_size"]],
@@ -499,11 +517,6 @@ def run(config, workdir: _common.Workdir) -> dict:
       large["naive"] / large["fused"]
     ),
   }
-  for key, value in results["summary"].items():
-    workdir.log("%s: %s", key, value)
-  _figure_heldout(workdir, results)
-  _figure_memory(workdir, results, times)
-  return results
 
 
 def _train_and_evaluate(config, workdir, train_pairs, heldout_pairs, v: int):
@@ -548,7 +561,10 @@ def _train_and_evaluate(config, workdir, train_pairs, heldout_pairs, v: int):
       batch_size=tc.batch_size,
     )
     losses += np.asarray(metrics["loss"], np.float64).tolist()
-  idx = jax.random.randint(key_data, (tc.batch_size,), 0, len(train_pairs[0]))
+  # The gradients are compared on the minibatch that step num_steps would draw.
+  idx = jax.random.randint(
+    jax.random.fold_in(key_data, tc.num_steps), (tc.batch_size,), 0, len(train_pairs[0])
+  )
   grad_gap = _gradient_gap(
     state.params, pairs[0][idx], pairs[1][idx], chunk_size=config.model.chunk_size
   )
