@@ -42,12 +42,15 @@ _LOG2 = math.log(2.0)
 # which the chunk's matmuls run at full speed on the CPU while [chunk, V] stays far from
 # [N, V] (measured at V = 32768: 256 tokens).
 _CHUNK_ELEMENTS = 2**23
+# Vocabulary block of the gradient: about this many elements per [chunk, block] piece.
+_BLOCK_ELEMENTS = 2**19
 
 
 class _Options(NamedTuple):
   """The static (hashable) options of one call."""
 
   chunk: int  # tokens per chunk
+  block: int  # vocabulary classes per block of the gradient
   num_classes: int  # V of the whole vocabulary (the sum over vocab shards)
   eps: float  # label smoothing
   z_loss: float
@@ -71,7 +74,7 @@ def _logits(opts, h_TxD, w_DxV, b_V):
   """(u, z): u = h·W + b, and the (soft-capped) logits z = c·tanh(u/c)."""
   u = _matmul(h_TxD, w_DxV, opts, ((1,), (0,)))
   if b_V is not None:
-    u = u + b_V
+    u = u + b_V[None, :]
   z = u if opts.softcap is None else opts.softcap * jnp.tanh(u / opts.softcap)
   return u, z
 
@@ -99,33 +102,39 @@ def _label_logit(opts, z_TxV, y_T):
 def _stats(opts, z_TxV, y_T):
   """Row statistics of the logits: (m, L, z_y, Σz) with lse = m + L, exact in the tails.
 
-  m is the row max and L = log Σ_j e^{z_j - m} = log1p(r) with r the non-maximal mass:
-  with e_j = e^{z_j - m}, the maximum contributes exactly 1 = floor(e_j) and every other
-  term e_j - floor(e_j), so r = Σ (e - floor e) + (#ties - 1) is a sum of non-negative
-  terms and log1p keeps the relative precision of a tiny L (log Σ would round 1 + r to 1
-  and a dominant label's loss to 0). Across vocab shards the maxima are combined with a
-  pmax and the masses rescaled to it (Megatron's vocab-parallel cross-entropy); a shard
-  whose logits are all -inf contributes 0.
+  m is the row max and L = log S, S = Σ_j e^{z_j - m} = 1 + r with r the non-maximal mass.
+  Where S < 2 the maximum is unique (a tie would add exactly 1) and L = log1p(r) with
+  r = Σ_j (e_j - floor(e_j)): floor(e_j) is 1 at the maximum and 0 elsewhere, so r is a
+  sum of non-negative terms and keeps the relative precision of a tiny L (log S would
+  round 1 + r to 1 and a dominant label's loss to 0). That second pass runs only for
+  chunks that hold such a row; each pass is one fused reduction (XLA:CPU materialises the
+  exponentials, [chunk, V], when two reductions share them). Across vocab shards the
+  maxima are combined with a pmax and the masses rescaled to it (Megatron's vocab-parallel
+  cross-entropy); a shard whose logits are all -inf contributes 0.
   """
   m_local = jnp.max(z_TxV, axis=1)
-  shift = jnp.where(m_local == -jnp.inf, 0, m_local)  # an all -inf row: e = 0, not NaN
-  e = jnp.exp(z_TxV - shift[:, None])
-  ties = jnp.floor(e)
-  r_local = jnp.sum(e - ties, axis=1)
-  count = jnp.sum(ties, axis=1)
+  shift = jnp.where(m_local == -jnp.inf, 0, m_local)[:, None]  # all -inf: e = 0, not NaN
+  s_local = jnp.sum(jnp.exp(z_TxV - shift), axis=1)
+
+  def frac_mass():
+    e = jnp.exp(z_TxV - shift)
+    return jnp.sum(e - jnp.floor(e), axis=1)
+
+  r_local = lax.cond(jnp.any(s_local < 2), frac_mass, lambda: jnp.zeros_like(s_local))
   if opts.axis_name is None:
-    m, r = m_local, r_local + (count - 1)
+    m, s, r = m_local, s_local, r_local
   else:
     m = lax.pmax(m_local, opts.axis_name)
     top = m_local == m
     scale = jnp.exp(jnp.where(top, 0, m_local - jnp.where(m == -jnp.inf, 0, m)))
-    # Shards below the maximum: their whole mass (count + r) times e^{m_k - m}.
-    r = _psum(jnp.where(top, r_local, (count + r_local) * scale), opts)
-    r = r + (_psum(jnp.where(top, count, 0), opts) - 1)
+    s = _psum(s_local * scale, opts)
+    # S < 2: one shard holds the unique maximum (its S_k < 2 too, so it formed r_k).
+    r = _psum(jnp.where(top, r_local, s_local * scale), opts)
+  lse_rest = jnp.where(s < 2, jnp.log1p(r), jnp.log(s))
   z_y, _, _ = _label_logit(opts, z_TxV, y_T)
   z_y = _psum(z_y, opts)
   z_sum = _psum(jnp.sum(z_TxV, axis=1), opts) if opts.eps else None
-  return m, jnp.log1p(r), z_y, z_sum
+  return m, lse_rest, z_y, z_sum
 
 
 def _token_loss(opts, m, lse_rest, z_y, z_sum):
@@ -143,12 +152,13 @@ def _token_loss(opts, m, lse_rest, z_y, z_sum):
   return loss, nll, lse
 
 
-def _grad_logits(opts, u, z, y_T, lse, nll, a_T, b_T):
-  """∂(Σ_t a_t ℓ_t + b_t lse_t)/∂u for a chunk, u the logits before the soft-cap.
+def _grad_logits(opts, u, z, offset, y_T, lse, nll, a_T, b_T):
+  """∂(Σ_t a_t ℓ_t + b_t lse_t)/∂u for a block of logits whose first class is ``offset``.
 
-  ∂ℓ/∂z_j = κ p_j - ε/V - (1-ε)[j = y] with κ = 1 + 2ζ·lse, ∂lse/∂z_j = p_j. At the label
-  p_y - 1 = expm1(-nll): minus the mass of the other classes, exact when the label
-  dominates (p_y = 1 - 1e-7 gives -1e-7, not a rounded 0). ``b_T`` may be None.
+  u are the logits before the soft-cap, z after. ∂ℓ/∂z_j = κ p_j - ε/V - (1-ε)[j = y] with
+  κ = 1 + 2ζ·lse, and ∂lse/∂z_j = p_j. At the label p_y - 1 = expm1(-nll): minus the mass
+  of the other classes, exact when the label dominates (p_y = 1 - 1e-7 gives -1e-7, not a
+  rounded 0). ``b_T`` may be None.
   """
   p = jnp.exp(z - lse[:, None])
   kappa = 1 + 2 * opts.z_loss * lse if opts.z_loss else jnp.ones_like(lse)
@@ -160,15 +170,14 @@ def _grad_logits(opts, u, z, y_T, lse, nll, a_T, b_T):
     kappa * jnp.expm1(-safe_nll) + (kappa - 1) + (opts.eps - eps_k),
     kappa * jnp.exp(-nll) - (1 - opts.eps + eps_k),
   )
-  g = (
-    (a_T * kappa)[:, None] * p - (a_T * eps_k)[:, None] if opts.eps else (a_T * kappa)[:, None] * p
-  )
+  g = (a_T * kappa)[:, None] * p
+  if opts.eps:
+    g = g - (a_T * eps_k)[:, None]
   label_g = a_T * at_label
   if b_T is not None:
     g = g + b_T[:, None] * p
     label_g = label_g + b_T * jnp.exp(-nll)
-  _, local, here = _label_logit(opts, z, y_T)
-  is_label = (lax.broadcasted_iota(local.dtype, z.shape, 1) == local[:, None]) & here[:, None]
+  is_label = lax.broadcasted_iota(y_T.dtype, z.shape, 1) == (y_T - offset)[:, None]
   g = jnp.where(is_label, label_g[:, None], g)
   if opts.softcap is not None:
     # d/du c·tanh(u/c) = 1/cosh²(u/c): no 1 - tanh² that cancels for large |u|.
@@ -183,6 +192,47 @@ def _chunks(x, chunk):
 
 def _unchunk(x):
   return x.reshape(-1, *x.shape[2:])
+
+
+def _vocab_blocks(opts, num_local, fn, carry):
+  """``carry = fn(start, size, carry)`` over blocks of the local vocabulary.
+
+  The gradient of a token chunk is formed block by block, so that besides the chunk's
+  logits only ``[chunk, block]`` and ``[D, block]`` pieces are live: the ``[D, V]``
+  accumulator is updated in place, slice by slice. Full blocks run in a ``fori_loop``; a
+  last, shorter block (V not a multiple of the block) after it.
+  """
+  size = min(opts.block, num_local)
+  full, tail = divmod(num_local, size)
+  if full == 1:
+    carry = fn(0, size, carry)
+  elif full > 1:
+    carry = lax.fori_loop(0, full, lambda j, c: fn(j * size, size, c), carry)
+  if tail:
+    carry = fn(full * size, tail, carry)
+  return carry
+
+
+def _chunk_grads(opts, h_c, u, z, w, b, y_c, lse, nll, a, bcoef, carry, need_h):
+  """Adds one token chunk's Σ_t ∂/∂W and Σ_t ∂/∂b to ``carry = (gw, gb)``; returns
+  (gw, gb, gh) with gh the chunk's per-token ∂/∂h (None unless ``need_h``)."""
+  offset = _vocab_offset(opts, w.shape[1])
+
+  def block(start, size, carry):
+    gw, gb, gh = carry
+    cols = lambda x: lax.dynamic_slice_in_dim(x, start, size, axis=x.ndim - 1)
+    g = _grad_logits(opts, cols(u), cols(z), offset + start, y_c, lse, nll, a, bcoef)
+    gw_block = cols(gw) + _matmul(h_c, g, opts, ((0,), (0,)))
+    gw = lax.dynamic_update_slice_in_dim(gw, gw_block, start, axis=1)
+    if gb is not None:
+      gb = lax.dynamic_update_slice_in_dim(gb, cols(gb) + jnp.sum(g, axis=0), start, axis=0)
+    if gh is not None:
+      gh = gh + _matmul(g, cols(w), opts, ((1,), (1,)))
+    return gw, gb, gh
+
+  gh = jnp.zeros_like(h_c) if need_h else None
+  gw, gb, gh = _vocab_blocks(opts, w.shape[1], block, (*carry, gh))
+  return gw, gb, None if gh is None else _psum(gh, opts)
 
 
 # ----------------------------------------------------------------------- fused passes
@@ -207,11 +257,7 @@ def _forward(opts, h, w, b, y, a=None):
     loss, nll, lse = _token_loss(opts, m, lse_rest, z_y, z_sum)
     if not with_grads:
       return carry, (loss, nll, lse, None)
-    g = _grad_logits(opts, u, z, y_c, lse, nll, a_c, None)
-    gw, gb = carry
-    gh = _psum(_matmul(g, w, opts, ((1,), (1,))), opts)
-    gw = gw + _matmul(h_c, g, opts, ((0,), (0,)))
-    gb = None if gb is None else gb + jnp.sum(g, axis=0)
+    gw, gb, gh = _chunk_grads(opts, h_c, u, z, w, b, y_c, lse, nll, a_c, None, carry, True)
     return (gw, gb), (loss, nll, lse, gh)
 
   init = (None, None)
@@ -226,22 +272,19 @@ def _forward(opts, h, w, b, y, a=None):
   return loss, nll, lse, _unchunk(gh), gw, gb
 
 
-def _chunked_grads(opts, h, w, b, y, lse, nll, a, bcoef, need_h):
+def _chunked_grads(opts, h, w, b, y, lse, nll, a, bcoef, need_h, init=None):
   """(∂/∂h rows, ∂/∂W, ∂/∂b) of Σ_t a_t ℓ_t + b_t lse_t, recomputing the logits chunk-wise."""
 
   def body(carry, xs):
     h_c, y_c, lse_c, nll_c, a_c, b_c = xs
     u, z = _logits(opts, h_c, w, b)
-    g = _grad_logits(opts, u, z, y_c, lse_c, nll_c, a_c, b_c)
-    gw, gb = carry
-    gw = gw + _matmul(h_c, g, opts, ((0,), (0,)))
-    gb = None if gb is None else gb + jnp.sum(g, axis=0)
-    gh = _psum(_matmul(g, w, opts, ((1,), (1,))), opts) if need_h else None
+    gw, gb, gh = _chunk_grads(opts, h_c, u, z, w, b, y_c, lse_c, nll_c, a_c, b_c, carry, need_h)
     return (gw, gb), gh
 
   b_chunks = None if bcoef is None else _chunks(bcoef, opts.chunk)
   xs = tuple(_chunks(x, opts.chunk) for x in (h, y, lse, nll, a)) + (b_chunks,)
-  init = (jnp.zeros_like(w), None if b is None else jnp.zeros_like(b))
+  if init is None:
+    init = (jnp.zeros_like(w), None if b is None else jnp.zeros_like(b))
   (gw, gb), gh = lax.scan(body, init, xs)
   return (None if gh is None else _unchunk(gh)), gw, gb
 
@@ -266,20 +309,29 @@ def _unpack(args, has_b, lse_out):
 def _tangent_impl(*args, opts, has_b):
   """The forward application of the linear map: recomputes the logits chunk by chunk."""
   h, w, b, y, lse, nll, a, active, _, _, dw, db, dh = _unpack(args, has_b, opts.lse_out)
+  offset = _vocab_offset(opts, w.shape[1])
 
   def body(_, xs):
     h_c, y_c, lse_c, nll_c, a_c, dh_c = xs
     u, z = _logits(opts, h_c, w, b)
-    du = _matmul(h_c, dw, opts, ((1,), (0,)))
-    if db is not None:
-      du = du + db
-    g = _grad_logits(opts, u, z, y_c, lse_c, nll_c, a_c, None)
-    d_loss = _psum(jnp.sum(g * du, axis=1), opts)
-    if dh_c is None:
-      return None, (d_loss, None)
-    du = du + _matmul(dh_c, w, opts, ((1,), (0,)))
-    g = _grad_logits(opts, u, z, y_c, lse_c, nll_c, jnp.zeros_like(a_c), jnp.ones_like(a_c))
-    return None, (d_loss, _psum(jnp.sum(g * du, axis=1), opts))
+
+    def block(start, size, acc):
+      cols = lambda x: lax.dynamic_slice_in_dim(x, start, size, axis=x.ndim - 1)
+      du = _matmul(h_c, cols(dw), opts, ((1,), (0,)))
+      if db is not None:
+        du = du + cols(db)[None, :]
+      g = _grad_logits(opts, cols(u), cols(z), offset + start, y_c, lse_c, nll_c, a_c, None)
+      acc = (acc[0] + jnp.sum(g * du, axis=1), acc[1])
+      if dh_c is None:
+        return acc
+      du = du + _matmul(dh_c, cols(w), opts, ((1,), (0,)))
+      zeros, ones = jnp.zeros_like(a_c), jnp.ones_like(a_c)
+      p = _grad_logits(opts, cols(u), cols(z), offset + start, y_c, lse_c, nll_c, zeros, ones)
+      return acc[0], acc[1] + jnp.sum(p * du, axis=1)
+
+    acc = (jnp.zeros_like(lse_c), None if dh_c is None else jnp.zeros_like(lse_c))
+    d_loss, d_lse = _vocab_blocks(opts, w.shape[1], block, acc)
+    return None, (_psum(d_loss, opts), None if d_lse is None else _psum(d_lse, opts))
 
   dh_chunks = None if dh is None else _chunks(dh, opts.chunk)
   xs = tuple(_chunks(x, opts.chunk) for x in (h, y, lse, nll, a)) + (dh_chunks,)
@@ -317,14 +369,17 @@ def _tangent_transpose(cts, *args, opts, has_b):
     hi = jnp.max(jnp.where(counts, ct_loss, -jnp.inf))
     lo = jnp.min(jnp.where(counts, ct_loss, jnp.inf))
 
-    def uniform():
+    # Both branches take the sums as operands and overwrite them, so that XLA can update
+    # the [D, V] buffer in place (no second [D, V] temporary).
+    def uniform(sums):
       c = jnp.where(jnp.any(counts), hi, 0)
-      return c * gw, None if gb is None else c * gb
+      return jax.tree.map(lambda x: c * x, sums)
 
-    def recompute():
-      return _chunked_grads(opts, h, w, b, y, lse, nll, ct_loss * a, None, False)[1:]
+    def recompute(sums):
+      init = jax.tree.map(jnp.zeros_like, sums)
+      return _chunked_grads(opts, h, w, b, y, lse, nll, ct_loss * a, None, False, init)[1:]
 
-    ct_w, ct_b = lax.cond((hi == lo) | ~jnp.any(counts), uniform, recompute)
+    ct_w, ct_b = lax.cond((hi == lo) | ~jnp.any(counts), uniform, recompute, (gw, gb))
     ct_h = None if not opts.lse_out else jnp.zeros_like(h)
   else:
     ct_lse = jnp.where(active, ct_lse, 0)
@@ -392,7 +447,7 @@ def _fused_jvp(opts, primals, tangents):
     residuals = [h, w] + ([b] if has_b else []) + [y, lse, nll, a, active, gw]
     residuals += [gb] if has_b else []
     tangents = [dw] + ([db] if has_b else []) + ([dh] if opts.lse_out else [])
-    tangents = [ad.instantiate_zeros(t) if _is_zero(t) else t for t in tangents]
+    tangents = [jnp.zeros(t.shape, t.dtype) if _is_zero(t) else t for t in tangents]
     out = _weight_tangent_p.bind(*residuals, *tangents, opts=opts, has_b=has_b)
     d_loss = d_loss + out[0]
     if opts.lse_out:
@@ -419,6 +474,7 @@ def linear_softmax_cross_entropy(
   z_loss: float = 0.0,
   logit_softcap: float | None = None,
   chunk_size: int | None = None,
+  vocab_chunk_size: int | None = None,
   return_lse: bool = False,
   base: float | None = None,
   precision: Any = None,
@@ -471,6 +527,8 @@ def linear_softmax_cross_entropy(
     z_loss: ζ ≥ 0, the coefficient of lse² (PaLM's auxiliary loss).
     logit_softcap: c > 0 for Gemma 2's soft-capping s(u) = c·tanh(u/c), or None.
     chunk_size: tokens per chunk; None picks about 2^23 / V (256 at V = 32768).
+    vocab_chunk_size: classes per block of the gradient pass; None picks about
+      2^19 / ``chunk_size``.
     return_lse: also return lse = log Σ_j e^{z_j} per token (in nats; 0 where excluded).
     base: logarithm base of the loss; None for nats.
     precision: the ``lax.Precision`` of every matmul; None means ``HIGHEST`` (true float32
@@ -551,8 +609,15 @@ def linear_softmax_cross_entropy(
     if chunk < 1:
       raise ValueError(f"{fn}: `chunk_size` must be a positive int, got {chunk_size}.")
   chunk = max(1, min(chunk, num_tokens))
+  if vocab_chunk_size is None:
+    block = max(128, _BLOCK_ELEMENTS // chunk)
+  else:
+    block = _check_int(vocab_chunk_size, "vocab_chunk_size")
+    if block < 1:
+      raise ValueError(f"{fn}: `vocab_chunk_size` must be a positive int, got {block}.")
   opts = _Options(
     chunk=chunk,
+    block=block,
     num_classes=num_classes,
     eps=eps,
     z_loss=zeta,
