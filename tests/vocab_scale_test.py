@@ -21,9 +21,6 @@ from experiments import _common
 from experiments import vocab_scale as e8
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-# TODO(issue 13): xent_jax.linear_softmax_cross_entropy (d98fc6e) adds bias [V] to the
-# [T, V] logits by implicit rank promotion; drop this once the library broadcasts it itself.
-_FUSED_RANK_PROMOTION = "allow"
 
 RTOL = 1e-10 if jax.config.jax_enable_x64 else 1e-5  # float64 reference vs the default dtype
 
@@ -46,10 +43,9 @@ class VocabScaleExperimentTest(chex.TestCase):
     super().setUpClass()
     cls.config = _common.load_config("vocab_scale", "smoke")
     cls.workdir = Path(absltest.get_default_test_tmpdir()) / "e8"
-    with jax.numpy_rank_promotion(_FUSED_RANK_PROMOTION):
-      cls.results = _common.run_experiment(
-        "vocab_scale", e8.run, cls.config, cls.workdir, validate=e8.validate, overwrite=True
-      )
+    cls.results = _common.run_experiment(
+      "vocab_scale", e8.run, cls.config, cls.workdir, validate=e8.validate, overwrite=True
+    )
     cls.corpus = _corpus(cls.config)
 
   def test_tokenizer(self):
@@ -109,8 +105,7 @@ class VocabScaleExperimentTest(chex.TestCase):
     params = {k: jax.numpy.asarray(x, dtype) for k, x in params.items()}
     prev, nxt = e8.bigram_pairs(self.corpus.heldout_ids)
     eval_set = e8._distinct_pairs(prev, nxt, v, self.config.eval_chunk)
-    with jax.numpy_rank_promotion(_FUSED_RANK_PROMOTION):
-      out = e8.heldout_losses(params, *eval_set, chunk_size=self.config.model.chunk_size)
+    out = e8.heldout_losses(params, *eval_set, chunk_size=self.config.model.chunk_size)
     p = {k: np.asarray(x, np.float64) for k, x in params.items()}
     logits = p["embedding"][prev] @ p["w"] + p["b"]
     top = logits.max(axis=1)
