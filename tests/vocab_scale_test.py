@@ -125,6 +125,8 @@ class VocabScaleExperimentTest(chex.TestCase):
     np.testing.assert_allclose(fused[0], math.log(self.results["vocab"]["size"]), rtol=RTOL)
     np.testing.assert_allclose(ev["fused_bits"], fused / math.log(2))
     np.testing.assert_allclose(ev["perplexity"], np.exp(fused))
+    for key, nats in self.results["references_nats"].items():
+      np.testing.assert_allclose(self.results["references_perplexity"][key], np.exp(nats))
     self.assertLess(fused[-1], fused[0])
 
   def test_claims_follow_from_the_numbers(self):
