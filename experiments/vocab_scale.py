@@ -543,11 +543,14 @@ def _train_and_evaluate(config, workdir, train_pairs, heldout_pairs, v: int):
     naive.append(float(out["naive"]))
     gap.append(float(out["max_gap"]))
     workdir.log(
-      "step %d/%d: held-out CE %.4f bits (fused), %.4f (naive); %.1f s",
+      "step %d/%d: held-out CE %.4f bits (fused), %.4f (naive); last %d minibatches %.4f bits;"
+      " %.1f s",
       k * segment,
       tc.num_steps,
       fused[-1] / np.log(2),
       naive[-1] / np.log(2),
+      min(segment, len(losses)),
+      np.mean(losses[-segment:]) / np.log(2) if losses else np.nan,
       time.perf_counter() - start,
     )
     if k == tc.num_evals:
