@@ -52,7 +52,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # Fused vs materialised: held-out mean CE must agree to agreement_ulps · eps(dtype).
   config.agreement_ulps = 64
 
-  # Peak temporaries and step time of one train step, fused vs naive, over V.
+  # Temporaries and time of the mean loss and its gradient (E, W, b), fused vs naive, over V.
   config.sweep = ml_collections.ConfigDict()
   config.sweep.vocab_sizes = (1024, 4096, 16384)  # V values (model shapes only; random data)
   config.sweep.time_batch_size = 512  # N tokens of the steps compiled, measured and timed

@@ -43,17 +43,17 @@ Reference lines, in nats (and bits = nats / ln 2), all on the same held-out targ
 Perplexity is e^(cross-entropy in nats). At the end of training the gradients of the mean
 loss w.r.t. E, W and b on one minibatch are compared, fused against materialised.
 
-Finally, one train step (loss, ``jax.value_and_grad`` and the Adam update) is compiled with
-each loss for each V in ``sweep.vocab_sizes`` at ``sweep.time_batch_size`` random tokens (the
-model's shapes), and at the largest V also for ``sweep.memory_batch_size`` tokens, compiled
-only (the naive step's [N, V] arrays are never allocated). XLA's temporaries
-(``memory_analysis().temp_size_in_bytes``) go to ``results.json``; the median step times at
-``sweep.time_batch_size`` go to ``step_time.json`` (timings differ from run to run, and
-``results.json`` stays byte-identical for the same config). The fused loss keeps a few
-``[chunk_size, V]`` blocks, so its temporaries stop growing with N while the naive step's
-(the logits and their gradient, 2·N·V floats) grow linearly: the saving is a ratio of N to
-the chunk, visible only once N exceeds the chunk (``model.chunk_size``, 0: the library's
-default).
+Finally, the mean loss and its gradient w.r.t. E, W and b (``jax.value_and_grad``: a train
+step's work but the optimiser's elementwise update) are compiled with each loss for each V
+in ``sweep.vocab_sizes`` at ``sweep.time_batch_size`` random tokens, and at the largest V
+also for ``sweep.memory_batch_size`` tokens, compiled only (the naive version's [N, V]
+arrays are never allocated). XLA's temporaries (``memory_analysis().temp_size_in_bytes``) go
+to ``results.json``; the median times at ``sweep.time_batch_size`` go to ``step_time.json``
+(timings differ from run to run; ``results.json`` stays byte-identical for the same config).
+The fused loss keeps a few ``[chunk_size, V]`` blocks, so its temporaries stop growing with
+N while the naive version's (the logits and their gradient, 2·N·V floats) grow linearly:
+the saving is a ratio of N to the chunk, visible only once N exceeds the chunk
+(``model.chunk_size``; 0: the library's default).
 """
 
 from __future__ import annotations
@@ -356,22 +356,21 @@ def _gradient_gap(params, prev_N, next_N, *, chunk_size: int = 0) -> dict:
 # ---------------------------------------------------------------------- memory and time
 
 
-def _compiled_step(config, optimizer, per_token_loss, state, batch):
-  """One train step (loss, ``jax.value_and_grad``, Adam update), compiled for ``batch``."""
+def _compiled_step(config, per_token_loss, params, batch):
+  """The mean loss and its gradient w.r.t. E, W and b (``jax.value_and_grad``), compiled."""
   loss_fn = functools.partial(
     bigram_loss, per_token_loss=per_token_loss, chunk_size=config.model.chunk_size
   )
-  step = functools.partial(training.train_step, loss_fn=loss_fn, optimizer=optimizer)
-  return jax.jit(step).lower(state, batch).compile()
+  return jax.jit(jax.value_and_grad(loss_fn)).lower(params, *batch).compile()
 
 
-def memory_and_time(config, optimizer) -> tuple[dict, dict]:
-  """Temporaries (bytes, deterministic) and step times (s) of one train step over V.
+def memory_and_time(config) -> tuple[dict, dict]:
+  """Temporaries (bytes, deterministic) and times (s) of the loss and gradient over V.
 
-  At every V both steps are compiled, run and timed with ``sweep.time_batch_size`` random
-  tokens; at the largest V they are also compiled (only) for ``sweep.memory_batch_size``
-  tokens: XLA's buffer assignment needs no data, so the naive step's [N, V] arrays are never
-  allocated.
+  At every V both are compiled, run and timed with ``sweep.time_batch_size`` random tokens;
+  at the largest V they are also compiled (only) for ``sweep.memory_batch_size`` tokens:
+  XLA's buffer assignment needs no data, so the naive step's [N, V] arrays are never
+  allocated. (The optimiser's update is the same elementwise work for both, left out.)
   """
   n, n_large = config.sweep.time_batch_size, config.sweep.memory_batch_size
   itemsize = _float_dtype().itemsize
@@ -380,14 +379,13 @@ def memory_and_time(config, optimizer) -> tuple[dict, dict]:
   for v in config.sweep.vocab_sizes:
     key_e, key_x, key_y = jax.random.split(jax.random.key(config.seed), 3)
     params = init_params(key_e, v, config.model.embed_dim, config.model.init_scale)
-    state = training.init_train_state(params, optimizer)
     batch = tuple(jax.random.randint(k, (n,), 0, v) for k in (key_x, key_y))
     runners = {}
     for name, loss in PER_TOKEN_LOSSES.items():
-      compiled = _compiled_step(config, optimizer, loss, state, batch)
+      compiled = _compiled_step(config, loss, params, batch)
       memory[name].append(compiled.memory_analysis().temp_size_in_bytes)
       runners[name] = functools.partial(
-        lambda c, s, b: jax.block_until_ready(c(s, b)), compiled, state, batch
+        lambda c, p, b: jax.block_until_ready(c(p, *b)), compiled, params, batch
       )
     timed = time_interleaved(runners, warmup=1, repeats=config.sweep.repeats)
     for record in (memory, times):
@@ -401,9 +399,7 @@ def memory_and_time(config, optimizer) -> tuple[dict, dict]:
     "batch_size": n_large,
     "logits_bytes": n_large * v * itemsize,
     **{
-      name: _compiled_step(config, optimizer, loss, state, large_batch)
-      .memory_analysis()
-      .temp_size_in_bytes
+      name: _compiled_step(config, loss, params, large_batch).memory_analysis().temp_size_in_bytes
       for name, loss in PER_TOKEN_LOSSES.items()
     },
   }
@@ -414,7 +410,7 @@ def _log_sweep(workdir, memory: dict, times: dict) -> None:
   """One log line per V of the sweep, and one for the large-N compile."""
   for i, vs in enumerate(memory["vocab_size"]):
     workdir.log(
-      "V = %d, N = %d: temporaries fused %.1f MiB, naive %.1f MiB; step fused %.1f ms, naive "
+      "V = %d, N = %d: temporaries fused %.1f MiB, naive %.1f MiB; loss+grad fused %.1f ms, naive "
       "%.1f ms",
       vs,
       memory["batch_size"],
@@ -459,8 +455,7 @@ def run(config, workdir: _common.Workdir) -> dict:
   )
   references = count_references(train_pairs, heldout_pairs, v, config.smoothing_k)
   evaluation, train_loss = _train_and_evaluate(config, workdir, train_pairs, heldout_pairs, v)
-  optimizer = optax.adam(config.train.learning_rate)
-  memory, times = memory_and_time(config, optimizer)
+  memory, times = memory_and_time(config)
   _common.write_json(workdir.path / "step_time.json", times)
   _log_sweep(workdir, memory, times)
   heldout_next = heldout_pairs[1]
@@ -746,7 +741,7 @@ def _figure_heldout(workdir, r: dict) -> None:
 
 
 def _figure_memory(workdir, r: dict, times: dict) -> None:
-  """Temporaries (MiB) and step time (ms) of one train step vs V, fused vs naive."""
+  """Temporaries (MiB) and time (ms) of the loss and its gradient vs V, fused vs naive."""
   fig, (ax_m, ax_t) = _common.new_figure(1, 2, figsize=(12, 4.8))
   mem, large = r["memory"], r["memory"]["largest_v_at_memory_batch_size"]
   v, n = mem["vocab_size"], mem["batch_size"]
@@ -774,7 +769,7 @@ def _figure_memory(workdir, r: dict, times: dict) -> None:
     f"naive ÷ fused = {large['naive'] / large['fused']:.1f}",
     (large["vocab_size"], large["fused"] / 2**20),
     textcoords="offset points",
-    xytext=(-10, -4),
+    xytext=(-8, 8),
     ha="right",
     fontsize=8,
     color="C0",
@@ -797,14 +792,14 @@ def _figure_memory(workdir, r: dict, times: dict) -> None:
     yscale="log",
     xlabel="vocabulary size V",
     ylabel="XLA temporaries (MiB)",
-    title="one train step (loss, grad, Adam): temporaries",
+    title="mean loss and its gradient (E, W, b): temporaries",
   )
   ax_t.set(
     xscale="log",
     yscale="log",
     xlabel="vocabulary size V",
     ylabel="step time (ms, median)",
-    title=f"one train step at N = {times['batch_size']}: time (this run's step_time.json)",
+    title=f"the same at N = {times['batch_size']}: time (this run's step_time.json)",
   )
   for a in (ax_m, ax_t):
     a.set_xticks(v, [str(x) for x in v])
