@@ -58,15 +58,27 @@ class _Options(NamedTuple):
   precision: Any
   axis_name: Any  # the vocab-parallel mesh axis, or None
   lse_out: bool  # whether the caller gets (and may differentiate) lse
+  strided: bool  # chunks of strided tokens (the token axis is sharded in the type)
 
 
 # --------------------------------------------------------------------- per-chunk math
 
 
-def _matmul(a, b, opts, contract):
-  """A dot with the stated precision (SPEC §9), accumulating in the inputs' float type."""
+def _matmul(a, b, opts, contract, like=None):
+  """A dot with the stated precision (SPEC §9), accumulating in the inputs' float type.
+
+  ``like``: an array whose sharding the result takes, for a contraction over the token
+  axis when it is sharded in the types (explicit mesh): the sum over devices is then
+  replicated like the ``[D, V]`` accumulator.
+  """
+  out_sharding = jax.typeof(like).sharding if opts.strided and like is not None else None
   return lax.dot_general(
-    a, b, (contract, ((), ())), precision=opts.precision, preferred_element_type=a.dtype
+    a,
+    b,
+    (contract, ((), ())),
+    precision=opts.precision,
+    preferred_element_type=a.dtype,
+    out_sharding=out_sharding,
   )
 
 
@@ -185,12 +197,23 @@ def _grad_logits(opts, u, z, offset, y_T, lse, nll, a_T, b_T):
   return g
 
 
-def _chunks(x, chunk):
-  """``[N, ...]`` as ``[N / chunk, chunk, ...]`` (N is a multiple of the chunk)."""
-  return x.reshape(x.shape[0] // chunk, chunk, *x.shape[1:])
+def _chunks(x, opts):
+  """``[N, ...]`` as ``[N / chunk, chunk, ...]``, the scanned axis first.
+
+  Chunk c holds tokens c·chunk ... (c+1)·chunk - 1; with ``opts.strided`` (the token axis
+  is sharded in the array's type, under an explicit mesh) it holds the tokens
+  c, c + N/chunk, c + 2N/chunk, ... so that every device keeps its own tokens and the
+  scanned axis is not the sharded one.
+  """
+  if opts.strided:
+    return x.reshape(opts.chunk, x.shape[0] // opts.chunk, *x.shape[1:]).swapaxes(0, 1)
+  return x.reshape(x.shape[0] // opts.chunk, opts.chunk, *x.shape[1:])
 
 
-def _unchunk(x):
+def _unchunk(x, opts):
+  """The inverse of :func:`_chunks`: ``[N / chunk, chunk, ...]`` back to ``[N, ...]``."""
+  if opts.strided:
+    x = x.swapaxes(0, 1)
   return x.reshape(-1, *x.shape[2:])
 
 
@@ -222,7 +245,8 @@ def _chunk_grads(opts, h_c, u, z, w, b, y_c, lse, nll, a, bcoef, carry, need_h):
     gw, gb, gh = carry
     cols = lambda x: lax.dynamic_slice_in_dim(x, start, size, axis=x.ndim - 1)
     g = _grad_logits(opts, cols(u), cols(z), offset + start, y_c, lse, nll, a, bcoef)
-    gw_block = cols(gw) + _matmul(h_c, g, opts, ((0,), (0,)))
+    gw_block = cols(gw)
+    gw_block = gw_block + _matmul(h_c, g, opts, ((0,), (0,)), like=gw_block)
     gw = lax.dynamic_update_slice_in_dim(gw, gw_block, start, axis=1)
     if gb is not None:
       gb = lax.dynamic_update_slice_in_dim(gb, cols(gb) + jnp.sum(g, axis=0), start, axis=0)
@@ -263,13 +287,13 @@ def _forward(opts, h, w, b, y, a=None):
   init = (None, None)
   if with_grads:
     init = (jnp.zeros_like(w), None if b is None else jnp.zeros_like(b))
-  a_chunks = None if a is None else _chunks(a, opts.chunk)
-  xs = (_chunks(h, opts.chunk), _chunks(y, opts.chunk), a_chunks)
+  a_chunks = None if a is None else _chunks(a, opts)
+  xs = (_chunks(h, opts), _chunks(y, opts), a_chunks)
   (gw, gb), (loss, nll, lse, gh) = lax.scan(body, init, xs)
-  loss, nll, lse = _unchunk(loss), _unchunk(nll), _unchunk(lse)
+  loss, nll, lse = _unchunk(loss, opts), _unchunk(nll, opts), _unchunk(lse, opts)
   if not with_grads:
     return loss, nll, lse
-  return loss, nll, lse, _unchunk(gh), gw, gb
+  return loss, nll, lse, _unchunk(gh, opts), gw, gb
 
 
 def _chunked_grads(opts, h, w, b, y, lse, nll, a, bcoef, need_h, init=None):
@@ -281,12 +305,12 @@ def _chunked_grads(opts, h, w, b, y, lse, nll, a, bcoef, need_h, init=None):
     gw, gb, gh = _chunk_grads(opts, h_c, u, z, w, b, y_c, lse_c, nll_c, a_c, b_c, carry, need_h)
     return (gw, gb), gh
 
-  b_chunks = None if bcoef is None else _chunks(bcoef, opts.chunk)
-  xs = tuple(_chunks(x, opts.chunk) for x in (h, y, lse, nll, a)) + (b_chunks,)
+  b_chunks = None if bcoef is None else _chunks(bcoef, opts)
+  xs = tuple(_chunks(x, opts) for x in (h, y, lse, nll, a)) + (b_chunks,)
   if init is None:
     init = (jnp.zeros_like(w), None if b is None else jnp.zeros_like(b))
   (gw, gb), gh = lax.scan(body, init, xs)
-  return (None if gh is None else _unchunk(gh)), gw, gb
+  return (None if gh is None else _unchunk(gh, opts)), gw, gb
 
 
 # The weight/bias part of the tangent, dℓ_t = Σ_j ∂(a_t ℓ_t)/∂u_tj · (h_t·dW_j + db_j), as a
@@ -333,12 +357,12 @@ def _tangent_impl(*args, opts, has_b):
     d_loss, d_lse = _vocab_blocks(opts, w.shape[1], block, acc)
     return None, (_psum(d_loss, opts), None if d_lse is None else _psum(d_lse, opts))
 
-  dh_chunks = None if dh is None else _chunks(dh, opts.chunk)
-  xs = tuple(_chunks(x, opts.chunk) for x in (h, y, lse, nll, a)) + (dh_chunks,)
+  dh_chunks = None if dh is None else _chunks(dh, opts)
+  xs = tuple(_chunks(x, opts) for x in (h, y, lse, nll, a)) + (dh_chunks,)
   _, (d_loss, d_lse) = lax.scan(jax.checkpoint(body), None, xs)
   if dh is None:
-    return [_unchunk(d_loss)]
-  return [_unchunk(d_loss), jnp.where(active, _unchunk(d_lse), 0)]
+    return [_unchunk(d_loss, opts)]
+  return [_unchunk(d_loss, opts), jnp.where(active, _unchunk(d_lse, opts), 0)]
 
 
 _weight_tangent_p = Primitive("linear_softmax_cross_entropy_tangent")
@@ -349,8 +373,17 @@ mlir.register_lowering(_weight_tangent_p, mlir.lower_fun(_tangent_impl, multiple
 
 @_weight_tangent_p.def_abstract_eval
 def _tangent_abstract_eval(*avals, opts, has_b):
-  out = jax.core.ShapedArray(avals[0].shape[:1], avals[0].dtype)
+  # Inside shard_map: varying over the inputs' mesh axes, except the vocab axis the
+  # tangent is summed over.
+  lse = avals[4 if has_b else 3]  # a [N] residual: shape, dtype and token sharding
+  varying = frozenset().union(*(_varying(a) for a in avals)) - {opts.axis_name}
+  out = lse.update(manual_axis_type=type(lse.manual_axis_type)(varying=varying))
   return [out, out] if opts.lse_out else [out]
+
+
+def _varying(aval) -> frozenset:
+  """The mesh axes a value varies over inside shard_map (empty outside)."""
+  return aval.manual_axis_type.varying
 
 
 def _tangent_transpose(cts, *args, opts, has_b):
@@ -601,7 +634,7 @@ def linear_softmax_cross_entropy(
   num_tokens = math.prod(batch_shape)
   num_classes = num_local
   if vocab_axis_name is not None:
-    num_classes = num_local * lax.psum(1, vocab_axis_name)
+    num_classes = num_local * lax.axis_size(vocab_axis_name)
   if chunk_size is None:
     chunk = max(8, _CHUNK_ELEMENTS // num_classes)
   else:
@@ -625,6 +658,7 @@ def linear_softmax_cross_entropy(
     precision=lax.Precision.HIGHEST if precision is None else precision,
     axis_name=vocab_axis_name,
     lse_out=bool(return_lse),
+    strided=False,
   )
   if num_tokens == 0:
     loss = jnp.zeros(batch_shape, dtype)
@@ -647,11 +681,23 @@ def linear_softmax_cross_entropy(
     h = jnp.pad(h, ((0, pad), (0, 0)))
     y, active = jnp.pad(y, (0, pad)), jnp.pad(active, (0, pad))
     token_scale = jnp.pad(token_scale, (0, pad))
+  # Inside shard_map, weight and bias vary over the token axes too (their cotangents are
+  # then summed over those axes by the transpose of the cast; hidden is not cast to the
+  # vocab axis, whose gradient is complete on every device after the psum).
+  w, b = _vary_like(w, h), None if b is None else _vary_like(b, h)
+  spec = getattr(jax.typeof(h).sharding, "spec", ())
+  opts = opts._replace(strided=bool(spec) and spec[0] is not None)
   loss, lse = _fused(opts, h, w, b, token_scale, y, active)
   loss = _core.in_base(loss[:num_tokens].reshape(batch_shape), scale)
   if return_lse:
     return loss, lse[:num_tokens].reshape(batch_shape)
   return loss
+
+
+def _vary_like(x, like):
+  """``x`` cast to vary over the mesh axes ``like`` varies over (a no-op outside shard_map)."""
+  missing = tuple(sorted(_varying(jax.typeof(like)) - _varying(jax.typeof(x)), key=str))
+  return lax.pcast(x, missing, to="varying") if missing else x
 
 
 def _check_int(value, name: str) -> int:
