@@ -497,7 +497,7 @@ def _summary(r: dict) -> dict:
   large = memory["largest_v_at_memory_batch_size"]
   return {
     "held-out CE, trained bigram (bits/token)": ev["fused_bits"][-1],
-    "perplexity": ev["perplexity"][-1],
+    "held-out perplexity, trained bigram": ev["perplexity"][-1],
     "references (bits): unigram entropy of held-out / unigram add-k / count bigram add-k": [
       r["references_bits"][k] for k in ("unigram_entropy_heldout", "unigram_addk", "bigram_addk")
     ],
@@ -600,10 +600,10 @@ def _claims(r: dict, config) -> list[dict]:
       "lower bound for every model that ignores the context",
       {
         "trained bigram (bits/token)": final,
-        "unigram entropy of the held-out tokens": ref["unigram_entropy_heldout"],
-        "training unigram, add-k": ref["unigram_addk"],
-        "count bigram, add-k": ref["bigram_addk"],
-        "uniform, log2 V": ref["uniform"],
+        "unigram entropy of the held-out tokens (bits)": ref["unigram_entropy_heldout"],
+        "training unigram, add-k (bits/token)": ref["unigram_addk"],
+        "count bigram, add-k (bits/token)": ref["bigram_addk"],
+        "uniform, log2 V (bits)": ref["uniform"],
       },
       holds=final < ref["unigram_entropy_heldout"],
       correction=f"after {config.train.num_steps} steps the held-out cross-entropy "
