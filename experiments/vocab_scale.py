@@ -537,15 +537,15 @@ def _train_and_evaluate(config, workdir, train_pairs, heldout_pairs, v: int):
     fused.append(float(out["fused"]))
     naive.append(float(out["naive"]))
     gap.append(float(out["max_gap"]))
+    recent_bits = np.mean(losses[-segment:]) / np.log(2) if losses else np.nan
+    train_bits = f"; mean training loss of the last {segment} steps {recent_bits:.4f}"
     workdir.log(
-      "step %d/%d: held-out CE %.4f bits (fused), %.4f (naive); last %d minibatches %.4f bits;"
-      " %.1f s",
+      "step %d/%d: held-out CE %.4f bits (fused), %.4f (naive)%s; %.1f s",
       k * segment,
       tc.num_steps,
       fused[-1] / np.log(2),
       naive[-1] / np.log(2),
-      min(segment, len(losses)),
-      np.mean(losses[-segment:]) / np.log(2) if losses else np.nan,
+      train_bits if losses else "",
       time.perf_counter() - start,
     )
     if k == tc.num_evals:
