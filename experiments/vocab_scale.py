@@ -798,7 +798,7 @@ def _figure_memory(workdir, r: dict, times: dict) -> None:
     xscale="log",
     yscale="log",
     xlabel="vocabulary size V",
-    ylabel="step time (ms, median)",
+    ylabel="loss + gradient time (ms, median)",
     title=f"the same at N = {times['batch_size']}: time (this run's step_time.json)",
   )
   for a in (ax_m, ax_t):
