@@ -10,6 +10,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -54,21 +55,33 @@ def _results(loss_fn, args) -> dict[str, np.ndarray]:
   ct = jnp.linspace(-1, 1, N, dtype=h.dtype)
 
   @jax.jit
-  def run(h, w, b):
+  def run(h, w, b, y, where):  # (arrays spanning other hosts cannot be closed over)
     loss = lambda h, w, b: loss_fn(h, w, b, y, where)
     mean = jax.grad(lambda *a: loss(*a).mean(), (0, 1, 2))(h, w, b)
     token = jax.grad(lambda *a: (ct * loss(*a)).sum(), (0, 1, 2))(h, w, b)
     return loss(h, w, b), mean, token
 
-  loss, mean, token = run(h, w, b)
+  loss, mean, token = run(h, w, b, y, where)
   out = {"loss": loss}
   for name, grads in (("mean", mean), ("token", token)):
     out.update({f"{name}_d{arg}": g for arg, g in zip("hwb", grads, strict=True)})
-  return {k: np.asarray(v) for k, v in out.items()}
+  # process_allgather: the whole array on every process (also across hosts).
+  return {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in out.items()}
 
 
 def run_single() -> dict[str, np.ndarray]:
   return _results(_loss_fn(), inputs())
+
+
+def vocab_parallel_results(mesh) -> dict[str, np.ndarray]:
+  """The shard_map vocab-parallel run on a ("data", "model") mesh (any number of hosts)."""
+  specs = (P("data", None), P(None, "model"), P("model"), P("data"), P("data"))
+  placed = [
+    jax.make_array_from_callback(x.shape, NamedSharding(mesh, s), lambda i, x=x: x[i])
+    for x, s in zip(inputs(), specs, strict=True)
+  ]
+  loss_fn = jax.shard_map(_loss_fn("model"), mesh=mesh, in_specs=specs, out_specs=P("data"))
+  return _results(loss_fn, placed)
 
 
 def run_mesh() -> dict[str, np.ndarray]:
@@ -88,8 +101,7 @@ def run_mesh() -> dict[str, np.ndarray]:
   placed = [jax.device_put(x, NamedSharding(mesh, s)) for x, s in zip(inputs(), specs, strict=True)]
   out.update({f"jit_Auto_{k}": v for k, v in _results(_loss_fn(), placed).items()})
   # (b) vocab-parallel: each device its slice of V, statistics combined over "model".
-  vocab_parallel = jax.shard_map(_loss_fn("model"), mesh=mesh, in_specs=specs, out_specs=P("data"))
-  out.update({f"vp_{k}": v for k, v in _results(vocab_parallel, placed).items()})
+  out.update({f"vp_{k}": v for k, v in vocab_parallel_results(mesh).items()})
   out["weight_shard_columns"] = np.asarray(placed[1].addressable_shards[0].data.shape[1])
   return out
 

@@ -305,16 +305,37 @@ class ForwardModeTest(chex.TestCase):
       want, bound = (g * du_i).sum(axis=1), (np.abs(g) * np.abs(du_i)).sum(axis=1)
       _assert_sum_close(self, got, bound, want, RTOL, f"jvp {name}")
 
-  def test_hessian_vector_product_matches_finite_structure(self):
-    # Forward over reverse: H·v = d/dε ∇(w + ε v), against reverse over reverse of the
-    # materialised loss in JAX (same precision; the two must agree to rounding).
-    h, w, b, y = _inputs(14, 8, 4, 12)
-    v = np.random.default_rng(15).standard_normal(w.shape).astype(DTYPE)
-    ours = lambda w: xj.linear_softmax_cross_entropy(h, w, y, chunk_size=3).mean()
-    mat = lambda w: xj.softmax_cross_entropy_with_integer_labels(h @ w, y).mean()
-    hvp = jax.jit(lambda: [jax.jvp(jax.grad(f), (w,), (v,))[1] for f in (ours, mat)])
-    got, want = hvp()
-    np.testing.assert_allclose(got, want, rtol=1e-10 if X64 else 2e-5, atol=1e-12)
+  def test_second_order_and_linearize_match_the_materialised_loss(self):
+    # Forward over reverse (H·v) and linearize, against the same
+    # transforms of xent_jax's softmax_cross_entropy_with_integer_labels on the
+    # materialised logits h @ W (same precision: the two agree to rounding).
+    h, _, _, y = _inputs(14, 6, 4, 7)
+    w = np.random.default_rng(15).standard_normal((4, 7)).astype(DTYPE)
+    v = np.random.default_rng(16).standard_normal(w.shape).astype(DTYPE)
+    kw = {"label_smoothing": 0.1}
+    ours = lambda w: xj.linear_softmax_cross_entropy(
+      h, w, y, chunk_size=4, vocab_chunk_size=3, **kw
+    )
+    mat = lambda w: xj.softmax_cross_entropy_with_integer_labels(h @ w, y, **kw)
+
+    @jax.jit
+    def transforms():
+      out = []
+      for f in (ours, mat):
+        mean = lambda w, f=f: f(w).mean()
+        out.append(
+          {
+            "hvp": jax.jvp(jax.grad(mean), (w,), (v,))[1],
+            "linearize": jax.linearize(f, w)[1](v),
+          }
+        )
+      return out
+
+    got, want = transforms()
+    for name in want:
+      np.testing.assert_allclose(
+        got[name], want[name], rtol=1e-10 if X64 else 2e-5, atol=1e-12, err_msg=name
+      )
 
 
 class TransformTest(chex.TestCase):

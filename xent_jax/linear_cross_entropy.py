@@ -38,10 +38,11 @@ from xent_jax import _core
 
 _FN = "linear_softmax_cross_entropy"
 _LOG2 = math.log(2.0)
-# Default token chunk: about this many logits per chunk (32 MiB of float32), the size at
-# which the chunk's matmuls run at full speed on the CPU while [chunk, V] stays far from
-# [N, V] (measured at V = 32768: 256 tokens).
-_CHUNK_ELEMENTS = 2**23
+# Default token chunk: 2^38 / V² tokens, i.e. [chunk, V] logits of 2^40 / V bytes in
+# float32: 256 tokens (32 MiB) at V = 32768, 64 (16 MiB) at V = 65536. The chunk shrinks
+# faster than 1/V because the [D, V] gradient accumulator grows with V; at V = 32768 a
+# chunk of 256 tokens is also where the chunk's matmuls run at full speed on the CPU.
+_CHUNK_NUMERATOR = 2**38
 # Vocabulary block of the gradient: about this many elements per [chunk, block] piece.
 _BLOCK_ELEMENTS = 2**19
 
@@ -559,7 +560,8 @@ def linear_softmax_cross_entropy(
     label_smoothing: ε in [0, 1].
     z_loss: ζ ≥ 0, the coefficient of lse² (PaLM's auxiliary loss).
     logit_softcap: c > 0 for Gemma 2's soft-capping s(u) = c·tanh(u/c), or None.
-    chunk_size: tokens per chunk; None picks about 2^23 / V (256 at V = 32768).
+    chunk_size: tokens per chunk; None picks 2^38 / V², at least 8 (256 at V = 32768, 64
+      at V = 65536).
     vocab_chunk_size: classes per block of the gradient pass; None picks about
       2^19 / ``chunk_size``.
     return_lse: also return lse = log Σ_j e^{z_j} per token (in nats; 0 where excluded).
@@ -636,7 +638,7 @@ def linear_softmax_cross_entropy(
   if vocab_axis_name is not None:
     num_classes = num_local * lax.axis_size(vocab_axis_name)
   if chunk_size is None:
-    chunk = max(8, _CHUNK_ELEMENTS // num_classes)
+    chunk = max(8, _CHUNK_NUMERATOR // num_classes**2)
   else:
     chunk = _check_int(chunk_size, "chunk_size")
     if chunk < 1:
