@@ -11,7 +11,7 @@ Variants:
 * default: 200 of the standard library's files, V = 4096, 200 Adam steps of 512 pairs,
   memory and time swept over V = 1024, 4096, 16384 at N = 512 tokens, temporaries also at
   V = 16384, N = 8192 (compiled only); ~18 CPU-seconds (one process, compiles included).
-* ``smoke``: 40 files, V = 1024, 60 steps, sweep V = 4096 only (the test; ~10 CPU-seconds).
+* ``smoke``: 40 files, V = 1024, 60 steps, sweep V = 16384 only (the test; ~10 CPU-seconds).
 * ``full``: every file (734 on CPython 3.11), V = 32768 (SPEC §7), D = 64, 1000 steps of 512
   pairs, sweep V = 4096 … 65536 at N = 4096 (the naive version holds 2 GiB of temporaries at
   V = 65536), and V = 65536 compiled at N = 32768 (16 GiB for the naive version, never
@@ -68,9 +68,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.vocab_size = 1024
     config.train.num_steps = 60
     config.train.num_evals = 3
-    config.sweep.vocab_sizes = (4096,)
+    config.sweep.vocab_sizes = (16384,)
     config.sweep.time_batch_size = 256
-    config.sweep.memory_batch_size = 32768
     config.sweep.repeats = 1
   elif variant == "full":
     config.corpus.max_files = 0
