@@ -15,8 +15,9 @@ Variants:
 * ``full``: every file (734 on CPython 3.11), V = 32768 (SPEC §7), D = 64, 1000 steps of 512
   pairs, sweep V = 4096 … 65536 at N = 4096 (the naive version holds 2 GiB of temporaries at
   V = 65536), and V = 65536 compiled at N = 32768 (16 GiB for the naive version, never
-  allocated); measured 261 CPU-seconds, 16 minutes of wall time on the shared 2-core machine,
-  4 GB peak RSS. Most of it is training and the held-out evaluations (47k distinct pairs × V).
+  allocated); measured 268 CPU-seconds, 7 to 16 minutes of wall time on the shared 2-core
+  machine, 4 GB peak RSS; most of it training and the held-out evaluations (47k distinct
+  pairs × V).
 """
 
 import ml_collections
