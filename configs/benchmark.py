@@ -13,7 +13,7 @@ From the repository root::
 import ml_collections
 
 # The benchmark's groups of cases, in the order they run.
-SECTIONS = ("sigmoid", "softmax", "entropy", "train_step", "sweep", "optimum", "import")
+SECTIONS = ("sigmoid", "softmax", "entropy", "train_step", "sweep", "optimum", "import", "fused")
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -48,6 +48,14 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.optimum_rtol = 1e-6  # relative gap to the float64 optimum that counts as reached
   config.import_repeats = 7  # fresh interpreters per import statement; median reported
   config.save_hlo = True  # write each compiled function's optimised HLO to WORKDIR/hlo/
+  # Fused linear + softmax cross-entropy (SPEC §7): (N tokens, D hidden, V vocabulary),
+  # float32, value_and_grad w.r.t. hidden and weight; the bound on ours/naive XLA
+  # temporaries for each shape; logits ~ N(0, scale²); the naive optax version runs only
+  # where its temporaries are below this many MiB (else it is compiled, not run).
+  config.fused_shapes = ((8192, 512, 32768), (32768, 256, 65536))
+  config.fused_memory_bounds = (1 / 16, 1 / 128)
+  config.fused_logit_scale = 4.0
+  config.fused_naive_max_mib = 4096.0
 
   if variant == "smoke":  # every section at tiny sizes; no warm-up, one solver
     config.warmup = 0
@@ -64,6 +72,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.optimum_repeats = 1
     config.import_repeats = 1
     config.save_hlo = False
+    config.fused_shapes = ((512, 32, 2048),)
+    config.fused_memory_bounds = (1.0,)
   elif variant is not None:
     raise ValueError(f"unknown config variant {variant!r} (known: 'smoke')")
   return config

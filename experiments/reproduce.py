@@ -35,6 +35,7 @@ EXPERIMENTS = (
   "train_logistic",  # E5, seed §4.1-4.2, 5
   "softmax_regression",  # E6, seed §2.2-2.3
   "model_comparison",  # E7, seed §2.6, 3.2, 5
+  "vocab_scale",  # E8, seed §3, 5 at vocabulary scale (SPEC §7)
 )
 TIME_BUDGET_S = 60.0
 _VERDICT_TEXT = {"holds": "holds", "partly": "holds only partly", "fails": "fails"}

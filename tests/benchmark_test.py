@@ -29,7 +29,8 @@ def _expected_rows(config) -> list[tuple[str, str]]:
   rows += [("train_step", "step")] * len(config.train_step_sizes)
   rows += [("sweep", f"{config.sweep_values} lr")]
   rows += [("optimum", "fit")] * len(config.optimum_sizes)
-  return rows + [("import", "import")]
+  rows += [("import", "import")]
+  return rows + [("fused", p) for _ in config.fused_shapes for p in ("mean", "per-token", "memory")]
 
 
 def _positive_finite(test, value, where):
@@ -84,6 +85,10 @@ class BenchmarkSmokeTest(chex.TestCase):
   def test_every_number_positive_and_finite(self):
     for i, row in enumerate(self.results["rows"]):
       where = f"row {i} ({row['operation']} {row['pass']})"
+      if row["pass"] == "memory":  # XLA temporaries of the fused loss, in bytes
+        for key in ("ours_bytes", "anchor_bytes"):
+          _positive_finite(self, row[key], f"{where} {key}")
+        continue
       for key in ("ours_s", "anchor_s"):
         _positive_finite(self, row[key], f"{where} {key}")
       if row["read_s"] is not None:

@@ -2,7 +2,8 @@
 
 The public API (SPEC §1) is re-exported here; each function lives in one module per topic:
 :mod:`xent_jax.softmax`, :mod:`xent_jax.entropy`, :mod:`xent_jax.cross_entropy`,
-:mod:`xent_jax.divergence`. Each measure is exported as its :func:`xent_jax.checked.checkable`
+:mod:`xent_jax.divergence`, :mod:`xent_jax.classification`, :mod:`xent_jax.linear_cross_entropy`.
+Each measure is exported as its :func:`xent_jax.checked.checkable`
 wrapper (the same function, plus its value checks while a ``checked`` function is traced),
 so that ``checked(my_loss)`` checks the calls inside ``my_loss``.
 """
@@ -38,6 +39,7 @@ sigmoid = _measure("softmax", "sigmoid")
 tanh_probability = _measure("softmax", "tanh_probability")
 sigmoid_focal_loss = _measure("classification", "sigmoid_focal_loss")
 poly_loss_cross_entropy = _measure("classification", "poly_loss_cross_entropy")
+from xent_jax.linear_cross_entropy import linear_softmax_cross_entropy  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -53,6 +55,7 @@ __all__ = [
   "js_divergence",
   "kl_divergence",
   "kl_divergence_from_logits",
+  "linear_softmax_cross_entropy",
   "log_sigmoid",
   "log_softmax",
   "poly_loss_cross_entropy",

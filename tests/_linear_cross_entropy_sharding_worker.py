@@ -1,0 +1,111 @@
+"""The sharded runs of linear_cross_entropy_sharding_test.py, on one device or on a 2 × 4 mesh.
+
+``python -m tests._linear_cross_entropy_sharding_worker OUT.npz`` runs them on a mesh of 8
+devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``, set by the test before
+JAX initialises, hence a separate process) and saves the results to ``OUT.npz``.
+"""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import xent_jax as xj
+
+NUM_DEVICES = 8
+N, D, V = 64, 16, 96  # 4 vocab shards of 24 classes, 2 token shards of 32 tokens
+
+
+def inputs():
+  """Hidden, weight, a bias whose last vocab shard is all -inf (padding classes), labels."""
+  rng = np.random.default_rng(0)
+  h = rng.standard_normal((N, D))
+  w = rng.standard_normal((D, V)) / 2
+  b = rng.standard_normal(V)
+  b[-V // 4 :] = -np.inf  # a whole shard of impossible classes: its local max is -inf
+  y = rng.integers(0, 3 * V // 4, N).astype(np.int32)
+  where = rng.random(N) < 0.8
+  dtype = jnp.result_type(float)
+  return jnp.asarray(h, dtype), jnp.asarray(w, dtype), jnp.asarray(b, dtype), y, where
+
+
+def _loss_fn(vocab_axis_name=None):
+  def loss(h, w, b, y, where):
+    return xj.linear_softmax_cross_entropy(
+      h,
+      w,
+      y,
+      bias=b,
+      where=where,
+      z_loss=1e-3,
+      chunk_size=8,
+      vocab_axis_name=vocab_axis_name,
+    )
+
+  return loss
+
+
+def _results(loss_fn, args) -> dict[str, np.ndarray]:
+  """Per-token losses; gradients of their mean and of a per-token weighted sum (one jit)."""
+  h, w, b, y, where = args
+  ct = jnp.linspace(-1, 1, N, dtype=h.dtype)
+
+  @jax.jit
+  def run(h, w, b, y, where):  # (arrays spanning other hosts cannot be closed over)
+    loss = lambda h, w, b: loss_fn(h, w, b, y, where)
+    mean = jax.grad(lambda *a: loss(*a).mean(), (0, 1, 2))(h, w, b)
+    token = jax.grad(lambda *a: (ct * loss(*a)).sum(), (0, 1, 2))(h, w, b)
+    return loss(h, w, b), mean, token
+
+  loss, mean, token = run(h, w, b, y, where)
+  out = {"loss": loss}
+  for name, grads in (("mean", mean), ("token", token)):
+    out.update({f"{name}_d{arg}": g for arg, g in zip("hwb", grads, strict=True)})
+  # process_allgather: the whole array on every process (also across hosts).
+  return {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in out.items()}
+
+
+def run_single() -> dict[str, np.ndarray]:
+  return _results(_loss_fn(), inputs())
+
+
+def vocab_parallel_results(mesh) -> dict[str, np.ndarray]:
+  """The shard_map vocab-parallel run on a ("data", "model") mesh (any number of hosts)."""
+  specs = (P("data", None), P(None, "model"), P("model"), P("data"), P("data"))
+  placed = [
+    jax.make_array_from_callback(x.shape, NamedSharding(mesh, s), lambda i, x=x: x[i])
+    for x, s in zip(inputs(), specs, strict=True)
+  ]
+  loss_fn = jax.shard_map(_loss_fn("model"), mesh=mesh, in_specs=specs, out_specs=P("data"))
+  return _results(loss_fn, placed)
+
+
+def run_mesh() -> dict[str, np.ndarray]:
+  specs = (P("data", None), P(None, "model"), P("model"), P("data"), P("data"))
+  out = {}
+  # (a) the plain function under jit on sharded inputs. An explicit mesh (sharding in the
+  # types, jax.make_mesh's default) with the tokens split over all 8 devices (data
+  # parallel, weight replicated); an auto mesh with the weight split on V as well, which
+  # XLA partitions.
+  mesh = jax.make_mesh((8,), ("tokens",), axis_types=(AxisType.Explicit,))
+  data_parallel = (P("tokens", None), P(), P(), P("tokens"), P("tokens"))
+  placed = [
+    jax.device_put(x, NamedSharding(mesh, s)) for x, s in zip(inputs(), data_parallel, strict=True)
+  ]
+  out.update({f"jit_Explicit_{k}": v for k, v in _results(_loss_fn(), placed).items()})
+  mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+  placed = [jax.device_put(x, NamedSharding(mesh, s)) for x, s in zip(inputs(), specs, strict=True)]
+  out.update({f"jit_Auto_{k}": v for k, v in _results(_loss_fn(), placed).items()})
+  # (b) vocab-parallel: each device its slice of V, statistics combined over "model".
+  out.update({f"vp_{k}": v for k, v in vocab_parallel_results(mesh).items()})
+  out["weight_shard_columns"] = np.asarray(placed[1].addressable_shards[0].data.shape[1])
+  return out
+
+
+if __name__ == "__main__":
+  assert jax.device_count() == NUM_DEVICES, jax.devices()
+  np.savez(sys.argv[1], **run_mesh())
