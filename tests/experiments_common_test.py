@@ -192,7 +192,9 @@ def test_run_experiment_writes_every_output(tmp_path):
   assert provenance["packages"]["jax"] == jax.__version__
   assert provenance["packages"]["numpy"] == np.__version__
   assert provenance["devices"] == [str(d) for d in jax.devices()]
-  assert provenance["command"][:3] == ["python", "-m", "pytest"]
+  # The process's own command line (`python -m pytest ...`, or xdist's `python -c ...`).
+  assert provenance["command"] == _common.command_line()
+  assert provenance["command"][0] == "python" and len(provenance["command"]) > 1
   head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
   assert provenance["git"]["commit"] == (head.stdout.strip() if head.returncode == 0 else "unknown")
   assert not {"git", "command", "packages", "started_utc"} & set(on_disk)  # kept out of results
