@@ -267,6 +267,12 @@ class CheckedRejectsTest(chex.TestCase):
     np.testing.assert_allclose(xj.checked(fn)(z, labels, **kwargs), expected, rtol=1e-6)
     user_loss = xj.checked(lambda a, b: fn(a, b, **kwargs))
     np.testing.assert_allclose(user_loss(z, labels), expected, rtol=1e-6)
+    padded = z.copy()
+    padded[1] = [np.nan, np.inf, -np.inf]  # an ignored example is padding: never inspected
+    np.testing.assert_allclose(xj.checked(fn)(padded, labels, **kwargs), expected, rtol=1e-6)
+    padded[0, 0] = np.nan  # but a kept one is
+    with self.assertRaisesRegex(EAGER_ERROR, r"`logits` must not contain NaN.*index \(0, 0\)"):
+      xj.checked(fn)(padded, labels, **kwargs)
     labels[1] = -5  # not the ignore label: out of range
     with self.assertRaisesRegex(EAGER_ERROR, r"or labelled ignore_index=-100; .*index \(1,\)"):
       xj.checked(fn)(z, labels, **kwargs)

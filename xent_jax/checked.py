@@ -388,6 +388,10 @@ def _check_values(fn, axes, axis_as_given, arrays, where, ignore=None) -> None:
   first = next(iter(spec.roles))
   shape = arrays[first].shape
   mask = None if where is None else jnp.broadcast_to(where, shape)
+  labels = [arrays[a] for a, role in spec.roles.items() if role is _Role.LABELS]
+  if ignore is not None and labels:  # skipped examples are padding: never inspected
+    keep = jnp.broadcast_to(jnp.expand_dims(labels[0] != ignore, axes[0]), shape)
+    mask = keep if mask is None else mask & keep
   if mask is not None and not spec.padding:
     _check(
       name,
