@@ -383,6 +383,30 @@ def cross_entropy(p: np.ndarray, q: np.ndarray, where=None, base=None) -> Ref:
   return _finish(values, conds, (shape[0],), base)
 
 
+def cross_entropy_with_integer_labels(
+  labels: np.ndarray, q: np.ndarray, where=None, base=None
+) -> Ref:
+  """-log q_y (q_y = 0 on a class excluded by `where`); ∂/∂q_y = -1/q_y, the label exact.
+
+  An out-of-range label gives NaN, an example with no included class 0.
+  """
+  qrow, shape = _rows(q)
+  masks = _row_masks(where, shape)
+  values, conds = [], []
+  for y, qr, uq, m in zip(np.asarray(labels).tolist(), qrow, _row_ulps(q), masks, strict=True):
+    if not any(m):
+      values.append(ZERO)
+      conds.append(ZERO)
+    elif not 0 <= y < shape[1]:
+      values.append(mpmath.nan)
+      conds.append(ZERO)
+    else:
+      q_y = qr[y] if m[y] else ZERO
+      values.append(-mpmath.log(q_y) if q_y else INF)
+      conds.append(uq[y] / q_y if q_y else ZERO)
+  return _finish(values, conds, (shape[0],), base)
+
+
 def _smoothed(t: list, valid: list, label_smoothing) -> tuple[list, mpmath.mpf]:
   alpha = mpmath.mpf(float(label_smoothing))
   n = sum(valid)

@@ -108,6 +108,13 @@ def _int_xent(logits, labels, where=None):
   return loss if where is None else np.where(np.any(where, axis=-1), loss, 0.0)
 
 
+def _int_cross_entropy(labels, q, where=None):
+  """-log q_y; q_y = 0 on a class excluded by `where`, 0 for a fully excluded example."""
+  q = q if where is None else np.where(where, q, 0.0)
+  loss = -np.log(np.take_along_axis(q, labels[..., None], axis=-1)[..., 0])
+  return loss if where is None else np.where(np.any(where, axis=-1), loss, 0.0)
+
+
 _REFERENCES = {
   "entropy": _entropy,
   "entropy_from_logits": lambda logits, where=None: _logits_xent(
@@ -119,6 +126,7 @@ _REFERENCES = {
     logits, 1 / (1 + np.exp(-logits)), 1 / (1 + np.exp(logits))
   ),
   "cross_entropy": _cross_entropy,
+  "cross_entropy_with_integer_labels": _int_cross_entropy,
   "softmax_cross_entropy": lambda logits, targets, where=None: _logits_xent(
     targets, _log_softmax(logits, where), where
   ),
@@ -160,6 +168,11 @@ _VALID = {
   "binary_entropy": ({"p": _U}, {"p": "prob"}),
   "binary_entropy_from_logits": ({"logits": _X}, {"logits": "blogits"}),
   "cross_entropy": ({"p": _P, "q": _Q, "where": _W}, {"p": "dist", "q": "dist"}),
+  # q before labels in the kinds: the class axis and shapes are q's (the call is by keyword).
+  "cross_entropy_with_integer_labels": (
+    {"labels": _Y, "q": _P, "where": _W},
+    {"q": "dist", "labels": "labels"},
+  ),
   "softmax_cross_entropy": (
     {"logits": _Z, "targets": _P, "where": _W},
     {"logits": "logits", "targets": "dist"},

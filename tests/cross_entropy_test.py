@@ -491,6 +491,118 @@ class CrossEntropyTest(chex.TestCase):
     )
 
 
+def _prob_labels(c, dtype) -> np.ndarray:
+  """Labels for the probability grid, by row mod 4: the most probable class (q_y next to 1),
+  the least probable one (q_y tiny, or exactly 0: the loss is +inf), random ones."""
+  q = _grids.probs(c, dtype)
+  random = np.random.default_rng(c + 5).integers(0, c, len(q))
+  kind = np.arange(len(q)) % 4
+  return np.where(kind == 0, q.argmax(axis=1), np.where(kind == 1, q.argmin(axis=1), random))
+
+
+class CrossEntropyWithIntegerLabelsTest(chex.TestCase):
+  """-log q_y of probabilities (keras's sparse categorical cross-entropy on probabilities)."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(_grids.dtype_params(c=(2, 3, 10, 1000)))
+  def test_matches_mpmath(self, dtype, c):
+    _grids.skip_eager_unless(self, c)
+    q, labels = _grids.probs(c, dtype), _prob_labels(c, dtype)
+    got = self.variant(xj.cross_entropy_with_integer_labels)(labels, q)
+    self.assertEqual(got.dtype, np.dtype(dtype))
+    exact = ref.cross_entropy_with_integer_labels(labels, q)
+    ref.assert_accurate(got, exact, dtype, name="cross_entropy_with_integer_labels")
+    where = _grids.mask(q.shape, c + 3)
+    got = self.variant(
+      lambda y, q: xj.cross_entropy_with_integer_labels(y, q, where=where, base=2)
+    )(labels, q)
+    exact = ref.cross_entropy_with_integer_labels(labels, q, where, base=2)
+    ref.assert_accurate(got, exact, dtype, name="cross_entropy_with_integer_labels where")
+
+  @parameterized.named_parameters(_grids.dtype_params(c=(3, 1000)))
+  def test_equals_cross_entropy_with_one_hot_targets(self, dtype, c):
+    q, labels = _grids.probs(c, dtype), _prob_labels(c, dtype)
+    np.testing.assert_array_equal(
+      _grids.JIT.cross_entropy_with_integer_labels(labels, q),
+      _grids.JIT.cross_entropy(ref.one_hot(labels, c, dtype), q),
+    )
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_derivatives_are_minus_one_over_q_at_the_label(self, dtype):
+    # -1/q_y at the label and 0 elsewhere, through grad, jvp and the Hessian (1/q_y²);
+    # q_y = 0 gives an honest -inf gradient, never NaN.
+    q = _grids.probs(10, dtype)
+    labels = _prob_labels(10, dtype)
+    f = jax.jit(xj.cross_entropy_with_integer_labels)
+    grad = np.asarray(_jit_grad(lambda q: jnp.sum(f(labels, q)))(q))
+    rows = np.arange(len(q))
+    q_y = q[rows, labels].astype(np.float64)
+    self.assertTrue((q_y == 0).any() and (q_y > 1 - 1e-6).any())
+    finite = q_y > 0
+    with np.errstate(divide="ignore"):
+      exact = -1 / q_y
+    np.testing.assert_allclose(grad[rows, labels], exact, rtol=2 * ref.RTOL[np.dtype(dtype)])
+    off_label = np.ones(q.shape, bool)
+    off_label[rows, labels] = False
+    np.testing.assert_array_equal(grad[off_label], 0)
+    tangent = np.random.default_rng(0).normal(size=q.shape).astype(dtype)
+    _, jvp = jax.jit(lambda q, t: jax.jvp(lambda q: f(labels, q), (q,), (t,)))(q, tangent)
+    np.testing.assert_allclose(
+      np.asarray(jvp)[finite],
+      tangent[rows, labels][finite] / -q_y[finite],
+      rtol=4 * ref.RTOL[np.dtype(dtype)],
+    )
+    normal = q_y > np.finfo(dtype).max ** -0.5  # 1/q_y² representable
+    hess_diag = jax.jit(
+      jax.vmap(jax.hessian(lambda q_row, y: xj.cross_entropy_with_integer_labels(y, q_row)))
+    )(q[normal], labels[normal])
+    np.testing.assert_allclose(
+      hess_diag[np.arange(normal.sum()), labels[normal], labels[normal]],
+      1 / q_y[normal] ** 2,
+      rtol=4 * ref.RTOL[np.dtype(dtype)],
+    )
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_ignore_index_where_weights_and_bad_labels(self, dtype):
+    # keras's ignore_class / torch's ignore_index: skipped examples cost 0 and have a zero
+    # gradient whatever they hold; an out-of-range label is NaN unless `where` excludes the
+    # whole example; torch's weighted mean is Σ w_y ℓ / Σ w_y over the included examples.
+    q = _grids.softmax64(np.random.default_rng(3).normal(size=(6, 4))).astype(dtype)
+    labels = np.array([0, -1, 3, 7, -1, 2])
+    garbage = q.copy()
+    garbage[1] = np.nan
+    garbage[4] = [np.inf, -1.0, np.nan, 2.0]
+    where = np.ones(q.shape, bool)
+    where[3] = False  # the out-of-range label 7 sits in a fully excluded example: padding
+    w = np.array([1.0, 5.0, 2.0, 3.0, 5.0, 0.5], dtype)
+    f = jax.jit(
+      lambda q, w: xj.cross_entropy_with_integer_labels(
+        labels, q, where=where, ignore_index=-1, weights=w
+      )
+    )
+    loss = np.asarray(f(garbage, w))
+    kept = np.array([0, 2, 5])
+    np.testing.assert_array_equal(loss[[1, 3, 4]], 0)
+    q64 = q.astype(np.float64)
+    exact = -np.log(q64[kept, labels[kept]])
+    np.testing.assert_allclose(loss[kept], w[kept] * exact, rtol=2 * ref.RTOL[np.dtype(dtype)])
+    grad = np.asarray(jax.jit(jax.grad(lambda q: jnp.sum(f(q, w))))(garbage))
+    np.testing.assert_array_equal(grad[[1, 3, 4]], 0)
+    np.testing.assert_allclose(
+      grad[kept, labels[kept]],
+      -w[kept] / q64[kept, labels[kept]],
+      rtol=2 * ref.RTOL[np.dtype(dtype)],
+    )
+    bad = np.asarray(_grids.JIT.cross_entropy_with_integer_labels(np.array([0, 4, -2]), q[:3]))
+    np.testing.assert_array_equal(np.isnan(bad), [False, True, True])
+    # Several class axes: a label is a flat row-major index into q[axes].
+    q3 = q.reshape(6, 2, 2)
+    np.testing.assert_array_equal(
+      xj.cross_entropy_with_integer_labels(np.array([0, 3, 1]), q3[:3], axis=(1, 2)),
+      xj.cross_entropy_with_integer_labels(np.array([0, 3, 1]), q[:3]),
+    )
+
+
 class BinaryCrossEntropyTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(base=(None, 2)))

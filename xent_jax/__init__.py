@@ -20,6 +20,7 @@ def _measure(module: str, name: str):
 
 binary_cross_entropy = _measure("cross_entropy", "binary_cross_entropy")
 cross_entropy = _measure("cross_entropy", "cross_entropy")
+cross_entropy_with_integer_labels = _measure("cross_entropy", "cross_entropy_with_integer_labels")
 sigmoid_binary_cross_entropy = _measure("cross_entropy", "sigmoid_binary_cross_entropy")
 softmax_cross_entropy = _measure("cross_entropy", "softmax_cross_entropy")
 softmax_cross_entropy_with_integer_labels = _measure(
@@ -49,6 +50,7 @@ __all__ = [
   "binary_entropy_from_logits",
   "checked",
   "cross_entropy",
+  "cross_entropy_with_integer_labels",
   "entropy",
   "entropy_from_logits",
   "generalized_kl_divergence",

@@ -32,6 +32,7 @@ from xent_jax.classification import poly_loss_cross_entropy, sigmoid_focal_loss
 from xent_jax.cross_entropy import (
   binary_cross_entropy,
   cross_entropy,
+  cross_entropy_with_integer_labels,
   sigmoid_binary_cross_entropy,
   softmax_cross_entropy,
   softmax_cross_entropy_with_integer_labels,
@@ -74,6 +75,8 @@ _SPECS: dict[Callable[..., jax.Array], _Spec] = {
   binary_entropy: _Spec({"p": _P}),
   binary_entropy_from_logits: _Spec({"logits": _B}),
   cross_entropy: _Spec({"p": _D, "q": _D}),
+  # q first: the distribution's shape and class axis are the reference for the labels.
+  cross_entropy_with_integer_labels: _Spec({"q": _D, "labels": _Y}, True),
   softmax_cross_entropy: _Spec({"logits": _Z, "targets": _D}),
   softmax_cross_entropy_with_integer_labels: _Spec({"logits": _Z, "labels": _Y}, True),
   binary_cross_entropy: _Spec({"p": _P, "q": _P}),
@@ -416,13 +419,15 @@ def _check_values(fn, axes, axis_as_given, arrays, where, ignore=None) -> None:
       _check(name, included & ~((x >= 0) & (x <= 1)), x, f"`{arg}` must lie in [0, 1]")
     if role is _Role.MEASURE:
       _check(name, included & (x < 0), x, f"`{arg}` must be ≥ 0")
+    # Examples that `where` excludes entirely are padding where the spec allows it.
+    required = jnp.any(mask, axis=axes) if mask is not None and spec.padding else True
     if role is _Role.DISTRIBUTION:
       total = jnp.sum(_core.masked(x, mask), axis=axes)
       k = math.prod(x.shape[a] for a in axes)
       tol = sum_tolerance(eps_dtype, k)
       _check(
         name,
-        jnp.abs(total - 1) > tol,
+        required & (jnp.abs(total - 1) > tol),
         total,
         f"`{arg}` must sum to 1 along axis {axis_as_given} (|sum - 1| ≤ {tol:.2g})",
         "example",
@@ -437,7 +442,6 @@ def _check_values(fn, axes, axis_as_given, arrays, where, ignore=None) -> None:
       )
       finite = jnp.any(included & (x > -jnp.inf), axis=axes)
       # Every example needs a class of positive probability; padding examples need none.
-      required = jnp.any(mask, axis=axes) if mask is not None and spec.padding else True
       _check(
         name,
         required & ~finite,

@@ -9,6 +9,7 @@ accurate to float precision in the tails (SPEC §2).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +53,150 @@ def cross_entropy(
   p, q = _core.masked_pair(p, q, mask)
   terms = _core.masked(-_core.xlogy(p, q), mask)
   return _core.in_base(jnp.sum(terms, axis=axes), scale)
+
+
+class _LabelInputs(NamedTuple):
+  """The checked arguments of an integer-label loss, the class axes flattened into one."""
+
+  x: jax.Array  # logits or probabilities; skipped examples (ignore_index) filled
+  labels: jax.Array  # skipped examples relabelled 0
+  axis: int  # the one class axis
+  mask: jax.Array | None  # `where`, with every class of a skipped example included
+  keep: jax.Array | None  # examples not labelled ignore_index (None: no ignore_index)
+  weights: jax.Array | None
+  scale: float | None
+
+
+def _label_inputs(
+  fn, x, x_name, labels, axis, where, ignore_index, weights, base, *, skipped_fill
+) -> _LabelInputs:
+  """Checks the arguments shared by the integer-label losses and puts them in one form.
+
+  Labels are integers of shape ``x.shape`` without the class axes. Several class axes
+  (optax's convention) move to the end, in order, and are flattened into one: a label is
+  then a flat (row-major) index into ``x[axes]``. An example labelled ``ignore_index`` gets
+  ``x = skipped_fill`` everywhere and label 0 (a finite loss with finite partials, replaced
+  by 0 in :func:`_finish_label_loss`: the double where), so that neither its inputs nor its
+  label reach the value or a derivative.
+  """
+  x = _core.as_float(x, x_name, fn)
+  labels = _core.as_labels(labels, "labels", fn)
+  axes = _core.normalize_axis(axis, x.ndim, x_name, fn)
+  _core.check_classes(x, axes, x_name, fn)
+  expected = tuple(n for i, n in enumerate(x.shape) if i not in axes)
+  if labels.shape != expected:
+    raise ValueError(
+      f"{fn}: `labels` must have the shape of `{x_name}` without the class axes {axes}, "
+      f"i.e. {expected}; got labels {labels.shape} for {x_name} {x.shape}."
+    )
+  mask = _core.as_mask(where, x.shape, fn)
+  if len(axes) > 1:
+    batch_axes = tuple(i for i in range(x.ndim) if i not in axes)
+
+    def flatten(a):
+      return a.transpose(batch_axes + axes).reshape(expected + (-1,))
+
+    x = flatten(x)
+    mask = None if mask is None else flatten(mask)
+    axes = (x.ndim - 1,)
+  (axis,) = axes
+  ignore_index = _core.check_ignore_index(ignore_index, fn)
+  weights = _core.as_weights(weights, labels.shape, x.dtype, fn)
+  scale = _core.log_scale(base, fn)
+  keep = None
+  if ignore_index is not None:
+    keep = labels != ignore_index
+    x = jnp.where(jnp.expand_dims(keep, axis), x, jnp.asarray(skipped_fill, x.dtype))
+    labels = jnp.where(keep, labels, 0)
+    if mask is not None:  # all classes of a skipped example included: label 0 stays legal
+      mask = mask | ~jnp.expand_dims(keep, axis)
+  return _LabelInputs(x, labels, axis, mask, keep, weights, scale)
+
+
+def _finish_label_loss(loss: jax.Array, inputs: _LabelInputs) -> jax.Array:
+  """0 for the skipped examples, then the per-example weights and the base."""
+  if inputs.keep is not None:
+    loss = jnp.where(inputs.keep, loss, 0)
+  if inputs.weights is not None:
+    loss = loss * inputs.weights
+  return _core.in_base(loss, inputs.scale)
+
+
+def cross_entropy_with_integer_labels(
+  labels: ArrayLike,
+  q: ArrayLike,
+  axis: _core.Axis = -1,
+  *,
+  where: ArrayLike | None = None,
+  ignore_index: int | None = None,
+  weights: ArrayLike | None = None,
+  base: float | None = None,
+) -> jax.Array:
+  r"""Cross-entropy of model probabilities q relative to integer class labels: -log q_y.
+
+  .. math::
+    H(y, q) = -\log q_y, \qquad
+    \frac{\partial H}{\partial q_j} = -\frac{[j = y]}{q_y},
+
+  :func:`cross_entropy` with one-hot targets, the label first like the target there; keras's
+  ``sparse_categorical_crossentropy(from_logits=False)`` and torch's ``nll_loss(log(q),
+  y)``, without their clip or renormalisation: q is taken as given (``checked`` rejects q
+  that is not a distribution). ``log q_y`` is ``log1p(q_y - 1)`` for q_y > 1/2, so a label
+  with q_y = 1 - 1e-7 costs 1e-7, not a rounded 0. q_y = 0 gives +inf and the gradient
+  -inf at the label (0 elsewhere), never NaN. Same labels, ``where``, ``ignore_index`` and
+  ``weights`` as :func:`softmax_cross_entropy_with_integer_labels`: out-of-range labels
+  give NaN unless the example is excluded by ``where`` (then 0, e.g. padding); a label on a
+  class excluded by ``where`` has probability 0 (+inf).
+
+  Args:
+    labels: integer labels, ``q.shape`` without ``axis``.
+    q: model probabilities ``[..., C, ...]``.
+    axis: the class axis; a tuple of axes is flattened into one class axis (row-major):
+      a label is then a flat index into ``q[axes]``.
+    where: optional boolean mask broadcastable to ``q``; False entries are excluded.
+    ignore_index: optional label value marking examples to skip (keras's ``ignore_class``,
+      torch's ``ignore_index=-100``): their loss is 0 and their gradient exactly 0.
+    weights: optional per-example weights, broadcastable to ``labels`` (torch's class
+      weights: ``weights=w[labels]``, mean ``jnp.sum(loss) / jnp.sum(weights)``).
+    base: logarithm base; None for nats.
+
+  Returns:
+    Loss per example, shape of ``labels``.
+
+  >>> float(cross_entropy_with_integer_labels(0, [0.5, 0.5], base=2))
+  1.0
+  """
+  inputs = _label_inputs(
+    "cross_entropy_with_integer_labels",
+    q,
+    "q",
+    labels,
+    axis,
+    where,
+    ignore_index,
+    weights,
+    base,
+    skipped_fill=1.0,
+  )
+  q, labels, axis, mask = inputs.x, inputs.labels, inputs.axis, inputs.mask
+  num_classes = q.shape[axis]
+  valid = (labels >= 0) & (labels < num_classes)
+  # The label's probability is gathered (one element per example); out-of-range labels
+  # are clipped here and turned into NaN below, never wrapped. An excluded class has
+  # probability 0 (double where: what it holds never reaches a derivative).
+  index = jnp.expand_dims(jnp.clip(labels, 0, num_classes - 1), axis)
+  q_label = jnp.squeeze(jnp.take_along_axis(_core.masked(q, mask), index, axis=axis), axis)
+  # Examples that are out of range or fully excluded read the constant 1 (a loss of 0 with
+  # finite partials) instead of whatever they hold.
+  keep = valid if mask is None else valid & jnp.any(mask, axis=axis)
+  q_label = jnp.where(keep, q_label, 1)
+  # -log q_y as log1p(q_y - 1) above 1/2 (q_y - 1 is exact there); its derivative -1/q_y
+  # is what autodiff forms from either branch, -inf at q_y = 0.
+  loss = -_core.log_accurate(q_label)
+  loss = jnp.where(valid, loss, jnp.nan)
+  if mask is not None:
+    loss = jnp.where(jnp.any(mask, axis=axis), loss, 0)  # a fully masked example costs 0
+  return _finish_label_loss(loss, inputs)
 
 
 def _smoothed_targets(targets, mask, eps, axes):
@@ -383,50 +528,25 @@ def softmax_cross_entropy_with_integer_labels(
   >>> float(softmax_cross_entropy_with_integer_labels(z, 0))  # doctest: +ELLIPSIS
   9.35762...e-14
   """
-  fn = "softmax_cross_entropy_with_integer_labels"
-  logits = _core.as_float(logits, "logits", fn)
-  labels = _core.as_labels(labels, "labels", fn)
-  axes = _core.normalize_axis(axis, logits.ndim, "logits", fn)
-  _core.check_classes(logits, axes, "logits", fn)
-  expected = tuple(n for i, n in enumerate(logits.shape) if i not in axes)
-  if labels.shape != expected:
-    raise ValueError(
-      f"{fn}: `labels` must have the shape of `logits` without the class axes {axes}, "
-      f"i.e. {expected}; got labels {labels.shape} for logits {logits.shape}."
-    )
-  mask = _core.as_mask(where, logits.shape, fn)
-  if len(axes) > 1:
-    # Several class axes (optax's convention): they move to the end, in order, and are
-    # flattened into one; a label is a flat (row-major) index into logits[axes].
-    batch_axes = tuple(i for i in range(logits.ndim) if i not in axes)
-
-    def flatten(x):
-      return x.transpose(batch_axes + axes).reshape(expected + (-1,))
-
-    logits = flatten(logits)
-    mask = None if mask is None else flatten(mask)
-    axes = (logits.ndim - 1,)
-  (axis,) = axes
-  eps = _core.check_smoothing(label_smoothing, fn)
-  ignore_index = _core.check_ignore_index(ignore_index, fn)
-  weights = _core.as_weights(weights, labels.shape, logits.dtype, fn)
-  scale = _core.log_scale(base, fn)
-  if ignore_index is not None:
-    # Double where: a skipped example computes the loss of zero logits and label 0 (finite,
-    # with finite partials), and its loss is then replaced by 0, so neither its logits nor
-    # its label reach the value or a derivative.
-    keep = labels != ignore_index
-    logits = jnp.where(jnp.expand_dims(keep, axis), logits, 0)
-    labels = jnp.where(keep, labels, 0)
-    if mask is not None:  # all classes of a skipped example included: label 0 stays legal
-      mask = mask | ~jnp.expand_dims(keep, axis)
+  inputs = _label_inputs(
+    "softmax_cross_entropy_with_integer_labels",
+    logits,
+    "logits",
+    labels,
+    axis,
+    where,
+    ignore_index,
+    weights,
+    base,
+    skipped_fill=0.0,
+  )
+  logits, labels, axis, mask = inputs.x, inputs.labels, inputs.axis, inputs.mask
+  eps = _core.check_smoothing(label_smoothing, "softmax_cross_entropy_with_integer_labels")
   if _normalizer.is_fast_case(logits, (axis,), mask, eps):
     loss = _int_xent_fast(_normalizer.as_rows(logits), labels.reshape(-1)).reshape(labels.shape)
   else:
     loss = _int_xent(axis, eps, logits, labels, mask)
-  if ignore_index is not None:
-    loss = jnp.where(keep, loss, 0)
-  return _core.in_base(loss if weights is None else loss * weights, scale)
+  return _finish_label_loss(loss, inputs)
 
 
 def binary_cross_entropy(
