@@ -595,12 +595,20 @@ class CrossEntropyWithIntegerLabelsTest(chex.TestCase):
     )
     bad = np.asarray(_grids.JIT.cross_entropy_with_integer_labels(np.array([0, 4, -2]), q[:3]))
     np.testing.assert_array_equal(np.isnan(bad), [False, True, True])
-    # Several class axes: a label is a flat row-major index into q[axes].
-    q3 = q.reshape(6, 2, 2)
-    np.testing.assert_array_equal(
-      xj.cross_entropy_with_integer_labels(np.array([0, 3, 1]), q3[:3], axis=(1, 2)),
-      xj.cross_entropy_with_integer_labels(np.array([0, 3, 1]), q[:3]),
-    )
+    # Several class axes: a label is a flat row-major index over them, in the order given
+    # (the first the major one, as in optax); `checked` reads the labels the same way.
+    q3, y3 = q.reshape(6, 2, 2), np.array([0, 3, 1, 2, 0, 1])
+    flat = _grids.JIT.cross_entropy_with_integer_labels(y3, q)
+    for axis, q_axes in (((1, 2), q3), ((2, 1), q3.transpose(0, 2, 1)), ((-2, 0), q3.T)):
+      np.testing.assert_array_equal(xj.cross_entropy_with_integer_labels(y3, q_axes, axis), flat)
+      np.testing.assert_array_equal(
+        xj.checked(xj.cross_entropy_with_integer_labels)(y3, q_axes, axis), flat
+      )
+      z_axes = np.log(q_axes)
+      np.testing.assert_array_equal(
+        xj.checked(xj.softmax_cross_entropy_with_integer_labels)(z_axes, y3, axis),
+        xj.softmax_cross_entropy_with_integer_labels(np.log(q), y3),
+      )
 
 
 class BinaryCrossEntropyTest(chex.TestCase):

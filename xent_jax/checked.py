@@ -128,7 +128,7 @@ def _add_checks(fn, spec: _Spec, arguments: Mapping[str, Any]) -> None:
   axis = arguments.get("axis")
   first = next(iter(spec.roles))
   axes = None if axis is None else _core.normalize_axis(axis, arrays[first].ndim, first, "")
-  _check_values(fn, axes, repr(axis), arrays, where, arguments.get("ignore_index"))
+  _check_values(fn, axes, axis, arrays, where, arguments.get("ignore_index"))
 
 
 def _measure(fn):
@@ -376,7 +376,7 @@ def _run(fn, options, arrays) -> tuple[checkify.Error, jax.Array]:
   axis = options.get("axis")
   first = next(iter(_SPECS[fn].roles))  # (jit hands `arrays` back with its keys sorted)
   axes = None if axis is None else _core.normalize_axis(axis, arrays[first].ndim, first, "")
-  run = functools.partial(_check_values, fn, axes, repr(axis), ignore=options.get("ignore_index"))
+  run = functools.partial(_check_values, fn, axes, axis, ignore=options.get("ignore_index"))
   err, _ = checkify.checkify(run, errors=checkify.user_checks)(arrays, where)
   return err, out
 
@@ -385,13 +385,26 @@ def _is_array(value) -> bool:
   return isinstance(value, np.ndarray | jax.Array)
 
 
-def _check_values(fn, axes, axis_as_given, arrays, where, ignore=None) -> None:
+def _flatten_class_axes(x: jax.Array, axis) -> jax.Array:
+  """The class axes of ``x`` moved to the end in the order given and flattened into one,
+  as the integer-label losses do (a label is a flat index over them)."""
+  given = tuple(int(a) % x.ndim for a in axis)
+  batch = tuple(i for i in range(x.ndim) if i not in given)
+  return x.transpose(batch + given).reshape(tuple(x.shape[i] for i in batch) + (-1,))
+
+
+def _check_values(fn, axes, axis, arrays, where, ignore=None) -> None:
   """Adds one checkify check per rule, in argument order; the first failure is reported."""
   spec, name = _SPECS[fn], fn.__name__
   first = next(iter(spec.roles))
+  labels = [arrays[a] for a, role in spec.roles.items() if role is _Role.LABELS]
+  if labels and len(axes) > 1:  # integer labels index the flattened class axes
+    if where is not None:
+      where = _flatten_class_axes(jnp.broadcast_to(where, arrays[first].shape), axis)
+    arrays = {**arrays, first: _flatten_class_axes(arrays[first], axis)}
+    axes = (arrays[first].ndim - 1,)
   shape = arrays[first].shape
   mask = None if where is None else jnp.broadcast_to(where, shape)
-  labels = [arrays[a] for a, role in spec.roles.items() if role is _Role.LABELS]
   if ignore is not None and labels:  # skipped examples are padding: never inspected
     keep = jnp.broadcast_to(jnp.expand_dims(labels[0] != ignore, axes[0]), shape)
     mask = keep if mask is None else mask & keep
@@ -429,7 +442,7 @@ def _check_values(fn, axes, axis_as_given, arrays, where, ignore=None) -> None:
         name,
         required & (jnp.abs(total - 1) > tol),
         total,
-        f"`{arg}` must sum to 1 along axis {axis_as_given} (|sum - 1| ≤ {tol:.2g})",
+        f"`{arg}` must sum to 1 along axis {axis!r} (|sum - 1| ≤ {tol:.2g})",
         "example",
         "sum",
       )

@@ -73,8 +73,8 @@ def _label_inputs(
   """Checks the arguments shared by the integer-label losses and puts them in one form.
 
   Labels are integers of shape ``x.shape`` without the class axes. Several class axes
-  (optax's convention) move to the end, in order, and are flattened into one: a label is
-  then a flat (row-major) index into ``x[axes]``. An example labelled ``ignore_index`` gets
+  (optax's convention) move to the end, in the order given, and are flattened into one: a
+  label is then a flat (row-major) index over them, the first axis given the major one. An example labelled ``ignore_index`` gets
   ``x = skipped_fill`` everywhere and label 0 (a finite loss with finite partials, replaced
   by 0 in :func:`_finish_label_loss`: the double where), so that neither its inputs nor its
   label reach the value or a derivative.
@@ -91,10 +91,12 @@ def _label_inputs(
     )
   mask = _core.as_mask(where, x.shape, fn)
   if len(axes) > 1:
+    # In the order given, not sorted: axis=(3, 1) flattens axis 3 as the major one (optax).
+    given = tuple(int(a) % x.ndim for a in axis)
     batch_axes = tuple(i for i in range(x.ndim) if i not in axes)
 
     def flatten(a):
-      return a.transpose(batch_axes + axes).reshape(expected + (-1,))
+      return a.transpose(batch_axes + given).reshape(expected + (-1,))
 
     x = flatten(x)
     mask = None if mask is None else flatten(mask)
@@ -151,8 +153,8 @@ def cross_entropy_with_integer_labels(
   Args:
     labels: integer labels, ``q.shape`` without ``axis``.
     q: model probabilities ``[..., C, ...]``.
-    axis: the class axis; a tuple of axes is flattened into one class axis (row-major):
-      a label is then a flat index into ``q[axes]``.
+    axis: the class axis; a tuple of axes is flattened into one class axis, in the order
+      given (row-major, as in optax): a label is then a flat index over them.
     where: optional boolean mask broadcastable to ``q``; False entries are excluded.
     ignore_index: optional label value marking examples to skip (keras's ``ignore_class``,
       torch's ``ignore_index=-100``): their loss is 0 and their gradient exactly 0.
@@ -506,8 +508,8 @@ def softmax_cross_entropy_with_integer_labels(
   Args:
     logits: ``[..., C, ...]``.
     labels: integer labels, ``logits.shape`` without ``axis``.
-    axis: the class axis; a tuple of axes is flattened into one class axis (row-major,
-      as in optax): a label is then a flat index into ``logits[axes]``.
+    axis: the class axis; a tuple of axes is flattened into one class axis, in the order
+      given (row-major, as in optax): a label is then a flat index over them.
     where: optional boolean mask broadcastable to ``logits``; False entries are excluded.
     label_smoothing: ε in [0, 1].
     ignore_index: optional label value (torch uses -100) marking examples to skip: their
