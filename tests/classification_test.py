@@ -143,6 +143,18 @@ class SigmoidFocalLossTest(chex.TestCase):
     np.testing.assert_allclose(np.diag(hess), second, rtol=1e-4)
     np.testing.assert_array_equal(hess - np.diag(np.diag(hess)), 0)
 
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_hessian_finite_where_one_minus_p_squared_underflows(self, dtype):
+    # 1 - p_t = σ(-50) ≈ 2e-22: its square underflows in float32, and a plain a/b in the
+    # partials made the Hessian 0·inf = NaN there (optax's test_extreme_logits_...).
+    z, y = np.array([50.0, -50.0, 44.0], dtype), np.array([1.0, 0.0, 1.0], dtype)
+    hess = jax.jit(jax.hessian(lambda z: jnp.sum(xj.sigmoid_focal_loss(z, y, gamma=0.5))))(z)
+    second = [
+      float(mpmath.diff(lambda t, b=float(b): _mp_focal(t, mpmath.mpf(b), 0.5), float(a), 2))
+      for a, b in zip(z, y, strict=True)
+    ]
+    np.testing.assert_allclose(np.diag(hess), second, rtol=1e-4)
+
   def test_matches_optax_where_optax_is_accurate(self):
     rng = np.random.default_rng(0)
     z = rng.normal(size=64).astype(np.float32) * 3

@@ -74,10 +74,10 @@ def _label_inputs(
 
   Labels are integers of shape ``x.shape`` without the class axes. Several class axes
   (optax's convention) move to the end, in the order given, and are flattened into one: a
-  label is then a flat (row-major) index over them, the first axis given the major one. An example labelled ``ignore_index`` gets
-  ``x = skipped_fill`` everywhere and label 0 (a finite loss with finite partials, replaced
-  by 0 in :func:`_finish_label_loss`: the double where), so that neither its inputs nor its
-  label reach the value or a derivative.
+  label is then a flat (row-major) index over them, the first axis given the major one. An
+  example labelled ``ignore_index`` gets ``x = skipped_fill`` everywhere and label 0 (a
+  finite loss with finite partials, replaced by 0 in :func:`_finish_label_loss`: the double
+  where), so that neither its inputs nor its label reach the value or a derivative.
   """
   x = _core.as_float(x, x_name, fn)
   labels = _core.as_labels(labels, "labels", fn)
