@@ -1045,18 +1045,128 @@ def _jet_kl_divergence_from_logits(row, kept):
   return Jet(kl, {"p_logits": grad_p, "q_logits": grad_q}, hess, scale)
 
 
+def _numeric_derivatives(f, point: list, indices: list[int]):
+  """(∂f/∂x_i, ∂²f/∂x_i∂x_j) at ``point`` for i, j in ``indices``, by mpmath.diff (exact
+  to far more digits than float64 holds at 50 significant digits)."""
+  n = len(point)
+
+  def order(*ks):
+    out = [0] * n
+    for k in ks:
+      out[k] += 1
+    return tuple(out)
+
+  grad = {i: mpmath.diff(f, point, order(i)) for i in indices}
+  hess = {(i, j): mpmath.diff(f, point, order(i, j)) for i in indices for j in indices if i <= j}
+  hess.update({(j, i): h for (i, j), h in list(hess.items())})
+  return grad, hess
+
+
+def _focal_value(z, y, gamma, alpha):
+  """α_t (1 - p_t)^γ H(y, σ(z)), 1 - p_t = y σ(-z) + (1-y) σ(z)."""
+  ce = y * _softplus(-z) + (1 - y) * _softplus(z)
+  m = y * _sigmoid(-z) + (1 - y) * _sigmoid(z)
+  out = ce * m**gamma if gamma else ce
+  return out if alpha is None else (alpha * y + (1 - alpha) * (1 - y)) * out
+
+
+def _jet_sigmoid_focal_loss(row, kept, gamma=2.0, alpha=None):
+  """The focal loss of finite logits; derivatives numerical (mpmath.diff)."""
+  (z,), (y,) = row["logits"], row["labels"]
+  gamma = mpmath.mpf(float(gamma))
+  alpha = None if alpha is None else mpmath.mpf(float(alpha))
+
+  def f(z, y):
+    return _focal_value(z, y, gamma, alpha)
+
+  grad, hess = _numeric_derivatives(f, [z, y], [0, 1])
+  return Jet(
+    f(z, y),
+    {"logits": [grad[0]], "labels": [grad[1]]},
+    {
+      (a, b): [[hess[(i, j)]]]
+      for i, a in enumerate(("logits", "labels"))
+      for j, b in enumerate(("logits", "labels"))
+    },
+  )
+
+
+def _jet_poly_loss_cross_entropy(row, kept, epsilon=2.0):
+  """Σ_j t_j (-log q_j + ε (1 - q_j)) over the kept classes, q = softmax(z): the logit
+  derivatives numerical (mpmath.diff), the target ones -log q_j + ε (1 - q_j) (ε on an
+  impossible class of target 0: 0·log 0 = 0 is a constant)."""
+  z, t = row["logits"], row["targets"]
+  c, eps = len(z), mpmath.mpf(float(epsilon))
+  present = [k for k in range(c) if kept[k] and z[k] != NINF]
+
+  lost = any(kept[k] and z[k] == NINF and t[k] for k in range(c))  # t > 0 = q: +inf
+
+  def f(*zs):
+    # Not _softmax_row: its memo would hand mpmath.diff's raised-precision evaluations a
+    # 50-digit value at the centre point.
+    if lost:
+      return INF
+    m = max(zs)
+    log_norm = m + mpmath.log(mpmath.fsum(mpmath.exp(zk - m) for zk in zs))
+    return mpmath.fsum(
+      t[k] * (log_norm - zk - eps * mpmath.expm1(zk - log_norm))
+      for k, zk in zip(present, zs, strict=True)
+      if t[k]
+    )
+
+  point = [z[k] for k in present]
+  grad, hess = _numeric_derivatives(f, point, list(range(len(point))))
+  sm = _softmax_row(z, kept)
+  grad_z, grad_t, hzz = _zeros(c), _zeros(c), _matrix(c)
+  for i, k in enumerate(present):
+    grad_z[k] = grad[i]
+    for j, m in enumerate(present):
+      hzz[k][m] = hess[(i, j)]
+  for k in range(c):
+    if kept[k]:
+      if sm.present[k]:
+        grad_t[k] = -sm.log_p[k] + eps * _one_minus_exp(sm.log_p[k])
+      else:
+        grad_t[k] = eps if t[k] == 0 else INF
+  return Jet(f(*point), {"logits": grad_z, "targets": grad_t}, {("logits", "logits"): hzz})
+
+
+def _jet_generalized_kl_divergence(row, kept):
+  """Σ p log(p/q) - p + q: the KL's x log y terms, and linear terms of Hessian 0."""
+  p, q = row["p"], row["q"]
+  acc = _XlogyTerms({"p": len(p), "q": len(q)})
+  for k in range(len(p)):
+    if kept[k]:
+      acc.add(1, p[k], p[k], {("p", k): ONE}, {("p", k): ONE})
+      acc.add(-1, p[k], q[k], {("p", k): ONE}, {("q", k): ONE})
+      acc.value += q[k] - p[k]
+      acc.grad["p"][k] -= 1
+      acc.grad["q"][k] += 1
+  return acc.jet()
+
+
+def _jet_cross_entropy_with_integer_labels(row, kept):
+  """-log q_y: the cross-entropy of the one-hot target ``p`` (an exact input)."""
+  return _jet_cross_entropy(row, kept)
+
+
 _JETS = {
   "entropy": (_jet_entropy, ("probs",)),
   "entropy_from_logits": (_jet_entropy_from_logits, ("logits",)),
   "binary_entropy": (_jet_binary_entropy, ("p",)),
   "binary_entropy_from_logits": (_jet_binary_entropy_from_logits, ("logits",)),
   "cross_entropy": (_jet_cross_entropy, ("p", "q")),
+  # q first: the derivative taken; p = one_hot(labels), an exact input.
+  "cross_entropy_with_integer_labels": (_jet_cross_entropy_with_integer_labels, ("q", "p")),
   "softmax_cross_entropy": (_jet_softmax_cross_entropy, ("logits", "targets")),
   "binary_cross_entropy": (_jet_binary_cross_entropy, ("p", "q")),
   "sigmoid_binary_cross_entropy": (_jet_sigmoid_binary_cross_entropy, ("logits", "labels")),
   "kl_divergence": (_jet_kl_divergence, ("p", "q")),
   "kl_divergence_from_logits": (_jet_kl_divergence_from_logits, ("p_logits", "q_logits")),
   "js_divergence": (_jet_js_divergence, ("p", "q")),
+  "generalized_kl_divergence": (_jet_generalized_kl_divergence, ("p", "q")),
+  "poly_loss_cross_entropy": (_jet_poly_loss_cross_entropy, ("logits", "targets")),
+  "sigmoid_focal_loss": (_jet_sigmoid_focal_loss, ("logits", "labels")),
   "sigmoid": (_jet_sigmoid, ("x",)),
   "log_sigmoid": (_jet_log_sigmoid, ("x",)),
   "tanh_probability": (_jet_tanh_probability, ("x",)),

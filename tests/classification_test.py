@@ -227,6 +227,16 @@ class PolyLossTest(chex.TestCase):
       grad, ref.Ref(np.array(gvals), np.array(gconds)), dtype, name="grad poly wrt logits"
     )
 
+  def test_target_gradient_on_an_impossible_class(self):
+    # ∂/∂t_j = -log q_j + ε(1 - q_j): ε where q_j = 0 = t_j (0·log 0 = 0 is a constant,
+    # as in softmax_cross_entropy), +inf where t_j > 0.
+    z = np.array([[-np.inf, 0.5, 2.0], [-np.inf, 0.5, 2.0]], np.float32)
+    t = np.array([[0.0, 0.5, 0.5], [0.25, 0.25, 0.5]], np.float32)
+    grad = jax.jit(jax.grad(lambda t: jnp.sum(xj.poly_loss_cross_entropy(z, t, epsilon=1.5))))(t)
+    np.testing.assert_array_equal(grad[:, 0], [1.5, np.inf])
+    log_q = z[0, 1:] - np.log(np.sum(np.exp(z[0, 1:].astype(np.float64))))
+    np.testing.assert_allclose(grad[0, 1:], -log_q + 1.5 * (1 - np.exp(log_q)), rtol=1e-6)
+
   def test_matches_optax_for_one_hot_targets_at_moderate_margins(self):
     rng = np.random.default_rng(1)
     z = (rng.normal(size=(16, 5)) * 2).astype(np.float32)

@@ -76,12 +76,16 @@ FUNCTIONS = (
   "binary_entropy",
   "binary_entropy_from_logits",
   "cross_entropy",
+  "cross_entropy_with_integer_labels",
   "softmax_cross_entropy",
   "softmax_cross_entropy_with_integer_labels",
   "binary_cross_entropy",
   "sigmoid_binary_cross_entropy",
+  "sigmoid_focal_loss",
+  "poly_loss_cross_entropy",
   "kl_divergence",
   "kl_divergence_from_logits",
+  "generalized_kl_divergence",
   "js_divergence",
 )
 ELEMENTWISE = (
@@ -92,6 +96,7 @@ ELEMENTWISE = (
   "binary_entropy_from_logits",
   "binary_cross_entropy",
   "sigmoid_binary_cross_entropy",
+  "sigmoid_focal_loss",
 )
 
 DTYPE = _grids.DTYPES[-1]  # float64 when x64 is on: the finite differences need it
@@ -143,6 +148,7 @@ _T = [
   [0.0, 0.5, 0.25, 0.25],
 ]
 _LABELS = [3, 0, 0, 3]  # kept by _WHERE; the dominant class of example 2
+_PROB_LABELS = [3, 0, 0, 1]  # of _P, kept by _WHERE; example 2's is 1 - 3e-6
 _X = [0.3, -1.7, 30.0, -80.0]  # elementwise logits
 _PROB = [0.3, 0.8, 1e-6, 1 - 2**-20]  # elementwise probabilities
 _PROB_Q = [0.6, 0.1, 1 - 2**-20, 1e-6]
@@ -237,22 +243,49 @@ def _elementwise_case(name, arg_names, arrays, options=None):
   return Case(fn, tuple(arrays), len(arrays), name, ref_arrays, dict(options or {}))
 
 
+def _integer_label_probs_case(general):
+  """cross_entropy_with_integer_labels(labels, q): q first in the Case (the derivative);
+  the reference is the cross-entropy of the exact one-hot targets."""
+  q, labels = _a(_P), np.array(_PROB_LABELS)
+  name = "cross_entropy_with_integer_labels"
+  ref_arrays = {"q": q, "p": ref.one_hot(labels, q.shape[-1], DTYPE)}
+  if not general:
+    return Case(
+      lambda q, y: xj.cross_entropy_with_integer_labels(y, q), (q, labels), 1, name, ref_arrays, {}
+    )
+  where = np.array(_WHERE)
+
+  def call(q, y, w):  # the class axis first
+    return xj.cross_entropy_with_integer_labels(y, q.T, axis=0, where=w.T)
+
+  return Case(call, (_with_garbage(q, where), labels, where), 1, name, ref_arrays, {"where": where})
+
+
 def cases(name) -> dict[str, Case]:
   """The fast-path and general-path cases of a function."""
   z, zq, p, q = _a(_LOGITS), _a(_Q_LOGITS), _a(_P), _a(_Q)
   x, prob, prob_q = _a(_X), _a(_PROB), _a(_PROB_Q)
   if name == "log_softmax":
     return {"fast": _log_softmax_case(False), "general": _log_softmax_case(True)}
+  if name == "cross_entropy_with_integer_labels":
+    return {"fast": _integer_label_probs_case(False), "general": _integer_label_probs_case(True)}
   if name in ELEMENTWISE:
     args = {
       "binary_entropy": (("p",), (prob,)),
       "binary_cross_entropy": (("p", "q"), (prob, prob_q)),
       "sigmoid_binary_cross_entropy": (("logits", "labels"), (x, _a([1.0, 0.3, 1.0, 0.0]))),
+      # (a soft label of 0.8: at 0.3 the two parts of ∂/∂z nearly cancel at x = -1.7, and
+      # rounding x alone moves it by 5e-5 in float32, more than REF_RTOL)
+      "sigmoid_focal_loss": (("logits", "labels"), (x, _a([1.0, 0.8, 1.0, 0.0]))),
       "binary_entropy_from_logits": (("logits",), (x,)),
     }.get(name, (("x",), (x,)))
     out = {"fast": _elementwise_case(name, *args)}
-    if name == "sigmoid_binary_cross_entropy":
-      out["general"] = _elementwise_case(name, *args, options={"label_smoothing": 0.1})
+    general = {
+      "sigmoid_binary_cross_entropy": {"label_smoothing": 0.1},
+      "sigmoid_focal_loss": {"alpha": 0.25, "gamma": 1.5},
+    }
+    if name in general:
+      out["general"] = _elementwise_case(name, *args, options=general[name])
     return out
   arrays = {
     "entropy": (("probs",), (p,)),
@@ -262,13 +295,16 @@ def cases(name) -> dict[str, Case]:
     "softmax_cross_entropy_with_integer_labels": (("logits",), (z,)),
     "kl_divergence": (("p", "q"), (p, q)),
     "kl_divergence_from_logits": (("p_logits", "q_logits"), (z, zq)),
+    "generalized_kl_divergence": (("p", "q"), (p, q)),
+    "poly_loss_cross_entropy": (("logits", "targets"), (z, _a(_T))),
     "js_divergence": (("p", "q"), (p, q)),
   }[name]
   extra = (np.array(_LABELS),) if name == "softmax_cross_entropy_with_integer_labels" else ()
-  smoothing = {"label_smoothing": 0.1} if "softmax_cross_entropy" in name else None
+  options = {"label_smoothing": 0.1} if "softmax_cross_entropy" in name else None
+  options = {"epsilon": -0.5} if name == "poly_loss_cross_entropy" else options
   return {
     "fast": _row_case(name, *arrays, general=False, extra=extra),
-    "general": _row_case(name, *arrays, general=True, extra=extra, options=smoothing),
+    "general": _row_case(name, *arrays, general=True, extra=extra, options=options),
   }
 
 

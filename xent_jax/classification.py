@@ -188,7 +188,10 @@ def _poly_parts(axes, logits, targets, epsilon, mask):
   u_rest = u - t * v
   bracket = jnp.where(v < 0.5, u_rest - v * u, q * u - t * v)
   grad_z = _core.masked((1 + eps) * q * (rest - u) + bracket, mask)
-  grad_t = _core.masked(per_class, mask)
+  # ∂L/∂t_j = -log q_j + ε v_j; on an impossible class (q_j = 0) with t_j = 0 the first
+  # part is that of 0·log 0 = 0, a constant (as in softmax_cross_entropy): ε, not +inf.
+  impossible = (t == 0) & (log_q == -jnp.inf)
+  grad_t = _core.masked(jnp.where(impossible, eps * v, per_class), mask)
   grad_eps = _core.masked(t * v, mask)
   return jnp.squeeze(loss, axes), (grad_z, grad_t, grad_eps, None), axes
 
