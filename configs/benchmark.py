@@ -13,7 +13,18 @@ From the repository root::
 import ml_collections
 
 # The benchmark's groups of cases, in the order they run.
-SECTIONS = ("sigmoid", "softmax", "entropy", "train_step", "sweep", "optimum", "import", "fused")
+SECTIONS = (
+  "sigmoid",
+  "focal",  # sigmoid_focal_loss vs optax, on the sigmoid inputs
+  "softmax",
+  "poly",  # poly_loss_cross_entropy vs optax, on the dense softmax inputs
+  "entropy",
+  "train_step",
+  "sweep",
+  "optimum",
+  "import",
+  "fused",
+)
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -23,9 +34,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0  # seed of every synthetic input (numpy and jax.random)
   config.warmup = 1  # untimed calls of each contender after compiling, before timing
   config.repeats = 5  # timed calls per contender, interleaved round-robin; median reported
-  # Elementwise sigmoid BCE, `.mean()` of it: number of float32 logits (64M = 2**26).
+  # Elementwise sigmoid BCE and focal loss, `.mean()`: number of float32 logits (64M = 2**26).
   config.sigmoid_size = 2**26
-  # B×C shapes of the softmax cross-entropies (integer and dense targets) and of the entropy.
+  # B×C shapes of the softmax cross-entropies (integer and dense targets), the poly-1 loss
+  # and the entropy.
   config.softmax_shapes = ((65536, 1000), (4096, 32000))
   config.logit_scale = 4.0  # logits ~ N(0, scale²): a mix of confident and uncertain rows
   # Logistic regression: X [N, d] float32 from the true model w* ~ N(0, s²/d), b*, as in

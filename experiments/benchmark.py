@@ -62,6 +62,14 @@ TARGETS = {
   ("softmax_int", "jvp"): ("ours/anchor", "<=", 2.0),
   ("softmax_dense", "jvp"): ("ours/anchor", "<=", 2.0),
   ("entropy", "jvp"): ("ours/anchor", "<=", 2.0),
+  # Focal and poly-1 losses (issue 16; not in SPEC §6): no slower than optax while exact in
+  # the tails (optax is not), as the softmax rows; a JVP at most twice the forward pass.
+  ("focal", "fwd"): ("ours/anchor", "<=", 1.0),
+  ("focal", "fwd+bwd"): ("ours/anchor", "<=", 1.0),
+  ("focal", "jvp"): ("ours/anchor", "<=", 2.0),
+  ("poly", "fwd"): ("ours/anchor", "<=", 1.0),
+  ("poly", "fwd+bwd"): ("ours/anchor", "<=", 1.0),
+  ("poly", "jvp"): ("ours/anchor", "<=", 2.0),
   ("train_step", "step"): ("read/ours", ">=", 0.75),
   ("optimum", "fit"): ("ours/anchor", "<=", 1.0),
   ("import", "import"): ("ours/anchor", "<=", 1.1),
@@ -345,21 +353,41 @@ def _kernel_rows(
   ]
 
 
-def _sigmoid_rows(config, workdir, hlo_dir) -> list[dict]:
+def _sigmoid_inputs(config):
+  """[n] float32 logits ~ N(0, scale²) and 0/1 labels, n = config.sigmoid_size."""
   k_z, k_y = jax.random.split(jax.random.key(config.seed))
   n = config.sigmoid_size
   logits = config.logit_scale * jax.random.normal(k_z, (n,), jnp.float32)
   labels = jax.random.bernoulli(k_y, 0.5, (n,)).astype(jnp.float32)
+  return logits, labels
+
+
+def _sigmoid_rows(config, workdir, hlo_dir) -> list[dict]:
   return _kernel_rows(
     config,
     workdir,
     hlo_dir,
     "sigmoid",
-    f"{n}",
+    f"{config.sigmoid_size}",
     "optax",
     lambda z, y: xent_jax.sigmoid_binary_cross_entropy(z, y).mean(),
     lambda z, y: optax.sigmoid_binary_cross_entropy(z, y).mean(),
-    (logits, labels),
+    _sigmoid_inputs(config),
+  )
+
+
+def _focal_rows(config, workdir, hlo_dir) -> list[dict]:
+  """The sigmoid focal loss (γ = 2, no α) on the sigmoid rows' inputs."""
+  return _kernel_rows(
+    config,
+    workdir,
+    hlo_dir,
+    "focal",
+    f"{config.sigmoid_size}",
+    "optax",
+    lambda z, y: xent_jax.sigmoid_focal_loss(z, y).mean(),
+    lambda z, y: optax.losses.sigmoid_focal_loss(z, y).mean(),
+    _sigmoid_inputs(config),
   )
 
 
@@ -368,6 +396,11 @@ def _softmax_inputs(config, b: int, c: int):
   logits = config.logit_scale * jax.random.normal(k_z, (b, c), jnp.float32)
   labels = jax.random.randint(k_y, (b,), 0, c)
   return logits, labels, k_t
+
+
+def _dense_targets(k_t, b: int, c: int):
+  """Soft targets [b, c]: the softmax of standard normals."""
+  return jax.nn.softmax(jax.random.normal(k_t, (b, c), jnp.float32))
 
 
 def _softmax_rows(config, workdir, hlo_dir) -> list[dict]:
@@ -385,7 +418,7 @@ def _softmax_rows(config, workdir, hlo_dir) -> list[dict]:
       lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y).mean(),
       (logits, labels),
     )
-    targets = jax.nn.softmax(jax.random.normal(k_t, (b, c), jnp.float32))
+    targets = _dense_targets(k_t, b, c)
     del labels
     rows += _kernel_rows(
       config,
@@ -397,6 +430,25 @@ def _softmax_rows(config, workdir, hlo_dir) -> list[dict]:
       lambda z, t: xent_jax.softmax_cross_entropy(z, t).mean(),
       lambda z, t: optax.softmax_cross_entropy(z, t).mean(),
       (logits, targets),
+    )
+  return rows
+
+
+def _poly_rows(config, workdir, hlo_dir) -> list[dict]:
+  """The poly-1 loss (ε = 2) on the dense softmax rows' logits and soft targets."""
+  rows = []
+  for b, c in config.softmax_shapes:
+    logits, _, k_t = _softmax_inputs(config, b, c)
+    rows += _kernel_rows(
+      config,
+      workdir,
+      hlo_dir,
+      "poly",
+      f"{b}x{c}",
+      "optax",
+      lambda z, t: xent_jax.poly_loss_cross_entropy(z, t).mean(),
+      lambda z, t: optax.losses.poly_loss_cross_entropy(z, t).mean(),
+      (logits, _dense_targets(k_t, b, c)),
     )
   return rows
 
@@ -1031,7 +1083,9 @@ def _mib(nbytes: int | None) -> str:
 
 _SECTION_RUNNERS = {
   "sigmoid": _sigmoid_rows,
+  "focal": _focal_rows,
   "softmax": _softmax_rows,
+  "poly": _poly_rows,
   "entropy": _entropy_rows,
   "train_step": _train_step_rows,
   "sweep": _sweep_rows,

@@ -22,9 +22,10 @@ from experiments import _common, benchmark
 def _expected_rows(config) -> list[tuple[str, str]]:
   """(operation, pass) of every row the config asks for, in order."""
   kernel = [("fwd",), ("fwd+bwd",), ("jvp",)]
-  rows = [("sigmoid", p) for (p,) in kernel]
+  rows = [(op, p) for op in ("sigmoid", "focal") for (p,) in kernel]
   for _ in config.softmax_shapes:
     rows += [(op, p) for op in ("softmax_int", "softmax_dense") for (p,) in kernel]
+  rows += [("poly", p) for _ in config.softmax_shapes for (p,) in kernel]
   rows += [("entropy", p) for _ in config.softmax_shapes for (p,) in kernel]
   rows += [("train_step", "step")] * len(config.train_step_sizes)
   rows += [("sweep", f"{config.sweep_values} lr")]
