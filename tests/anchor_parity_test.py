@@ -562,71 +562,23 @@ def _optax_cases():
   # SigmoidFocalLossTest: each assertion's expected side from the documented formula.
   src = OPTAX + "SigmoidFocalLossTest."
   ys, ts = _a([[2.0, 0.1, -2.0], [0.3, -0.1, 1.2]]), _a([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
-  fl = "sigmoid_focal_loss"
-  yield Case(
-    "optax", src + "test_focal_equals_ce", fl, (ys, ts), {"gamma": 0.0}, _sigmoid_bce(ys, ts), TIGHT
-  )
   z, y = _a([[-1.0, 0.0, 1.0], [2.0, -2.0, 0.5]]), _a([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-  yield Case(
-    "optax",
-    src + "test_focal_gamma_zero_matches_binary_cross_entropy",
-    fl,
-    (z, y),
-    {"gamma": 0.0},
-    _sigmoid_bce(z, y),
-    TIGHT,
-  )
-  yield Case("optax", src + "test_scale", fl, (ys, ts), {"gamma": 2.0}, _focal(ys, ts, 2.0), TIGHT)
-  large, small, ones = (
-    _logit(_a([0.9, 0.98, 0.3, 0.99])),
-    _logit(_a([0.1, 0.02, 0.09, 0.15])),
-    _a([1.0] * 4),
-  )
-  yield Case(
-    "optax",
-    src + "test_large_logit_fl_less_than_ce",
-    fl,
-    (large, ones),
-    {"gamma": 2.0, "alpha": 0.5},
-    _focal(large, ones, 2.0, 0.5),
-    TIGHT,
-  )
-  yield Case(
-    "optax",
-    src + "test_small_logit_fl_less_than_ce",
-    fl,
-    (small, ones),
-    {"gamma": 2.0},
-    _focal(small, ones, 2.0),
-    TIGHT,
-  )
-  yield Case(
-    "optax",
-    src + "test_alpha_one",
-    fl,
-    (ys, ts),
-    {"gamma": 0.0, "alpha": 1.0},
-    _sigmoid_bce(ys, ts) * ts,
-    TIGHT,
-  )
-  yield Case(
-    "optax",
-    src + "test_ignore_positive",
-    fl,
-    (ys, ts),
-    {"gamma": 2.0, "alpha": 0.0},
-    _focal(ys, ts, 2.0, 0.0),
-    TIGHT,
-  )
-  yield Case(
-    "optax",
-    src + "test_ignore_negative",
-    fl,
-    (ys, ts),
-    {"gamma": 2.0, "alpha": 1.0},
-    _focal(ys, ts, 2.0, 1.0),
-    TIGHT,
-  )
+  large, small = _logit(_a([0.9, 0.98, 0.3, 0.99])), _logit(_a([0.1, 0.02, 0.09, 0.15]))
+  ones = _a([1.0] * 4)
+  # (name, inputs, γ, α): γ = 0 is the cross-entropy, α = 1 keeps its positive part.
+  for name, (logits, labels), gamma, alpha in (
+    ("test_focal_equals_ce", (ys, ts), 0.0, None),
+    ("test_focal_gamma_zero_matches_binary_cross_entropy", (z, y), 0.0, None),
+    ("test_scale", (ys, ts), 2.0, None),
+    ("test_large_logit_fl_less_than_ce", (large, ones), 2.0, 0.5),
+    ("test_small_logit_fl_less_than_ce", (small, ones), 2.0, None),
+    ("test_alpha_one", (ys, ts), 0.0, 1.0),
+    ("test_ignore_positive", (ys, ts), 2.0, 0.0),
+    ("test_ignore_negative", (ys, ts), 2.0, 1.0),
+  ):
+    kwargs = {"gamma": gamma} if alpha is None else {"gamma": gamma, "alpha": alpha}
+    expected = _focal(logits, labels, gamma, alpha)
+    yield Case("optax", src + name, "sigmoid_focal_loss", (logits, labels), kwargs, expected, TIGHT)
 
 
 def _scipy_cases():
@@ -833,67 +785,67 @@ def _keras_cases():
   )
 
   # CategoricalCrossentropyTest; keras's logits variant is our softmax_cross_entropy.
-  src = KERAS + "CategoricalCrossentropyTest."
-  yield Case(
-    "keras",
-    src + "test_all_correct_unweighted[probs]",
-    "cross_entropy",
-    (eye, eye),
-    {},
-    0.0,
-    DECIMAL_3,
-    _mean,
-  )
-  logits = _a(np.eye(3) * 10.0)
-  yield Case(
-    "keras",
-    src + "test_all_correct_unweighted[logits]",
-    "softmax_cross_entropy",
-    (logits, eye),
-    {},
-    0.0,
-    DECIMAL_3,
-    _mean,
-  )
+  # CategoricalCrossentropyTest and SparseCategoricalCrossentropyTest share their cases:
+  # probabilities through cross_entropy / cross_entropy_with_integer_labels (labels [N, 1]
+  # squeezed, as keras does), logits through the softmax versions.
+  labels = _y([0, 1, 2])
   logits = _a([[8.0, 1.0, 1.0], [0.0, 9.0, 1.0], [2.0, 3.0, 5.0]])
-  sce, sw = "softmax_cross_entropy", [1.2, 3.4, 5.6]
-  yield Case(
-    "keras", src + "test_unweighted[logits]", sce, (logits, eye), {}, 0.0573, DECIMAL_3, _mean
-  )
-  yield Case(
-    "keras",
-    src + "test_scalar_weighted[logits]",
-    sce,
-    (logits, eye),
-    {},
-    0.1317,
-    DECIMAL_3,
-    _weighted_mean(2.3),
-  )
-  yield Case(
-    "keras",
-    src + "test_sample_weighted[logits]",
-    sce,
-    (logits, eye),
-    {},
-    0.31829,
-    DECIMAL_3,
-    _weighted_mean(sw),
-  )
-  yield Case(
-    "keras",
-    src + "test_no_reduction",
-    sce,
-    (logits, eye),
-    {},
-    [0.001822, 0.000459, 0.169846],
-    KERAS_ALL_CLOSE,
-  )
+  for cls, probs_fn, logits_fn, pair in (
+    ("CategoricalCrossentropyTest.", "cross_entropy", "softmax_cross_entropy", lambda x: (x, eye)),
+    (
+      "SparseCategoricalCrossentropyTest.",
+      "cross_entropy_with_integer_labels",
+      "softmax_cross_entropy_with_integer_labels",
+      lambda x: (x, labels),
+    ),
+  ):
+    src = KERAS + cls
+    probs_args = (eye, eye) if probs_fn == "cross_entropy" else (labels, eye)
+    rows = [
+      ("test_all_correct_unweighted[probs]", probs_fn, probs_args, 0.0, DECIMAL_3, _mean),
+      (
+        "test_all_correct_unweighted[logits]",
+        logits_fn,
+        pair(_a(np.eye(3) * 10.0)),
+        0.0,
+        DECIMAL_3,
+        _mean,
+      ),
+      ("test_unweighted[logits]", logits_fn, pair(logits), 0.0573, DECIMAL_3, _mean),
+      (
+        "test_scalar_weighted[logits]",
+        logits_fn,
+        pair(logits),
+        0.1317,
+        DECIMAL_3,
+        _weighted_mean(2.3),
+      ),
+      (
+        "test_sample_weighted[logits]",
+        logits_fn,
+        pair(logits),
+        0.31829,
+        DECIMAL_3,
+        _weighted_mean([1.2, 3.4, 5.6]),
+      ),
+      (
+        "test_no_reduction",
+        logits_fn,
+        pair(logits),
+        [0.001822, 0.000459, 0.169846],
+        KERAS_ALL_CLOSE,
+        _identity,
+      ),
+    ]
+    for name, fn, args, expected, tol, reduce in rows:
+      yield Case("keras", src + name, fn, args, {}, expected, tol, reduce)
+
+  src = KERAS + "CategoricalCrossentropyTest."
   for name in ("test_label_smoothing", "test_label_smoothing_ndarray"):
     yield Case(
       "keras",
       src + name,
-      sce,
+      "softmax_cross_entropy",
       (_a([[100.0, -100.0, -100.0]]), _a([[1, 0, 0]])),
       {"label_smoothing": 0.1},
       400.0 * 0.1 / 3.0,
@@ -917,63 +869,8 @@ def _keras_cases():
     _mean,
   )
 
-  # SparseCategoricalCrossentropyTest: probabilities through cross_entropy_with_integer_labels
-  # (labels [N, 1] squeezed, as keras does), logits through the softmax version.
   src = KERAS + "SparseCategoricalCrossentropyTest."
-  labels, ice = _y([0, 1, 2]), "cross_entropy_with_integer_labels"
-  sparse = "softmax_cross_entropy_with_integer_labels"
-  yield Case(
-    "keras",
-    src + "test_all_correct_unweighted[probs]",
-    ice,
-    (labels, eye),
-    {},
-    0.0,
-    DECIMAL_3,
-    _mean,
-  )
-  yield Case(
-    "keras",
-    src + "test_all_correct_unweighted[logits]",
-    sparse,
-    (_a(np.eye(3) * 10.0), labels),
-    {},
-    0.0,
-    DECIMAL_3,
-    _mean,
-  )
-  yield Case(
-    "keras", src + "test_unweighted[logits]", sparse, (logits, labels), {}, 0.0573, DECIMAL_3, _mean
-  )
-  yield Case(
-    "keras",
-    src + "test_scalar_weighted[logits]",
-    sparse,
-    (logits, labels),
-    {},
-    0.1317,
-    DECIMAL_3,
-    _weighted_mean(2.3),
-  )
-  yield Case(
-    "keras",
-    src + "test_sample_weighted[logits]",
-    sparse,
-    (logits, labels),
-    {},
-    0.31829,
-    DECIMAL_3,
-    _weighted_mean(sw),
-  )
-  yield Case(
-    "keras",
-    src + "test_no_reduction",
-    sparse,
-    (logits, labels),
-    {},
-    [0.001822, 0.000459, 0.169846],
-    KERAS_ALL_CLOSE,
-  )
+  sparse, ice = "softmax_cross_entropy_with_integer_labels", "cross_entropy_with_integer_labels"
   logits = _a([[[0.854, 0.698, 0.598], [0.088, 0.86, 0.018]]])
   for i, y_true in enumerate((_y([[-1, 2]]), _y([[[-1], [2]]])[..., 0])):
     yield Case(
