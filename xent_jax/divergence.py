@@ -93,10 +93,9 @@ def generalized_kl_divergence(
   Returns:
     D(p‖q) per example: ``p`` with ``axis`` removed.
 
-  2 log 2 - 2 + 2:
-
-  >>> float(generalized_kl_divergence([2.0, 0.0], [1.0, 1.0]))  # doctest: +ELLIPSIS
-  1.386294...
+  >>> d = generalized_kl_divergence([2.0, 0.0], [1.0, 1.0])  # 2 log 2 - 2 + 2
+  >>> float(d)  # doctest: +ELLIPSIS
+  1.386...
   """
   fn = "generalized_kl_divergence"
   p, q, axes, mask, scale = _core.distribution_pair(fn, p, q, axis, where, base)
