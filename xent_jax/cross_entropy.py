@@ -165,7 +165,7 @@ def cross_entropy_with_integer_labels(
   Returns:
     Loss per example, shape of ``labels``.
 
-  >>> float(cross_entropy_with_integer_labels(0, [0.5, 0.5], base=2))
+  >>> round(float(cross_entropy_with_integer_labels(0, [0.5, 0.5], base=2)), 5)
   1.0
   """
   inputs = _label_inputs(
