@@ -211,7 +211,9 @@ def poly_loss_cross_entropy(
   Returns:
     Loss per example: ``logits`` with ``axis`` removed.
 
-  >>> float(poly_loss_cross_entropy([0.0, 0.0], [1.0, 0.0], epsilon=2.0))  # log 2 + 1  # doctest: +ELLIPSIS
+  Two equal logits, label 0 (log 2 + 1):
+
+  >>> float(poly_loss_cross_entropy([0.0, 0.0], [1.0, 0.0], epsilon=2.0))  # doctest: +ELLIPSIS
   1.693147...
   """
   fn = "poly_loss_cross_entropy"

@@ -93,7 +93,9 @@ def generalized_kl_divergence(
   Returns:
     D(p‖q) per example: ``p`` with ``axis`` removed.
 
-  >>> float(generalized_kl_divergence([2.0, 0.0], [1.0, 1.0]))  # 2 log 2 - 2 + 2  # doctest: +ELLIPSIS
+  Mass 2 against two units (2 log 2 - 2 + 2):
+
+  >>> float(generalized_kl_divergence([2.0, 0.0], [1.0, 1.0]))  # doctest: +ELLIPSIS
   1.386294...
   """
   fn = "generalized_kl_divergence"
