@@ -441,11 +441,18 @@ def logistic_data(config, n: int) -> tuple[np.ndarray, np.ndarray]:
   return x_NxD, (rng.random(n) < p_N).astype(np.int32)
 
 
+# The anchors' matmuls at the library's precision (true float32, SPEC §9), so that on an
+# accelerator the rows compare the same arithmetic (JAX's default there is TF32); the CPU
+# computes float32 either way.
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
 def _plain_step(params, x_NxD, y_N, *, learning_rate):
   """What a user writes by hand: jax.grad of optax's loss, then params - lr * grad."""
 
   def loss(p):
-    return optax.sigmoid_binary_cross_entropy(x_NxD @ p["w"] + p["b"], y_N).mean()
+    logits = jnp.matmul(x_NxD, p["w"], precision=_HIGHEST) + p["b"]
+    return optax.sigmoid_binary_cross_entropy(logits, y_N).mean()
 
   grads = jax.grad(loss)(params)
   return jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
@@ -640,7 +647,7 @@ def _sweep_plain(x_NxD, y_N, learning_rates, num_steps, traces):
 
   def loss(params):
     traces.append(1)
-    logits = x_NxD @ params["w"] + params["b"]
+    logits = jnp.matmul(x_NxD, params["w"], precision=_HIGHEST) + params["b"]
     return optax.sigmoid_binary_cross_entropy(logits, y_N).mean()
 
   final = []
@@ -836,15 +843,18 @@ def _fused_ours(h, w, y):
 
 
 def _fused_naive(h, w, y):
-  """What a user writes without the fused loss: optax on the materialised logits."""
-  return optax.softmax_cross_entropy_with_integer_labels(h @ w, y)
+  """What a user writes without the fused loss: optax on the materialised float32 logits."""
+  logits = jnp.matmul(h, w, precision=_HIGHEST, preferred_element_type=jnp.float32)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y)
 
 
 def _three_matmuls(h, w, y, c):
-  """The irreducible work of the fused loss: h @ W, then two matmuls of its size."""
+  """The irreducible work of the fused loss: h @ W, then two matmuls of its size (in the
+  dtype of h and W: three bfloat16 matmuls for bfloat16 inputs)."""
   del y
-  z = h @ w
-  return (c @ z)[0], (z @ w.T, h.T @ z)
+  matmul = functools.partial(jnp.matmul, precision=_HIGHEST)
+  z = matmul(h, w)
+  return matmul(c.astype(z.dtype), z)[0], (matmul(z, w.T), matmul(h.T, z))
 
 
 # --------------------------------------------------------------------------------- import
