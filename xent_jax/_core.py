@@ -63,6 +63,27 @@ def matmul(a: jax.Array, b: jax.Array, precision: lax.Precision) -> jax.Array:
   return jnp.matmul(a, b, precision=precision, preferred_element_type=jnp.float32 if low else None)
 
 
+def has_cpu_backend() -> bool:
+  """Whether JAX's CPU backend is up: host callbacks (``jax.debug.callback``) run on it."""
+  try:
+    return bool(jax.local_devices(backend="cpu"))
+  except RuntimeError:  # e.g. JAX_PLATFORMS=cuda: only the accelerator was initialised
+    return False
+
+
+def check_host_callbacks(fn: str, what: str) -> None:
+  """One clear line, instead of JAX's error from inside a running program, when ``what``
+  needs a host callback and JAX runs without its CPU backend (``JAX_PLATFORMS=cuda``)."""
+  if has_cpu_backend():
+    return
+  platforms = jax.config.jax_platforms or jax.default_backend()
+  raise RuntimeError(
+    f"{fn}: {what} in a host callback (jax.debug.callback), which needs JAX's CPU backend, "
+    f"and JAX_PLATFORMS={platforms!r} leaves it out: run with JAX_PLATFORMS={platforms},cpu "
+    "(or with JAX_PLATFORMS unset)."
+  )
+
+
 def _asarray(x: ArrayLike, name: str, fn: str) -> jax.Array:
   """jnp.asarray, with an error naming the argument for strings, objects or ragged lists."""
   try:

@@ -745,6 +745,7 @@ def _progress(fn: str, log_every, hook) -> Static | None:
     return None
   _validate.count(fn, "log_every", log_every)
   _validate.callable_(fn, "hook", hook, optional=True)
+  _core.check_host_callbacks(fn, "`log_every` reports progress")
   return Static((int(log_every), print_progress if hook is None else hook))
 
 
