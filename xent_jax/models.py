@@ -289,8 +289,9 @@ def logistic_regression_loss(
     Scalar loss.
 
   >>> params = init_logistic_regression(2)
-  >>> round(float(logistic_regression_loss(params, jnp.ones((4, 2)), jnp.array([0, 1, 1, 0]))), 6)
-  0.693147
+  >>> loss = logistic_regression_loss(params, jnp.ones((4, 2)), jnp.array([0, 1, 1, 0]))
+  >>> float(loss)  # log 2  # doctest: +ELLIPSIS
+  0.6931...
   """
   fn = "logistic_regression_loss"
   z_N, inputs = _logistic_logits(fn, params, x_NxD, y_N, l2, precision=precision)
@@ -371,8 +372,9 @@ def seed_section_4_1_loss(
     Scalar loss.
 
   >>> params = init_logistic_regression(1)
-  >>> round(float(seed_section_4_1_loss(params, jnp.ones((2, 1)), jnp.array([1, 0]))), 6)
-  0.346574
+  >>> loss = seed_section_4_1_loss(params, jnp.ones((2, 1)), jnp.array([1, 0]))
+  >>> float(loss)  # (log 2) / 2  # doctest: +ELLIPSIS
+  0.3465...
   """
   fn = "seed_section_4_1_loss"
   z_N, inputs = _logistic_logits(fn, params, x_NxD, y_N, precision=precision)
@@ -510,8 +512,9 @@ def softmax_regression_loss(
     Scalar loss.
 
   >>> params = init_softmax_regression(2, 4)
-  >>> round(float(softmax_regression_loss(params, jnp.ones((2, 2)), jnp.array([0, 3]))), 6)
-  1.386294
+  >>> loss = softmax_regression_loss(params, jnp.ones((2, 2)), jnp.array([0, 3]))
+  >>> float(loss)  # log 4  # doctest: +ELLIPSIS
+  1.386...
   """
   fn = "softmax_regression_loss"
   z_NxK, inputs = _softmax_logits(fn, params, x_NxD, y_N, l2, precision=precision)
