@@ -211,10 +211,9 @@ def poly_loss_cross_entropy(
   Returns:
     Loss per example: ``logits`` with ``axis`` removed.
 
-  Two equal logits, label 0 (log 2 + 1):
-
-  >>> float(poly_loss_cross_entropy([0.0, 0.0], [1.0, 0.0], epsilon=2.0))  # doctest: +ELLIPSIS
-  1.693147...
+  >>> loss = poly_loss_cross_entropy([0.0, 0.0], [1.0, 0.0], epsilon=2.0)  # log 2 + 1
+  >>> float(loss)  # doctest: +ELLIPSIS
+  1.6931...
   """
   fn = "poly_loss_cross_entropy"
   logits = _core.as_float(logits, "logits", fn)
