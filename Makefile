@@ -1,15 +1,19 @@
 # Two commands do everything on a fresh machine:
 #   make run   -> creates .venv, installs xent_jax[experiments], reproduces every experiment
 #   make test  -> creates .venv, installs xent_jax[test], runs the suite with x64 off and on
+# On a machine with an accelerator (jax installed for it, e.g. jax[cuda12], in .venv):
+#   make gpu-check -> the suite on the default platforms, then the :gpu benchmark (SPEC §9)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?= -n 2
+GPU_WORKDIR ?= runs/gpu-check-$(shell date +%Y%m%d-%H%M%S)
+GPU_PYTEST_ARGS ?= -n 4
 
 INSTALL_CHECK_VENV := build/install-check
 
-.PHONY: run test lint format bench install-check clean
+.PHONY: run test lint format bench gpu-check install-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +43,24 @@ test: lint
 
 bench: $(VENV)/.installed-run
 	$(PY) -m experiments.benchmark --config=configs/benchmark.py --workdir=runs/bench-$(shell date +%Y%m%d-%H%M%S)
+
+# The library's tests on the default platforms (JAX_PLATFORMS unset: the accelerator, with
+# the CPU backend beside it for host callbacks), x64 off and on, with junit reports, then
+# the benchmark sized for one accelerator (at most five minutes), all into GPU_WORKDIR.
+# No memory preallocation in the tests: several pytest workers share the device.
+gpu-check: $(VENV)/.installed-test
+	@env -u JAX_PLATFORMS $(PY) -c "import jax, sys; d = jax.devices()[0]; \
+	  print(f'gpu-check on {d.device_kind} ({d.platform})'); \
+	  sys.exit('gpu-check: no accelerator (jax.devices() is the CPU); install jax for it, e.g. jax[cuda12]' if d.platform == 'cpu' else 0)"
+	mkdir -p $(GPU_WORKDIR)
+	status=0; \
+	for x64 in 0 1; do \
+	  env -u JAX_PLATFORMS XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_ENABLE_X64=$$x64 \
+	    $(PY) -m pytest $(GPU_PYTEST_ARGS) --junitxml=$(GPU_WORKDIR)/tests-x64-$$x64.xml || status=1; \
+	done; \
+	env -u JAX_PLATFORMS $(PY) -m experiments.benchmark --config=configs/benchmark.py:gpu \
+	  --workdir=$(GPU_WORKDIR)/benchmark || status=1; \
+	exit $$status
 
 # `pip install .` (no extras) in a fresh venv, then the README's quick start there.
 install-check:

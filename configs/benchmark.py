@@ -4,6 +4,7 @@ From the repository root::
 
     python -m experiments.benchmark --config=configs/benchmark.py --workdir=runs/bench
     python -m experiments.benchmark --config=configs/benchmark.py:smoke --workdir=/tmp/bench
+    python -m experiments.benchmark --config=configs/benchmark.py:gpu --workdir=runs/bench-gpu
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python -m experiments.benchmark \
         --config=configs/benchmark.py --workdir=runs/bench-hugetlb
     python -m experiments.benchmark --config=configs/benchmark.py --config.repeats=9 \
@@ -28,7 +29,8 @@ SECTIONS = (
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-  """The default config (a few minutes), or a ``variant`` ("smoke": tiny sizes, seconds)."""
+  """The default config (a few minutes), or a ``variant``: "smoke" (tiny sizes, seconds) or
+  "gpu" (SPEC §9's sizes for one accelerator, at most five minutes)."""
   config = ml_collections.ConfigDict()
   config.sections = SECTIONS  # which groups of cases to run (a subset of SECTIONS)
   config.seed = 0  # seed of every synthetic input (numpy and jax.random)
@@ -68,6 +70,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.fused_memory_bounds = (1 / 16, 1 / 128)
   config.fused_logit_scale = 4.0
   config.fused_naive_max_mib = 4096.0
+  config.fused_dtype = "float32"  # of hidden and weight: "float32" or "bfloat16"
 
   if variant == "smoke":  # every section at tiny sizes; no warm-up, one solver
     config.warmup = 0
@@ -86,6 +89,19 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.save_hlo = False
     config.fused_shapes = ((512, 32, 2048),)
     config.fused_memory_bounds = (1.0,)
+  elif variant == "gpu":  # SPEC §9: one accelerator, at most five minutes (`make gpu-check`)
+    config.sections = ("sigmoid", "softmax", "entropy", "train_step", "fused")
+    config.warmup = 1
+    config.repeats = 3
+    config.sigmoid_size = 2**28
+    config.softmax_shapes = ((8192, 128256),)
+    config.train_step_sizes = (1_000_000,)
+    # SPEC §7's accelerator table: bfloat16 hidden and weight, shapes A and B; the naive
+    # version runs where its temporaries (16000 and 32064 MiB) fit on an 80 GB card.
+    config.fused_shapes = ((8192, 2304, 256000), (32768, 4096, 128256))
+    config.fused_memory_bounds = (1 / 16, 1 / 16)
+    config.fused_dtype = "bfloat16"
+    config.fused_naive_max_mib = 40000.0
   elif variant is not None:
-    raise ValueError(f"unknown config variant {variant!r} (known: 'smoke')")
+    raise ValueError(f"unknown config variant {variant!r} (known: 'smoke', 'gpu')")
   return config

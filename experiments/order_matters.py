@@ -281,7 +281,7 @@ def _start(problem, label_smoothing, init_scale):
     },
     "initial": _metrics(init, *test),
     "hard_label_reversed_training_loss": reversed_loss(init, x_NxD, y_N),
-    "initial_grad_cosine": jnp.dot(g_correct, g_reversed)
+    "initial_grad_cosine": jnp.dot(g_correct, g_reversed, precision=jax.lax.Precision.HIGHEST)
     / (jnp.linalg.norm(g_correct) * jnp.linalg.norm(g_reversed)),
   }
   return (x_NxD, y_eps_N), init, diagnostics

@@ -82,6 +82,13 @@ class BenchmarkSmokeTest(chex.TestCase):
         self.assertEqual(cells[-1] == "not measured", row["operation"] != "import")
     compiled = [r for r in self.results["rows"] if "compile_s" in r]
     self.assertLen(tables[1], 2 + len(compiled))
+    # The compile-time table: ours/anchor recomputed from results.json; the smoke shapes
+    # are not SPEC §6's, so no verdict.
+    for line, row in zip(tables[1][2:], compiled, strict=True):
+      cells = [c.strip() for c in line.strip("|").split("|")]
+      ratio = row["compile_s"]["ours"] / row["compile_s"]["anchor"]
+      self.assertEqual(cells[5], f"{ratio:.2f}")
+      self.assertEqual(cells[6], "not measured")
 
   def test_every_number_positive_and_finite(self):
     for i, row in enumerate(self.results["rows"]):
@@ -149,12 +156,36 @@ class BenchmarkSmokeTest(chex.TestCase):
   def test_machine_description(self):
     machine = self.results["machine"]
     self.assertEqual(machine["jax"], jax.__version__)
+    device = jax.devices()[0]  # the device the cases ran on
+    self.assertEqual(machine["device_kind"], device.device_kind)
+    self.assertEqual(machine["device_platform"], device.platform)
+    self.assertIn(f"Device: {device.device_kind} ({device.platform}", self.table)
     self.assertGreaterEqual(machine["usable_cores"], 1)
     self.assertIn("GLIBC_TUNABLES", machine)
     self.assertIn(f"jax {jax.__version__}", self.table)
     provenance = json.loads((self.workdir / "provenance.json").read_text("utf-8"))
     self.assertEqual(machine["git"], provenance["git"])
     self.assertIn(f"Code: git commit {machine['git']['commit']}", self.table)
+
+
+class GpuVariantTest(chex.TestCase):
+  def test_fused_section_in_bfloat16_at_a_toy_shape(self):
+    """The ``:gpu`` config's fused section (bfloat16, SPEC §7's accelerator table), shrunk."""
+    config = _common.load_config("benchmark", "gpu")
+    self.assertEqual(config.fused_dtype, "bfloat16")
+    with config.unlocked():
+      config.sections = ("fused",)
+      config.fused_shapes = ((64, 16, 512),)
+      config.fused_memory_bounds = (1.0,)
+      config.warmup, config.repeats, config.save_hlo = 0, 1, False
+    workdir = Path(tempfile.mkdtemp()) / "bench"
+    _common.run_experiment("benchmark", benchmark.run, config, workdir, validate=benchmark.validate)
+    rows = json.loads((workdir / "results.json").read_text("utf-8"))["rows"]
+    self.assertEqual([r["pass"] for r in rows], ["mean", "per-token", "memory"])
+    for row in rows:
+      self.assertEqual(row["shape"], "64x16x512 bfloat16")
+      for name, value in row["ratios"].items():
+        _positive_finite(self, value, f"{row['pass']} {name}")
 
 
 class ReferenceOptimumTest(chex.TestCase):

@@ -2,6 +2,7 @@
 
 import functools
 import re
+from unittest import mock
 
 import chex
 import jax
@@ -11,7 +12,7 @@ from absl.testing import absltest, parameterized
 from jax.experimental import checkify
 
 import xent_jax as xj
-from xent_jax import models
+from xent_jax import _core, models
 from xent_jax.checked import sum_tolerance
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -306,6 +307,42 @@ class CheckedRejectsTest(chex.TestCase):
     for base in (0, -2.0, 1, 1.0):
       with self.assertRaisesRegex(ValueError, r"entropy: `base` must be finite, > 0 and != 1"):
         xj.checked(xj.entropy)(self._P, base=base)
+
+
+class AcceleratorOnlyTest(chex.TestCase):
+  """Without JAX's CPU backend (``JAX_PLATFORMS=cuda``), which host callbacks need: simulated
+  here by reporting the CPU backend missing."""
+
+  _P = np.array([0.5, 0.5], np.float32)
+  _Q = np.array([0.25, 0.75], np.float32)
+
+  def setUp(self):
+    super().setUp()
+    no_cpu = mock.patch.object(_core, "has_cpu_backend", return_value=False)
+    no_cpu.start()
+    self.addCleanup(no_cpu.stop)
+
+  def test_eager_calls_need_no_host_callback(self):
+    expected = 0.5 * np.log(0.5 / 0.25) + 0.5 * np.log(0.5 / 0.75)
+    np.testing.assert_allclose(xj.checked(xj.kl_divergence)(self._P, self._Q), expected, rtol=1e-6)
+    with self.assertRaisesRegex(EAGER_ERROR, "`q` must sum to 1"):
+      xj.checked(xj.kl_divergence)(self._P, self._P + 0.1)
+    np.testing.assert_allclose(
+      xj.checked(_user_loss)(self._Q, self._P), _user_loss(self._Q, self._P)
+    )
+
+  def test_under_transformations_one_line_says_how_to_enable_it(self):
+    for name, call in (
+      ("kl_divergence", lambda: jax.jit(xj.checked(xj.kl_divergence))(self._P, self._Q)),
+      ("kl_divergence", lambda: jax.grad(xj.checked(xj.kl_divergence), 1)(self._P, self._Q)),
+      ("_user_loss", lambda: jax.vmap(xj.checked(_user_loss))(self._Q[None], self._P[None])),
+    ):
+      with self.assertRaises(RuntimeError) as raised:  # at trace time, valid input or not
+        call()
+      message = str(raised.exception)
+      self.assertEqual(len(message.splitlines()), 1, message)
+      self.assertStartsWith(message, f"checked({name}): under jax.jit, jax.vmap or jax.grad")
+      self.assertRegex(message, r"needs JAX's CPU backend.*run with JAX_PLATFORMS=\S+,cpu")
 
 
 class SumToleranceTest(chex.TestCase):

@@ -2,6 +2,7 @@
 Python loops, vmap vs single runs, and training that reaches the float64 reference optimum."""
 
 import functools
+from unittest import mock
 
 import chex
 import jax
@@ -10,7 +11,7 @@ import numpy as np
 import optax
 from absl.testing import absltest
 
-from xent_jax import data, models, optimum, training
+from xent_jax import _core, data, models, optimum, training
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -215,6 +216,18 @@ class ProgressTest(chex.TestCase):
 
     self.assertNotIn("callback", program())
     self.assertIn("debug_callback", program(log_every=2, hook=lambda p: None))
+
+  def test_without_a_cpu_backend_one_line_says_how_to_enable_it(self):
+    """Host callbacks need JAX's CPU backend (missing with JAX_PLATFORMS=cuda): simulated."""
+    batch, opt = _small_softmax().train, MINIBATCH_SGD
+    state = training.init_train_state(models.init_softmax_regression(4, 3), opt)
+    run = dict(loss_fn=SOFTMAX_LOSS, optimizer=opt, num_steps=2)
+    with mock.patch.object(_core, "has_cpu_backend", return_value=False):
+      with self.assertRaisesRegex(
+        RuntimeError, r"^train_full_batch: `log_every` .* run with JAX_PLATFORMS=\S+,cpu"
+      ):
+        training.train_full_batch(state, batch, log_every=1, **run)
+      training.train_full_batch(state, batch, **run)  # no progress reports: no callback
 
 
 class WholeRunTest(chex.TestCase):

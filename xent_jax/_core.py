@@ -14,15 +14,74 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.typing import ArrayLike
 
 from xent_jax import _normalizer
 
 Axis = int | Sequence[int]
+# The `precision=` of a function with matmuls: a lax.Precision, one of its names
+# ("highest", "tensorfloat32", "default", ...), or None for HIGHEST.
+PrecisionLike = lax.Precision | str | None
 
 # Low-precision floats are computed in float32: their 8- or 11-bit mantissa cannot hold the
 # tail of a log-probability, and the result is returned as float32 (documented per function).
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def check_precision(precision: PrecisionLike, fn: str) -> lax.Precision:
+  """The ``lax.Precision`` of a ``precision=`` argument; None means ``HIGHEST`` (SPEC §9)."""
+  if precision is None:
+    return lax.Precision.HIGHEST
+  if isinstance(precision, lax.Precision):
+    return precision
+  if not isinstance(precision, str):
+    raise TypeError(
+      f"{fn}: `precision` must be a jax.lax.Precision, one of its names or None; "
+      f"got precision={precision!r:.80}."
+    )
+  try:
+    return lax.Precision(precision)
+  except ValueError:
+    raise ValueError(
+      f"{fn}: `precision` must name a jax.lax.Precision ('highest', 'float32', 'high', "
+      f"'tensorfloat32', 'bfloat16_3x', 'default', 'bfloat16', 'fastest'); got "
+      f"precision={precision!r:.80}."
+    ) from None
+
+
+def matmul(a: jax.Array, b: jax.Array, precision: lax.Precision) -> jax.Array:
+  """``a @ b`` with its precision stated, never left to the backend (SPEC §9).
+
+  JAX's default precision lets the backend choose: TF32 for float32 on recent NVIDIA GPUs,
+  bfloat16 passes on TPUs. ``HIGHEST`` is true float32 there (the CPU computes float32
+  either way). Low-precision operands (both bfloat16 or float16) multiply in their own
+  type, whose products are exact in float32, and accumulate in float32
+  (``preferred_element_type``): the result is float32, as for every measure of the library.
+  """
+  low = jnp.result_type(a, b) in _LOW_PRECISION
+  return jnp.matmul(a, b, precision=precision, preferred_element_type=jnp.float32 if low else None)
+
+
+def has_cpu_backend() -> bool:
+  """Whether JAX's CPU backend is up: host callbacks (``jax.debug.callback``) run on it."""
+  try:
+    return bool(jax.local_devices(backend="cpu"))
+  except RuntimeError:  # e.g. JAX_PLATFORMS=cuda: only the accelerator was initialised
+    return False
+
+
+def check_host_callbacks(fn: str, what: str) -> None:
+  """One clear line, instead of JAX's error from inside a running program, when ``what``
+  needs a host callback and JAX runs without its CPU backend (``JAX_PLATFORMS=cuda``)."""
+  if has_cpu_backend():
+    return
+  platforms = jax.config.jax_platforms or jax.default_backend()
+  raise RuntimeError(
+    f"{fn}: {what} in a host callback (jax.debug.callback), which needs JAX's CPU backend, "
+    f"and JAX_PLATFORMS={platforms!r} leaves it out: run with JAX_PLATFORMS={platforms},cpu "
+    "(or with JAX_PLATFORMS unset)."
+  )
 
 
 def _asarray(x: ArrayLike, name: str, fn: str) -> jax.Array:

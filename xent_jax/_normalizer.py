@@ -334,25 +334,29 @@ def fix_rows(flags_B: jax.Array, exact_fn: Callable, out, *rows: jax.Array, row_
 
   The exact function runs on ``[K, ...]`` chunks of the flagged rows only: gathered,
   recomputed, scattered back in place (``out``, a pytree of ``[B, ...]`` arrays, is a
-  ``while_loop`` carry). It costs one prefix sum over the batch when no row is flagged.
-  Never differentiated: the derivative rules use the statistics it returns.
+  ``while_loop`` carry). Each chunk's rows are the first K still flagged, found by
+  ``lax.top_k`` of the flags (it compiles and runs in a fraction of the time of
+  ``jnp.nonzero``'s prefix sum and scatter, or of a sort). It costs one count over the
+  batch when no row is flagged. Never differentiated: the derivative rules use the
+  statistics it returns.
   """
   num_rows = flags_B.shape[0]
   k = chunk_rows(num_rows, row_size)
   count = jnp.sum(flags_B, dtype=jnp.int32)
-  # Flagged rows first, then the out-of-range index B: gathered with clipping and dropped
-  # on the way back, so a partial last chunk writes nothing it should not.
-  (index,) = jnp.nonzero(flags_B, size=num_rows + k - 1, fill_value=num_rows)
 
   def body(state):
-    start, out = state
-    index_K = jax.lax.dynamic_slice_in_dim(index, start, k)
+    start, todo_B, out = state
+    flagged_K, index_K = jax.lax.top_k(todo_B, k)
+    # Unflagged rows among the K (fewer than K left) get the out-of-range index B: gathered
+    # with clipping, dropped on the way back.
+    index_K = jnp.where(flagged_K > 0, index_K, num_rows)
     values = exact_fn(*(jnp.take(r, index_K, axis=0, mode="clip") for r in rows))
     out = jax.tree.map(lambda o, v: o.at[index_K].set(v.astype(o.dtype), mode="drop"), out, values)
-    return start + k, out
+    return start + k, todo_B.at[index_K].set(0, mode="drop"), out
 
-  _, out = jax.lax.while_loop(lambda state: state[0] < count, body, (jnp.int32(0), out))
-  return out
+  todo_B = flags_B.astype(jnp.float32)
+  state = (jnp.int32(0), todo_B, out)
+  return jax.lax.while_loop(lambda state: state[0] < count, body, state)[2]
 
 
 # ------------------------------------------------------------- measures as custom_jvp

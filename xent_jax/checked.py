@@ -262,7 +262,7 @@ def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
       fn(*args, **kwargs)  # raises the function's own error, which names the argument
       raise
     err, out = _run(fn, options, arrays)
-    _raise_if_failed(err)
+    _raise_if_failed(err, fn.__name__)
     return out
 
   return checked_fn
@@ -303,7 +303,7 @@ def _checked_any(fn: Callable[..., Any]) -> Callable[..., Any]:
     arrays = [leaf for leaf, a in zip(leaves, is_array, strict=True) if a]
     static = tuple(None if a else Static(leaf) for leaf, a in zip(leaves, is_array, strict=True))
     err, out = _run_any(arrays, fn=static_fn, treedef=treedef, static=static)
-    _raise_if_failed(err, f" (inside {name})")
+    _raise_if_failed(err, name, f" (inside {name})")
     return out
 
   return checked_fn
@@ -326,11 +326,15 @@ class CheckError(checkify.JaxRuntimeError):
   the rule and the first offending index and value (a ``checkify.JaxRuntimeError``)."""
 
 
-def _raise_if_failed(err: checkify.Error, where: str = "") -> None:
+def _raise_if_failed(err: checkify.Error, name: str, where: str = "") -> None:
   leaves, treedef = jax.tree.flatten(err)
   if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
     # Under an outer transformation the verdict is only known when the computation runs: a
-    # host callback raises it then (XLA wraps it in a jax.errors.JaxRuntimeError).
+    # host callback raises it then (XLA wraps it in a jax.errors.JaxRuntimeError). Host
+    # callbacks run on JAX's CPU backend; without one, say so now, in one line.
+    _core.check_host_callbacks(
+      f"checked({name})", "under jax.jit, jax.vmap or jax.grad a failed check is raised"
+    )
     jax.debug.callback(functools.partial(_throw, treedef, where), *leaves)
   else:
     _throw(treedef, where, *leaves)

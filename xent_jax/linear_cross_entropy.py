@@ -56,7 +56,7 @@ class _Options(NamedTuple):
   eps: float  # label smoothing
   z_loss: float
   softcap: float | None
-  precision: Any
+  precision: lax.Precision
   axis_name: Any  # the vocab-parallel mesh axis, or None
   lse_out: bool  # whether the caller gets (and may differentiate) lse
   strided: bool  # chunks of strided tokens (the token axis is sharded in the type)
@@ -511,7 +511,7 @@ def linear_softmax_cross_entropy(
   vocab_chunk_size: int | None = None,
   return_lse: bool = False,
   base: float | None = None,
-  precision: Any = None,
+  precision: _core.PrecisionLike = None,
   vocab_axis_name: Any = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   r"""Softmax cross-entropy of the logits ``hidden @ weight + bias``, never materialised.
@@ -566,8 +566,8 @@ def linear_softmax_cross_entropy(
       2^19 / ``chunk_size``.
     return_lse: also return lse = log Σ_j e^{z_j} per token (in nats; 0 where excluded).
     base: logarithm base of the loss; None for nats.
-    precision: the ``lax.Precision`` of every matmul; None means ``HIGHEST`` (true float32
-      on accelerators, SPEC §9).
+    precision: of every matmul (forward and gradients), a ``jax.lax.Precision`` or its
+      name; None means ``HIGHEST`` (true float32 on accelerators, SPEC §9).
     vocab_axis_name: the mesh axis over which ``weight`` is split on V (inside
       ``shard_map``), or None.
 
@@ -657,7 +657,7 @@ def linear_softmax_cross_entropy(
     eps=eps,
     z_loss=zeta,
     softcap=cap,
-    precision=lax.Precision.HIGHEST if precision is None else precision,
+    precision=_core.check_precision(precision, fn),
     axis_name=vocab_axis_name,
     lse_out=bool(return_lse),
     strided=False,

@@ -15,23 +15,35 @@ Features are ``x_NxD`` ``[N, D]``, or the same matrix stored feature-major
 (:class:`xent_jax.data.FeatureMajor`, ``[D, N]``), which makes both products of the
 gradient stream contiguous memory on CPU (see its docstring for the measured effect).
 
+Every product with the features states its precision (SPEC §9): ``precision=None`` is
+``jax.lax.Precision.HIGHEST``, true float32 also on GPUs and TPUs, where JAX's default
+would be TF32 or bfloat16 passes (measured on an H200: the softmax-regression loss 2.4e-5
+off and the L2 optimum missed). Pass ``precision="default"`` (or ``"tensorfloat32"``, any
+``jax.lax.Precision``) to trade that for speed; the CPU computes float32 either way.
+bfloat16 features and weights multiply in bfloat16 and accumulate in float32, so the logits
+are float32.
+
 Every function checks its inputs before computing: shapes and dtypes always (at trace
 time), and, when the data are concrete (outside ``jax.jit``), finite features and labels in
 range (logistic regression: 0/1 labels or probabilities in [0, 1]; softmax regression:
 integer classes in ``[0, K)``); errors name the function and the argument (``x_NxD``,
-``y_N``, ``params``, ``l2``). Under ``jax.jit`` an out-of-range label gives a NaN loss, as
-the library's cross-entropies do; the trainers of :mod:`xent_jax.training` check the data
-at their entry, where it is concrete.
+``y_N``, ``params``, ``l2``, ``precision``). Under ``jax.jit`` an out-of-range label gives a
+NaN loss, as the library's cross-entropies do; the trainers of :mod:`xent_jax.training`
+check the data at their entry, where it is concrete.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.typing import ArrayLike
 
 # The checkable measures of the package: checked(a models loss) checks the calls inside.
 from xent_jax import (
+  _core,
   _validate,
   log_sigmoid,
   log_softmax,
@@ -39,6 +51,7 @@ from xent_jax import (
   sigmoid_binary_cross_entropy,
   softmax_cross_entropy_with_integer_labels,
 )
+from xent_jax._core import PrecisionLike
 from xent_jax.data import FeatureMajor
 
 Params = dict[str, jax.Array]
@@ -117,8 +130,17 @@ def _check_params(fn: str, params: Params, ndim: int) -> None:
     )
 
 
-def _check_inputs(fn: str, params: Params, x_NxD, y_N, l2, *, ndim: int):
-  """All checks of a model function, before any compute: (x, feature-major?, y or None)."""
+class _Inputs(NamedTuple):
+  """The checked inputs of a model function."""
+
+  x: jax.Array  # the features: [N, D], or [D, N] when feature_major
+  feature_major: bool
+  y_N: jax.Array | None  # the labels, when the function takes them
+  precision: lax.Precision  # of every product with x
+
+
+def _check_inputs(fn: str, params: Params, x_NxD, y_N, l2, precision, *, ndim: int) -> _Inputs:
+  """All checks of a model function, before any compute."""
   _check_params(fn, params, ndim)
   x, feature_major = _check_features(fn, x_NxD, jnp.shape(params["w"]))
   if y_N is not None:
@@ -126,7 +148,7 @@ def _check_inputs(fn: str, params: Params, x_NxD, y_N, l2, *, ndim: int):
     high = jnp.shape(params["w"])[1] - 1 if ndim == 2 else 1
     y_N = _check_labels(fn, y_N, num_examples, high=high, integer=ndim == 2)
   _validate.real(fn, "l2", l2, low=0.0)
-  return x, feature_major, y_N
+  return _Inputs(x, feature_major, y_N, _core.check_precision(precision, fn))
 
 
 def _l2_penalty(w: jax.Array, l2: float) -> jax.Array:
@@ -172,7 +194,9 @@ def init_logistic_regression(
   return _init("init_logistic_regression", (num_features,), (), key=key, scale=scale, dtype=dtype)
 
 
-def logistic_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
+def logistic_regression_logits(
+  params: Params, x_NxD: ArrayLike, *, precision: PrecisionLike = None
+) -> jax.Array:
   r"""Logits of logistic regression (seed §4.2: the argument of σ).
 
   .. math::
@@ -182,6 +206,8 @@ def logistic_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
     params: ``{"w": [D], "b": []}``.
     x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
       as ``[D, N]`` (faster full-batch steps on CPU).
+    precision: of the products with the features, a ``jax.lax.Precision`` or its name;
+      None is ``HIGHEST`` (true float32 on accelerators, SPEC §9).
 
   Returns:
     Logits, ``[N]``.
@@ -190,19 +216,23 @@ def logistic_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
   >>> logistic_regression_logits(params, jnp.array([[2.0, 1.0]])).round(6).tolist()
   [1.5]
   """
-  return _logistic_logits("logistic_regression_logits", params, x_NxD)[0]
+  fn = "logistic_regression_logits"
+  return _logistic_logits(fn, params, x_NxD, precision=precision)[0]
 
 
-def _logistic_logits(fn: str, params: Params, x_NxD, y_N=None, l2=0.0):
-  """(z_N, checked features, whether feature-major, checked labels): checks, then z_N."""
-  x, feature_major, y_N = _check_inputs(fn, params, x_NxD, y_N, l2, ndim=1)
+def _logistic_logits(fn: str, params: Params, x_NxD, y_N=None, l2=0.0, *, precision):
+  """(z_N, the checked inputs): checks, then z_N."""
+  inputs = _check_inputs(fn, params, x_NxD, y_N, l2, precision, ndim=1)
+  x, w = inputs.x, params["w"]
   # w @ X_DxN, not X_DxNᵀ w: XLA:CPU lowers this order (and its transpose, the gradient's
   # X_DxN @ r) to two contiguous streams; the other order becomes a strided loop.
-  z_N = (params["w"] @ x if feature_major else x @ params["w"]) + params["b"]
-  return z_N, x, feature_major, y_N
+  xw = (w, x) if inputs.feature_major else (x, w)
+  return _core.matmul(*xw, inputs.precision) + params["b"], inputs
 
 
-def logistic_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
+def logistic_regression_probs(
+  params: Params, x_NxD: ArrayLike, *, precision: PrecisionLike = None
+) -> jax.Array:
   r"""Predicted probability of class 1 (seed §4.1: :math:`\hat y = \sigma(x)`).
 
   .. math::
@@ -212,6 +242,8 @@ def logistic_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
     params: ``{"w": [D], "b": []}``.
     x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
       as ``[D, N]`` (faster full-batch steps on CPU).
+    precision: of the products with the features, a ``jax.lax.Precision`` or its name;
+      None is ``HIGHEST`` (true float32 on accelerators, SPEC §9).
 
   Returns:
     Probabilities in [0, 1], ``[N]``.
@@ -220,11 +252,17 @@ def logistic_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
   >>> logistic_regression_probs(params, jnp.array([[0.0]])).round(6).tolist()
   [0.5]
   """
-  return sigmoid(_logistic_logits("logistic_regression_probs", params, x_NxD)[0])
+  fn = "logistic_regression_probs"
+  return sigmoid(_logistic_logits(fn, params, x_NxD, precision=precision)[0])
 
 
 def logistic_regression_loss(
-  params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
+  params: Params,
+  x_NxD: ArrayLike,
+  y_N: ArrayLike,
+  *,
+  l2: float = 0.0,
+  precision: PrecisionLike = None,
 ) -> jax.Array:
   r"""Mean binary cross-entropy of logistic regression, plus an optional L2 penalty.
 
@@ -244,22 +282,30 @@ def logistic_regression_loss(
       as ``[D, N]`` (faster full-batch steps on CPU).
     y_N: labels in [0, 1] (hard 0/1 or soft), ``[N]``.
     l2: :math:`\lambda \ge 0`, the weight-decay strength (not applied to ``b``).
+    precision: of the products with the features, a ``jax.lax.Precision`` or its name;
+      None is ``HIGHEST`` (true float32 on accelerators, SPEC §9).
 
   Returns:
     Scalar loss.
 
   >>> params = init_logistic_regression(2)
-  >>> round(float(logistic_regression_loss(params, jnp.ones((4, 2)), jnp.array([0, 1, 1, 0]))), 6)
-  0.693147
+  >>> loss = logistic_regression_loss(params, jnp.ones((4, 2)), jnp.array([0, 1, 1, 0]))
+  >>> float(loss)  # log 2  # doctest: +ELLIPSIS
+  0.6931...
   """
   fn = "logistic_regression_loss"
-  z_N, _, _, y_N = _logistic_logits(fn, params, x_NxD, y_N, l2)
-  loss_N = sigmoid_binary_cross_entropy(z_N, y_N.astype(z_N.dtype))
+  z_N, inputs = _logistic_logits(fn, params, x_NxD, y_N, l2, precision=precision)
+  loss_N = sigmoid_binary_cross_entropy(z_N, inputs.y_N.astype(z_N.dtype))
   return jnp.mean(loss_N) + _l2_penalty(params["w"], l2)
 
 
 def logistic_regression_grad(
-  params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
+  params: Params,
+  x_NxD: ArrayLike,
+  y_N: ArrayLike,
+  *,
+  l2: float = 0.0,
+  precision: PrecisionLike = None,
 ) -> Params:
   r"""Closed-form gradient of :func:`logistic_regression_loss` (seed §4.2).
 
@@ -276,6 +322,8 @@ def logistic_regression_grad(
       as ``[D, N]`` (faster full-batch steps on CPU).
     y_N: labels in [0, 1], ``[N]``.
     l2: :math:`\lambda \ge 0`.
+    precision: of the products with the features, a ``jax.lax.Precision`` or its name;
+      None is ``HIGHEST`` (true float32 on accelerators, SPEC §9).
 
   Returns:
     ``{"w": [D], "b": []}``, same structure as ``params``.
@@ -286,16 +334,18 @@ def logistic_regression_grad(
   [0.25]
   """
   fn = "logistic_regression_grad"
-  z_N, x, feature_major, y_N = _logistic_logits(fn, params, x_NxD, y_N, l2)
+  z_N, inputs = _logistic_logits(fn, params, x_NxD, y_N, l2, precision=precision)
   sigma_N = sigmoid(z_N)
   num_examples = sigma_N.shape[0]
-  y_N = y_N.astype(sigma_N.dtype)
-  residual_N = sigma_N - y_N
-  x_t_r = x @ residual_N if feature_major else residual_N @ x  # Xᵀ r
+  residual_N = sigma_N - inputs.y_N.astype(sigma_N.dtype)
+  x, r = inputs.x, residual_N
+  x_t_r = _core.matmul(*((x, r) if inputs.feature_major else (r, x)), inputs.precision)  # Xᵀ r
   return {"w": x_t_r / num_examples + l2 * params["w"], "b": jnp.mean(residual_N)}
 
 
-def seed_section_4_1_loss(params: Params, x_NxD: ArrayLike, y_N: ArrayLike) -> jax.Array:
+def seed_section_4_1_loss(
+  params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, precision: PrecisionLike = None
+) -> jax.Array:
   r"""The loss exactly as the seed's §4.1 writes it — **not** the cross-entropy.
 
   .. math::
@@ -315,17 +365,20 @@ def seed_section_4_1_loss(params: Params, x_NxD: ArrayLike, y_N: ArrayLike) -> j
     x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
       as ``[D, N]`` (faster full-batch steps on CPU).
     y_N: labels in [0, 1], ``[N]``.
+    precision: of the products with the features, a ``jax.lax.Precision`` or its name;
+      None is ``HIGHEST`` (true float32 on accelerators, SPEC §9).
 
   Returns:
     Scalar loss.
 
   >>> params = init_logistic_regression(1)
-  >>> round(float(seed_section_4_1_loss(params, jnp.ones((2, 1)), jnp.array([1, 0]))), 6)
-  0.346574
+  >>> loss = seed_section_4_1_loss(params, jnp.ones((2, 1)), jnp.array([1, 0]))
+  >>> float(loss)  # (log 2) / 2  # doctest: +ELLIPSIS
+  0.3465...
   """
   fn = "seed_section_4_1_loss"
-  z_N, _, _, y_N = _logistic_logits(fn, params, x_NxD, y_N)
-  y_N = y_N.astype(z_N.dtype)
+  z_N, inputs = _logistic_logits(fn, params, x_NxD, y_N, precision=precision)
+  y_N = inputs.y_N.astype(z_N.dtype)
   # Where y = 0 the term is 0 even if log σ(z) = -inf (z = -inf): 0·(-inf) would be NaN.
   return -jnp.mean(jnp.where(y_N == 0, 0.0, y_N * log_sigmoid(z_N)))
 
@@ -369,7 +422,9 @@ def init_softmax_regression(
   )
 
 
-def softmax_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
+def softmax_regression_logits(
+  params: Params, x_NxD: ArrayLike, *, precision: PrecisionLike = None
+) -> jax.Array:
   r"""Logits of softmax regression.
 
   .. math::
@@ -379,6 +434,8 @@ def softmax_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
     params: ``{"w": [D, K], "b": [K]}``.
     x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
       as ``[D, N]`` (faster full-batch steps on CPU).
+    precision: of the products with the features, a ``jax.lax.Precision`` or its name;
+      None is ``HIGHEST`` (true float32 on accelerators, SPEC §9).
 
   Returns:
     Logits, ``[N, K]``.
@@ -387,17 +444,20 @@ def softmax_regression_logits(params: Params, x_NxD: ArrayLike) -> jax.Array:
   >>> softmax_regression_logits(params, jnp.array([[3.0, 4.0]])).round(6).tolist()
   [[3.0, 5.0]]
   """
-  return _softmax_logits("softmax_regression_logits", params, x_NxD)[0]
+  fn = "softmax_regression_logits"
+  return _softmax_logits(fn, params, x_NxD, precision=precision)[0]
 
 
-def _softmax_logits(fn: str, params: Params, x_NxD, y_N=None, l2=0.0):
-  """(z_NxK, checked features, whether feature-major, checked labels): checks, then z."""
-  x, feature_major, y_N = _check_inputs(fn, params, x_NxD, y_N, l2, ndim=2)
-  z_NxK = (x.T if feature_major else x) @ params["w"] + params["b"][None, :]
-  return z_NxK, x, feature_major, y_N
+def _softmax_logits(fn: str, params: Params, x_NxD, y_N=None, l2=0.0, *, precision):
+  """(z_NxK, the checked inputs): checks, then z."""
+  inputs = _check_inputs(fn, params, x_NxD, y_N, l2, precision, ndim=2)
+  x_NxD = inputs.x.T if inputs.feature_major else inputs.x
+  return _core.matmul(x_NxD, params["w"], inputs.precision) + params["b"][None, :], inputs
 
 
-def softmax_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
+def softmax_regression_probs(
+  params: Params, x_NxD: ArrayLike, *, precision: PrecisionLike = None
+) -> jax.Array:
   r"""Predicted class distribution of softmax regression (seed §2.2–2.3).
 
   .. math::
@@ -409,6 +469,8 @@ def softmax_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
     params: ``{"w": [D, K], "b": [K]}``.
     x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
       as ``[D, N]`` (faster full-batch steps on CPU).
+    precision: of the products with the features, a ``jax.lax.Precision`` or its name;
+      None is ``HIGHEST`` (true float32 on accelerators, SPEC §9).
 
   Returns:
     Probabilities, ``[N, K]``; each row sums to 1.
@@ -417,12 +479,17 @@ def softmax_regression_probs(params: Params, x_NxD: ArrayLike) -> jax.Array:
   >>> softmax_regression_probs(params, jnp.ones((1, 2))).round(6).tolist()
   [[0.25, 0.25, 0.25, 0.25]]
   """
-  z_NxK = _softmax_logits("softmax_regression_probs", params, x_NxD)[0]
+  z_NxK = _softmax_logits("softmax_regression_probs", params, x_NxD, precision=precision)[0]
   return jnp.exp(log_softmax(z_NxK, axis=-1))
 
 
 def softmax_regression_loss(
-  params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
+  params: Params,
+  x_NxD: ArrayLike,
+  y_N: ArrayLike,
+  *,
+  l2: float = 0.0,
+  precision: PrecisionLike = None,
 ) -> jax.Array:
   r"""Mean softmax cross-entropy with integer labels, plus an optional L2 penalty.
 
@@ -438,22 +505,30 @@ def softmax_regression_loss(
       as ``[D, N]`` (faster full-batch steps on CPU).
     y_N: integer labels in ``[0, K)``, ``[N]``.
     l2: :math:`\lambda \ge 0` (not applied to ``b``).
+    precision: of the products with the features, a ``jax.lax.Precision`` or its name;
+      None is ``HIGHEST`` (true float32 on accelerators, SPEC §9).
 
   Returns:
     Scalar loss.
 
   >>> params = init_softmax_regression(2, 4)
-  >>> round(float(softmax_regression_loss(params, jnp.ones((2, 2)), jnp.array([0, 3]))), 6)
-  1.386294
+  >>> loss = softmax_regression_loss(params, jnp.ones((2, 2)), jnp.array([0, 3]))
+  >>> float(loss)  # log 4  # doctest: +ELLIPSIS
+  1.386...
   """
   fn = "softmax_regression_loss"
-  z_NxK, _, _, y_N = _softmax_logits(fn, params, x_NxD, y_N, l2)
-  loss_N = softmax_cross_entropy_with_integer_labels(z_NxK, y_N)
+  z_NxK, inputs = _softmax_logits(fn, params, x_NxD, y_N, l2, precision=precision)
+  loss_N = softmax_cross_entropy_with_integer_labels(z_NxK, inputs.y_N)
   return jnp.mean(loss_N) + _l2_penalty(params["w"], l2)
 
 
 def softmax_regression_grad(
-  params: Params, x_NxD: ArrayLike, y_N: ArrayLike, *, l2: float = 0.0
+  params: Params,
+  x_NxD: ArrayLike,
+  y_N: ArrayLike,
+  *,
+  l2: float = 0.0,
+  precision: PrecisionLike = None,
 ) -> Params:
   r"""Closed-form gradient of :func:`softmax_regression_loss`.
 
@@ -470,6 +545,8 @@ def softmax_regression_grad(
       as ``[D, N]`` (faster full-batch steps on CPU).
     y_N: integer labels in ``[0, K)``, ``[N]``.
     l2: :math:`\lambda \ge 0`.
+    precision: of the products with the features, a ``jax.lax.Precision`` or its name;
+      None is ``HIGHEST`` (true float32 on accelerators, SPEC §9).
 
   Returns:
     ``{"w": [D, K], "b": [K]}``.
@@ -479,11 +556,13 @@ def softmax_regression_grad(
   [0.5, -0.5]
   """
   fn = "softmax_regression_grad"
-  z_NxK, x, feature_major, y_N = _softmax_logits(fn, params, x_NxD, y_N, l2)
+  z_NxK, inputs = _softmax_logits(fn, params, x_NxD, y_N, l2, precision=precision)
   p_NxK = jnp.exp(log_softmax(z_NxK, axis=-1))
   num_examples, num_classes = p_NxK.shape
-  residual_NxK = p_NxK - jax.nn.one_hot(y_N, num_classes, dtype=p_NxK.dtype)
-  grad_w = (x if feature_major else x.T) @ residual_NxK / num_examples + l2 * params["w"]
+  residual_NxK = p_NxK - jax.nn.one_hot(inputs.y_N, num_classes, dtype=p_NxK.dtype)
+  x_DxN = inputs.x if inputs.feature_major else inputs.x.T
+  x_t_r = _core.matmul(x_DxN, residual_NxK, inputs.precision)  # Xᵀ r
+  grad_w = x_t_r / num_examples + l2 * params["w"]
   return {"w": grad_w, "b": jnp.mean(residual_NxK, axis=0)}
 
 
@@ -503,4 +582,4 @@ _TRACED_KEYWORDS = ("l2",)
 
 def _check_loss_data(fn: str, loss_fn, params: Params, x_NxD, y_N) -> None:
   """The checks ``loss_fn`` (one of :data:`_LOSSES`) makes, with errors naming ``fn``."""
-  _check_inputs(fn, params, x_NxD, y_N, 0.0, ndim=_LOSSES[loss_fn][0])
+  _check_inputs(fn, params, x_NxD, y_N, 0.0, None, ndim=_LOSSES[loss_fn][0])

@@ -110,8 +110,9 @@ def logistic_regression_objective(params, x_NxD, y_N, *, l2: float = 0.0) -> flo
   Returns:
     The objective as a Python float.
 
-  >>> logistic_regression_objective({"w": np.zeros(2), "b": 0.0}, np.ones((3, 2)), np.ones(3))
-  0.6931471805599453
+  >>> params = {"w": np.zeros(2), "b": 0.0}
+  >>> round(logistic_regression_objective(params, np.ones((3, 2)), np.ones(3)), 12)
+  0.69314718056
   """
   fn = "logistic_regression_objective"
   x, y = _data(fn, x_NxD, y_N, l2=l2)
