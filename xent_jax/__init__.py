@@ -1,46 +1,68 @@
 """xent_jax: entropy and cross-entropy in JAX, exact to float precision in the tails.
 
-The public API (SPEC §1) is re-exported here; each function lives in one module per topic:
-:mod:`xent_jax.softmax`, :mod:`xent_jax.entropy`, :mod:`xent_jax.cross_entropy`,
-:mod:`xent_jax.divergence`, :mod:`xent_jax.classification`, :mod:`xent_jax.linear_cross_entropy`.
-Each measure is exported as its :func:`xent_jax.checked.checkable`
-wrapper (the same function, plus its value checks while a ``checked`` function is traced),
-so that ``checked(my_loss)`` checks the calls inside ``my_loss``.
+The package, module by module. ``import xent_jax`` loads the measures and ``checked``
+(re-exported below); the training layer is imported by name (``from xent_jax import fit``).
+
+Measures (SPEC §1, §2; each is defined with ``@measure`` of :mod:`xent_jax._measures`):
+
+- :mod:`xent_jax.softmax` — probabilities from logits: ``log_softmax``, ``sigmoid``,
+  ``log_sigmoid``, ``tanh_probability``.
+- :mod:`xent_jax.entropy` — H(p) from probabilities or logits, categorical and binary.
+- :mod:`xent_jax.cross_entropy` — H(p, q), target first: from probabilities, logits or
+  integer labels, categorical and binary.
+- :mod:`xent_jax.divergence` — KL (from probabilities, logits, unnormalised measures) and JS.
+- :mod:`xent_jax.classification` — reweighted cross-entropies: focal loss, poly-1 loss.
+- :mod:`xent_jax.linear_cross_entropy` — the fused ``hidden @ weight`` + softmax
+  cross-entropy of a language model's output layer, chunked (SPEC §7).
+- :mod:`xent_jax.checked` — ``checked(fn)``: the measures' invalid input *values* raise,
+  also under jit (SPEC §5).
+
+Models and training (SPEC §3):
+
+- :mod:`xent_jax.models` — logistic and softmax regression: logits, losses, closed-form
+  gradients, and the seed's §4.1 loss.
+- :mod:`xent_jax.training` — ``jax.value_and_grad`` + optax: a pure train step, whole runs
+  under ``lax.scan``, seeds under ``vmap``, data-parallel with ``jax.sharding``.
+- :mod:`xent_jax.fit` — the fast solver: L-BFGS to the optimum, compile included.
+- :mod:`xent_jax.optimum` — the reference solver: float64 scipy optima that tests and
+  experiments compare with (not for training).
+- :mod:`xent_jax.data` — breast_cancer and digits (scikit-learn), synthetic data.
+
+Private building blocks:
+
+- :mod:`xent_jax._measures` — the ``@measure`` decorator: argument roles, their value
+  checks, and the registry that ``checked`` and the coverage tests read.
+- :mod:`xent_jax._normalizer` — the softmax log-normaliser, exact and fast (the log1p
+  trick), and custom derivative rules from closed-form partials.
+- :mod:`xent_jax._core` — argument checks, dtype policy, tail-accurate ``log``/``xlogy``.
+- :mod:`xent_jax._validate` — argument checks of the training layer's public entries.
+- :mod:`xent_jax._static` — functions as jit-static arguments, compared by value.
 """
 
-import importlib as _importlib
-
-from xent_jax.checked import checkable as _checkable
 from xent_jax.checked import checked
-
-
-def _measure(module: str, name: str):
-  return _checkable(getattr(_importlib.import_module(f"xent_jax.{module}"), name))
-
-
-binary_cross_entropy = _measure("cross_entropy", "binary_cross_entropy")
-cross_entropy = _measure("cross_entropy", "cross_entropy")
-cross_entropy_with_integer_labels = _measure("cross_entropy", "cross_entropy_with_integer_labels")
-sigmoid_binary_cross_entropy = _measure("cross_entropy", "sigmoid_binary_cross_entropy")
-softmax_cross_entropy = _measure("cross_entropy", "softmax_cross_entropy")
-softmax_cross_entropy_with_integer_labels = _measure(
-  "cross_entropy", "softmax_cross_entropy_with_integer_labels"
+from xent_jax.classification import poly_loss_cross_entropy, sigmoid_focal_loss
+from xent_jax.cross_entropy import (
+  binary_cross_entropy,
+  cross_entropy,
+  cross_entropy_with_integer_labels,
+  sigmoid_binary_cross_entropy,
+  softmax_cross_entropy,
+  softmax_cross_entropy_with_integer_labels,
 )
-generalized_kl_divergence = _measure("divergence", "generalized_kl_divergence")
-js_divergence = _measure("divergence", "js_divergence")
-kl_divergence = _measure("divergence", "kl_divergence")
-kl_divergence_from_logits = _measure("divergence", "kl_divergence_from_logits")
-binary_entropy = _measure("entropy", "binary_entropy")
-binary_entropy_from_logits = _measure("entropy", "binary_entropy_from_logits")
-entropy = _measure("entropy", "entropy")
-entropy_from_logits = _measure("entropy", "entropy_from_logits")
-log_sigmoid = _measure("softmax", "log_sigmoid")
-log_softmax = _measure("softmax", "log_softmax")
-sigmoid = _measure("softmax", "sigmoid")
-tanh_probability = _measure("softmax", "tanh_probability")
-sigmoid_focal_loss = _measure("classification", "sigmoid_focal_loss")
-poly_loss_cross_entropy = _measure("classification", "poly_loss_cross_entropy")
-from xent_jax.linear_cross_entropy import linear_softmax_cross_entropy  # noqa: E402
+from xent_jax.divergence import (
+  generalized_kl_divergence,
+  js_divergence,
+  kl_divergence,
+  kl_divergence_from_logits,
+)
+from xent_jax.entropy import (
+  binary_entropy,
+  binary_entropy_from_logits,
+  entropy,
+  entropy_from_logits,
+)
+from xent_jax.linear_cross_entropy import linear_softmax_cross_entropy
+from xent_jax.softmax import log_sigmoid, log_softmax, sigmoid, tanh_probability
 
 __version__ = "0.1.0"
 

@@ -310,9 +310,9 @@ def _xlog1my_parts(x, y):
   return x * log_1my, (log_1my, d_y), ()
 
 
-xlogy = _normalizer.measure(lambda x, y: _xlogy_parts(x, y)[0], _xlogy_parts)
+xlogy = _normalizer.custom_jvp_from_partials(lambda x, y: _xlogy_parts(x, y)[0], _xlogy_parts)
 xlogy.__doc__ = """x · log(y) with 0 · log 0 = 0 in the value and in both partial derivatives."""
-xlog1my = _normalizer.measure(lambda x, y: _xlog1my_parts(x, y)[0], _xlog1my_parts)
+xlog1my = _normalizer.custom_jvp_from_partials(lambda x, y: _xlog1my_parts(x, y)[0], _xlog1my_parts)
 xlog1my.__doc__ = """x · log(1 - y) with the same 0 · log 0 = 0 convention as :func:`xlogy`."""
 
 

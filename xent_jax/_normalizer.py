@@ -31,12 +31,12 @@ NaN, overflow) with the general, exact statistics, K rows at a time.
 
 Derivatives. :func:`log_normalizer` is a ``custom_jvp``: c has no derivative (the measures
 depend on z - c - L only, which is shift-invariant) and dL = Σ_j softmax_j dz_j. Each
-measure is then a ``custom_jvp`` made by :func:`measure` from its closed-form partial
-derivatives, written from the statistics with the precision of the tails (1 - q of a
-dominant class as the sum of the others, never as 1 - q): forward mode contracts them with
-the tangents, reverse mode is the transpose (the cotangent times the same arrays, one
-elementwise pass), and higher orders differentiate the closed forms, whose only
-non-elementary part is L again. No derivative ever goes through the fast passes, their
+measure is then a ``custom_jvp`` made by :func:`custom_jvp_from_partials` from its
+closed-form partial derivatives, written from the statistics with the precision of the
+tails (1 - q of a dominant class as the sum of the others, never as 1 - q): forward mode
+contracts them with the tangents, reverse mode is the transpose (the cotangent times the
+same arrays, one elementwise pass), and higher orders differentiate the closed forms, whose
+only non-elementary part is L again. No derivative ever goes through the fast passes, their
 ``lax.cond`` or the ``while_loop`` of :func:`fix_rows`.
 """
 
@@ -362,7 +362,9 @@ def fix_rows(flags_B: jax.Array, exact_fn: Callable, out, *rows: jax.Array, row_
 # ------------------------------------------------------------- measures as custom_jvp
 
 
-def measure(value_fn: Callable, partials_fn: Callable, *, num_static: int = 0) -> Callable:
+def custom_jvp_from_partials(
+  value_fn: Callable, partials_fn: Callable, *, num_static: int = 0
+) -> Callable:
   """A ``custom_jvp`` function from a value and its closed-form partial derivatives.
 
   Args:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from xent_jax import _core, _normalizer
+from xent_jax._measures import Role, measure
 from xent_jax.cross_entropy import _sigmoid_xent_parts
 from xent_jax.softmax import _sigmoid
 
@@ -85,7 +86,7 @@ def _focal_parts(logits, labels, gamma):
   return loss, (grad_z, grad_y, grad_gamma), ()
 
 
-_focal = _normalizer.measure(lambda *args: _focal_parts(*args)[0], _focal_parts)
+_focal = _normalizer.custom_jvp_from_partials(lambda *args: _focal_parts(*args)[0], _focal_parts)
 
 
 def _check_real_scalar_range(value, name, fn, low, high):
@@ -96,6 +97,7 @@ def _check_real_scalar_range(value, name, fn, low, high):
     raise ValueError(f"{fn}: `{name}` must be in [{low}, {high}], got {value}.")
 
 
+@measure(logits=Role.BINARY_LOGITS, labels=Role.PROBABILITY)
 def sigmoid_focal_loss(
   logits: ArrayLike,
   labels: ArrayLike,
@@ -196,9 +198,12 @@ def _poly_parts(axes, logits, targets, epsilon, mask):
   return jnp.squeeze(loss, axes), (grad_z, grad_t, grad_eps, None), axes
 
 
-_poly = _normalizer.measure(lambda *args: _poly_parts(*args)[0], _poly_parts, num_static=1)
+_poly = _normalizer.custom_jvp_from_partials(
+  lambda *args: _poly_parts(*args)[0], _poly_parts, num_static=1
+)
 
 
+@measure(logits=Role.LOGITS, targets=Role.DISTRIBUTION)
 def poly_loss_cross_entropy(
   logits: ArrayLike,
   targets: ArrayLike,

@@ -16,9 +16,11 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from xent_jax import _core, _normalizer
+from xent_jax._measures import Role, measure
 from xent_jax.softmax import _sigmoid
 
 
+@measure(p=Role.DISTRIBUTION, q=Role.DISTRIBUTION)
 def cross_entropy(
   p: ArrayLike,
   q: ArrayLike,
@@ -124,6 +126,8 @@ def _finish_label_loss(loss: jax.Array, inputs: _LabelInputs) -> jax.Array:
   return _core.in_base(loss, inputs.scale)
 
 
+# q first: the distribution's shape and class axis are the reference for the labels.
+@measure(q=Role.DISTRIBUTION, labels=Role.LABELS, allow_padding=True)
 def cross_entropy_with_integer_labels(
   labels: ArrayLike,
   q: ArrayLike,
@@ -285,7 +289,7 @@ def _softmax_xent_parts(axes, eps, logits, targets, mask):
   return loss, (*_dense_partials(z, t, m, lse, t_sum, axes, eps, mask), None), axes
 
 
-_softmax_xent = _normalizer.measure(
+_softmax_xent = _normalizer.custom_jvp_from_partials(
   lambda *args: _softmax_xent_parts(*args)[0], _softmax_xent_parts, num_static=2
 )
 
@@ -324,9 +328,12 @@ def _softmax_xent_fast_parts(z_BxC, t_BxC):
   return loss, _dense_partials(z_BxC, t_BxC, m, lse, t_sum, (1,), 0.0, None), (1,)
 
 
-_softmax_xent_fast = _normalizer.measure(_softmax_xent_fast_value, _softmax_xent_fast_parts)
+_softmax_xent_fast = _normalizer.custom_jvp_from_partials(
+  _softmax_xent_fast_value, _softmax_xent_fast_parts
+)
 
 
+@measure(logits=Role.LOGITS, targets=Role.DISTRIBUTION)
 def softmax_cross_entropy(
   logits: ArrayLike,
   targets: ArrayLike,
@@ -438,7 +445,7 @@ def _int_xent_parts(axis, eps, logits, labels, mask):
   return jnp.squeeze(loss, axis), (grad, None, None), (axis,)
 
 
-_int_xent = _normalizer.measure(
+_int_xent = _normalizer.custom_jvp_from_partials(
   lambda *args: _int_xent_parts(*args)[0], _int_xent_parts, num_static=2
 )
 
@@ -478,9 +485,10 @@ def _int_xent_fast_parts(z_BxC, y_B):
   return loss, (grad, None), (1,)
 
 
-_int_xent_fast = _normalizer.measure(_int_xent_fast_value, _int_xent_fast_parts)
+_int_xent_fast = _normalizer.custom_jvp_from_partials(_int_xent_fast_value, _int_xent_fast_parts)
 
 
+@measure(logits=Role.LOGITS, labels=Role.LABELS, allow_padding=True)
 def softmax_cross_entropy_with_integer_labels(
   logits: ArrayLike,
   labels: ArrayLike,
@@ -551,6 +559,7 @@ def softmax_cross_entropy_with_integer_labels(
   return _finish_label_loss(loss, inputs)
 
 
+@measure(p=Role.PROBABILITY, q=Role.PROBABILITY)
 def binary_cross_entropy(
   p: ArrayLike, q: ArrayLike, *, label_smoothing: float = 0.0, base: float | None = None
 ) -> jax.Array:
@@ -638,7 +647,9 @@ def _sigmoid_xent_parts(eps, logits, labels):
   return _sigmoid_xent_value(logits, labels), (grad_logits, grad_labels), ()
 
 
-_sigmoid_xent = _normalizer.measure(_sigmoid_xent_smoothed_value, _sigmoid_xent_parts, num_static=1)
+_sigmoid_xent = _normalizer.custom_jvp_from_partials(
+  _sigmoid_xent_smoothed_value, _sigmoid_xent_parts, num_static=1
+)
 
 
 def _pos_weighted_sigmoid_xent_parts(logits, labels, pos_weight):
@@ -655,11 +666,12 @@ def _pos_weighted_sigmoid_xent_parts(logits, labels, pos_weight):
   return loss, (grad_z, grad_y, _core.mul0(y, sp_neg)), ()
 
 
-_pos_weighted_sigmoid_xent = _normalizer.measure(
+_pos_weighted_sigmoid_xent = _normalizer.custom_jvp_from_partials(
   lambda *args: _pos_weighted_sigmoid_xent_parts(*args)[0], _pos_weighted_sigmoid_xent_parts
 )
 
 
+@measure(logits=Role.BINARY_LOGITS, labels=Role.PROBABILITY)
 def sigmoid_binary_cross_entropy(
   logits: ArrayLike,
   labels: ArrayLike,

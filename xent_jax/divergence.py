@@ -14,9 +14,11 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from xent_jax import _core, _normalizer
+from xent_jax._measures import Role, measure
 from xent_jax.softmax import _log_softmax
 
 
+@measure(p=Role.DISTRIBUTION, q=Role.DISTRIBUTION)
 def kl_divergence(
   p: ArrayLike,
   q: ArrayLike,
@@ -64,6 +66,7 @@ def kl_divergence(
   return _core.in_base(kl, scale)
 
 
+@measure(p=Role.MEASURE, q=Role.MEASURE)
 def generalized_kl_divergence(
   p: ArrayLike,
   q: ArrayLike,
@@ -107,6 +110,7 @@ def generalized_kl_divergence(
   return _core.in_base(jnp.sum(_core.masked(terms, mask), axis=axes), scale)
 
 
+@measure(p_logits=Role.LOGITS, q_logits=Role.LOGITS)
 def kl_divergence_from_logits(
   p_logits: ArrayLike,
   q_logits: ArrayLike,
@@ -180,11 +184,12 @@ def _kl_from_logits_parts(axes, p_logits, q_logits, mask):
   return kl, (_core.masked(grad_p, mask), _core.masked(grad_q, mask), None), axes
 
 
-_kl_from_logits = _normalizer.measure(
+_kl_from_logits = _normalizer.custom_jvp_from_partials(
   lambda *args: _kl_from_logits_parts(*args)[0], _kl_from_logits_parts, num_static=1
 )
 
 
+@measure(p=Role.DISTRIBUTION, q=Role.DISTRIBUTION)
 def js_divergence(
   p: ArrayLike,
   q: ArrayLike,

@@ -14,8 +14,10 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from xent_jax import _core, _normalizer
+from xent_jax._measures import Role, measure
 
 
+@measure(probs=Role.DISTRIBUTION)
 def entropy(
   probs: ArrayLike,
   axis: _core.Axis = -1,
@@ -86,7 +88,7 @@ def _entropy_parts(axes, logits, mask):
   return jnp.squeeze(lse - d_bar, axes), (grad, None), axes
 
 
-_entropy_from_logits = _normalizer.measure(
+_entropy_from_logits = _normalizer.custom_jvp_from_partials(
   lambda *args: _entropy_parts(*args)[0], _entropy_parts, num_static=1
 )
 
@@ -157,9 +159,10 @@ def _entropy_fast_parts(z_BxC):
   return (lse - d_bar)[:, 0], (_entropy_partials(z_BxC, m, lse, d_bar),), (1,)
 
 
-_entropy_fast = _normalizer.measure(_entropy_fast_value, _entropy_fast_parts)
+_entropy_fast = _normalizer.custom_jvp_from_partials(_entropy_fast_value, _entropy_fast_parts)
 
 
+@measure(logits=Role.LOGITS)
 def entropy_from_logits(
   logits: ArrayLike,
   axis: _core.Axis = -1,
@@ -205,6 +208,7 @@ def entropy_from_logits(
   return _core.in_base(h, scale)
 
 
+@measure(p=Role.PROBABILITY)
 def binary_entropy(p: ArrayLike, *, base: float | None = None) -> jax.Array:
   r"""Elementwise binary entropy of a Bernoulli(p) (seed §2.4).
 
@@ -268,6 +272,7 @@ def _binary_entropy_from_logits_jvp(primals, tangents):
   return _binary_entropy_from_logits(z), slope * dz
 
 
+@measure(logits=Role.BINARY_LOGITS)
 def binary_entropy_from_logits(logits: ArrayLike, *, base: float | None = None) -> jax.Array:
   r"""Elementwise entropy of Bernoulli(σ(z)), exact in both tails (seed §2.4–2.6).
 

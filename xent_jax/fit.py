@@ -1,4 +1,7 @@
-r"""Logistic regression to its optimum in little wall-clock time, compile included.
+r"""The fast solver: regression to its optimum by L-BFGS in little time, compile included.
+
+What a user calls to train to the optimum (logistic and softmax regression). Its float64,
+scipy-based counterpart, :mod:`xent_jax.optimum`, is the slow reference it is tested against.
 
 .. math::
   (w^\star, b^\star) = \arg\min_{w, b} J(w, b), \qquad

@@ -41,18 +41,16 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-# The checkable measures of the package: checked(a models loss) checks the calls inside.
-from xent_jax import (
-  _core,
-  _validate,
-  log_sigmoid,
-  log_softmax,
-  sigmoid,
+# The measures below (cross_entropy, softmax) carry their value checks: checked(a models
+# loss) checks the calls inside it.
+from xent_jax import _core, _validate
+from xent_jax._core import PrecisionLike
+from xent_jax.cross_entropy import (
   sigmoid_binary_cross_entropy,
   softmax_cross_entropy_with_integer_labels,
 )
-from xent_jax._core import PrecisionLike
 from xent_jax.data import FeatureMajor
+from xent_jax.softmax import log_sigmoid, log_softmax, sigmoid
 
 Params = dict[str, jax.Array]
 

@@ -1,4 +1,7 @@
-r"""Float64 reference optima of the regression objectives, independent of JAX.
+r"""The reference solver: float64 optima of the regression objectives, independent of JAX.
+
+The oracle that tests and experiments compare trained models with (scipy's L-BFGS-B,
+tight tolerances). To train to the optimum fast, use :mod:`xent_jax.fit`.
 
 The objective is the one :mod:`xent_jax.models` trains,
 

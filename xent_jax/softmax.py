@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from xent_jax import _core, _normalizer
+from xent_jax._measures import Role, measure
 
 _LOG2 = math.log(2.0)
 
@@ -48,6 +49,7 @@ def _log_softmax_jvp(axes, primals, tangents):
   return log_p, _core.masked(tangent, mask)
 
 
+@measure(logits=Role.LOGITS)
 def log_softmax(
   logits: ArrayLike, axis: _core.Axis = -1, *, where: ArrayLike | None = None
 ) -> jax.Array:
@@ -88,6 +90,7 @@ def log_softmax(
   return _log_softmax(logits, axes, mask)
 
 
+@measure(x=Role.BINARY_LOGITS)
 def sigmoid(x: ArrayLike) -> jax.Array:
   r"""Logistic function with full relative precision in both tails.
 
@@ -123,6 +126,7 @@ def _sigmoid_jvp(primals, tangents):
   return _sigmoid(x), e / jnp.square(1 + e) * dx  # σ(x) σ(-x), no 1 - σ
 
 
+@measure(x=Role.BINARY_LOGITS)
 def log_sigmoid(x: ArrayLike) -> jax.Array:
   r"""log σ(x), accurate in both tails.
 
@@ -147,6 +151,7 @@ def log_sigmoid(x: ArrayLike) -> jax.Array:
   return -jax.nn.softplus(-x)
 
 
+@measure(x=Role.BINARY_LOGITS)
 def tanh_probability(x: ArrayLike) -> jax.Array:
   r"""The seed's "normalised tanh" probability, computed without cancellation.
 
