@@ -3,9 +3,11 @@
 Part 1, the measures (below); part 2, the training layer (`_training_cases`, SPEC §8): every
 public entry of models, training, fit, optimum and data, one bad argument at a time.
 
-One table (`_VALID`) gives, per public function, a valid call on [4, 3] arrays whose rows are
-edge cases (zeros, ones, -inf logits, entries masked by `where`) and their closed-form
-values. The bad cases are derived from it by replacing one argument, so that every function
+`_VALID` gives, per public measure, a valid call on [4, 3] arrays whose rows are edge cases
+(zeros, ones, -inf logits, entries masked by `where`): it follows from the roles of the
+measure's arguments (`@measure` in xent_jax/_measures.py), one example array per role. Its
+value is checked against a float64 reference written by hand in `_REFERENCES`; a measure
+without one fails `test_every_measure_has_a_float64_reference`, naming it. The bad cases are derived from it by replacing one argument, so that every function
 meets every rule that applies to it:
 
 - trace time, on the function itself: wrong dtype, rank or shape, `axis`, `where`, `base`,
@@ -17,6 +19,7 @@ meets every rule that applies to it:
 Every value case keeps the shapes of the valid call, so each function compiles once.
 """
 
+import collections
 import functools
 import inspect
 import re
@@ -30,6 +33,7 @@ from jax.experimental import checkify
 
 import xent_jax as xj
 from xent_jax import data, fit, models, optimum, training
+from xent_jax._measures import REGISTRY, Role
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -115,6 +119,25 @@ def _int_cross_entropy(labels, q, where=None):
   return loss if where is None else np.where(np.any(where, axis=-1), loss, 0.0)
 
 
+def _focal(logits, labels, gamma=2.0):
+  """(1 - p_t)^γ H(y, σ(z)), 1 - p_t = y σ(-z) + (1 - y) σ(z) (σ(-z) computed as such)."""
+  one_minus_p_t = labels / (1 + np.exp(logits)) + (1 - labels) / (1 + np.exp(-logits))
+  return one_minus_p_t**gamma * _sigmoid_xent(logits, labels)
+
+
+def _poly(logits, targets, epsilon=2.0, where=None):
+  """H(t, softmax z) + ε Σ t_j (1 - q_j) over the included classes."""
+  log_q = _log_softmax(logits, where)
+  return _logits_xent(targets, log_q, where) + epsilon * _msum(
+    _mul0(targets, -np.expm1(log_q)), where
+  )
+
+
+def _generalized_kl(p, q, where=None):
+  """Σ p log(p / q) - p + q."""
+  return _msum(_xlogy(p, p) - _xlogy(p, q) - p + q, where)
+
+
 _REFERENCES = {
   "entropy": _entropy,
   "entropy_from_logits": lambda logits, where=None: _logits_xent(
@@ -140,6 +163,9 @@ _REFERENCES = {
   "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
   "log_sigmoid": lambda x: -_softplus(-x),
   "tanh_probability": lambda x: 1 / (1 + np.exp(-2 * x)),  # (1 + tanh x)/2 = σ(2x)
+  "sigmoid_focal_loss": _focal,
+  "poly_loss_cross_entropy": _poly,
+  "generalized_kl_divergence": _generalized_kl,
 }
 
 # ---------------------------------------------------------------------------------------
@@ -159,45 +185,39 @@ _U = _f32([[0, 1, 0.5], [0.25, 0.75, 1], [1e-30, 0.5, 1 - 2**-24], [0.1, 0.9, 0.
 _X = _f32([[-INF, INF, 0], [-80, 80, 0], [-30, 30, 1], [0, 2, -2]])
 _Y = np.array([0, 1, 2, 0])
 
-# name: (keyword arguments of a valid call, {argument: kind}). Kinds: dist (sums to 1 along
-# the class axis), prob (elementwise in [0, 1]), logits (softmax; -inf allowed, +inf not),
-# blogits (sigmoid; ±inf allowed), labels (integer classes).
-_VALID = {
-  "entropy": ({"probs": _P, "where": _W}, {"probs": "dist"}),
-  "entropy_from_logits": ({"logits": _Z, "where": _W}, {"logits": "logits"}),
-  "binary_entropy": ({"p": _U}, {"p": "prob"}),
-  "binary_entropy_from_logits": ({"logits": _X}, {"logits": "blogits"}),
-  "cross_entropy": ({"p": _P, "q": _Q, "where": _W}, {"p": "dist", "q": "dist"}),
-  # q before labels in the kinds: the class axis and shapes are q's (the call is by keyword).
-  "cross_entropy_with_integer_labels": (
-    {"labels": _Y, "q": _P, "where": _W},
-    {"q": "dist", "labels": "labels"},
-  ),
-  "softmax_cross_entropy": (
-    {"logits": _Z, "targets": _P, "where": _W},
-    {"logits": "logits", "targets": "dist"},
-  ),
-  "softmax_cross_entropy_with_integer_labels": (
-    {"logits": _Z, "labels": _Y, "where": _W},
-    {"logits": "logits", "labels": "labels"},
-  ),
-  "binary_cross_entropy": ({"p": _U, "q": _U[::-1].copy()}, {"p": "prob", "q": "prob"}),
-  "sigmoid_binary_cross_entropy": (
-    {"logits": _X, "labels": _U},
-    {"logits": "blogits", "labels": "prob"},
-  ),
-  "kl_divergence": ({"p": _P, "q": _Q, "where": _W}, {"p": "dist", "q": "dist"}),
-  "kl_divergence_from_logits": (
-    {"p_logits": _Z, "q_logits": _Z2, "where": _W},
-    {"p_logits": "logits", "q_logits": "logits"},
-  ),
-  "js_divergence": ({"p": _P, "q": _Q, "where": _W}, {"p": "dist", "q": "dist"}),
-  "log_softmax": ({"logits": _Z, "where": _W}, {"logits": "logits"}),
-  "sigmoid": ({"x": _X}, {"x": "blogits"}),
-  "log_sigmoid": ({"x": _X}, {"x": "blogits"}),
-  "tanh_probability": ({"x": _X}, {"x": "blogits"}),
+_M = _f32([[0, 1, 2], [0.5, 0, 3], [1e-30, 2, 0.25], [1, 0.5, -1.0]])  # unnormalised masses
+_M2 = _f32([[1, 0.5, 2], [0.25, 0.5, 3], [2, 1e-30, 0.25], [0.5, 2, INF]])
+
+# The valid call of every measure follows from its roles (xent_jax._measures.REGISTRY): the
+# i-th argument of a role gets the i-th example below, and `where=_W` where it is taken.
+_EXAMPLES = {
+  Role.DISTRIBUTION: (_P, _Q),
+  Role.PROBABILITY: (_U, _U[::-1].copy()),
+  Role.LOGITS: (_Z, _Z2),
+  Role.BINARY_LOGITS: (_X,),
+  Role.LABELS: (_Y,),
+  Role.MEASURE: (_M, _M2),
 }
-_CLASS_KINDS = ("dist", "logits")
+_CLASS_ROLES = (Role.DISTRIBUTION, Role.LOGITS)
+
+
+def _valid_call(name):
+  """(keyword arguments of a valid call, {argument: role}), the primary argument first."""
+  roles = REGISTRY[name].roles
+  kwargs, used = {}, collections.Counter()
+  for arg, role in roles.items():
+    kwargs[arg] = _EXAMPLES[role][used[role]]
+    used[role] += 1
+  if _takes(name, "where"):
+    kwargs["where"] = _W
+  return kwargs, roles
+
+
+def _takes(name, option):
+  return option in inspect.signature(REGISTRY[name].fn).parameters
+
+
+_VALID = {name: _valid_call(name) for name in REGISTRY}
 
 
 def _replace(name, **changes):
@@ -211,26 +231,25 @@ _TRACED = object()  # stands for a value passed through jax.jit (a tracer)
 
 
 def _trace_time_cases():
-  for name, (kwargs, kinds) in _VALID.items():
-    arrays = list(kinds)
-    for arg, kind in kinds.items():
+  for name, (kwargs, roles) in _VALID.items():
+    arrays = list(roles)
+    for arg, role in roles.items():
       x = kwargs[arg]
-      if kind == "labels":
+      if role is Role.LABELS:
         bad = {"float": x.astype(np.float32), "bool": x > 0, "string": "0"}
       else:
         bad = {"complex": x.astype(np.complex64), "string": "abc", "ragged": [[0.5], [0.5, 0.5]]}
-        if not (name == "sigmoid_binary_cross_entropy" and arg == "labels"):  # 0/1 ints allowed
+        if not (role is Role.PROBABILITY and arg == "labels"):  # 0/1 integer labels allowed
           bad |= {"int": np.zeros(x.shape, np.int32), "bool": np.ones(x.shape, bool)}
       for case, value in bad.items():
         yield name, f"{arg}_{case}", _replace(name, **{arg: value}), TypeError, arg
       if len(arrays) == 2 and arg == arrays[1]:  # shapes must match the first argument
         shapes = {"extra_axis": x[None], "transposed": x.T, "one_row": x[:1]}
-        if kind == "labels":
+        if role is Role.LABELS:
           shapes = {"trailing_axis": x[:, None], "scalar": x[0], "short": x[:3]}
         for case, value in shapes.items():
           yield name, f"{arg}_{case}", _replace(name, **{arg: value}), ValueError, arg
-    first = arrays[0]
-    if kinds[first] in _CLASS_KINDS:
+    if _takes(name, "axis"):
       scalars = {a: kwargs[a][0, 0] for a in arrays if a != "labels"}
       yield name, "rank_0", _replace(name, where=None, **scalars), ValueError, "axis"
       axes = {
@@ -246,7 +265,7 @@ def _trace_time_cases():
         value_error = ("2", "-3", "repeated", "empty")
         error = ValueError if case in value_error else TypeError
         yield name, f"axis_{case}", _replace(name, axis=axis), error, "axis"
-      if kinds.get("labels"):  # two class axes leave no example axis for the [4] labels
+      if roles.get("labels"):  # two class axes leave no example axis for the [4] labels
         yield name, "axis_pair", _replace(name, axis=(0, 1)), ValueError, "labels"
     if "where" in kwargs:
       wheres = {"float": _W.astype(np.float32), "int": _W.astype(np.int32), "string": "abc"}
@@ -273,10 +292,6 @@ def _trace_time_cases():
         yield name, f"{option}_{case}", _replace(name, **{option: value}), TypeError, option
 
 
-def _takes(name, option):
-  return option in inspect.signature(getattr(xj, name)).parameters
-
-
 # ---------------------------------------------------------------------------------------
 # Bad values, through xent_jax.checked: (function, case, kwargs, argument, rule, index, value).
 
@@ -288,10 +303,10 @@ def _set(x, index, value):
 
 
 def _value_cases():
-  for name, (kwargs, kinds) in _VALID.items():
-    for arg, kind in kinds.items():
+  for name, (kwargs, roles) in _VALID.items():
+    for arg, role in roles.items():
       x = kwargs[arg]
-      if kind == "labels":
+      if role is Role.LABELS:
         for bad in (-1, 3, 2**20):
           yield (
             name,
@@ -321,7 +336,7 @@ def _value_cases():
         "(2, 1)",
         "nan",
       )
-      if kind in ("prob", "dist"):
+      if role in (Role.PROBABILITY, Role.DISTRIBUTION):
         for bad in (1.5, -0.25, INF):
           yield (
             name,
@@ -332,7 +347,17 @@ def _value_cases():
             "(2, 1)",
             f"{bad:g}",
           )
-      if kind == "dist":
+      if role is Role.MEASURE:
+        yield (
+          name,
+          f"{arg}_negative",
+          _replace(name, **{arg: _set(x, (2, 1), -0.25)}),
+          arg,
+          "must be ≥ 0",
+          "(2, 1)",
+          "-0.25",
+        )
+      if role is Role.DISTRIBUTION:
         yield (
           name,
           f"{arg}_sum_0.9",
@@ -342,7 +367,7 @@ def _value_cases():
           "(2,)",
           "0.89999998",
         )
-      if kind == "logits":
+      if role is Role.LOGITS:
         yield (
           name,
           f"{arg}_plus_inf",
@@ -361,7 +386,7 @@ def _value_cases():
           "(2,)",
           "-inf",
         )
-    if "where" in kwargs and "labels" not in kinds:
+    if "where" in kwargs and "labels" not in roles:
       yield (
         name,
         "where_excludes_a_whole_example",
@@ -375,32 +400,31 @@ def _value_cases():
 
 def _zero_class_cases():
   """A class axis of size 0: no distribution at all (found before any computation)."""
-  for name, (_, kinds) in _VALID.items():
-    if kinds[next(iter(kinds))] in _CLASS_KINDS:
-      empty = {a: np.zeros((4, 0), np.float32) for a, k in kinds.items() if k != "labels"}
-      yield name, "zero_classes", _replace(name, where=None, **empty), next(iter(kinds))
+  for name, (_, roles) in _VALID.items():
+    if roles[next(iter(roles))] in _CLASS_ROLES:
+      empty = {a: np.zeros((4, 0), np.float32) for a, r in roles.items() if r is not Role.LABELS}
+      yield name, "zero_classes", _replace(name, where=None, **empty), next(iter(roles))
 
 
 # ---------------------------------------------------------------------------------------
 # Valid edge inputs beyond the valid calls: one class and an empty batch (functions with a
-# class axis), float16/bfloat16 (all).
+# class axis), float16 and bfloat16 (all).
 
 
 def _edge_cases():
-  for i, (name, (kwargs, kinds)) in enumerate(_VALID.items()):
-    arrays = {a: kwargs[a] for a in kinds}
-    if kinds[next(iter(kinds))] in _CLASS_KINDS:
-      one = {
-        a: (
-          np.zeros(4, int)
-          if k == "labels"
-          else np.ones((4, 1), np.float32)
-          if k == "dist"
-          else _f32([[0], [5], [-80], [80]])
-        )
-        for a, k in kinds.items()
+  for name, (kwargs, roles) in _VALID.items():
+    arrays = {a: kwargs[a] for a in roles}
+    if roles[next(iter(roles))] in _CLASS_ROLES:
+      one_class = {
+        Role.LABELS: np.zeros(4, int),
+        Role.DISTRIBUTION: np.ones((4, 1), np.float32),
+        Role.LOGITS: _f32([[0], [5], [-80], [80]]),
       }
-      yield name, "one_class", _replace(name, where=None, **one)
+      yield (
+        name,
+        "one_class",
+        _replace(name, where=None, **{a: one_class[r] for a, r in roles.items()}),
+      )
       yield (
         name,
         "empty_batch",
@@ -410,12 +434,11 @@ def _edge_cases():
           **({"where": _W[:0]} if "where" in kwargs else {}),
         ),
       )
-    low = jnp.bfloat16 if i % 2 else jnp.float16  # each function meets one of the two
-    yield (
-      name,
-      f"{jnp.dtype(low).name}",
-      _replace(name, **{a: jnp.asarray(x, low) for a, x in arrays.items() if kinds[a] != "labels"}),
-    )
+    for low in (jnp.float16, jnp.bfloat16):
+      low_arrays = {
+        a: jnp.asarray(x, low) for a, x in arrays.items() if roles[a] is not Role.LABELS
+      }
+      yield name, f"{jnp.dtype(low).name}", _replace(name, **low_arrays)
 
 
 def _params(cases):
@@ -423,6 +446,8 @@ def _params(cases):
 
 
 def _reference(name, kwargs):
+  if name not in _REFERENCES:
+    raise AssertionError(f"{name}: no float64 reference in bad_input_test._REFERENCES")
   is_float = lambda v: v is not None and jnp.issubdtype(jnp.asarray(v).dtype, jnp.floating)
   as64 = {k: np.asarray(v, np.float64) if is_float(v) else v for k, v in kwargs.items()}
   with np.errstate(all="ignore"):  # inf - inf in excluded entries, masked afterwards
@@ -700,6 +725,14 @@ def _training_cases():
       counts[case] = counts.get(case, 0) + 1
       case = f"{case}_{counts[case]}"
     yield (case, *rest)
+
+
+class CoverageTest(chex.TestCase):
+  def test_every_measure_has_a_float64_reference(self):
+    missing = sorted(set(REGISTRY) - set(_REFERENCES))
+    self.assertEqual(missing, [], f"measures without a float64 reference in _REFERENCES: {missing}")
+    stale = sorted(set(_REFERENCES) - set(REGISTRY))
+    self.assertEqual(stale, [], f"references of functions that are not measures: {stale}")
 
 
 class BadInputTest(chex.TestCase):

@@ -12,7 +12,7 @@ from absl.testing import absltest, parameterized
 from jax.experimental import checkify
 
 import xent_jax as xj
-from xent_jax import _core, models
+from xent_jax import _core, _measures, models
 from xent_jax.checked import sum_tolerance
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -160,6 +160,46 @@ class CheckedAnyFunctionTest(chex.TestCase):
       outer(self._Z, self._BAD_T)
     with self.assertRaisesRegex(EAGER_ERROR, "`p` must lie in"):
       jax.grad(xj.checked(_user_loss))(self._Z, self._BAD_T)
+
+
+class MeasureRegistryTest(chex.TestCase):
+  """Every measure is defined with @measure, exported by xent_jax, and checked by its roles."""
+
+  def test_registry_is_what_xent_jax_exports(self):
+    exported = [n for n in xj.__all__ if n not in ("checked", "linear_softmax_cross_entropy")]
+    missing = sorted(set(exported) - set(_measures.REGISTRY))
+    self.assertEqual(missing, [], f"exported but not defined with @measure: {missing}")
+    unexported = sorted(set(_measures.REGISTRY) - set(exported))
+    self.assertEqual(unexported, [], f"defined with @measure, missing from __all__: {unexported}")
+    for name, spec in _measures.REGISTRY.items():
+      self.assertIs(getattr(xj, name), spec.exported, name)
+      self.assertIs(_measures.spec_of(spec.fn), spec, name)
+
+  def test_roles_must_name_parameters(self):
+    def toy(p):
+      return p
+
+    with self.assertRaisesRegex(TypeError, "toy has no parameter logits"):
+      _measures.measure(logits=_measures.Role.LOGITS)(toy)
+    with self.assertRaisesRegex(TypeError, "give each array argument a Role"):
+      _measures.measure(p="distribution")
+
+  def test_a_measure_inside_a_measure_is_not_checked(self):
+    """Only the user's call adds checks: a measure calling another (an internal step, here
+    on values that the inner measure's roles forbid) does not check the inner call."""
+    with mock.patch.dict(_measures.REGISTRY), mock.patch.dict(_measures._SPEC_OF):
+
+      @_measures.measure(p=_measures.Role.DISTRIBUTION)
+      def toy(p, axis=-1):
+        return xj.binary_entropy(2 * p).sum(axis)  # 2p may exceed 1: not a probability
+
+      p = np.array([[0.25, 0.75]], np.float32)
+      expected = jax.jit(toy)(p)
+      np.testing.assert_array_equal(xj.checked(toy)(p), expected)
+      np.testing.assert_array_equal(xj.checked(lambda p: toy(p))(p), expected)
+      with self.assertRaisesRegex(EAGER_ERROR, "^toy: `p` must lie in"):
+        xj.checked(toy)(-p)
+    self.assertNotIn("toy", _measures.REGISTRY)
 
 
 class SwappedArgumentsTest(chex.TestCase):

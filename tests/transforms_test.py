@@ -27,6 +27,7 @@ the ``transform-table`` markers; ``XENT_WRITE_TABLE=1`` rewrites that block inst
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import pathlib
 import re
@@ -43,6 +44,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import xent_jax as xj
 from tests import _grids
 from tests import _mp_reference as ref
+from xent_jax._measures import REGISTRY
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -66,6 +68,7 @@ TRANSFORMS = (
   "eval_shape",
   "sharding",
 )
+# Every measure of xent_jax._measures.REGISTRY, in the README's order (test_every_measure_has_a_row).
 FUNCTIONS = (
   "log_softmax",
   "sigmoid",
@@ -88,15 +91,9 @@ FUNCTIONS = (
   "generalized_kl_divergence",
   "js_divergence",
 )
-ELEMENTWISE = (
-  "sigmoid",
-  "log_sigmoid",
-  "tanh_probability",
-  "binary_entropy",
-  "binary_entropy_from_logits",
-  "binary_cross_entropy",
-  "sigmoid_binary_cross_entropy",
-  "sigmoid_focal_loss",
+# Elementwise measures take no class axis; the others reduce over `axis`.
+ELEMENTWISE = tuple(
+  name for name in FUNCTIONS if "axis" not in inspect.signature(getattr(xj, name)).parameters
 )
 
 DTYPE = _grids.DTYPES[-1]  # float64 when x64 is on: the finite differences need it
@@ -278,7 +275,10 @@ def cases(name) -> dict[str, Case]:
       # rounding x alone moves it by 5e-5 in float32, more than REF_RTOL)
       "sigmoid_focal_loss": (("logits", "labels"), (x, _a([1.0, 0.8, 1.0, 0.0]))),
       "binary_entropy_from_logits": (("logits",), (x,)),
-    }.get(name, (("x",), (x,)))
+    }
+    if name not in args and list(REGISTRY[name].roles) != ["x"]:
+      raise AssertionError(f"{name}: no inputs in transforms_test.cases(); add its arguments")
+    args = args.get(name, (("x",), (x,)))
     out = {"fast": _elementwise_case(name, *args)}
     general = {
       "sigmoid_binary_cross_entropy": {"label_smoothing": 0.1},
@@ -287,7 +287,7 @@ def cases(name) -> dict[str, Case]:
     if name in general:
       out["general"] = _elementwise_case(name, *args, options=general[name])
     return out
-  arrays = {
+  inputs = {
     "entropy": (("probs",), (p,)),
     "entropy_from_logits": (("logits",), (z,)),
     "cross_entropy": (("p", "q"), (p, q)),
@@ -298,7 +298,10 @@ def cases(name) -> dict[str, Case]:
     "generalized_kl_divergence": (("p", "q"), (p, q)),
     "poly_loss_cross_entropy": (("logits", "targets"), (z, _a(_T))),
     "js_divergence": (("p", "q"), (p, q)),
-  }[name]
+  }
+  if name not in inputs:
+    raise AssertionError(f"{name}: no inputs in transforms_test.cases(); add its arguments")
+  arrays = inputs[name]
   extra = (np.array(_LABELS),) if name == "softmax_cross_entropy_with_integer_labels" else ()
   options = {"label_smoothing": 0.1} if "softmax_cross_entropy" in name else None
   options = {"epsilon": -0.5} if name == "poly_loss_cross_entropy" else options
@@ -675,6 +678,19 @@ def write_readme(table: str) -> None:
 
 
 class TransformsTest(chex.TestCase):
+  def test_every_measure_has_a_row(self):
+    missing = [name for name in REGISTRY if name not in FUNCTIONS]
+    self.assertEqual(missing, [], f"measures missing from transforms_test.FUNCTIONS: {missing}")
+    stale = [name for name in FUNCTIONS if name not in REGISTRY]
+    self.assertEqual(stale, [], f"FUNCTIONS that are not measures: {stale}")
+
+  def test_every_measure_has_an_mpmath_reference(self):
+    # Every measure's reference is its jet in _JETS, except log_softmax's (ref.log_softmax)
+    # and the integer-label softmax cross-entropy's (the dense one of one-hot targets).
+    own = ("log_softmax", "softmax_cross_entropy_with_integer_labels")
+    missing = [n for n in REGISTRY if n not in own and n not in ref.JET_ARGS]
+    self.assertEqual(missing, [], f"measures without a jet in tests/_mp_reference.py: {missing}")
+
   @parameterized.named_parameters((name, name) for name in FUNCTIONS)
   def test_row(self, name):
     results = row_results(name)
@@ -695,6 +711,8 @@ class TransformsTest(chex.TestCase):
     if os.environ.get("XENT_WRITE_TABLE") == "1":
       write_readme(render({name: row_results(name) for name in FUNCTIONS}))
     claimed = readme_table()
+    missing = [name for name in FUNCTIONS if name not in claimed]
+    self.assertEqual(missing, [], "README's transform table has no row for these functions")
     self.assertEqual(list(claimed), list(FUNCTIONS), "README's table lists other functions")
     as_results = {
       name: {k: [] if claimed[name][k] else ["claimed broken"] for k in TRANSFORMS}
