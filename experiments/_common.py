@@ -555,34 +555,6 @@ def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
   return plt.subplots(nrows, ncols, layout="constrained", **kwargs)
 
 
-def plot_relative_gap(ax, loss_T, reference: float, dtype: str, *, color: str, label: str):
-  """Draws the per-step relative gap (L_t - L*) / L* of a loss recorded in ``dtype``.
-
-  A loss computed in ``dtype`` cannot resolve a relative gap much below its machine epsilon:
-  there the recorded values are rounding noise of either sign, and a line through them on a
-  log axis fills a solid block. The gap is drawn as a line where it exceeds 4 eps, and the
-  steps below that as points on a floor at 4 eps (the legend says so); the checkpoints'
-  float64 objective (drawn by the caller) shows how far below the floor it really went.
-  """
-  import numpy as np
-
-  floor = 4 * float(np.finfo(dtype).eps)
-  gap_T = (np.asarray(loss_T, np.float64) - reference) / abs(reference)
-  step_T = np.arange(len(gap_T))
-  above = gap_T > floor
-  ax.plot(step_T, np.where(above, gap_T, np.nan), color=color, lw=1, label=f"{label}, {dtype}")
-  if not above.all():
-    ax.plot(
-      step_T[~above],
-      np.full((~above).sum(), floor),
-      color=color,
-      ls="none",
-      marker="|",
-      ms=4,
-      label=f"{label}: below 4 eps of {dtype} = {floor:.1e} (rounding), drawn at it",
-    )
-
-
 def default_workdir(name: str) -> Path:
   """A fresh ``runs/<name>-<timestamp>[-k]`` path that does not exist yet."""
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

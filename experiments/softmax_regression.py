@@ -34,8 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from experiments import _common
-from experiments.train_logistic import checkpoint_steps, train_with_checkpoints
+from experiments import _common, _training
 from xent_jax import data, models, optimum, training
 from xent_jax.entropy import entropy_from_logits
 
@@ -124,7 +123,7 @@ def run(config, workdir: _common.Workdir) -> dict:
   digits = data.load_digits(test_fraction=config.test_fraction, seed=config.split_seed)
   k, d = digits.num_classes, digits.train.x.shape[1]
   reference = optimum.softmax_regression_optimum(*digits.train, k, l2=config.l2)
-  checkpoints, loss_T = train_with_checkpoints(
+  checkpoints, loss_T = _training.train_with_checkpoints(
     models.init_softmax_regression(d, k),
     digits.train,
     loss_fn=functools.partial(models.softmax_regression_loss, l2=config.l2),
@@ -167,7 +166,7 @@ def run(config, workdir: _common.Workdir) -> dict:
       "entropy_before": before,
       "entropy_after": after,
       "checkpoints": {
-        "step": checkpoint_steps(config.num_steps, config.num_checkpoints),
+        "step": _training.checkpoint_steps(config.num_steps, config.num_checkpoints),
         "relative_gap": [(v - reference.value) / reference.value for v in objective],
         "train_accuracy": [_accuracy(p, digits.train) for p in checkpoints],
         "test_accuracy": [_accuracy(p, digits.test) for p in checkpoints],
@@ -259,7 +258,7 @@ def _figure(workdir, r: dict, loss_T, reference: float, entropy_before, entropy_
   ck = r["checkpoints"]
   steps = np.asarray(ck["step"])
   checkpoint_style = {"ls": "none", "marker": "o", "ms": 4}
-  _common.plot_relative_gap(ax_l, loss_T, reference, r["dtype"], color="C0", label="digits")
+  _training.plot_relative_gap(ax_l, loss_T, reference, r["dtype"], color="C0", label="digits")
   ax_l.plot(
     steps[1:],
     np.asarray(ck["relative_gap"])[1:],

@@ -43,11 +43,10 @@ direction converges only like 1/log t, so the finite runs are still on the way.
 
 import functools
 
-import jax
 import numpy as np
 from scipy import optimize
 
-from experiments import _common
+from experiments import _common, _training
 from xent_jax import data, models, optimum, training
 
 
@@ -104,67 +103,6 @@ def validate(config) -> None:
   )
 
 
-# ---------------------------------------------------------------------------- training
-
-
-def train_with_checkpoints(
-  params,
-  batch,
-  *,
-  loss_fn,
-  optimizer,
-  num_steps: int,
-  num_checkpoints: int,
-  workdir: _common.Workdir | None = None,
-  name: str = "training",
-):
-  """Trains with :func:`xent_jax.training.train_full_batch`, recording the parameters.
-
-  The run is ``num_checkpoints`` calls of one compiled ``lax.scan`` of
-  ``num_steps / num_checkpoints`` steps each (the same shapes and static arguments, so it
-  compiles once); after each call the parameters are copied to the host.
-
-  Args:
-    params: initial parameters (copied; the caller's arrays are not donated).
-    batch: ``(x_NxD, y_N)``, the training set.
-    loss_fn: ``loss_fn(params, x, y) -> scalar``; pass the same object for every run that
-      should share a compilation.
-    optimizer: optax transformation (likewise).
-    num_steps: T, a multiple of ``num_checkpoints``.
-    num_checkpoints: C.
-    workdir: where to report progress (``name: step k/T, elapsed, ETA`` after every
-      chunk) and the per-step loss (``metrics.csv``, run ``name``); None: neither.
-    name: the run's name in the log and in ``metrics.csv``.
-
-  Returns:
-    ``(checkpoints, loss_T)``: C + 1 parameter pytrees of numpy arrays (after 0, T/C, …, T
-    steps) and the loss before each step, ``[T]`` (numpy).
-  """
-  to_host = functools.partial(jax.tree.map, np.array)  # np.array copies: safe to donate
-  checkpoints, losses = [to_host(params)], []
-  state = training.init_train_state(jax.tree.map(jax.numpy.array, params), optimizer)
-  chunk = num_steps // num_checkpoints
-  if workdir is not None:
-    workdir.progress(0, num_steps, name)
-  for k in range(1, num_checkpoints + 1):
-    state, metrics = training.train_full_batch(
-      state, batch, loss_fn=loss_fn, optimizer=optimizer, num_steps=chunk
-    )
-    checkpoints.append(to_host(state.params))
-    losses.append(np.asarray(metrics["loss"]))
-    if workdir is not None:
-      workdir.progress(k * chunk, num_steps, name)
-  loss_T = np.concatenate(losses)
-  if workdir is not None:
-    workdir.add_metrics(name, np.arange(num_steps), loss=loss_T)
-  return checkpoints, loss_T
-
-
-def checkpoint_steps(num_steps: int, num_checkpoints: int) -> np.ndarray:
-  """The step counts of the checkpoints of :func:`train_with_checkpoints`."""
-  return np.arange(num_checkpoints + 1) * (num_steps // num_checkpoints)
-
-
 def _logits(params, x_NxD) -> np.ndarray:
   """z = x·w + b in numpy float64 (independent of the JAX computation)."""
   x_NxD = np.asarray(x_NxD, np.float64)
@@ -198,7 +136,7 @@ def _cross_entropy_run(
   """Trains mean CE + (l2/2)‖w‖² and compares it with the float64 reference optimum."""
   reference = optimum.logistic_regression_optimum(*dataset.train, l2=l2)
   loss_fn = functools.partial(models.logistic_regression_loss, l2=l2)
-  checkpoints, loss_T = train_with_checkpoints(
+  checkpoints, loss_T = _training.train_with_checkpoints(
     models.init_logistic_regression(dataset.train.x.shape[1]),
     dataset.train,
     loss_fn=loss_fn,
@@ -226,7 +164,7 @@ def _cross_entropy_run(
     "test": _classify(final, dataset.test),
     "final_params": final,
     "checkpoints": {
-      "step": checkpoint_steps(num_steps, config.num_checkpoints),
+      "step": _training.checkpoint_steps(num_steps, config.num_checkpoints),
       "relative_gap": [(v - reference.value) / reference.value for v in objective],
       "train_accuracy": _along(checkpoints, dataset.train)["accuracy"],
       "test_accuracy": _along(checkpoints, dataset.test)["accuracy"],
@@ -238,7 +176,7 @@ def _unpenalised_run(
   dataset, *, optimizer, num_steps, config, workdir=None, name="training"
 ) -> tuple[dict, dict]:
   """λ = 0 on separable data: the loss and ‖w‖ along training (no minimiser exists)."""
-  checkpoints, loss_T = train_with_checkpoints(
+  checkpoints, loss_T = _training.train_with_checkpoints(
     models.init_logistic_regression(dataset.train.x.shape[1]),
     dataset.train,
     loss_fn=models.logistic_regression_loss,
@@ -248,7 +186,7 @@ def _unpenalised_run(
     workdir=workdir,
     name=name,
   )
-  steps = checkpoint_steps(num_steps, config.num_checkpoints)
+  steps = _training.checkpoint_steps(num_steps, config.num_checkpoints)
   norm_C = np.array([np.linalg.norm(np.asarray(p["w"], np.float64)) for p in checkpoints])
   loss_C = [optimum.logistic_regression_objective(p, *dataset.train) for p in checkpoints]
   half = len(steps) // 2  # growth over the second half (steps T/2 → T)
@@ -309,7 +247,7 @@ def _seed_loss_run(
   dataset, *, optimizer, num_steps, config, workdir=None, name="training"
 ) -> tuple[dict, dict]:
   """Training with the §4.1 loss: predictions, accuracy, ‖θ‖ and the limit direction."""
-  checkpoints, loss_T = train_with_checkpoints(
+  checkpoints, loss_T = _training.train_with_checkpoints(
     models.init_logistic_regression(dataset.train.x.shape[1]),
     dataset.train,
     loss_fn=models.seed_section_4_1_loss,
@@ -346,7 +284,7 @@ def _seed_loss_run(
       "final_cosine": _cosine(final, limit_params),
     },
     "checkpoints": {
-      "step": checkpoint_steps(num_steps, config.num_checkpoints),
+      "step": _training.checkpoint_steps(num_steps, config.num_checkpoints),
       **{f"train_{k}": v for k, v in _along(checkpoints, dataset.train).items()},
       **{f"test_{k}": v for k, v in _along(checkpoints, dataset.test).items()},
       "cosine_to_limit": [_cosine(p, limit_params) for p in checkpoints],
@@ -582,7 +520,7 @@ def _figure(workdir, r: dict, curves: dict) -> None:
   fig, axes = _common.new_figure(2, 3, figsize=(18, 9))
   (ax_g, ax_l, ax_w), (ax_a, ax_s, ax_m) = axes
   for name, color in (("synthetic", "C0"), ("breast_cancer", "C1")):
-    _common.plot_relative_gap(
+    _training.plot_relative_gap(
       ax_g,
       curves[name]["loss"],
       curves[name]["reference"],
