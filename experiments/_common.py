@@ -1,20 +1,22 @@
-"""The one shared helper behind every experiment: config checks, workdir, atomic outputs, claims.
+"""The shared helper behind every experiment: workdir, atomic outputs, claims, absl main.
 
-An experiment is a module ``experiments/<name>.py`` with a config file ``configs/<name>.py``.
-To be runnable on its own and registered in ``experiments/reproduce.py`` it exposes:
+An experiment is a module ``experiments/<name>.py`` with a config file ``configs/<name>.py``
+that declares every key once, with its default, bound and comment (``config.num_steps =
+bounded(100, integer(low=1))  # steps``; see :mod:`experiments.config_checks`). To be
+runnable on its own and registered in ``experiments/reproduce.py`` the module exposes:
 
-``validate(config) -> None``
-    Raises :class:`ConfigError` for a bad config, before any compute. Usually one line:
-    ``check_config(config, {"grid": grid(), "learning_rate": real(low=0, low_open=True), ...})``
-    -- the spec names every key of the config (unknown and missing keys are rejected), plus
-    any cross-field checks.
+``validate(config) -> None`` (optional)
+    Raises :class:`ConfigError` for a bad config, before any compute: the declared bounds
+    (``check_declared(config)``) and the constraints *between* keys, e.g. ``check_grid``,
+    "num_steps a multiple of num_checkpoints", :func:`check_memory`. Without it, the
+    declared bounds alone are checked.
 ``run(config, workdir: Workdir) -> dict``
     Does the work and returns the results: every number it reports (plain Python / numpy /
     jax values; :func:`to_jsonable` converts them), a ``"claims"`` list built with
     :func:`claim`, and optionally a ``"summary"`` dict of a few headline numbers for the
     report. Figures go through ``workdir.save_figure(fig, "name.png")``, log lines through
     ``workdir.log(...)``. No timings in the results (they go to ``timing.json``).
-``if __name__ == "__main__": _common.main(run, validate)``
+``if __name__ == "__main__": _common.main(run, validate)`` (or ``main(run)``)
     The absl entry point: ``python -m experiments.<name> --config=configs/<name>.py
     --workdir=DIR [--config.key=value ...] [--overwrite] [--print_config]
     [--only_check_args]``; ``--help`` lists the flags and the config fields.
@@ -34,8 +36,8 @@ the same config: nothing run-specific goes in it; NaN/inf as the strings
 ``--overwrite`` is given, except the workdir of an unfinished run (provenance but no
 results), which is cleared and reused.
 
-This module imports only the standard library at import time (numpy, ml_collections,
-absl and matplotlib are imported where they are used), so importing it stays light.
+This module imports only the standard library and ml_collections at import time (numpy,
+jax, absl and matplotlib are imported where they are used), so importing it stays light.
 """
 
 from __future__ import annotations
@@ -58,6 +60,25 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from experiments.config_checks import (  # noqa: F401  (the experiments' names for them)
+  Checker,
+  ConfigError,
+  _flatten,
+  boolean,
+  bounded,
+  check_config,
+  check_declared,
+  check_grid,
+  check_memory,
+  choice,
+  grid,
+  integer,
+  learning_rate,
+  real,
+  reals,
+  smoothing,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = REPO_ROOT / "runs"
 CONFIGS_DIR = REPO_ROOT / "configs"
@@ -71,182 +92,8 @@ PROVENANCE_FILE = "provenance.json"
 RUN_FILES = ("config.json", "log.txt", "metrics.csv", PROVENANCE_FILE)
 
 
-class ConfigError(ValueError):
-  """A config value that an experiment cannot run with (reported as one line, exit 2)."""
-
-
 class WorkdirError(RuntimeError):
   """A workdir that would be overwritten without permission (reported as one line, exit 2)."""
-
-
-# --------------------------------------------------------------------------- config checks
-# A checker is a callable (key, value) -> None that raises ConfigError naming the key.
-
-Checker = Callable[[str, Any], None]
-
-
-def _fail(key: str, must: str, value: Any) -> None:
-  raise ConfigError(f"config.{key} must be {must}, got {value!r}")
-
-
-def _is_real(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_bounds(key, value, low, high, low_open, high_open, nonzero, what) -> None:
-  if not math.isfinite(value):
-    _fail(key, f"a finite {what}", value)
-  if low is not None and (value < low or (low_open and value == low)):
-    _fail(key, f"{'>' if low_open else '>='} {low}", value)
-  if high is not None and (value > high or (high_open and value == high)):
-    _fail(key, f"{'<' if high_open else '<='} {high}", value)
-  if nonzero and value == 0:
-    _fail(key, "non-zero", value)
-
-
-def real(low=None, high=None, *, low_open=False, high_open=False, nonzero=False) -> Checker:
-  """A finite real number (an int is accepted) within the given bounds."""
-
-  def check(key, value):
-    if not _is_real(value):
-      _fail(key, "a real number", value)
-    _check_bounds(key, value, low, high, low_open, high_open, nonzero, "real number")
-
-  return check
-
-
-def integer(low=None, high=None) -> Checker:
-  """An int (not a bool) within [low, high]."""
-
-  def check(key, value):
-    if not isinstance(value, int) or isinstance(value, bool):
-      _fail(key, "an integer", value)
-    _check_bounds(key, value, low, high, False, False, False, "integer")
-
-  return check
-
-
-def reals(*, min_length=1, increasing=False, **bounds) -> Checker:
-  """A tuple/list of at least ``min_length`` reals, each passing ``real(**bounds)``."""
-  element = real(**bounds)
-
-  def check(key, value):
-    if not isinstance(value, (tuple, list)) or len(value) < min_length:
-      _fail(key, f"a tuple of at least {min_length} numbers", value)
-    for i, v in enumerate(value):
-      element(f"{key}[{i}]", v)
-    if increasing and any(b <= a for a, b in zip(value, value[1:], strict=False)):
-      _fail(key, "strictly increasing", value)
-
-  return check
-
-
-def choice(*options) -> Checker:
-  """One of ``options``."""
-
-  def check(key, value):
-    if value not in options:
-      _fail(key, f"one of {options}", value)
-
-  return check
-
-
-def boolean() -> Checker:
-  """True or False."""
-
-  def check(key, value):
-    if not isinstance(value, bool):
-      _fail(key, "True or False", value)
-
-  return check
-
-
-def learning_rate() -> Checker:
-  """A learning rate: a real number > 0."""
-  return real(low=0, low_open=True)
-
-
-def smoothing() -> Checker:
-  """A label-smoothing ε in [0, 1)."""
-  return real(low=0, high=1, high_open=True)
-
-
-def grid(min_num=2) -> Checker:
-  """A group ``{start, stop, num}``: finite start < stop and an integer num >= min_num."""
-
-  def check(key, value):
-    spec = {"start": real(), "stop": real(), "num": integer(low=min_num)}
-    check_config(value, spec, prefix=f"{key}.")
-    if value["start"] >= value["stop"]:
-      _fail(key, "a non-empty grid with start < stop", dict(_flatten(value)))
-
-  return check
-
-
-def available_memory_bytes() -> int | None:
-  """Memory this process can still allocate without swapping (Linux MemAvailable), or None."""
-  try:
-    with open("/proc/meminfo", encoding="ascii") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except (OSError, ValueError, IndexError):
-    pass
-  try:
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-  except (ValueError, OSError, AttributeError):
-    return None
-
-
-def check_memory(arrays: Mapping[str, float], *, itemsize: int = 8) -> None:
-  """Raises ConfigError when the arrays a config implies cannot fit in memory.
-
-  Args:
-    arrays: ``{what: number of elements}`` for the arrays the run holds at once, e.g.
-      ``{"config.grid.num × 3 models × 2 curves": 3 * 2 * num}``: a lower bound of the
-      run's memory, checked before any compute against :func:`available_memory_bytes`.
-    itemsize: bytes per element (8: float64 on the host).
-  """
-  available = available_memory_bytes()
-  needed = itemsize * sum(arrays.values())
-  if available is not None and needed > available:
-    biggest = max(arrays, key=arrays.get)
-    raise ConfigError(
-      f"this config needs at least {needed / 2**30:.3g} GiB ({biggest}: "
-      f"{arrays[biggest]:.3g} values), more than the {available / 2**30:.3g} GiB available"
-    )
-
-
-def _flatten(config: Mapping, prefix: str = "") -> list[tuple[str, Any]]:
-  """(dotted key, leaf value) pairs of a nested config."""
-  items = []
-  for key, value in config.items():
-    if isinstance(value, Mapping) or hasattr(value, "to_dict"):
-      items += _flatten(value, f"{prefix}{key}.")
-    else:
-      items.append((f"{prefix}{key}", value))
-  return items
-
-
-def check_config(config: Mapping, spec: Mapping[str, Checker], *, prefix: str = "") -> None:
-  """Checks that ``config`` has exactly the keys of ``spec`` and that each value passes.
-
-  A spec key may name a group (e.g. ``"grid": grid()``): its checker gets the whole group.
-  Raises ConfigError for the first unknown key, missing key or bad value.
-  """
-  covered = set()
-  for key, checker in spec.items():
-    node = config
-    try:
-      for part in key.split("."):
-        node = node[part]
-    except (KeyError, TypeError, AttributeError):
-      raise ConfigError(f"config.{prefix}{key} is missing") from None
-    checker(prefix + key, node)
-    covered.add(key)
-  for key, _ in _flatten(config):
-    if not any(key == c or key.startswith(c + ".") for c in covered):
-      raise ConfigError(f"config.{prefix}{key} is not a known key of this experiment")
 
 
 # ---------------------------------------------------------------- deterministic JSON output
@@ -854,24 +701,31 @@ def run_app(body: Callable[[], None], *, check: Callable[[], None] | None = None
   app.run(wrapped, flags_parser=parse)
 
 
-_CONFIG_LINE = re.compile(r"^\s*config((?:\.\w+)+)\s*=\s*(.*?)\s*#\s*(.*)$")
+_CONFIG_LINE = re.compile(r"^\s*config((?:\.\w+)+)\s*=\s*(.*?)\s*(?:#\s*(.*))?$")
+_COMMENT_LINE = re.compile(r"^\s*#\s?(.*)$")
 
 
 def config_field_comments(name: str) -> dict[str, str]:
-  """``{dotted key: comment}`` from ``configs/<name>.py`` (``config.key = value  # comment``).
+  """``{dotted key: comment}`` from ``configs/<name>.py``.
 
-  Only the default config's lines count: the first assignment of a key wins (variants
-  come later in the file and reassign).
+  A key's comment is the one at the end of its line (``config.key = value  # comment``)
+  or, where that line has none, the comment lines right above it. Only the default
+  config's lines count: the first commented assignment of a key wins (variants come later
+  in the file and reassign).
   """
   comments = {}
   try:
     lines = (CONFIGS_DIR / f"{name}.py").read_text("utf-8").splitlines()
   except OSError:
     return comments
+  above = []
   for line in lines:
     match = _CONFIG_LINE.match(line)
-    if match:
-      comments.setdefault(match.group(1)[1:], match.group(3))
+    comment = match and (match.group(3) or " ".join(above))
+    if comment:
+      comments.setdefault(match.group(1)[1:], comment)
+    comment_line = _COMMENT_LINE.match(line)
+    above = [*above, comment_line.group(1).strip()] if comment_line else []
   return comments
 
 
@@ -912,6 +766,9 @@ def _add_to_usage(text: str) -> None:
 def main(run_fn: Callable, validate: Callable | None = None) -> None:
   """The absl entry point of an experiment (``if __name__ == "__main__": main(run, validate)``).
 
+  ``validate(config)`` runs before any compute (and for ``--print_config`` and
+  ``--only_check_args``); None: :func:`check_declared`, the bounds the config file declares.
+
   Flags: ``--config`` (default ``configs/<name>.py``; ``:smoke`` and ``--config.key=value``
   overrides), ``--workdir`` (default a fresh ``runs/<name>-<timestamp>``), ``--overwrite``,
   ``--print_config`` (print the resolved config as JSON, validate it, exit) and absl's
@@ -922,6 +779,7 @@ def main(run_fn: Callable, validate: Callable | None = None) -> None:
   from ml_collections import config_flags
 
   name = experiment_name(run_fn)
+  validate = validate or check_declared
   # The flags below are the experiment's own: attributed to __main__, --help lists them.
   flags.disclaim_key_flags()
   flags.DEFINE_string("workdir", None, "Output directory (default: runs/<name>-<timestamp>).")

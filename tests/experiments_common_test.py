@@ -263,16 +263,16 @@ def test_unwritable_workdir_is_one_clear_error(tmp_path):
 
 
 def test_configs_beyond_the_memory_fail_validation(monkeypatch):
-  from experiments import entropy_comparison
+  from experiments import config_checks, entropy_comparison
 
   config = _common.load_config("entropy_comparison", "smoke")
   entropy_comparison.validate(config)
   config.unlock()
   config.grid.num = 2_000_000_000  # 2e9 points × 3 models × 2 curves × 8 bytes = 89 GiB
-  monkeypatch.setattr(_common, "available_memory_bytes", lambda: 64 * 2**30)
+  monkeypatch.setattr(config_checks, "available_memory_bytes", lambda: 64 * 2**30)
   with pytest.raises(_common.ConfigError, match=r"needs at least 89.4 GiB \(config.grid.num"):
     entropy_comparison.validate(config)
-  monkeypatch.setattr(_common, "available_memory_bytes", lambda: 128 * 2**30)
+  monkeypatch.setattr(config_checks, "available_memory_bytes", lambda: 128 * 2**30)
   entropy_comparison.validate(config)  # it would fit
 
 
