@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import _common
+from experiments import _common, outputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 E1_SMOKE = "configs/entropy_comparison.py:smoke"
@@ -283,7 +283,7 @@ def test_progress_on_a_terminal_is_one_updating_line(tmp_path, monkeypatch):
 
   terminal = Terminal()
   monkeypatch.setattr(sys, "stderr", terminal)
-  monkeypatch.setattr(_common, "PROGRESS_EVERY_S", 0.0)  # every step also goes to the file
+  monkeypatch.setattr(outputs, "PROGRESS_EVERY_S", 0.0)  # every step also goes to the file
   with _common.logger_to(tmp_path / "log.txt", "tty") as logger:
     workdir = _common.Workdir(tmp_path, logger)
     for done in range(4):
@@ -298,7 +298,7 @@ def test_progress_on_a_terminal_is_one_updating_line(tmp_path, monkeypatch):
 
 
 def test_default_workdirs_are_fresh(monkeypatch, tmp_path):
-  monkeypatch.setattr(_common, "RUNS_DIR", tmp_path)
+  monkeypatch.setattr(outputs, "RUNS_DIR", tmp_path)
   first = _common.default_workdir("e")
   first.mkdir()
   second = _common.default_workdir("e")
