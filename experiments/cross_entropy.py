@@ -260,6 +260,16 @@ def _describe(intervals) -> str:
   return " ∪ ".join(f"({fmt(lo)}, {fmt(hi)})" for lo, hi in intervals) or "nowhere"
 
 
+def _tolerance(eps: float) -> float:
+  """Rounding of a difference of O(1) values."""
+  return 16 * eps
+
+
+def _largest_mean_cross_entropy(r: dict) -> float:
+  """The scale of the cross-entropies: the larger grid mean of H(p, q) over both pairs."""
+  return max(p["mean_over_grid"]["H(p,q)"] for p in r["pairs"])
+
+
 def _claims(r: dict, eps: float) -> list[dict]:
   """The verdicts on seed §3.1–3.2, each decided by the measured values in ``r``."""
   return [
@@ -276,8 +286,8 @@ def _claims(r: dict, eps: float) -> list[dict]:
 def _claim_cross_entropy_asymmetric(r: dict, eps: float) -> dict:
   """Seed §3.1: H(p, q) ≠ H(q, p)."""
   fwd = r["pairs"][0]
-  tol = 16 * eps  # rounding of a difference of O(1) values
-  scale = max(p["mean_over_grid"]["H(p,q)"] for p in r["pairs"])
+  tol = _tolerance(eps)
+  scale = _largest_mean_cross_entropy(r)
   return _common.claim(
     "3.1-cross-entropy-asymmetric",
     "3.1",
@@ -293,8 +303,8 @@ def _claim_cross_entropy_asymmetric(r: dict, eps: float) -> dict:
 
 def _claim_gibbs_cross_entropy_above_target_entropy(r: dict, eps: float) -> dict:
   """Seed §3.2: H(p, q) ≥ H(p) (the part of 'higher than both entropies' that is a theorem)."""
-  tol = 16 * eps  # rounding of a difference of O(1) values
-  scale = max(p["mean_over_grid"]["H(p,q)"] for p in r["pairs"])
+  tol = _tolerance(eps)
+  scale = _largest_mean_cross_entropy(r)
   return _common.claim(
     "3.2-gibbs-cross-entropy-above-target-entropy",
     "3.2",
@@ -334,7 +344,7 @@ def _claim_cross_entropy_above_both_entropies(r: dict, eps: float) -> dict:
 def _claim_cross_entropy_as_distance(r: dict, eps: float) -> dict:
   """Seed §3.2: 交叉熵反映了两个分布之间的'距离'."""
   fwd = r["pairs"][0]
-  tol = 16 * eps  # rounding of a difference of O(1) values
+  tol = _tolerance(eps)
   return _common.claim(
     "3.2-cross-entropy-as-distance",
     "3.2",

@@ -394,6 +394,11 @@ def _steps(s) -> str:
   return "never" if s is None else str(s)
 
 
+def _reversed_grad_nonfinite(hard: dict) -> bool:
+  """With hard labels, is the reversed gradient non-finite wherever q is in (0, 1)?"""
+  return all(v == 1.0 for k, v in hard.items() if k.startswith("reversed_grad_non"))
+
+
 def _claims(r: dict) -> list[dict]:
   """The verdicts on seed §3.3, each decided by the measured values in ``r``."""
   return [
@@ -411,7 +416,7 @@ def _claim_order_cannot_be_swapped(r: dict) -> dict:
   hard = r["hard_labels"]
   tr = r["training"]
   inf_everywhere = all(v == 1.0 for k, v in hard.items() if k.startswith("reversed_loss_inf"))
-  grad_nonfinite = all(v == 1.0 for k, v in hard.items() if k.startswith("reversed_grad_non"))
+  grad_nonfinite = _reversed_grad_nonfinite(hard)
   return _common.claim(
     "3.3-order-cannot-be-swapped",
     "3.3",
@@ -429,7 +434,7 @@ def _claim_order_cannot_be_swapped(r: dict) -> dict:
 def _claim_wrong_order_wrong_gradient_direction(r: dict) -> dict:
   """Seed §3.3: the reversed order gives the wrong gradient direction."""
   pe, hard, tr = r["per_example"], r["hard_labels"], r["training"]
-  grad_nonfinite = all(v == 1.0 for k, v in hard.items() if k.startswith("reversed_grad_non"))
+  grad_nonfinite = _reversed_grad_nonfinite(hard)
   eps = pe["logit_of_smoothed_label"]
   return _common.claim(
     "3.3-wrong-order-wrong-gradient-direction",
