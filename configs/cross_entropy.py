@@ -11,6 +11,8 @@ From the repository root::
 
 import ml_collections
 
+from experiments.config_checks import bounded, choice, integer, real
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   """The default config, or a ``variant`` of it ("smoke": coarse grids, runs in ~1 s)."""
@@ -19,21 +21,24 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # Defaults: the seed's model 1, σ(x), as the target and model 2, 1/(1+e^{-1-2x}), as the
   # model. The reversed pair (q as the target) is always computed too.
   config.target = ml_collections.ConfigDict()
-  config.target.intercept = 0.0  # a of the target p
-  config.target.slope = 1.0  # b of the target p (non-zero)
+  config.target.intercept = bounded(0.0, real())  # a of the target p
+  config.target.slope = bounded(1.0, real(nonzero=True))  # b of the target p (non-zero)
   config.model = ml_collections.ConfigDict()
-  config.model.intercept = 1.0  # a of the model q
-  config.model.slope = 2.0  # b of the model q (non-zero)
+  config.model.intercept = bounded(1.0, real())  # a of the model q
+  config.model.slope = bounded(2.0, real(nonzero=True))  # b of the model q (non-zero)
   # The x-grid of the curves, the figure, Gibbs' check and the asymmetry maximum.
   config.grid = ml_collections.ConfigDict()
-  config.grid.start = -10.0  # first x
-  config.grid.stop = 10.0  # last x
-  config.grid.num = 2001  # number of points (spacing 0.01)
+  config.grid.start = bounded(-10.0, real())  # first x
+  config.grid.stop = bounded(10.0, real())  # last x
+  config.grid.num = bounded(2001, integer(low=2))  # number of points (spacing 0.01)
   # Where H(p, q) < H(q): sign changes of H(p, q) - H(q) are located on this many points of
   # [grid.start, grid.stop] (float64), then each is refined by Brent's method to root_xtol.
-  config.search_num = 200_001  # points of the sign-change search (spacing 1e-4)
-  config.root_xtol = 1e-12  # absolute tolerance of each root (brentq xtol)
-  config.entropy_unit = "nats"  # "nats" (natural log) or "bits" (log base 2)
+  # points of the sign-change search (spacing 1e-4)
+  config.search_num = bounded(200_001, integer(low=11, high=10_000_001))
+  # absolute tolerance of each root (brentq xtol)
+  config.root_xtol = bounded(1e-12, real(low=0, low_open=True, high=1e-6))
+  # "nats" (natural log) or "bits" (log base 2)
+  config.entropy_unit = bounded("nats", choice("nats", "bits"))
 
   if variant == "smoke":
     config.grid.num = 401

@@ -22,47 +22,65 @@ Variants:
 
 import ml_collections
 
+from experiments.config_checks import bounded, integer, learning_rate, real, reals
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   """The default config, or a ``variant`` of it ("smoke" or "full", see the docstring)."""
   config = ml_collections.ConfigDict()
-  config.seed = 0  # PRNG seed of the initial embedding and of the minibatch draws
+  # PRNG seed of the initial embedding and of the minibatch draws
+  config.seed = bounded(0, integer(low=0))
 
   # The corpus: the running Python's own standard library, *.py, tests excluded.
   config.corpus = ml_collections.ConfigDict()
-  config.corpus.max_files = 200  # files used (0: all), in a fixed hash order of their paths
-  config.corpus.heldout_fraction = 0.1  # files whose path hash falls below it are held out
-  config.vocab_size = 4096  # V: the V - 1 most frequent training tokens + <unk>
+  # files used (0: all), in a fixed hash order of their paths
+  config.corpus.max_files = bounded(200, integer(low=0))
+  # files whose path hash falls below it are held out
+  config.corpus.heldout_fraction = bounded(0.1, real(low=0, high=1, low_open=True, high_open=True))
+  # V: the V - 1 most frequent training tokens + <unk>
+  config.vocab_size = bounded(4096, integer(low=2, high=1 << 20))
 
   # Bigram softmax regression: logits = E[previous token] @ W + b.
   config.model = ml_collections.ConfigDict()
-  config.model.embed_dim = 32  # D, the rows of W (and columns of E)
-  config.model.init_scale = 1.0  # E ~ N(0, init_scale²); W = 0 and b = 0 (uniform start)
-  config.model.chunk_size = 0  # the fused loss's chunk_size (0: the library's default)
+  # D, the rows of W (and columns of E)
+  config.model.embed_dim = bounded(32, integer(low=1, high=1 << 16))
+  # E ~ N(0, init_scale²); W = 0 and b = 0 (uniform start)
+  config.model.init_scale = bounded(1.0, real(low=0, low_open=True))
+  # the fused loss's chunk_size (0: the library's default)
+  config.model.chunk_size = bounded(0, integer(low=0))
 
   # Adam on minibatches of (previous, next) token pairs drawn uniformly with replacement.
   config.train = ml_collections.ConfigDict()
-  config.train.learning_rate = 3e-2  # Adam step size
-  config.train.batch_size = 512  # token pairs per step
-  config.train.num_steps = 200  # optimiser steps
-  config.train.num_evals = 4  # held-out evaluations after steps k·num_steps/num_evals (+ step 0)
-  config.eval_chunk = 2048  # held-out pairs per evaluation chunk (bounds the naive logits)
+  config.train.learning_rate = bounded(3e-2, learning_rate())  # Adam step size
+  config.train.batch_size = bounded(512, integer(low=1, high=1 << 20))  # token pairs per step
+  config.train.num_steps = bounded(200, integer(low=1, high=10_000_000))  # optimiser steps
+  # held-out evaluations after steps k·num_steps/num_evals (+ step 0)
+  config.train.num_evals = bounded(4, integer(low=1))
+  # held-out pairs per evaluation chunk (bounds the naive logits)
+  config.eval_chunk = bounded(2048, integer(low=1, high=1 << 20))
 
   # Count-based references, fitted on the training tokens.
-  config.smoothing_k = 0.01  # add-k smoothing of the unigram and bigram count models
+  # add-k smoothing of the unigram and bigram count models
+  config.smoothing_k = bounded(0.01, real(low=0, low_open=True))
 
   # Fused vs materialised: held-out mean CE must agree to agreement_ulps · eps(dtype).
-  config.agreement_ulps = 64
+  config.agreement_ulps = bounded(64, real(low=1))
 
   # Temporaries and time of the mean loss and its gradient (E, W, b), fused vs naive, over V.
   config.sweep = ml_collections.ConfigDict()
-  config.sweep.vocab_sizes = (1024, 4096, 16384)  # V values (model shapes only; random data)
-  config.sweep.time_batch_size = 512  # N tokens of the steps compiled, measured and timed
-  config.sweep.memory_batch_size = 8192  # N of the largest V's steps compiled only (memory)
-  config.sweep.repeats = 2  # timed calls of each step (median), interleaved, after a warm-up
+  # V values (model shapes only; random data)
+  config.sweep.vocab_sizes = bounded(
+    (1024, 4096, 16384), reals(increasing=True, low=2, high=1 << 20)
+  )
+  # N tokens of the steps compiled, measured and timed
+  config.sweep.time_batch_size = bounded(512, integer(low=1, high=1 << 20))
+  # N of the largest V's steps compiled only (memory)
+  config.sweep.memory_batch_size = bounded(8192, integer(low=1, high=1 << 24))
+  # timed calls of each step (median), interleaved, after a warm-up
+  config.sweep.repeats = bounded(2, integer(low=1, high=1000))
   # Claim: at the largest V and N = memory_batch_size the naive step's temporaries (two
   # [N, V] arrays: logits and their gradient) are at least this many times the fused one's.
-  config.memory_ratio_min = 4.0
+  config.memory_ratio_min = bounded(4.0, real(low=0, low_open=True))
 
   if variant == "smoke":
     config.corpus.max_files = 40

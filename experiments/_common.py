@@ -1,20 +1,22 @@
-"""The one shared helper behind every experiment: config checks, workdir, atomic outputs, claims.
+"""The shared helper behind every experiment: claims, the run, provenance and the absl main.
 
-An experiment is a module ``experiments/<name>.py`` with a config file ``configs/<name>.py``.
-To be runnable on its own and registered in ``experiments/reproduce.py`` it exposes:
+An experiment is a module ``experiments/<name>.py`` with a config file ``configs/<name>.py``
+that declares every key once, with its default, bound and comment (``config.num_steps =
+bounded(100, integer(low=1))  # steps``; see :mod:`experiments.config_checks`). To be
+runnable on its own and registered in ``experiments/reproduce.py`` the module exposes:
 
-``validate(config) -> None``
-    Raises :class:`ConfigError` for a bad config, before any compute. Usually one line:
-    ``check_config(config, {"grid": grid(), "learning_rate": real(low=0, low_open=True), ...})``
-    -- the spec names every key of the config (unknown and missing keys are rejected), plus
-    any cross-field checks.
+``validate(config) -> None`` (optional)
+    Raises :class:`ConfigError` for a bad config, before any compute: the declared bounds
+    (``check_declared(config)``) and the constraints *between* keys, e.g. ``check_grid``,
+    "num_steps a multiple of num_checkpoints", :func:`check_memory`. Without it, the
+    declared bounds alone are checked.
 ``run(config, workdir: Workdir) -> dict``
     Does the work and returns the results: every number it reports (plain Python / numpy /
     jax values; :func:`to_jsonable` converts them), a ``"claims"`` list built with
     :func:`claim`, and optionally a ``"summary"`` dict of a few headline numbers for the
     report. Figures go through ``workdir.save_figure(fig, "name.png")``, log lines through
     ``workdir.log(...)``. No timings in the results (they go to ``timing.json``).
-``if __name__ == "__main__": _common.main(run, validate)``
+``if __name__ == "__main__": _common.main(run, validate)`` (or ``main(run)``)
     The absl entry point: ``python -m experiments.<name> --config=configs/<name>.py
     --workdir=DIR [--config.key=value ...] [--overwrite] [--print_config]
     [--only_check_args]``; ``--help`` lists the flags and the config fields.
@@ -34,8 +36,12 @@ the same config: nothing run-specific goes in it; NaN/inf as the strings
 ``--overwrite`` is given, except the workdir of an unfinished run (provenance but no
 results), which is cleared and reused.
 
-This module imports only the standard library at import time (numpy, ml_collections,
-absl and matplotlib are imported where they are used), so importing it stays light.
+Config checking is in :mod:`experiments.config_checks`, the workdir and its atomic files in
+:mod:`experiments.outputs`; this module re-exports their names (``_common.Workdir``,
+``_common.real``, ...), so an experiment imports ``_common`` alone.
+
+This module imports only the standard library and ml_collections at import time (numpy,
+jax, absl and matplotlib are imported where they are used), so importing it stays light.
 """
 
 from __future__ import annotations
@@ -44,290 +50,54 @@ import ast
 import contextlib
 import datetime
 import importlib
-import io
-import json
-import logging
-import math
 import os
 import re
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from experiments.config_checks import (  # noqa: F401  (the experiments' names for them)
+  Checker,
+  ConfigError,
+  _flatten,
+  boolean,
+  bounded,
+  check_config,
+  check_declared,
+  check_grid,
+  check_memory,
+  choice,
+  grid,
+  integer,
+  learning_rate,
+  real,
+  reals,
+  smoothing,
+)
+from experiments.outputs import (  # noqa: F401  (the experiments' names for them)
+  COMPLETION_FILES,
+  PROVENANCE_FILE,
+  RUN_FILES,
+  RUNS_DIR,
+  Workdir,
+  WorkdirError,
+  atomic_write,
+  default_workdir,
+  dumps,
+  is_incomplete_run,
+  logger_to,
+  new_figure,
+  prepare_workdir,
+  to_jsonable,
+  write_json,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RUNS_DIR = REPO_ROOT / "runs"
 CONFIGS_DIR = REPO_ROOT / "configs"
 VERDICTS = ("holds", "partly", "fails")
-# Files a finished run leaves; removed first when a run reuses a workdir (--overwrite), so a
-# results.json on disk always belongs to the config.json next to it.
-COMPLETION_FILES = ("results.json", "timing.json", "REPORT.md")
-# Written before any compute: what ran, where and from which code (see provenance()).
-PROVENANCE_FILE = "provenance.json"
-# The other files a run writes at the top of its workdir (besides figures, *.png).
-RUN_FILES = ("config.json", "log.txt", "metrics.csv", PROVENANCE_FILE)
-
-
-class ConfigError(ValueError):
-  """A config value that an experiment cannot run with (reported as one line, exit 2)."""
-
-
-class WorkdirError(RuntimeError):
-  """A workdir that would be overwritten without permission (reported as one line, exit 2)."""
-
-
-# --------------------------------------------------------------------------- config checks
-# A checker is a callable (key, value) -> None that raises ConfigError naming the key.
-
-Checker = Callable[[str, Any], None]
-
-
-def _fail(key: str, must: str, value: Any) -> None:
-  raise ConfigError(f"config.{key} must be {must}, got {value!r}")
-
-
-def _is_real(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_bounds(key, value, low, high, low_open, high_open, nonzero, what) -> None:
-  if not math.isfinite(value):
-    _fail(key, f"a finite {what}", value)
-  if low is not None and (value < low or (low_open and value == low)):
-    _fail(key, f"{'>' if low_open else '>='} {low}", value)
-  if high is not None and (value > high or (high_open and value == high)):
-    _fail(key, f"{'<' if high_open else '<='} {high}", value)
-  if nonzero and value == 0:
-    _fail(key, "non-zero", value)
-
-
-def real(low=None, high=None, *, low_open=False, high_open=False, nonzero=False) -> Checker:
-  """A finite real number (an int is accepted) within the given bounds."""
-
-  def check(key, value):
-    if not _is_real(value):
-      _fail(key, "a real number", value)
-    _check_bounds(key, value, low, high, low_open, high_open, nonzero, "real number")
-
-  return check
-
-
-def integer(low=None, high=None) -> Checker:
-  """An int (not a bool) within [low, high]."""
-
-  def check(key, value):
-    if not isinstance(value, int) or isinstance(value, bool):
-      _fail(key, "an integer", value)
-    _check_bounds(key, value, low, high, False, False, False, "integer")
-
-  return check
-
-
-def reals(*, min_length=1, increasing=False, **bounds) -> Checker:
-  """A tuple/list of at least ``min_length`` reals, each passing ``real(**bounds)``."""
-  element = real(**bounds)
-
-  def check(key, value):
-    if not isinstance(value, (tuple, list)) or len(value) < min_length:
-      _fail(key, f"a tuple of at least {min_length} numbers", value)
-    for i, v in enumerate(value):
-      element(f"{key}[{i}]", v)
-    if increasing and any(b <= a for a, b in zip(value, value[1:], strict=False)):
-      _fail(key, "strictly increasing", value)
-
-  return check
-
-
-def choice(*options) -> Checker:
-  """One of ``options``."""
-
-  def check(key, value):
-    if value not in options:
-      _fail(key, f"one of {options}", value)
-
-  return check
-
-
-def boolean() -> Checker:
-  """True or False."""
-
-  def check(key, value):
-    if not isinstance(value, bool):
-      _fail(key, "True or False", value)
-
-  return check
-
-
-def learning_rate() -> Checker:
-  """A learning rate: a real number > 0."""
-  return real(low=0, low_open=True)
-
-
-def smoothing() -> Checker:
-  """A label-smoothing ε in [0, 1)."""
-  return real(low=0, high=1, high_open=True)
-
-
-def grid(min_num=2) -> Checker:
-  """A group ``{start, stop, num}``: finite start < stop and an integer num >= min_num."""
-
-  def check(key, value):
-    spec = {"start": real(), "stop": real(), "num": integer(low=min_num)}
-    check_config(value, spec, prefix=f"{key}.")
-    if value["start"] >= value["stop"]:
-      _fail(key, "a non-empty grid with start < stop", dict(_flatten(value)))
-
-  return check
-
-
-def available_memory_bytes() -> int | None:
-  """Memory this process can still allocate without swapping (Linux MemAvailable), or None."""
-  try:
-    with open("/proc/meminfo", encoding="ascii") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except (OSError, ValueError, IndexError):
-    pass
-  try:
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-  except (ValueError, OSError, AttributeError):
-    return None
-
-
-def check_memory(arrays: Mapping[str, float], *, itemsize: int = 8) -> None:
-  """Raises ConfigError when the arrays a config implies cannot fit in memory.
-
-  Args:
-    arrays: ``{what: number of elements}`` for the arrays the run holds at once, e.g.
-      ``{"config.grid.num × 3 models × 2 curves": 3 * 2 * num}``: a lower bound of the
-      run's memory, checked before any compute against :func:`available_memory_bytes`.
-    itemsize: bytes per element (8: float64 on the host).
-  """
-  available = available_memory_bytes()
-  needed = itemsize * sum(arrays.values())
-  if available is not None and needed > available:
-    biggest = max(arrays, key=arrays.get)
-    raise ConfigError(
-      f"this config needs at least {needed / 2**30:.3g} GiB ({biggest}: "
-      f"{arrays[biggest]:.3g} values), more than the {available / 2**30:.3g} GiB available"
-    )
-
-
-def _flatten(config: Mapping, prefix: str = "") -> list[tuple[str, Any]]:
-  """(dotted key, leaf value) pairs of a nested config."""
-  items = []
-  for key, value in config.items():
-    if isinstance(value, Mapping) or hasattr(value, "to_dict"):
-      items += _flatten(value, f"{prefix}{key}.")
-    else:
-      items.append((f"{prefix}{key}", value))
-  return items
-
-
-def check_config(config: Mapping, spec: Mapping[str, Checker], *, prefix: str = "") -> None:
-  """Checks that ``config`` has exactly the keys of ``spec`` and that each value passes.
-
-  A spec key may name a group (e.g. ``"grid": grid()``): its checker gets the whole group.
-  Raises ConfigError for the first unknown key, missing key or bad value.
-  """
-  covered = set()
-  for key, checker in spec.items():
-    node = config
-    try:
-      for part in key.split("."):
-        node = node[part]
-    except (KeyError, TypeError, AttributeError):
-      raise ConfigError(f"config.{prefix}{key} is missing") from None
-    checker(prefix + key, node)
-    covered.add(key)
-  for key, _ in _flatten(config):
-    if not any(key == c or key.startswith(c + ".") for c in covered):
-      raise ConfigError(f"config.{prefix}{key} is not a known key of this experiment")
-
-
-# ---------------------------------------------------------------- deterministic JSON output
-
-
-def to_jsonable(obj: Any) -> Any:
-  """Converts results to plain JSON values; NaN/±inf become "nan"/"inf"/"-inf"."""
-  import numpy as np
-
-  if obj is None or isinstance(obj, (str, bool)):
-    return obj
-  if isinstance(obj, Mapping) or hasattr(obj, "to_dict"):
-    return {str(k): to_jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [to_jsonable(v) for v in obj]
-  if isinstance(obj, (int, np.integer)) and not isinstance(obj, np.bool_):
-    return int(obj)
-  if isinstance(obj, np.bool_):
-    return bool(obj)
-  if isinstance(obj, (float, np.floating)):
-    value = float(obj)
-    return (
-      value
-      if math.isfinite(value)
-      else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
-    )
-  if hasattr(obj, "__array__"):
-    array = np.asarray(obj)
-    return to_jsonable(array.item() if array.ndim == 0 else array.tolist())
-  raise TypeError(f"cannot serialise {type(obj).__name__} to JSON: {obj!r}")
-
-
-def dumps(obj: Any) -> bytes:
-  """Deterministic JSON bytes: sorted keys, fixed indentation, shortest float repr."""
-  text = json.dumps(to_jsonable(obj), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
-  return (text + "\n").encode("utf-8")
-
-
-def atomic_write(path: Path | str, data: bytes | str) -> Path:
-  """Writes ``data`` to ``path`` via a temp file in the same directory and ``os.replace``.
-
-  Readers (and a crash or Ctrl-C at any point) see the old file or the complete new one,
-  never a partial file. SIGINT and SIGTERM are held back while the temp file exists (they
-  are delivered right after), so an interrupt cannot land between its creation and the
-  ``try`` that removes it; any other failure removes it too.
-  """
-  path = Path(path)
-  if isinstance(data, str):
-    data = data.encode("utf-8")
-  with _signals_deferred():
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-      with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-      os.chmod(tmp, 0o644)
-      os.replace(tmp, path)
-    except BaseException:
-      with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-      raise
-  return path
-
-
-_DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-  """Blocks SIGINT and SIGTERM for this thread; pending ones are delivered on exit."""
-  previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
-  try:
-    yield
-  finally:
-    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def write_json(path: Path | str, obj: Any) -> Path:
-  """Atomically writes ``obj`` as deterministic JSON."""
-  return atomic_write(path, dumps(obj))
 
 
 # -------------------------------------------------------------------------------- claims
@@ -396,265 +166,6 @@ def _check_results(name: str, results: Any) -> None:
     missing = {"id", "seed_section", "statement", "measured", "holds", "verdict"} - set(c)
     if missing or c["verdict"] not in VERDICTS:
       raise TypeError(f"{name}: malformed claim {c!r} (use _common.claim)")
-
-
-# ------------------------------------------------------------------------ workdir and logs
-
-
-class _AtomicLogHandler(logging.Handler):
-  """Keeps the log in memory and rewrites ``log.txt`` atomically after every record."""
-
-  def __init__(self, path: Path):
-    super().__init__()
-    self.path, self.lines = path, []
-
-  def emit(self, record):
-    self.lines.append(self.format(record) + "\n")
-    atomic_write(self.path, "".join(self.lines))
-
-
-@contextlib.contextmanager
-def logger_to(path: Path, name: str):
-  """A logger writing to ``path`` (atomically) and to stderr; handlers removed on exit."""
-  logger = logging.getLogger(f"xent_jax.experiments.{name}")
-  logger.setLevel(logging.INFO)
-  logger.propagate = False
-  formatter = logging.Formatter("%(asctime)s %(name)s] %(message)s", "%H:%M:%S")
-  handlers = [_AtomicLogHandler(path), logging.StreamHandler(sys.stderr)]
-  # Records marked file_only (progress on a terminal, shown there in place) skip stderr.
-  handlers[1].addFilter(lambda record: not getattr(record, "file_only", False))
-  for handler in handlers:
-    handler.setFormatter(formatter)
-    logger.addHandler(handler)
-  try:
-    yield logger
-  finally:
-    for handler in handlers:
-      logger.removeHandler(handler)
-
-
-PROGRESS_EVERY_S = 5.0  # the most often Workdir.progress logs a line within a long loop
-
-
-class Workdir:
-  """Where one experiment run writes: ``path``, ``log(msg)``, ``save_figure(fig, name)``,
-  ``progress(k, n, what)`` and ``save_metrics(rows)``."""
-
-  def __init__(self, path: Path, logger: logging.Logger):
-    self.path, self.logger, self.figures, self.captions = path, logger, [], {}
-    self.metrics: list[dict] = []
-    self._started: dict[str, float] = {}
-    self._last_progress: dict[str, float] = {}
-    self._terminal_line = False  # an updating progress line is on the terminal
-
-  def log(self, message: str, *args) -> None:
-    """Logs one line to ``log.txt`` and stderr."""
-    self._clear_terminal_line()
-    self.logger.info(message, *args)
-
-  def progress(self, done: int, total: int, what: str) -> None:
-    """Logs ``what: step done/total, elapsed, ETA`` (the clock starts at ``done == 0``).
-
-    Call it with 0 before the first step, then after each chunk of work. ``log.txt`` gets
-    the start, the end, and in between at most one line every ``PROGRESS_EVERY_S``
-    seconds; the ETA extrapolates the mean time per step so far (compilation included).
-    On a terminal, stderr shows the steps in between as one line updated in place.
-    """
-    now = time.perf_counter()
-    if not done:
-      self._started[what] = self._last_progress[what] = now
-      self.log("%s: step 0/%d", what, total)
-      return
-    elapsed = now - self._started.setdefault(what, now)
-    if done >= total:
-      self.log("%s: step %d/%d, done in %.1f s", what, done, total, elapsed)
-      return
-    text = f"{what}: step {done}/{total}, elapsed {elapsed:.1f} s, ETA "
-    text += f"{elapsed / done * (total - done):.1f} s"
-    terminal = sys.stderr.isatty()
-    if now - self._last_progress.get(what, 0.0) >= PROGRESS_EVERY_S:
-      self._last_progress[what] = now
-      self._clear_terminal_line()
-      self.logger.info("%s", text, extra={"file_only": terminal})
-    if terminal:
-      sys.stderr.write(f"\r{text}\x1b[K")
-      sys.stderr.flush()
-      self._terminal_line = True
-
-  def _clear_terminal_line(self) -> None:
-    """Erases the updating progress line (if any) before a line is logged."""
-    if self._terminal_line:
-      sys.stderr.write("\r\x1b[K")
-      self._terminal_line = False
-
-  def add_metrics(self, run: str, step, **columns) -> None:
-    """Adds per-step metrics of ``run`` (arrays of one length, aligned with ``step``).
-
-    They are written at the end of the run to ``metrics.csv``, one row per (run, step):
-    ``pandas.read_csv(workdir / "metrics.csv")`` reads it directly.
-    """
-    import numpy as np
-
-    step = np.asarray(step)
-    values = {k: np.asarray(v) for k, v in columns.items()}
-    for k, v in values.items():
-      if v.shape != step.shape:
-        raise ValueError(f"metric {k!r} has shape {v.shape}, step has {step.shape}")
-    for i in range(step.size):
-      self.metrics.append(
-        {"run": run, "step": int(step[i]), **{k: float(v[i]) for k, v in values.items()}}
-      )
-
-  def save_metrics(self, filename: str = "metrics.csv") -> str | None:
-    """Writes the collected metrics as CSV (atomically); None when there are none."""
-    if not self.metrics:
-      return None
-    import csv
-
-    columns = list(dict.fromkeys(k for row in self.metrics for k in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: _csv_value(row.get(k)) for k in columns} for row in self.metrics)
-    atomic_write(self.path / filename, buffer.getvalue())
-    return filename
-
-  def save_figure(self, fig, filename: str, caption: str | None = None) -> str:
-    """Saves a matplotlib figure as PNG atomically, closes it, returns the file name.
-
-    ``caption``: one line saying what the figure shows (REPORT.md prints it under it).
-    """
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(self.path / filename, buffer.getvalue())
-    self.figures.append(filename)
-    if caption:
-      self.captions[filename] = caption
-    return filename
-
-
-def _csv_value(value):
-  """A CSV cell: floats in shortest round-trip form, nan/inf as pandas reads them."""
-  if value is None:
-    return ""
-  if isinstance(value, float) and not math.isfinite(value):
-    return "nan" if value != value else ("inf" if value > 0 else "-inf")
-  return repr(value) if isinstance(value, float) else value
-
-
-def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
-  """``plt.subplots`` on the non-interactive Agg backend (matplotlib imported lazily)."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  return plt.subplots(nrows, ncols, layout="constrained", **kwargs)
-
-
-def plot_relative_gap(ax, loss_T, reference: float, dtype: str, *, color: str, label: str):
-  """Draws the per-step relative gap (L_t - L*) / L* of a loss recorded in ``dtype``.
-
-  A loss computed in ``dtype`` cannot resolve a relative gap much below its machine epsilon:
-  there the recorded values are rounding noise of either sign, and a line through them on a
-  log axis fills a solid block. The gap is drawn as a line where it exceeds 4 eps, and the
-  steps below that as points on a floor at 4 eps (the legend says so); the checkpoints'
-  float64 objective (drawn by the caller) shows how far below the floor it really went.
-  """
-  import numpy as np
-
-  floor = 4 * float(np.finfo(dtype).eps)
-  gap_T = (np.asarray(loss_T, np.float64) - reference) / abs(reference)
-  step_T = np.arange(len(gap_T))
-  above = gap_T > floor
-  ax.plot(step_T, np.where(above, gap_T, np.nan), color=color, lw=1, label=f"{label}, {dtype}")
-  if not above.all():
-    ax.plot(
-      step_T[~above],
-      np.full((~above).sum(), floor),
-      color=color,
-      ls="none",
-      marker="|",
-      ms=4,
-      label=f"{label}: below 4 eps of {dtype} = {floor:.1e} (rounding), drawn at it",
-    )
-
-
-def default_workdir(name: str) -> Path:
-  """A fresh ``runs/<name>-<timestamp>[-k]`` path that does not exist yet."""
-  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  path, k = RUNS_DIR / f"{name}-{stamp}", 1
-  while path.exists():
-    k += 1
-    path = RUNS_DIR / f"{name}-{stamp}-{k}"
-  return path
-
-
-def is_incomplete_run(path: Path | str) -> bool:
-  """True for the workdir of a run that started but never finished.
-
-  Every run writes ``provenance.json`` before any compute and ``results.json`` (an
-  experiment) or ``REPORT.md`` (``reproduce``) last: a workdir with the first and neither
-  of the others was left by a run that failed or was interrupted.
-  """
-  path = Path(path)
-  return (path / PROVENANCE_FILE).is_file() and not any(
-    (path / name).exists() for name in COMPLETION_FILES
-  )
-
-
-def _clear_incomplete_run(path: Path) -> list[str]:
-  """Removes the files an unfinished run leaves at the top of ``path``; returns their names."""
-  removed = []
-  for entry in sorted(path.iterdir()):
-    if entry.is_file() and (
-      entry.name in RUN_FILES
-      or entry.suffix == ".png"
-      or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
-    ):
-      entry.unlink()
-      removed.append(entry.name)
-  return removed
-
-
-def prepare_workdir(path: Path | str, *, overwrite: bool) -> Path:
-  """Creates ``path``, writable, for a run; raises WorkdirError (one line) otherwise.
-
-  A non-empty existing workdir needs ``overwrite``, except the workdir of an unfinished run
-  (:func:`is_incomplete_run`): its files are removed (a note on stderr says so) and it is
-  reused, so that a failed or interrupted run never blocks its rerun.
-  """
-  path = Path(path)
-  if path.exists() and not path.is_dir():
-    raise WorkdirError(f"workdir {path} exists and is not a directory")
-  if path.is_dir() and any(path.iterdir()):
-    if is_incomplete_run(path):
-      removed = _clear_incomplete_run(path)
-      print(
-        f"note: {path} holds an unfinished run (no results); reusing it "
-        f"(removed {', '.join(removed) or 'nothing'})",
-        file=sys.stderr,
-      )
-    elif not overwrite:
-      raise WorkdirError(
-        f"workdir {path} is not empty; pass --overwrite to reuse it "
-        "(its results would be replaced) or choose another --workdir"
-      )
-    for name in COMPLETION_FILES:
-      with contextlib.suppress(FileNotFoundError):
-        (path / name).unlink()
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=path):
-      pass
-  except OSError as error:
-    raise WorkdirError(
-      f"cannot write to workdir {path}: {error.strerror or error}; choose another --workdir"
-    ) from None
-  return path
 
 
 def load_config(name: str, variant: str | None = None):
@@ -882,24 +393,31 @@ def run_app(body: Callable[[], None], *, check: Callable[[], None] | None = None
   app.run(wrapped, flags_parser=parse)
 
 
-_CONFIG_LINE = re.compile(r"^\s*config((?:\.\w+)+)\s*=\s*(.*?)\s*#\s*(.*)$")
+_CONFIG_LINE = re.compile(r"^\s*config((?:\.\w+)+)\s*=\s*(.*?)\s*(?:#\s*(.*))?$")
+_COMMENT_LINE = re.compile(r"^\s*#\s?(.*)$")
 
 
 def config_field_comments(name: str) -> dict[str, str]:
-  """``{dotted key: comment}`` from ``configs/<name>.py`` (``config.key = value  # comment``).
+  """``{dotted key: comment}`` from ``configs/<name>.py``.
 
-  Only the default config's lines count: the first assignment of a key wins (variants
-  come later in the file and reassign).
+  A key's comment is the one at the end of its line (``config.key = value  # comment``)
+  or, where that line has none, the comment lines right above it. Only the default
+  config's lines count: the first commented assignment of a key wins (variants come later
+  in the file and reassign).
   """
   comments = {}
   try:
     lines = (CONFIGS_DIR / f"{name}.py").read_text("utf-8").splitlines()
   except OSError:
     return comments
+  above = []
   for line in lines:
     match = _CONFIG_LINE.match(line)
-    if match:
-      comments.setdefault(match.group(1)[1:], match.group(3))
+    comment = match and (match.group(3) or " ".join(above))
+    if comment:
+      comments.setdefault(match.group(1)[1:], comment)
+    comment_line = _COMMENT_LINE.match(line)
+    above = [*above, comment_line.group(1).strip()] if comment_line else []
   return comments
 
 
@@ -940,6 +458,9 @@ def _add_to_usage(text: str) -> None:
 def main(run_fn: Callable, validate: Callable | None = None) -> None:
   """The absl entry point of an experiment (``if __name__ == "__main__": main(run, validate)``).
 
+  ``validate(config)`` runs before any compute (and for ``--print_config`` and
+  ``--only_check_args``); None: :func:`check_declared`, the bounds the config file declares.
+
   Flags: ``--config`` (default ``configs/<name>.py``; ``:smoke`` and ``--config.key=value``
   overrides), ``--workdir`` (default a fresh ``runs/<name>-<timestamp>``), ``--overwrite``,
   ``--print_config`` (print the resolved config as JSON, validate it, exit) and absl's
@@ -950,6 +471,7 @@ def main(run_fn: Callable, validate: Callable | None = None) -> None:
   from ml_collections import config_flags
 
   name = experiment_name(run_fn)
+  validate = validate or check_declared
   # The flags below are the experiment's own: attributed to __main__, --help lists them.
   flags.disclaim_key_flags()
   flags.DEFINE_string("workdir", None, "Output directory (default: runs/<name>-<timestamp>).")

@@ -52,20 +52,9 @@ PAIR_NAMES = ("σ₁", "σ₂")  # config.target and config.model (by default th
 
 
 def validate(config) -> None:
-  """Rejects a config E2 cannot run with (see ``configs/cross_entropy.py``)."""
-  _common.check_config(
-    config,
-    {
-      "target.intercept": _common.real(),
-      "target.slope": _common.real(nonzero=True),
-      "model.intercept": _common.real(),
-      "model.slope": _common.real(nonzero=True),
-      "grid": _common.grid(),
-      "search_num": _common.integer(low=11, high=10_000_001),
-      "root_xtol": _common.real(low=0, low_open=True, high=1e-6),
-      "entropy_unit": _common.choice("nats", "bits"),
-    },
-  )
+  """The bounds declared in ``configs/cross_entropy.py`` and the constraints between keys."""
+  _common.check_declared(config)
+  _common.check_grid(config, "grid")
   if tuple(config.target.values()) == tuple(config.model.values()):
     raise _common.ConfigError("config.target and config.model must differ")
   _common.check_memory(  # both σ, both H, both cross-entropies and KLs on the grid
@@ -271,68 +260,105 @@ def _describe(intervals) -> str:
   return " ∪ ".join(f"({fmt(lo)}, {fmt(hi)})" for lo, hi in intervals) or "nowhere"
 
 
+def _tolerance(eps: float) -> float:
+  """Rounding of a difference of O(1) values."""
+  return 16 * eps
+
+
+def _largest_mean_cross_entropy(r: dict) -> float:
+  """The scale of the cross-entropies: the larger grid mean of H(p, q) over both pairs."""
+  return max(p["mean_over_grid"]["H(p,q)"] for p in r["pairs"])
+
+
 def _claims(r: dict, eps: float) -> list[dict]:
   """The verdicts on seed §3.1–3.2, each decided by the measured values in ``r``."""
-  fwd, rev = r["pairs"]
+  return [
+    claim(r, eps)
+    for claim in (
+      _claim_cross_entropy_asymmetric,
+      _claim_gibbs_cross_entropy_above_target_entropy,
+      _claim_cross_entropy_above_both_entropies,
+      _claim_cross_entropy_as_distance,
+    )
+  ]
+
+
+def _claim_cross_entropy_asymmetric(r: dict, eps: float) -> dict:
+  """Seed §3.1: H(p, q) ≠ H(q, p)."""
+  fwd = r["pairs"][0]
+  tol = _tolerance(eps)
+  scale = _largest_mean_cross_entropy(r)
+  return _common.claim(
+    "3.1-cross-entropy-asymmetric",
+    "3.1",
+    "交叉熵不是对称的: H(p, q) ≠ H(q, p)",
+    {
+      "max_abs_H(p,q)-H(q,p)": fwd["max_abs_H(p,q)-H(q,p)"],
+      "at_x": fwd["max_asymmetry_at_x"],
+      "max_abs_KL(p||q)-KL(q||p)": fwd["max_abs_KL(p||q)-KL(q||p)"],
+    },
+    holds=fwd["max_abs_H(p,q)-H(q,p)"] > 1e3 * tol * scale,
+  )
+
+
+def _claim_gibbs_cross_entropy_above_target_entropy(r: dict, eps: float) -> dict:
+  """Seed §3.2: H(p, q) ≥ H(p) (the part of 'higher than both entropies' that is a theorem)."""
+  tol = _tolerance(eps)
+  scale = _largest_mean_cross_entropy(r)
+  return _common.claim(
+    "3.2-gibbs-cross-entropy-above-target-entropy",
+    "3.2",
+    "H(p, q) ≥ H(p) (the part of 'higher than both entropies' that is a theorem)",
+    {f"min H(p,q)-H(p), p = {p['target']}": p["gibbs_min_H(p,q)-H(p)"] for p in r["pairs"]},
+    holds=min(p["gibbs_min_H(p,q)-H(p)"] for p in r["pairs"]) >= -tol * scale,
+  )
+
+
+def _claim_cross_entropy_above_both_entropies(r: dict, eps: float) -> dict:
+  """Seed §3.2: H(σ₁, σ₂) is higher than both H(σ₁) and H(σ₂)."""
   below = [p["H(p,q)_below_H(q)"] for p in r["pairs"]]
-  tol = 16 * eps  # rounding of a difference of O(1) values
-  scale = max(p["mean_over_grid"]["H(p,q)"] for p in r["pairs"])
   where = "; ".join(
     f"H({p['target']}, {p['model']}) < H({p['model']}) exactly for x in "
     f"{_describe(b['closed_form_on_real_line'])}"
     for p, b in zip(r["pairs"], below, strict=True)
   )
-  return [
-    _common.claim(
-      "3.1-cross-entropy-asymmetric",
-      "3.1",
-      "交叉熵不是对称的: H(p, q) ≠ H(q, p)",
-      {
-        "max_abs_H(p,q)-H(q,p)": fwd["max_abs_H(p,q)-H(q,p)"],
-        "at_x": fwd["max_asymmetry_at_x"],
-        "max_abs_KL(p||q)-KL(q||p)": fwd["max_abs_KL(p||q)-KL(q||p)"],
+  return _common.claim(
+    "3.2-cross-entropy-above-both-entropies",
+    "3.2",
+    "交叉熵通常比两个分布各自的熵更高: H(σ₁, σ₂) is higher than both H(σ₁) and H(σ₂)",
+    {
+      "H(p,q) < H(q) on": {
+        f"{p['target']} → {p['model']}": b["intervals"]
+        for p, b in zip(r["pairs"], below, strict=True)
       },
-      holds=fwd["max_abs_H(p,q)-H(q,p)"] > 1e3 * tol * scale,
-    ),
-    _common.claim(
-      "3.2-gibbs-cross-entropy-above-target-entropy",
-      "3.2",
-      "H(p, q) ≥ H(p) (the part of 'higher than both entropies' that is a theorem)",
-      {f"min H(p,q)-H(p), p = {p['target']}": p["gibbs_min_H(p,q)-H(p)"] for p in r["pairs"]},
-      holds=min(p["gibbs_min_H(p,q)-H(p)"] for p in r["pairs"]) >= -tol * scale,
-    ),
-    _common.claim(
-      "3.2-cross-entropy-above-both-entropies",
-      "3.2",
-      "交叉熵通常比两个分布各自的熵更高: H(σ₁, σ₂) is higher than both H(σ₁) and H(σ₂)",
-      {
-        "H(p,q) < H(q) on": {
-          f"{p['target']} → {p['model']}": b["intervals"]
-          for p, b in zip(r["pairs"], below, strict=True)
-        },
-        "fraction of the grid": [b["grid_fraction"] for b in below],
-        "endpoint error vs closed form": [b["max_endpoint_error"] for b in below],
-      },
-      holds=not any(b["intervals"] for b in below),
-      condition=f"only outside the intervals where {where}",
-      correction="H(p, q) ≥ H(p) always (Gibbs), but H(p, q) < H(q) exactly where "
-      "(z_p - z_q)·z_q > 0, i.e. " + where + " (H(p, q) - H(q) = -(p - q)·logit(q))",
-    ),
-    _common.claim(
-      "3.2-cross-entropy-as-distance",
-      "3.2",
-      "交叉熵反映了两个分布之间的'距离'",
-      {
-        "H(p,p) = H(p) > 0, mean over grid": fwd["mean_over_grid"]["H(p)"],
-        "max_abs_KL(p||q)-KL(q||p)": fwd["max_abs_KL(p||q)-KL(q||p)"],
-      },
-      holds=fwd["mean_over_grid"]["H(p)"] <= tol and fwd["max_abs_KL(p||q)-KL(q||p)"] <= tol,
-      condition="only its excess over the target's entropy, KL(p‖q) = H(p, q) - H(p) ≥ 0, "
-      "which is 0 iff q = p; even KL is not symmetric (not a metric)",
-      correction="H(p, q) is not a distance: H(p, p) = H(p) > 0 and H(p, q) ≠ H(q, p); "
-      "the divergence part KL(p‖q) = H(p, q) - H(p) is ≥ 0 and 0 iff p = q, but asymmetric",
-    ),
-  ]
+      "fraction of the grid": [b["grid_fraction"] for b in below],
+      "endpoint error vs closed form": [b["max_endpoint_error"] for b in below],
+    },
+    holds=not any(b["intervals"] for b in below),
+    condition=f"only outside the intervals where {where}",
+    correction="H(p, q) ≥ H(p) always (Gibbs), but H(p, q) < H(q) exactly where "
+    "(z_p - z_q)·z_q > 0, i.e. " + where + " (H(p, q) - H(q) = -(p - q)·logit(q))",
+  )
+
+
+def _claim_cross_entropy_as_distance(r: dict, eps: float) -> dict:
+  """Seed §3.2: 交叉熵反映了两个分布之间的'距离'."""
+  fwd = r["pairs"][0]
+  tol = _tolerance(eps)
+  return _common.claim(
+    "3.2-cross-entropy-as-distance",
+    "3.2",
+    "交叉熵反映了两个分布之间的'距离'",
+    {
+      "H(p,p) = H(p) > 0, mean over grid": fwd["mean_over_grid"]["H(p)"],
+      "max_abs_KL(p||q)-KL(q||p)": fwd["max_abs_KL(p||q)-KL(q||p)"],
+    },
+    holds=fwd["mean_over_grid"]["H(p)"] <= tol and fwd["max_abs_KL(p||q)-KL(q||p)"] <= tol,
+    condition="only its excess over the target's entropy, KL(p‖q) = H(p, q) - H(p) ≥ 0, "
+    "which is 0 iff q = p; even KL is not symmetric (not a metric)",
+    correction="H(p, q) is not a distance: H(p, p) = H(p) > 0 and H(p, q) ≠ H(q, p); "
+    "the divergence part KL(p‖q) = H(p, q) - H(p) is ≥ 0 and 0 iff p = q, but asymmetric",
+  )
 
 
 def _figure(workdir, x_N, m_fwd, m_rev, results) -> None:

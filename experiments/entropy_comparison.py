@@ -44,23 +44,9 @@ from xent_jax.softmax import log_softmax, sigmoid, tanh_probability
 
 
 def validate(config) -> None:
-  """Rejects a config E1 cannot run with (see ``configs/entropy_comparison.py``)."""
-  _common.check_config(
-    config,
-    {
-      "intercepts": _common.reals(min_length=3),
-      "slopes": _common.reals(min_length=3, nonzero=True),
-      "grid": _common.grid(),
-      "window_half_widths": _common.reals(low=0, low_open=True, increasing=True),
-      "window_num": _common.integer(low=2),
-      "integral_logit_bound": _common.real(low=10),
-      "integral_num": _common.integer(low=101),
-      "probability_num": _common.integer(low=3, high=100_001),
-      "softmax_num_classes": _common.integer(low=2),
-      "softmax_inverse_temperatures": _common.reals(low=0, min_length=2, increasing=True),
-      "entropy_unit": _common.choice("nats", "bits"),
-    },
-  )
+  """The bounds declared in ``configs/entropy_comparison.py`` and the constraints between keys."""
+  _common.check_declared(config)
+  _common.check_grid(config, "grid")
   if len(config.intercepts) != len(config.slopes):
     raise _common.ConfigError(
       f"config.intercepts and config.slopes must have the same length, got "
@@ -266,17 +252,46 @@ def run(config, workdir: _common.Workdir) -> dict:
 
 def _claims(r: dict, eps: float, dx: float) -> list[dict]:
   """The verdicts on seed §2.1–2.6, each decided by the measured values in ``r``."""
-  be, maps, sweep, models = (
-    r["binary_entropy"],
-    r["probability_maps"],
-    r["softmax_sweep"],
-    r["models"],
-  )
+  return [
+    claim(r, eps, dx)
+    for claim in (
+      _claim_entropy_measures_uncertainty,
+      _claim_outputs_are_probabilities,
+      _claim_concentrated_means_low_entropy,
+      _claim_max_entropy_at_half,
+      _claim_models_1_2_differ,
+      _claim_model_3_lower_entropy,
+      _claim_entropy_alone_cannot_rank,
+    )
+  ]
+
+
+def _claim_entropy_measures_uncertainty(r: dict, eps: float, dx: float) -> dict:
+  """Seed §2.1: the more uncertain the prediction, the higher H = -Σ p log p."""
+  be = r["binary_entropy"]
+  models = r["models"]
   log2 = models[0]["max_entropy_closed_form"]
   tol = 8 * eps * log2
-  h_b = sweep["entropy"]
-  at = _ranges(r["windows"])
-  highest = ", ".join(f"[{lo:.3g}, {hi:.3g}]" for lo, hi in r["pointwise_model_3"]["highest_on"])
+  return _common.claim(
+    "2.1-entropy-measures-uncertainty",
+    "2.1",
+    "预测越模糊,熵越高: the more uncertain the prediction, the higher H = -Σ p log p",
+    {
+      "smallest_rise_of_H_per_step_of_p_towards_0.5": be["smallest_rise_towards_half"],
+      "H(0)": be["at_0"],
+      "H(0.5)": be["max"],
+      "H(1)": be["at_1"],
+    },
+    holds=be["smallest_rise_towards_half"] > -tol
+    and be["at_0"] == be["at_1"] == 0
+    and be["max"] > 0,
+    correction="H(p) is not monotone in the uncertainty |p - 1/2| on the p-grid",
+  )
+
+
+def _claim_outputs_are_probabilities(r: dict, eps: float, dx: float) -> dict:
+  """Seed §2.2: logistic, softmax and normalised tanh (1 + tanh x)/2 give values in [0, 1]."""
+  maps = r["probability_maps"]
   in_unit = all(
     0 <= maps[k] <= 1
     for k in (
@@ -288,131 +303,149 @@ def _claims(r: dict, eps: float, dx: float) -> list[dict]:
       "softmax_max",
     )
   )
+  return _common.claim(
+    "2.2-outputs-are-probabilities",
+    "2.2",
+    "logistic, softmax and normalised tanh (1 + tanh x)/2 give values in [0, 1]",
+    {
+      k: maps[k]
+      for k in (
+        "sigmoid_min",
+        "sigmoid_max",
+        "tanh_probability_min",
+        "tanh_probability_max",
+        "raw_tanh_min",
+        "tanh_probability_vs_sigmoid_2x_max_abs_diff",
+        "softmax_sum_max_abs_error",
+      )
+    },
+    holds=in_unit
+    and maps["tanh_probability_vs_sigmoid_2x_max_abs_diff"] <= 4 * eps
+    and maps["softmax_sum_max_abs_error"] <= 16 * eps,
+    correction="some computed outputs leave [0, 1] (or tanh_probability ≠ σ(2x)); "
+    "see the measured extremes",
+  )
+
+
+def _claim_concentrated_means_low_entropy(r: dict, eps: float, dx: float) -> dict:
+  """Seed §2.3: softmax: the more concentrated the distribution, the lower its entropy."""
+  sweep = r["softmax_sweep"]
+  models = r["models"]
+  log2 = models[0]["max_entropy_closed_form"]
+  tol = 8 * eps * log2
+  h_b = sweep["entropy"]
+  return _common.claim(
+    "2.3-concentrated-means-low-entropy",
+    "2.3",
+    "softmax: the more concentrated the distribution, the lower its entropy",
+    {
+      "H_at_beta_0": h_b[0],
+      "uniform_H": sweep["uniform_entropy"],
+      "H_at_largest_beta": h_b[-1],
+      "max_probability_at_largest_beta": sweep["max_probability"][-1],
+    },
+    holds=all(b <= a + tol for a, b in zip(h_b, h_b[1:], strict=False))
+    and abs(h_b[0] - sweep["uniform_entropy"]) <= tol
+    and h_b[-1] < h_b[0],
+    correction="the entropy of softmax(βz) did not decrease as β grew",
+  )
+
+
+def _claim_max_entropy_at_half(r: dict, eps: float, dx: float) -> dict:
+  """Seed §2.4: binary entropy is largest when the probability is 0.5 (max log 2)."""
+  be = r["binary_entropy"]
+  models = r["models"]
+  log2 = models[0]["max_entropy_closed_form"]
+  tol = 8 * eps * log2
+  located = all(
+    abs(m["max_entropy_x_on_grid"] - m["max_entropy_x_closed_form"]) <= dx for m in models
+  )
+  return _common.claim(
+    "2.4-max-entropy-at-half",
+    "2.4",
+    "binary entropy is largest when the probability is 0.5 (max log 2)",
+    {
+      "argmax_p": be["argmax_p"],
+      "max_H": be["max"],
+      "log_2": log2,
+      "models_argmax_x_vs_-a/b": [
+        [m["max_entropy_x_on_grid"], m["max_entropy_x_closed_form"]] for m in models
+      ],
+    },
+    holds=abs(be["argmax_p"] - 0.5) <= be["p_spacing"] / 2
+    and abs(be["max"] - log2) <= tol
+    and located,
+    correction=f"the measured maximum is at p = {be['argmax_p']:g}, H = {be['max']:g}",
+  )
+
+
+def _claim_models_1_2_differ(r: dict, eps: float, dx: float) -> dict:
+  """Seed §2.5: models 1 and 2 have different entropies."""
+  models = r["models"]
+  log2 = models[0]["max_entropy_closed_form"]
   m1, m2 = models[0], models[1]
   diff_12 = max(
     abs(m1["grid_mean_entropy"] - m2["grid_mean_entropy"]), abs(m1["integral"] - m2["integral"])
   )
-  located = all(
-    abs(m["max_entropy_x_on_grid"] - m["max_entropy_x_closed_form"]) <= dx for m in models
+  return _common.claim(
+    "2.5-models-1-2-differ",
+    "2.5",
+    "models 1 and 2 have different entropies",
+    {
+      "grid_mean_model_1": m1["grid_mean_entropy"],
+      "grid_mean_model_2": m2["grid_mean_entropy"],
+      "integral_model_1": m1["integral"],
+      "integral_model_2": m2["integral"],
+      "max_H_both": log2,
+    },
+    holds=diff_12 > 1e3 * eps,
+    correction="models 1 and 2 have the same entropy on this grid",
   )
-  return [
-    _common.claim(
-      "2.1-entropy-measures-uncertainty",
-      "2.1",
-      "预测越模糊,熵越高: the more uncertain the prediction, the higher H = -Σ p log p",
-      {
-        "smallest_rise_of_H_per_step_of_p_towards_0.5": be["smallest_rise_towards_half"],
-        "H(0)": be["at_0"],
-        "H(0.5)": be["max"],
-        "H(1)": be["at_1"],
-      },
-      holds=be["smallest_rise_towards_half"] > -tol
-      and be["at_0"] == be["at_1"] == 0
-      and be["max"] > 0,
-      correction="H(p) is not monotone in the uncertainty |p - 1/2| on the p-grid",
+
+
+def _claim_model_3_lower_entropy(r: dict, eps: float, dx: float) -> dict:
+  """Seed §2.6: model 3 leans to one class, so its entropy is lower (than models 1 and 2)."""
+  models = r["models"]
+  at = _ranges(r["windows"])
+  highest = ", ".join(f"[{lo:.3g}, {hi:.3g}]" for lo, hi in r["pointwise_model_3"]["highest_on"])
+  return _common.claim(
+    "2.6-model-3-lower-entropy",
+    "2.6",
+    "model 3 leans to one class, so its entropy is lower (than models 1 and 2)",
+    {
+      "windows_where_lowest": len(at["lowest"]),
+      "windows": len(r["windows"]),
+      "not_lowest_on": ", ".join(at["not_lowest"]),
+      "highest_pointwise_for_x_in": highest,
+      "integrals": [m["integral"] for m in models],
+    },
+    holds=not at["not_lowest"],
+    condition=at["lowest"]
+    and (
+      f"lowest mean entropy on {len(at['lowest'])} of {len(r['windows'])} x-windows "
+      f"(the whole grid {at['grid']}: {'yes' if at['grid_lowest'] else 'no'}), "
+      f"not on {', '.join(at['not_lowest'])}"
     ),
-    _common.claim(
-      "2.2-outputs-are-probabilities",
-      "2.2",
-      "logistic, softmax and normalised tanh (1 + tanh x)/2 give values in [0, 1]",
-      {
-        k: maps[k]
-        for k in (
-          "sigmoid_min",
-          "sigmoid_max",
-          "tanh_probability_min",
-          "tanh_probability_max",
-          "raw_tanh_min",
-          "tanh_probability_vs_sigmoid_2x_max_abs_diff",
-          "softmax_sum_max_abs_error",
-        )
-      },
-      holds=in_unit
-      and maps["tanh_probability_vs_sigmoid_2x_max_abs_diff"] <= 4 * eps
-      and maps["softmax_sum_max_abs_error"] <= 16 * eps,
-      correction="some computed outputs leave [0, 1] (or tanh_probability ≠ σ(2x)); "
-      "see the measured extremes",
-    ),
-    _common.claim(
-      "2.3-concentrated-means-low-entropy",
-      "2.3",
-      "softmax: the more concentrated the distribution, the lower its entropy",
-      {
-        "H_at_beta_0": h_b[0],
-        "uniform_H": sweep["uniform_entropy"],
-        "H_at_largest_beta": h_b[-1],
-        "max_probability_at_largest_beta": sweep["max_probability"][-1],
-      },
-      holds=all(b <= a + tol for a, b in zip(h_b, h_b[1:], strict=False))
-      and abs(h_b[0] - sweep["uniform_entropy"]) <= tol
-      and h_b[-1] < h_b[0],
-      correction="the entropy of softmax(βz) did not decrease as β grew",
-    ),
-    _common.claim(
-      "2.4-max-entropy-at-half",
-      "2.4",
-      "binary entropy is largest when the probability is 0.5 (max log 2)",
-      {
-        "argmax_p": be["argmax_p"],
-        "max_H": be["max"],
-        "log_2": log2,
-        "models_argmax_x_vs_-a/b": [
-          [m["max_entropy_x_on_grid"], m["max_entropy_x_closed_form"]] for m in models
-        ],
-      },
-      holds=abs(be["argmax_p"] - 0.5) <= be["p_spacing"] / 2
-      and abs(be["max"] - log2) <= tol
-      and located,
-      correction=f"the measured maximum is at p = {be['argmax_p']:g}, H = {be['max']:g}",
-    ),
-    _common.claim(
-      "2.5-models-1-2-differ",
-      "2.5",
-      "models 1 and 2 have different entropies",
-      {
-        "grid_mean_model_1": m1["grid_mean_entropy"],
-        "grid_mean_model_2": m2["grid_mean_entropy"],
-        "integral_model_1": m1["integral"],
-        "integral_model_2": m2["integral"],
-        "max_H_both": log2,
-      },
-      holds=diff_12 > 1e3 * eps,
-      correction="models 1 and 2 have the same entropy on this grid",
-    ),
-    _common.claim(
-      "2.6-model-3-lower-entropy",
-      "2.6",
-      "model 3 leans to one class, so its entropy is lower (than models 1 and 2)",
-      {
-        "windows_where_lowest": len(at["lowest"]),
-        "windows": len(r["windows"]),
-        "not_lowest_on": ", ".join(at["not_lowest"]),
-        "highest_pointwise_for_x_in": highest,
-        "integrals": [m["integral"] for m in models],
-      },
-      holds=not at["not_lowest"],
-      condition=at["lowest"]
-      and (
-        f"lowest mean entropy on {len(at['lowest'])} of {len(r['windows'])} x-windows "
-        f"(the whole grid {at['grid']}: {'yes' if at['grid_lowest'] else 'no'}), "
-        f"not on {', '.join(at['not_lowest'])}"
-      ),
-      correction=f"model 3's entropy curve also peaks at log 2 (at x = "
-      f"{models[2]['max_entropy_x_closed_form']:g}) and is the highest of all models for "
-      f"x in {highest}; only averaged over a window that is wide or away from its peak is "
-      f"it lower. Over all of ℝ its entropy ∫H dx = π²/(3|b|) = "
-      f"{models[2]['integral_closed_form']:.4g} {r['unit']} is the lowest because it is "
-      f"the steepest (|b| = {abs(models[2]['b']):g}), not because it leans to one class",
-    ),
-    _common.claim(
-      "2.6-entropy-alone-cannot-rank",
-      "2.6",
-      "comparing models needs a common measure; entropy alone cannot rank them",
-      {"distinct_rankings_over_windows": len(at["rankings"]), "rankings": sorted(at["rankings"])},
-      holds=len(at["rankings"]) > 1,
-      correction="on every window tried the entropy ranking is the same",
-    ),
-  ]
+    correction=f"model 3's entropy curve also peaks at log 2 (at x = "
+    f"{models[2]['max_entropy_x_closed_form']:g}) and is the highest of all models for "
+    f"x in {highest}; only averaged over a window that is wide or away from its peak is "
+    f"it lower. Over all of ℝ its entropy ∫H dx = π²/(3|b|) = "
+    f"{models[2]['integral_closed_form']:.4g} {r['unit']} is the lowest because it is "
+    f"the steepest (|b| = {abs(models[2]['b']):g}), not because it leans to one class",
+  )
+
+
+def _claim_entropy_alone_cannot_rank(r: dict, eps: float, dx: float) -> dict:
+  """Seed §2.6: comparing models needs a common measure; entropy alone cannot rank them."""
+  at = _ranges(r["windows"])
+  return _common.claim(
+    "2.6-entropy-alone-cannot-rank",
+    "2.6",
+    "comparing models needs a common measure; entropy alone cannot rank them",
+    {"distinct_rankings_over_windows": len(at["rankings"]), "rankings": sorted(at["rankings"])},
+    holds=len(at["rankings"]) > 1,
+    correction="on every window tried the entropy ranking is the same",
+  )
 
 
 def _ranges(windows: list[dict]) -> dict:

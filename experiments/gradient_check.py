@@ -61,19 +61,9 @@ DTYPES = ("float32", "float64")
 
 
 def validate(config) -> None:
-  """Rejects a config E4 cannot run with (see ``configs/gradient_check.py``)."""
-  _common.check_config(
-    config,
-    {
-      "sigmoid_grid": _common.grid(),
-      "num_examples": _common.integer(low=2, high=1_000_000),
-      "num_features": _common.integer(low=1, high=10_000),
-      "num_classes": _common.integer(low=2, high=10_000),
-      "param_scales": _common.reals(low=0, high=1e3),
-      "seed": _common.integer(low=0),
-      "check_grads_order": _common.choice(1, 2),
-    },
-  )
+  """The bounds declared in ``configs/gradient_check.py`` and the constraints between keys."""
+  _common.check_declared(config)
+  _common.check_grid(config, "sigmoid_grid")
   n, d, k = config.num_examples, config.num_features, config.num_classes
   _common.check_memory(  # σ' errors on the grid; X, Y one-hot and the logits, per dtype
     {
@@ -443,104 +433,122 @@ def _summary(r: dict) -> dict:
 
 def _claims(r: dict) -> list[dict]:
   """The verdicts on seed §4.1–4.2, each decided by the measured values in ``r``."""
-  tol, sd, g = r["tolerance"], r["sigmoid_derivative"], r["gradients"]
-  seed, cg = r["seed_4_1_loss"], r["check_grads"]
-
-  def gradient_holds(model):
-    return (
-      all(
-        g[model][d]["max_rel_error_autodiff_vs_closed_form"] <= tol[d]["gradient"] for d in DTYPES
-      )
-      and cg["passed"][model]
+  return [
+    claim(r)
+    for claim in (
+      _claim_sigmoid_derivative,
+      _claim_gradient_binary_cross_entropy,
+      _claim_gradient_softmax_cross_entropy,
+      _claim_gradient_of_the_stated_loss,
     )
+  ]
 
-  def gradient_measured(model):
-    return {
+
+def _claim_sigmoid_derivative(r: dict) -> dict:
+  """Seed §4.2: σ'(x) = σ(x)(1 - σ(x))."""
+  tol = r["tolerance"]
+  sd = r["sigmoid_derivative"]
+  return _common.claim(
+    "4.2-sigmoid-derivative",
+    "4.2",
+    "σ'(x) = σ(x)(1 - σ(x))",
+    {
       **{
-        f"max rel. error autodiff (library and plain jax.nn) vs closed form, {d}": g[model][d][
+        f"max rel. error jax.grad(σ) vs σ(z)σ(-z), {d}": sd[d]["max_rel_error_autodiff_vs_identity"]
+        for d in DTYPES
+      },
+      **{
+        f"max rel. error jax.grad(σ) vs float64 reference, {d}": sd[d][
+          "max_rel_error_autodiff_vs_reference"
+        ]
+        for d in DTYPES
+      },
+      "literal σ(1 - σ) in float32: max rel. error": sd["float32"][
+        "max_rel_error_literal_vs_reference"
+      ],
+      "literal σ(1 - σ) in float32: error > 1% for z ≥": sd["float32"][
+        "literal_error_above_1pct_for_z_from"
+      ],
+    },
+    holds=all(
+      max(sd[d]["max_rel_error_autodiff_vs_identity"], sd[d]["max_rel_error_autodiff_vs_reference"])
+      <= tol[d]["sigmoid_derivative"]
+      for d in DTYPES
+    ),
+    correction="jax.grad(σ) differs from σ(z)σ(-z) by more than rounding",
+  )
+
+
+def _gradient_claim(r: dict, model: str, claim_id: str, statement: str) -> dict:
+  """§4.2: autodiff of ``model``'s loss equals its closed-form gradient in every dtype."""
+  tol, g, cg = r["tolerance"], r["gradients"][model], r["check_grads"]
+  return _common.claim(
+    claim_id,
+    "4.2",
+    statement,
+    {
+      **{
+        f"max rel. error autodiff (library and plain jax.nn) vs closed form, {d}": g[d][
           "max_rel_error_autodiff_vs_closed_form"
         ]
         for d in DTYPES
       },
       **{f"tolerance {d}": tol[d]["gradient"] for d in DTYPES},
       f"check_grads (float64, rev, order {cg['order']}) passed": cg["passed"][model],
-    }
+    },
+    holds=all(g[d]["max_rel_error_autodiff_vs_closed_form"] <= tol[d]["gradient"] for d in DTYPES)
+    and cg["passed"][model],
+    correction="autodiff and the closed form disagree beyond rounding",
+  )
+
+
+def _claim_gradient_binary_cross_entropy(r: dict) -> dict:
+  return _gradient_claim(
+    r,
+    "logistic",
+    "4.2-gradient-binary-cross-entropy",
+    "∇_β L = -(1/n) Σ (y_i - σ_i) x_i, L the (full) mean binary cross-entropy",
+  )
+
+
+def _claim_gradient_softmax_cross_entropy(r: dict) -> dict:
+  return _gradient_claim(
+    r,
+    "softmax",
+    "4.2-gradient-softmax-cross-entropy",
+    "its multi-class form (§2.2 softmax): ∇_W L = -(1/n) Xᵀ(Y - P)",
+  )
+
+
+def _claim_gradient_of_the_stated_loss(r: dict) -> dict:
+  """The verdict on seed §4.1, 4.2, claim ``4.1-4.2-gradient-of-the-stated-loss``."""
+  tol = r["tolerance"]
+  seed = r["seed_4_1_loss"]
 
   discrepancy = {
     f"{row['scale']:g}": row["rel_discrepancy_vs_4_2_formula"]
     for row in seed["float64"]["by_scale"]
   }
   derived = max(seed[d]["max_rel_error_vs_derived"] / tol[d]["gradient"] for d in DTYPES)
-  return [
-    _common.claim(
-      "4.2-sigmoid-derivative",
-      "4.2",
-      "σ'(x) = σ(x)(1 - σ(x))",
-      {
-        **{
-          f"max rel. error jax.grad(σ) vs σ(z)σ(-z), {d}": sd[d][
-            "max_rel_error_autodiff_vs_identity"
-          ]
-          for d in DTYPES
-        },
-        **{
-          f"max rel. error jax.grad(σ) vs float64 reference, {d}": sd[d][
-            "max_rel_error_autodiff_vs_reference"
-          ]
-          for d in DTYPES
-        },
-        "literal σ(1 - σ) in float32: max rel. error": sd["float32"][
-          "max_rel_error_literal_vs_reference"
-        ],
-        "literal σ(1 - σ) in float32: error > 1% for z ≥": sd["float32"][
-          "literal_error_above_1pct_for_z_from"
-        ],
-      },
-      holds=all(
-        max(
-          sd[d]["max_rel_error_autodiff_vs_identity"], sd[d]["max_rel_error_autodiff_vs_reference"]
-        )
-        <= tol[d]["sigmoid_derivative"]
-        for d in DTYPES
-      ),
-      correction="jax.grad(σ) differs from σ(z)σ(-z) by more than rounding",
-    ),
-    _common.claim(
-      "4.2-gradient-binary-cross-entropy",
-      "4.2",
-      "∇_β L = -(1/n) Σ (y_i - σ_i) x_i, L the (full) mean binary cross-entropy",
-      gradient_measured("logistic"),
-      holds=gradient_holds("logistic"),
-      correction="autodiff and the closed form disagree beyond rounding",
-    ),
-    _common.claim(
-      "4.2-gradient-softmax-cross-entropy",
-      "4.2",
-      "its multi-class form (§2.2 softmax): ∇_W L = -(1/n) Xᵀ(Y - P)",
-      gradient_measured("softmax"),
-      holds=gradient_holds("softmax"),
-      correction="autodiff and the closed form disagree beyond rounding",
-    ),
-    _common.claim(
-      "4.1-4.2-gradient-of-the-stated-loss",
-      "4.1, 4.2",
-      "the §4.2 gradient -(1/n) Σ (y_i - σ_i) x_i is the gradient of the §4.1 loss "
-      "L = -(1/n) Σ y_i log σ(x_i)",
-      {
-        "rel. discrepancy ‖∇L₄.₁ - g₄.₂‖∞/‖g₄.₂‖∞ (float64) by parameter scale": discrepancy,
-        "max rel. error autodiff ∇L₄.₁ vs -(1/n) Σ y(1 - σ) x, in tolerances": derived,
-      },
-      holds=min(seed[d]["min_rel_discrepancy"] for d in DTYPES)
-      <= max(tol[d]["gradient"] for d in DTYPES),
-      correction="the §4.1 loss has gradient -(1/n) Σ y_i (1 - σ_i) x_i (autodiff agrees to "
-      f"{derived:.2g}× the rounding tolerance); it differs from the §4.2 formula by "
-      "(1/n) Σ (1 - y_i) σ_i x_i, the gradient of the omitted -(1/n) Σ (1 - y_i) "
-      "log(1 - σ_i), by a relative "
-      + ", ".join(f"{v:.3g} (scale {k})" for k, v in discrepancy.items())
-      + ". The §4.2 gradient belongs to the full cross-entropy "
-      "-(1/n) Σ [y_i log σ_i + (1 - y_i) log(1 - σ_i)]",
-    ),
-  ]
+  return _common.claim(
+    "4.1-4.2-gradient-of-the-stated-loss",
+    "4.1, 4.2",
+    "the §4.2 gradient -(1/n) Σ (y_i - σ_i) x_i is the gradient of the §4.1 loss "
+    "L = -(1/n) Σ y_i log σ(x_i)",
+    {
+      "rel. discrepancy ‖∇L₄.₁ - g₄.₂‖∞/‖g₄.₂‖∞ (float64) by parameter scale": discrepancy,
+      "max rel. error autodiff ∇L₄.₁ vs -(1/n) Σ y(1 - σ) x, in tolerances": derived,
+    },
+    holds=min(seed[d]["min_rel_discrepancy"] for d in DTYPES)
+    <= max(tol[d]["gradient"] for d in DTYPES),
+    correction="the §4.1 loss has gradient -(1/n) Σ y_i (1 - σ_i) x_i (autodiff agrees to "
+    f"{derived:.2g}× the rounding tolerance); it differs from the §4.2 formula by "
+    "(1/n) Σ (1 - y_i) σ_i x_i, the gradient of the omitted -(1/n) Σ (1 - y_i) "
+    "log(1 - σ_i), by a relative "
+    + ", ".join(f"{v:.3g} (scale {k})" for k, v in discrepancy.items())
+    + ". The §4.2 gradient belongs to the full cross-entropy "
+    "-(1/n) Σ [y_i log σ_i + (1 - y_i) log(1 - σ_i)]",
+  )
 
 
 # --------------------------------------------------------------------------------- figure

@@ -59,26 +59,9 @@ LOSSES = ("correct H(y, q)", "reversed H(q, y)")
 
 
 def validate(config) -> None:
-  """Rejects a config E3 cannot run with (see ``configs/order_matters.py``)."""
-  _common.check_config(
-    config,
-    {
-      "label_smoothing": _common.real(low=0, high=1, low_open=True, high_open=True),
-      "data.seed": _common.integer(low=0),
-      "data.num_train": _common.integer(low=2),
-      "data.num_test": _common.integer(low=2),
-      "data.num_features": _common.integer(low=1),
-      "data.weight_scale": _common.real(low=0, low_open=True),
-      "data.bias": _common.real(),
-      "init_scale": _common.real(low=0, low_open=True),
-      "learning_rate": _common.learning_rate(),
-      "num_steps": _common.integer(low=1, high=1_000_000),
-      "target_accuracy_fraction": _common.real(low=0, high=1, low_open=True),
-      "target_excess_loss": _common.real(low=0, low_open=True),
-      "logit_grid": _common.grid(min_num=3),
-      "confident_logit": _common.real(low=0, low_open=True),
-    },
-  )
+  """The bounds declared in ``configs/order_matters.py`` and the constraints between keys."""
+  _common.check_declared(config)
+  _common.check_grid(config, "logit_grid")
   data = config.data
   _common.check_memory(  # the data, and per step 4 metrics of each of the 2 runs
     {
@@ -411,97 +394,124 @@ def _steps(s) -> str:
   return "never" if s is None else str(s)
 
 
+def _reversed_grad_nonfinite(hard: dict) -> bool:
+  """With hard labels, is the reversed gradient non-finite wherever q is in (0, 1)?"""
+  return all(v == 1.0 for k, v in hard.items() if k.startswith("reversed_grad_non"))
+
+
 def _claims(r: dict) -> list[dict]:
   """The verdicts on seed §3.3, each decided by the measured values in ``r``."""
-  pe, hard, tr = r["per_example"], r["hard_labels"], r["training"]
-  correct, rev = (tr["runs"][k] for k in LOSSES)
+  return [
+    claim(r)
+    for claim in (
+      _claim_order_cannot_be_swapped,
+      _claim_wrong_order_wrong_gradient_direction,
+      _claim_wrong_order_hurts_training,
+    )
+  ]
+
+
+def _claim_order_cannot_be_swapped(r: dict) -> dict:
+  """Seed §3.3: the label must be the first argument, H(y, q)."""
+  hard = r["hard_labels"]
+  tr = r["training"]
   inf_everywhere = all(v == 1.0 for k, v in hard.items() if k.startswith("reversed_loss_inf"))
-  grad_nonfinite = all(v == 1.0 for k, v in hard.items() if k.startswith("reversed_grad_non"))
+  grad_nonfinite = _reversed_grad_nonfinite(hard)
+  return _common.claim(
+    "3.3-order-cannot-be-swapped",
+    "3.3",
+    "交叉熵的顺序不能颠倒: the label must be the first argument, H(y, q)",
+    {
+      "reversed loss +inf where q in (0,1) (hard labels)": inf_everywhere,
+      "reversed training loss at init (hard labels)": tr["hard_label_reversed_training_loss"],
+      "reversed gradient non-finite (hard labels)": grad_nonfinite,
+      "correct loss finite": hard["correct_loss_all_finite"],
+    },
+    holds=inf_everywhere and grad_nonfinite and hard["correct_loss_all_finite"],
+  )
+
+
+def _claim_wrong_order_wrong_gradient_direction(r: dict) -> dict:
+  """Seed §3.3: the reversed order gives the wrong gradient direction."""
+  pe, hard, tr = r["per_example"], r["hard_labels"], r["training"]
+  grad_nonfinite = _reversed_grad_nonfinite(hard)
+  eps = pe["logit_of_smoothed_label"]
+  return _common.claim(
+    "3.3-wrong-order-wrong-gradient-direction",
+    "3.3",
+    "顺序错误会导致梯度方向错误: the reversed order gives the wrong gradient direction",
+    {
+      "hard labels": "gradient non-finite (no direction)" if grad_nonfinite else "finite",
+      "directions disagree for z >": pe["directions_disagree_from_z"],
+      "closed form logit(y_ε)": eps,
+      "fraction of the z-grid where they disagree": pe["directions_disagree_fraction"],
+      "fraction where they disagree on wrong predictions (z < 0)": pe[
+        "directions_disagree_on_wrong_predictions_fraction"
+      ],
+      "reversed/correct gradient at z = -z0": pe["grad_ratio_reversed_over_correct_at_minus_z0"],
+      "z0": pe["z0"],
+      "cosine of full-batch gradients at the wrong start": tr["initial_grad_cosine"],
+    },
+    # As stated (the reversed order *causes* a wrong direction), it must point the
+    # wrong way where it matters: on wrong predictions, or for the whole batch.
+    holds=pe["directions_disagree_on_wrong_predictions_fraction"] > 0
+    or tr["initial_grad_cosine"] < 0,
+    condition=(
+      f"only for over-confident predictions, z > logit(y_ε) = {eps:.4g} "
+      f"(y = 1): there the correct gradient pulls q back to y_ε and the "
+      f"reversed one pushes it further towards the label"
+    )
+    if pe["directions_agree_everywhere_below"] and pe["directions_disagree_fraction"] > 0
+    else None,
+    correction="with hard labels the reversed loss and its gradient are infinite (no "
+    "direction at all); with smoothed labels its gradient -σ(z)σ(-z)·logit(y_ε) points "
+    "towards the label for every wrong or under-confident prediction (full-batch "
+    f"cosine with the correct gradient at a confidently wrong start: "
+    f"{tr['initial_grad_cosine']:.3f}) but vanishes like e^{{-|z|}} "
+    f"({pe['grad_ratio_reversed_over_correct_at_minus_z0']:.2e} × the correct one at "
+    f"z = -{pe['z0']:g}) and never reaches 0 at q = y_ε: the failure is a vanishing "
+    "gradient and an uncalibrated optimum (q → 0/1), not a reversed direction",
+  )
+
+
+def _claim_wrong_order_hurts_training(r: dict) -> dict:
+  """Seed §3.3: the reversed order harms training."""
+  tr = r["training"]
+  correct, rev = (tr["runs"][k] for k in LOSSES)
   slower = (
     rev["steps_to_target_accuracy"] is None
     or rev["steps_to_target_accuracy"] > correct["steps_to_target_accuracy"]
   )
-  eps = pe["logit_of_smoothed_label"]
-  return [
-    _common.claim(
-      "3.3-order-cannot-be-swapped",
-      "3.3",
-      "交叉熵的顺序不能颠倒: the label must be the first argument, H(y, q)",
-      {
-        "reversed loss +inf where q in (0,1) (hard labels)": inf_everywhere,
-        "reversed training loss at init (hard labels)": tr["hard_label_reversed_training_loss"],
-        "reversed gradient non-finite (hard labels)": grad_nonfinite,
-        "correct loss finite": hard["correct_loss_all_finite"],
-      },
-      holds=inf_everywhere and grad_nonfinite and hard["correct_loss_all_finite"],
-    ),
-    _common.claim(
-      "3.3-wrong-order-wrong-gradient-direction",
-      "3.3",
-      "顺序错误会导致梯度方向错误: the reversed order gives the wrong gradient direction",
-      {
-        "hard labels": "gradient non-finite (no direction)" if grad_nonfinite else "finite",
-        "directions disagree for z >": pe["directions_disagree_from_z"],
-        "closed form logit(y_ε)": eps,
-        "fraction of the z-grid where they disagree": pe["directions_disagree_fraction"],
-        "fraction where they disagree on wrong predictions (z < 0)": pe[
-          "directions_disagree_on_wrong_predictions_fraction"
-        ],
-        "reversed/correct gradient at z = -z0": pe["grad_ratio_reversed_over_correct_at_minus_z0"],
-        "z0": pe["z0"],
-        "cosine of full-batch gradients at the wrong start": tr["initial_grad_cosine"],
-      },
-      # As stated (the reversed order *causes* a wrong direction), it must point the
-      # wrong way where it matters: on wrong predictions, or for the whole batch.
-      holds=pe["directions_disagree_on_wrong_predictions_fraction"] > 0
-      or tr["initial_grad_cosine"] < 0,
-      condition=(
-        f"only for over-confident predictions, z > logit(y_ε) = {eps:.4g} "
-        f"(y = 1): there the correct gradient pulls q back to y_ε and the "
-        f"reversed one pushes it further towards the label"
-      )
-      if pe["directions_agree_everywhere_below"] and pe["directions_disagree_fraction"] > 0
-      else None,
-      correction="with hard labels the reversed loss and its gradient are infinite (no "
-      "direction at all); with smoothed labels its gradient -σ(z)σ(-z)·logit(y_ε) points "
-      "towards the label for every wrong or under-confident prediction (full-batch "
-      f"cosine with the correct gradient at a confidently wrong start: "
-      f"{tr['initial_grad_cosine']:.3f}) but vanishes like e^{{-|z|}} "
-      f"({pe['grad_ratio_reversed_over_correct_at_minus_z0']:.2e} × the correct one at "
-      f"z = -{pe['z0']:g}) and never reaches 0 at q = y_ε: the failure is a vanishing "
-      "gradient and an uncalibrated optimum (q → 0/1), not a reversed direction",
-    ),
-    _common.claim(
-      "3.3-wrong-order-hurts-training",
-      "3.3",
-      "影响训练效果: the reversed order harms training",
-      {
-        "steps to target accuracy (correct, reversed)": [
-          _steps(correct["steps_to_target_accuracy"]),
-          _steps(rev["steps_to_target_accuracy"]),
-        ],
-        "steps to target cross-entropy (correct, reversed)": [
-          _steps(correct["steps_to_target_cross_entropy"]),
-          _steps(rev["steps_to_target_cross_entropy"]),
-        ],
-        "final test cross-entropy (correct, reversed)": [
-          correct["final_test_cross_entropy"],
-          rev["final_test_cross_entropy"],
-        ],
-        "initial gradient norm (correct, reversed)": [
-          correct["initial_grad_norm"],
-          rev["initial_grad_norm"],
-        ],
-        "final ‖w‖ (correct, reversed, true)": [
-          correct["final_weight_norm"],
-          rev["final_weight_norm"],
-          tr["true_model"]["weight_norm"],
-        ],
-      },
-      holds=slower and rev["final_test_cross_entropy"] > correct["final_test_cross_entropy"],
-      correction="in this run the reversed loss trained as fast and as well as the correct one",
-    ),
-  ]
+  return _common.claim(
+    "3.3-wrong-order-hurts-training",
+    "3.3",
+    "影响训练效果: the reversed order harms training",
+    {
+      "steps to target accuracy (correct, reversed)": [
+        _steps(correct["steps_to_target_accuracy"]),
+        _steps(rev["steps_to_target_accuracy"]),
+      ],
+      "steps to target cross-entropy (correct, reversed)": [
+        _steps(correct["steps_to_target_cross_entropy"]),
+        _steps(rev["steps_to_target_cross_entropy"]),
+      ],
+      "final test cross-entropy (correct, reversed)": [
+        correct["final_test_cross_entropy"],
+        rev["final_test_cross_entropy"],
+      ],
+      "initial gradient norm (correct, reversed)": [
+        correct["initial_grad_norm"],
+        rev["initial_grad_norm"],
+      ],
+      "final ‖w‖ (correct, reversed, true)": [
+        correct["final_weight_norm"],
+        rev["final_weight_norm"],
+        tr["true_model"]["weight_norm"],
+      ],
+    },
+    holds=slower and rev["final_test_cross_entropy"] > correct["final_test_cross_entropy"],
+    correction="in this run the reversed loss trained as fast and as well as the correct one",
+  )
 
 
 def _figure(workdir, per_example, results) -> None:

@@ -83,6 +83,11 @@ def _apply_overrides(name: str, config, overrides) -> None:
       ) from None
 
 
+def validator(module):
+  """An experiment's ``validate``; without one, the bounds its config file declares."""
+  return getattr(module, "validate", _common.check_declared)
+
+
 def _load(names, smoke: bool, overrides=()) -> list[tuple[str, object, object]]:
   """(name, module, validated config) for each experiment; ConfigError before any compute."""
   parsed = [parse_override(text) for text in overrides]
@@ -96,7 +101,7 @@ def _load(names, smoke: bool, overrides=()) -> list[tuple[str, object, object]]:
     module = importlib.import_module(f"experiments.{name}")
     config = _common.load_config(name, "smoke" if smoke else None)
     _apply_overrides(name, config, [(f, v) for n, f, v in parsed if n == name])
-    module.validate(config)
+    validator(module)(config)
     loaded.append((name, module, config))
   return loaded
 
@@ -134,7 +139,7 @@ def reproduce(
           module.run,
           config,
           root / name,
-          validate=module.validate,
+          validate=validator(module),
           overwrite=overwrite or resumed,
         )
         summary = f"{len(results['claims'])} claims"

@@ -34,28 +34,14 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from experiments import _common
-from experiments.train_logistic import checkpoint_steps, train_with_checkpoints
+from experiments import _common, _training
 from xent_jax import data, models, optimum, training
 from xent_jax.entropy import entropy_from_logits
 
 
 def validate(config) -> None:
-  """Rejects a config E6 cannot run with (see ``configs/softmax_regression.py``)."""
-  _common.check_config(
-    config,
-    {
-      "test_fraction": _common.real(low=0, high=1, low_open=True, high_open=True),
-      "split_seed": _common.integer(low=0),
-      "l2": _common.real(low=0, low_open=True),
-      "learning_rate": _common.learning_rate(),
-      "momentum": _common.real(low=0, high=1, high_open=True),
-      "num_steps": _common.integer(low=1, high=10_000_000),
-      "num_checkpoints": _common.integer(low=1),
-      "entropy_bins": _common.integer(low=1, high=10_000),
-      "optimum_rtol": _common.real(low=0, low_open=True, high=1),
-    },
-  )
+  """The bounds declared in ``configs/softmax_regression.py`` and the constraints between keys."""
+  _common.check_declared(config)
   if config.num_steps % config.num_checkpoints:
     raise _common.ConfigError(
       f"config.num_steps = {config.num_steps} must be a multiple of "
@@ -124,7 +110,7 @@ def run(config, workdir: _common.Workdir) -> dict:
   digits = data.load_digits(test_fraction=config.test_fraction, seed=config.split_seed)
   k, d = digits.num_classes, digits.train.x.shape[1]
   reference = optimum.softmax_regression_optimum(*digits.train, k, l2=config.l2)
-  checkpoints, loss_T = train_with_checkpoints(
+  checkpoints, loss_T = _training.train_with_checkpoints(
     models.init_softmax_regression(d, k),
     digits.train,
     loss_fn=functools.partial(models.softmax_regression_loss, l2=config.l2),
@@ -167,7 +153,7 @@ def run(config, workdir: _common.Workdir) -> dict:
       "entropy_before": before,
       "entropy_after": after,
       "checkpoints": {
-        "step": checkpoint_steps(config.num_steps, config.num_checkpoints),
+        "step": _training.checkpoint_steps(config.num_steps, config.num_checkpoints),
         "relative_gap": [(v - reference.value) / reference.value for v in objective],
         "train_accuracy": [_accuracy(p, digits.train) for p in checkpoints],
         "test_accuracy": [_accuracy(p, digits.test) for p in checkpoints],
@@ -197,60 +183,80 @@ def run(config, workdir: _common.Workdir) -> dict:
 
 def _claims(r: dict, config) -> list[dict]:
   """The verdicts on seed §2.2–2.3 (and §4.2 for softmax), decided by the values in ``r``."""
+  return [
+    claim(r, config)
+    for claim in (
+      _claim_softmax_outputs_a_distribution,
+      _claim_concentrated_means_low_entropy,
+      _claim_gradient_descent_optimises_softmax,
+    )
+  ]
+
+
+def _claim_softmax_outputs_a_distribution(r: dict, config) -> dict:
+  """Seed §2.2: softmax outputs a probability distribution over the classes (values in [0, 1])."""
+  eps = float(np.finfo(r["dtype"]).eps)
+  after = r["entropy_after"]
+  return _common.claim(
+    "2.2-softmax-outputs-a-distribution",
+    "2.2",
+    "softmax outputs a probability distribution over the classes (values in [0, 1])",
+    {
+      "max |Σ_k p_k - 1|": after["max_abs_row_sum_error"],
+      "min / max p": after["probability_range"],
+    },
+    holds=after["max_abs_row_sum_error"] <= 16 * eps
+    and 0 <= after["probability_range"][0]
+    and after["probability_range"][1] <= 1,
+    correction="the predicted rows are not distributions to rounding",
+  )
+
+
+def _claim_concentrated_means_low_entropy(r: dict, config) -> dict:
+  """Seed §2.3: the entropy of the predicted distribution reflects the model's uncertainty."""
   eps = float(np.finfo(r["dtype"]).eps)
   before, after = r["entropy_before"], r["entropy_after"]
   log_k = r["log_num_classes"]
   rho = after["spearman_vs_max_probability"]
   wrong_higher = after["mean_wrong"] is not None and after["mean_wrong"] > after["mean_correct"]
-  return [
-    _common.claim(
-      "2.2-softmax-outputs-a-distribution",
-      "2.2",
-      "softmax outputs a probability distribution over the classes (values in [0, 1])",
-      {
-        "max |Σ_k p_k - 1|": after["max_abs_row_sum_error"],
-        "min / max p": after["probability_range"],
-      },
-      holds=after["max_abs_row_sum_error"] <= 16 * eps
-      and 0 <= after["probability_range"][0]
-      and after["probability_range"][1] <= 1,
-      correction="the predicted rows are not distributions to rounding",
-    ),
-    _common.claim(
-      "2.3-concentrated-means-low-entropy",
-      "2.3",
-      "预测越集中,熵越低;预测越模糊,熵越高: the entropy of the predicted distribution "
-      "reflects the model's uncertainty",
-      {
-        "held-out mean H before training (uniform) / log K": [before["mean"], log_k],
-        "held-out mean H after training": after["mean"],
-        "Spearman(H, max_k p_k) after training": rho,
-        "mean H, correct / wrong predictions": [after["mean_correct"], after["mean_wrong"]],
-        "wrong predictions": after["num_wrong"],
-      },
-      holds=abs(before["mean"] - log_k) <= 8 * eps * log_k
-      and after["mean"] < before["mean"]
-      and rho is not None
-      and rho < -0.8
-      and wrong_higher,
-      correction="on the held-out digits the entropy did not track the confidence "
-      "(see the rank correlation and the correct/wrong means)",
-    ),
-    _common.claim(
-      "4.2-gradient-descent-optimises-softmax",
-      "4.2",
-      "gradient descent optimises the (multi-class) cross-entropy",
-      {
-        "relative gap to the float64 optimum": r["final_relative_gap"],
-        "tolerance": config.optimum_rtol,
-        "steps run": r["num_steps"],
-        "held-out accuracy / majority-class rate": [r["test_accuracy"], r["majority_class_rate"]],
-      },
-      holds=r["final_relative_gap"] <= config.optimum_rtol,
-      correction=f"after {r['num_steps']} steps the objective is still "
-      f"{r['final_relative_gap']:.2g} (relative) above the optimum",
-    ),
-  ]
+  return _common.claim(
+    "2.3-concentrated-means-low-entropy",
+    "2.3",
+    "预测越集中,熵越低;预测越模糊,熵越高: the entropy of the predicted distribution "
+    "reflects the model's uncertainty",
+    {
+      "held-out mean H before training (uniform) / log K": [before["mean"], log_k],
+      "held-out mean H after training": after["mean"],
+      "Spearman(H, max_k p_k) after training": rho,
+      "mean H, correct / wrong predictions": [after["mean_correct"], after["mean_wrong"]],
+      "wrong predictions": after["num_wrong"],
+    },
+    holds=abs(before["mean"] - log_k) <= 8 * eps * log_k
+    and after["mean"] < before["mean"]
+    and rho is not None
+    and rho < -0.8
+    and wrong_higher,
+    correction="on the held-out digits the entropy did not track the confidence "
+    "(see the rank correlation and the correct/wrong means)",
+  )
+
+
+def _claim_gradient_descent_optimises_softmax(r: dict, config) -> dict:
+  """Seed §4.2: gradient descent optimises the (multi-class) cross-entropy."""
+  return _common.claim(
+    "4.2-gradient-descent-optimises-softmax",
+    "4.2",
+    "gradient descent optimises the (multi-class) cross-entropy",
+    {
+      "relative gap to the float64 optimum": r["final_relative_gap"],
+      "tolerance": config.optimum_rtol,
+      "steps run": r["num_steps"],
+      "held-out accuracy / majority-class rate": [r["test_accuracy"], r["majority_class_rate"]],
+    },
+    holds=r["final_relative_gap"] <= config.optimum_rtol,
+    correction=f"after {r['num_steps']} steps the objective is still "
+    f"{r['final_relative_gap']:.2g} (relative) above the optimum",
+  )
 
 
 def _figure(workdir, r: dict, loss_T, reference: float, entropy_before, entropy_after) -> None:
@@ -259,7 +265,7 @@ def _figure(workdir, r: dict, loss_T, reference: float, entropy_before, entropy_
   ck = r["checkpoints"]
   steps = np.asarray(ck["step"])
   checkpoint_style = {"ls": "none", "marker": "o", "ms": 4}
-  _common.plot_relative_gap(ax_l, loss_T, reference, r["dtype"], color="C0", label="digits")
+  _training.plot_relative_gap(ax_l, loss_T, reference, r["dtype"], color="C0", label="digits")
   ax_l.plot(
     steps[1:],
     np.asarray(ck["relative_gap"])[1:],

@@ -97,32 +97,9 @@ TOKEN_PATTERN = re.compile(
 
 
 def validate(config) -> None:
-  """Rejects a config E8 cannot run with (see ``configs/vocab_scale.py``)."""
+  """The bounds declared in ``configs/vocab_scale.py`` and the constraints between keys."""
   vocab = _common.integer(low=2, high=1 << 20)
-  _common.check_config(
-    config,
-    {
-      "seed": _common.integer(low=0),
-      "corpus.max_files": _common.integer(low=0),
-      "corpus.heldout_fraction": _common.real(low=0, high=1, low_open=True, high_open=True),
-      "vocab_size": vocab,
-      "model.embed_dim": _common.integer(low=1, high=1 << 16),
-      "model.init_scale": _common.real(low=0, low_open=True),
-      "model.chunk_size": _common.integer(low=0),
-      "train.learning_rate": _common.learning_rate(),
-      "train.batch_size": _common.integer(low=1, high=1 << 20),
-      "train.num_steps": _common.integer(low=1, high=10_000_000),
-      "train.num_evals": _common.integer(low=1),
-      "eval_chunk": _common.integer(low=1, high=1 << 20),
-      "smoothing_k": _common.real(low=0, low_open=True),
-      "agreement_ulps": _common.real(low=1),
-      "sweep.vocab_sizes": _common.reals(increasing=True, low=2, high=1 << 20),
-      "sweep.time_batch_size": _common.integer(low=1, high=1 << 20),
-      "sweep.memory_batch_size": _common.integer(low=1, high=1 << 24),
-      "sweep.repeats": _common.integer(low=1, high=1000),
-      "memory_ratio_min": _common.real(low=0, low_open=True),
-    },
-  )
+  _common.check_declared(config)
   for i, v in enumerate(config.sweep.vocab_sizes):
     vocab(f"sweep.vocab_sizes[{i}]", v)
   if config.train.num_steps % config.train.num_evals:
@@ -584,65 +561,84 @@ def _train_and_evaluate(config, workdir, train_pairs, heldout_pairs, v: int):
 
 def _claims(r: dict, config) -> list[dict]:
   """The verdicts, each decided by the measured values in ``r``."""
+  return [
+    claim(r, config)
+    for claim in (
+      _claim_bigram_below_unigram_entropy,
+      _claim_fused_equals_materialised,
+      _claim_fused_memory,
+    )
+  ]
+
+
+def _claim_bigram_below_unigram_entropy(r: dict, config) -> dict:
+  """The verdict on seed §3.2, 5, claim ``5-bigram-below-unigram-entropy``."""
   ref, ev = r["references_bits"], r["evaluation"]
-  mem = r["memory"]["largest_v_at_memory_batch_size"]
   final = ev["fused_bits"][-1]
+  return _common.claim(
+    "5-bigram-below-unigram-entropy",
+    "3.2, 5",
+    "cross-entropy compares models' predictions: on held-out Python source the trained "
+    "bigram model's cross-entropy is below the unigram entropy of the held-out tokens, a "
+    "lower bound for every model that ignores the context",
+    {
+      "trained bigram (bits/token)": final,
+      "unigram entropy of the held-out tokens (bits)": ref["unigram_entropy_heldout"],
+      "training unigram, add-k (bits/token)": ref["unigram_addk"],
+      "count bigram, add-k (bits/token)": ref["bigram_addk"],
+      "uniform, log2 V (bits)": ref["uniform"],
+    },
+    holds=final < ref["unigram_entropy_heldout"],
+    correction=f"after {config.train.num_steps} steps the held-out cross-entropy "
+    f"({final:.3f} bits) is not below the held-out unigram entropy "
+    f"({ref['unigram_entropy_heldout']:.3f} bits): train longer",
+  )
+
+
+def _claim_fused_equals_materialised(r: dict, config) -> dict:
+  """The verdict on seed §3.1, claim ``3.1-fused-equals-materialised``."""
+  ev = r["evaluation"]
   tol = r["agreement_tolerance"]
   value_gap = max(ev["relative_gap"])
   grad_gap = max(ev["final_gradient_relative_gap"].values())
+  return _common.claim(
+    "3.1-fused-equals-materialised",
+    "3.1",
+    "H(p, q) computed by the fused linear cross-entropy, which never forms the [N, V] "
+    "logits, equals the materialised optax computation (value, and gradient at the end)",
+    {
+      "max relative gap of the held-out CE over the evaluations": value_gap,
+      "max relative gap of the gradient (per parameter, vs its max)": grad_gap,
+      "tolerance": tol,
+    },
+    holds=value_gap <= tol and grad_gap <= tol,
+    correction=f"the fused and materialised losses differ by {max(value_gap, grad_gap):.2g} "
+    f"(relative), more than {tol:.2g}",
+  )
+
+
+def _claim_fused_memory(r: dict, config) -> dict:
+  """The verdict on seed §4.1, claim ``4.1-fused-memory``."""
+  mem = r["memory"]["largest_v_at_memory_batch_size"]
   ratio = mem["naive"] / mem["fused"]
-  return [
-    _common.claim(
-      "5-bigram-below-unigram-entropy",
-      "3.2, 5",
-      "cross-entropy compares models' predictions: on held-out Python source the trained "
-      "bigram model's cross-entropy is below the unigram entropy of the held-out tokens, a "
-      "lower bound for every model that ignores the context",
-      {
-        "trained bigram (bits/token)": final,
-        "unigram entropy of the held-out tokens (bits)": ref["unigram_entropy_heldout"],
-        "training unigram, add-k (bits/token)": ref["unigram_addk"],
-        "count bigram, add-k (bits/token)": ref["bigram_addk"],
-        "uniform, log2 V (bits)": ref["uniform"],
-      },
-      holds=final < ref["unigram_entropy_heldout"],
-      correction=f"after {config.train.num_steps} steps the held-out cross-entropy "
-      f"({final:.3f} bits) is not below the held-out unigram entropy "
-      f"({ref['unigram_entropy_heldout']:.3f} bits): train longer",
-    ),
-    _common.claim(
-      "3.1-fused-equals-materialised",
-      "3.1",
-      "H(p, q) computed by the fused linear cross-entropy, which never forms the [N, V] "
-      "logits, equals the materialised optax computation (value, and gradient at the end)",
-      {
-        "max relative gap of the held-out CE over the evaluations": value_gap,
-        "max relative gap of the gradient (per parameter, vs its max)": grad_gap,
-        "tolerance": tol,
-      },
-      holds=value_gap <= tol and grad_gap <= tol,
-      correction=f"the fused and materialised losses differ by {max(value_gap, grad_gap):.2g} "
-      f"(relative), more than {tol:.2g}",
-    ),
-    _common.claim(
-      "4.1-fused-memory",
-      "4.1",
-      "as a training loss at vocabulary scale the fused cross-entropy needs a fraction of "
-      "the materialised one's temporaries",
-      {
-        "V": mem["vocab_size"],
-        "N (tokens per step)": mem["batch_size"],
-        "naive temporaries (MiB)": mem["naive"] / 2**20,
-        "fused temporaries (MiB)": mem["fused"] / 2**20,
-        "ratio naive / fused": ratio,
-        "required ratio": config.memory_ratio_min,
-      },
-      holds=ratio >= config.memory_ratio_min,
-      correction=f"at V = {mem['vocab_size']}, N = {mem['batch_size']} the fused "
-      f"step's temporaries are only {ratio:.2f}× smaller than the naive step's "
-      f"(< {config.memory_ratio_min})",
-    ),
-  ]
+  return _common.claim(
+    "4.1-fused-memory",
+    "4.1",
+    "as a training loss at vocabulary scale the fused cross-entropy needs a fraction of "
+    "the materialised one's temporaries",
+    {
+      "V": mem["vocab_size"],
+      "N (tokens per step)": mem["batch_size"],
+      "naive temporaries (MiB)": mem["naive"] / 2**20,
+      "fused temporaries (MiB)": mem["fused"] / 2**20,
+      "ratio naive / fused": ratio,
+      "required ratio": config.memory_ratio_min,
+    },
+    holds=ratio >= config.memory_ratio_min,
+    correction=f"at V = {mem['vocab_size']}, N = {mem['batch_size']} the fused "
+    f"step's temporaries are only {ratio:.2f}× smaller than the naive step's "
+    f"(< {config.memory_ratio_min})",
+  )
 
 
 # ------------------------------------------------------------------------------ figures

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments import _common
+from experiments import _common, outputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 E1_SMOKE = "configs/entropy_comparison.py:smoke"
@@ -263,16 +263,16 @@ def test_unwritable_workdir_is_one_clear_error(tmp_path):
 
 
 def test_configs_beyond_the_memory_fail_validation(monkeypatch):
-  from experiments import entropy_comparison
+  from experiments import config_checks, entropy_comparison
 
   config = _common.load_config("entropy_comparison", "smoke")
   entropy_comparison.validate(config)
   config.unlock()
   config.grid.num = 2_000_000_000  # 2e9 points × 3 models × 2 curves × 8 bytes = 89 GiB
-  monkeypatch.setattr(_common, "available_memory_bytes", lambda: 64 * 2**30)
+  monkeypatch.setattr(config_checks, "available_memory_bytes", lambda: 64 * 2**30)
   with pytest.raises(_common.ConfigError, match=r"needs at least 89.4 GiB \(config.grid.num"):
     entropy_comparison.validate(config)
-  monkeypatch.setattr(_common, "available_memory_bytes", lambda: 128 * 2**30)
+  monkeypatch.setattr(config_checks, "available_memory_bytes", lambda: 128 * 2**30)
   entropy_comparison.validate(config)  # it would fit
 
 
@@ -283,7 +283,7 @@ def test_progress_on_a_terminal_is_one_updating_line(tmp_path, monkeypatch):
 
   terminal = Terminal()
   monkeypatch.setattr(sys, "stderr", terminal)
-  monkeypatch.setattr(_common, "PROGRESS_EVERY_S", 0.0)  # every step also goes to the file
+  monkeypatch.setattr(outputs, "PROGRESS_EVERY_S", 0.0)  # every step also goes to the file
   with _common.logger_to(tmp_path / "log.txt", "tty") as logger:
     workdir = _common.Workdir(tmp_path, logger)
     for done in range(4):
@@ -298,7 +298,7 @@ def test_progress_on_a_terminal_is_one_updating_line(tmp_path, monkeypatch):
 
 
 def test_default_workdirs_are_fresh(monkeypatch, tmp_path):
-  monkeypatch.setattr(_common, "RUNS_DIR", tmp_path)
+  monkeypatch.setattr(outputs, "RUNS_DIR", tmp_path)
   first = _common.default_workdir("e")
   first.mkdir()
   second = _common.default_workdir("e")
