@@ -37,9 +37,15 @@ lint: $(VENV)/.installed-test
 format: $(VENV)/.installed-test
 	$(PY) -m ruff format .
 
+# The tests share one persistent XLA compilation cache (keyed by the program, the compile
+# options and the jax version, so a hit is the same executable): the x64=1 pass and the
+# experiments' subprocesses reuse what the first pass compiled (~25% less suite time).
+TEST_CACHE := JAX_COMPILATION_CACHE_DIR=$(CURDIR)/build/jax-test-cache \
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
+
 test: lint
-	JAX_ENABLE_X64=0 $(PY) -m pytest $(PYTEST_ARGS)
-	JAX_ENABLE_X64=1 $(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_CACHE) JAX_ENABLE_X64=0 $(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_CACHE) JAX_ENABLE_X64=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-run
 	$(PY) -m experiments.benchmark --config=configs/benchmark.py --workdir=runs/bench-$(shell date +%Y%m%d-%H%M%S)
