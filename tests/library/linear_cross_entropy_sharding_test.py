@@ -1,7 +1,7 @@
 """linear_softmax_cross_entropy on 8 simulated CPU devices equals one device.
 
 The device count must be fixed before JAX initialises, so the sharded runs happen in a
-subprocess (``tests/_linear_cross_entropy_sharding_worker.py``) with
+subprocess (``tests/library/_linear_cross_entropy_sharding_worker.py``) with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``: the plain function under ``jit`` on
 sharded inputs (an explicit mesh with the tokens split, an auto mesh with the weight split
 on V too), and the vocab-parallel path inside ``shard_map`` on a 2 (tokens) × 4 (vocab)
@@ -22,11 +22,11 @@ import jax
 import numpy as np
 from absl.testing import absltest
 
-from tests import _linear_cross_entropy_sharding_worker as worker
+from tests.library import _linear_cross_entropy_sharding_worker as worker
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Only the order of the float additions (across devices) differs from one device.
 RTOL = 1e-12 if jax.config.jax_enable_x64 else 2e-5
 
@@ -60,7 +60,7 @@ class VocabParallelTest(absltest.TestCase):
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
       out = pathlib.Path(tmp) / "two_processes.npz"
-      module = "tests._linear_cross_entropy_multiprocess_worker"
+      module = "tests.library._linear_cross_entropy_multiprocess_worker"
       procs = [
         subprocess.Popen(
           [sys.executable, "-m", module, str(i), str(port), str(out)],
@@ -90,7 +90,7 @@ class VocabParallelTest(absltest.TestCase):
       out = pathlib.Path(tmp) / "sharded.npz"
       try:
         subprocess.run(
-          [sys.executable, "-m", "tests._linear_cross_entropy_sharding_worker", str(out)],
+          [sys.executable, "-m", "tests.library._linear_cross_entropy_sharding_worker", str(out)],
           cwd=ROOT,
           env=env,
           check=True,

@@ -13,7 +13,7 @@ import pytest
 
 from experiments import _common, reproduce, seed_text
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_smoke_reproduction_writes_the_report(tmp_path):

@@ -7,7 +7,6 @@ entropies of the held-out predictions are recomputed in numpy from the saved par
 
 import csv
 
-import chex
 import jax
 import numpy as np
 from absl.testing import absltest
@@ -15,8 +14,8 @@ from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from experiments import _common
-from experiments import softmax_regression as e6
+from experiments import _common, softmax_regression
+from tests.experiments import _smoke
 from xent_jax import data
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -34,15 +33,12 @@ def _np_objective(params, x, y, l2):
   return -np.mean(log_p[np.arange(len(y)), np.asarray(y)]) + 0.5 * l2 * np.sum(w * w)
 
 
-class SoftmaxRegressionExperimentTest(chex.TestCase):
+class SoftmaxRegressionExperimentTest(_smoke.SmokeRun):
+  experiment = "softmax_regression"
+
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.config = _common.load_config("softmax_regression", "smoke")
-    cls.workdir = absltest.get_default_test_tmpdir() + "/e6"
-    cls.results = _common.run_experiment(
-      "softmax_regression", e6.run, cls.config, cls.workdir, validate=e6.validate, overwrite=True
-    )
     cls.digits = data.load_digits(
       test_fraction=cls.config.test_fraction, seed=cls.config.split_seed
     )
@@ -112,7 +108,7 @@ class SoftmaxRegressionExperimentTest(chex.TestCase):
     config.unlock()
     config.learning_rate = -1.0
     with self.assertRaisesRegex(_common.ConfigError, "learning_rate"):
-      e6.validate(config)
+      softmax_regression.validate(config)
 
 
 if __name__ == "__main__":

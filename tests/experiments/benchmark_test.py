@@ -17,6 +17,7 @@ import numpy as np
 from absl.testing import absltest
 
 from experiments import _common, benchmark
+from tests.experiments import _smoke
 
 
 def _expected_rows(config) -> list[tuple[str, str]]:
@@ -39,18 +40,14 @@ def _positive_finite(test, value, where):
   test.assertTrue(math.isfinite(value) and value > 0, f"{where} = {value!r}")
 
 
-class BenchmarkSmokeTest(chex.TestCase):
+class BenchmarkSmokeTest(_smoke.SmokeRun):
   """Runs the smoke benchmark once into a temporary workdir."""
+
+  experiment = "benchmark"
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.workdir = Path(tempfile.mkdtemp()) / "bench"
-    cls.config = _common.load_config("benchmark", "smoke")
-    _common.run_experiment(
-      "benchmark", benchmark.run, cls.config, cls.workdir, validate=benchmark.validate
-    )
-    cls.results = json.loads((cls.workdir / "results.json").read_text("utf-8"))
     cls.table = (cls.workdir / "benchmark.md").read_text("utf-8")
 
   def test_one_row_per_case_and_pass(self):

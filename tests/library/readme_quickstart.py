@@ -2,7 +2,7 @@
 
 ``make install-check`` builds a fresh virtual environment, ``pip install .`` (the library
 alone, no extras) and runs this script there: the example must run and import nothing
-that only an extra provides. Run it as a script (``python tests/readme_quickstart.py``):
+that only an extra provides. Run it as a script (``python tests/library/readme_quickstart.py``):
 then ``xent_jax`` comes from the environment, not from the checkout.
 """
 
@@ -20,7 +20,7 @@ def first_python_block(readme: str) -> str:
 
 
 def main() -> None:
-  readme = (Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
+  readme = (Path(__file__).resolve().parents[2] / "README.md").read_text("utf-8")
   exec(compile(first_python_block(readme), "README.md", "exec"), {})
   import xent_jax
 

@@ -5,16 +5,15 @@ gradient-flow times against ``scipy.integrate.quad``, and both training runs aga
 float64 replay of full-batch gradient descent with hand-written gradients.
 """
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 from scipy import integrate
 
-from configs import order_matters as e3_config
-from experiments import _common
-from experiments import order_matters as e3
+from configs import order_matters as order_matters_config
+from experiments import _common, order_matters
+from tests.experiments import _smoke
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -57,7 +56,7 @@ def _replay(config):
   y_eps = (1 - eps) * y + eps / 2
   logit_y = np.log(y_eps / (1 - y_eps))
   curves = {}
-  for name in e3.LOSSES:
+  for name in order_matters.LOSSES:
     w, b = -config.init_scale * w_true, -config.init_scale * b_true
     acc, ce = [], []
     for _ in range(config.num_steps + 1):
@@ -66,7 +65,7 @@ def _replay(config):
       ce.append(np.mean(np.logaddexp(0, z_test) - y_test * z_test))
       z = x @ w + b
       q = _np_sigmoid(z)
-      dz = q - y_eps if name == e3.LOSSES[0] else -q * (1 - q) * logit_y
+      dz = q - y_eps if name == order_matters.LOSSES[0] else -q * (1 - q) * logit_y
       w, b = w - config.learning_rate * dz @ x / len(z), b - config.learning_rate * dz.mean()
     curves[name] = (np.asarray(acc), np.asarray(ce))
   return curves
@@ -74,26 +73,19 @@ def _replay(config):
 
 @jax.jit
 def _closed_form_grads(z, y):
-  return e3.correct_grad(z, y), e3.reversed_grad(z, y)
+  return order_matters.correct_grad(z, y), order_matters.reversed_grad(z, y)
 
 
 @jax.jit
 def _autodiff_reversed_grad(z, y):
   """d/dz of the experiment's mean reversed loss for one example with logit z (w = 1, x = z)."""
   params = {"w": jnp.ones(1, z.dtype), "b": jnp.zeros((), z.dtype)}
-  loss = lambda z: e3.reversed_loss(params, z[None, None], jnp.full((1,), y, z.dtype))
+  loss = lambda z: order_matters.reversed_loss(params, z[None, None], jnp.full((1,), y, z.dtype))
   return jax.vmap(jax.grad(loss))(z)
 
 
-class OrderMattersExperimentTest(chex.TestCase, parameterized.TestCase):
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.config = _common.load_config("order_matters", "smoke")
-    workdir = absltest.get_default_test_tmpdir() + "/e3"
-    cls.results = _common.run_experiment(
-      "order_matters", e3.run, cls.config, workdir, validate=e3.validate, overwrite=True
-    )
+class OrderMattersExperimentTest(_smoke.SmokeRun):
+  experiment = "order_matters"
 
   @parameterized.parameters(0.05, 0.3, 0.95)
   def test_reversed_grad_matches_finite_differences(self, y):
@@ -157,7 +149,7 @@ class OrderMattersExperimentTest(chex.TestCase, parameterized.TestCase):
       self.assertTrue(np.isinf(_np_reversed_loss(0.3, np.float64(1.0))))
 
   def test_training_matches_numpy_replay(self):
-    problem = e3.make_data(**self.config.data)
+    problem = order_matters.make_data(**self.config.data)
     x, y, _, y_test, w, _ = _np_data(**self.config.data)
     np.testing.assert_allclose(problem.x_train, x, rtol=RTOL)
     np.testing.assert_array_equal(problem.y_train, y)
@@ -177,7 +169,7 @@ class OrderMattersExperimentTest(chex.TestCase, parameterized.TestCase):
         self.assertEqual(run["steps_to_target_accuracy"], expected)
       else:
         self.assertLessEqual(abs(run["steps_to_target_accuracy"] - expected), 1)
-    correct, rev = (tr["runs"][k] for k in e3.LOSSES)
+    correct, rev = (tr["runs"][k] for k in order_matters.LOSSES)
     self.assertLess(rev["initial_grad_norm"], 0.1 * correct["initial_grad_norm"])
 
   def test_claim_verdicts(self):
@@ -198,10 +190,10 @@ class OrderMattersExperimentTest(chex.TestCase, parameterized.TestCase):
       ("logit_grid.num", 2),
       ("data.num_train", 1),
     ):
-      config = e3_config.get_config("smoke")
+      config = order_matters_config.get_config("smoke")
       config.update_from_flattened_dict({key: value})
       with self.assertRaisesRegex(_common.ConfigError, key):
-        e3.validate(config)
+        order_matters.validate(config)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,12 @@ cross-entropy are recomputed here from their definitions by central finite diffe
 numpy float64 losses (no JAX, no closed form), and compared with the experiment's numbers.
 """
 
-import chex
 import jax
 import numpy as np
 from absl.testing import absltest
 
-from experiments import _common
-from experiments import gradient_check as e4
+from experiments import _common, gradient_check
+from tests.experiments import _smoke
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -46,16 +45,13 @@ def _finite_difference_grad(loss, w, b, h=1e-6):
   return grad
 
 
-class GradientCheckExperimentTest(chex.TestCase):
+class GradientCheckExperimentTest(_smoke.SmokeRun):
+  experiment = "gradient_check"
+
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.config = _common.load_config("gradient_check", "smoke")
-    workdir = absltest.get_default_test_tmpdir() + "/e4"
-    cls.results = _common.run_experiment(
-      "gradient_check", e4.run, cls.config, workdir, validate=e4.validate, overwrite=True
-    )
-    cls.problem = e4.random_problem(cls.config)
+    cls.problem = gradient_check.random_problem(cls.config)
 
   def _finite_differences(self, loss, model, y_key, scale):
     p = self.problem
@@ -72,7 +68,7 @@ class GradientCheckExperimentTest(chex.TestCase):
         "softmax": self._finite_differences(_np_softmax_ce, "softmax", "y_class_N", scale),
       }
       for model in ("logistic", "softmax"):
-        grads = e4._gradients(self.problem, model, scale, "float64")
+        grads = gradient_check._gradients(self.problem, model, scale, "float64")
         for kind in ("library_autodiff", "plain_autodiff", "closed_form"):
           np.testing.assert_allclose(
             grads[kind],
@@ -94,7 +90,7 @@ class GradientCheckExperimentTest(chex.TestCase):
 
   def test_reported_gradient_errors_are_within_rounding(self):
     for model in ("logistic", "softmax"):
-      for dtype in e4.DTYPES:
+      for dtype in gradient_check.DTYPES:
         tol = self.results["tolerance"][dtype]["gradient"]
         self.assertLessEqual(
           self.results["gradients"][model][dtype]["max_rel_error_autodiff_vs_closed_form"], tol
@@ -116,12 +112,14 @@ class GradientCheckExperimentTest(chex.TestCase):
     sigma = lambda t: 0.5 * (1 + np.tanh(t / 2))  # another formula for σ
     z, h = np.linspace(-10, 10, 81), 1e-5
     np.testing.assert_allclose(
-      e4.sigmoid_derivative_reference(z), (sigma(z + h) - sigma(z - h)) / (2 * h), rtol=1e-6
+      gradient_check.sigmoid_derivative_reference(z),
+      (sigma(z + h) - sigma(z - h)) / (2 * h),
+      rtol=1e-6,
     )
     z = np.linspace(-30, 30, 121)  # the tails: σ(z)σ(-z), 1/(1 + e^{-t}) has no cancellation
     logistic = lambda t: 1 / (1 + np.exp(-t))
     np.testing.assert_allclose(
-      e4.sigmoid_derivative_reference(z), logistic(z) * logistic(-z), rtol=1e-13
+      gradient_check.sigmoid_derivative_reference(z), logistic(z) * logistic(-z), rtol=1e-13
     )
 
   def test_check_grads_and_verdicts(self):
@@ -143,7 +141,7 @@ class GradientCheckExperimentTest(chex.TestCase):
     config.unlock()
     config.param_scales = ()
     with self.assertRaisesRegex(_common.ConfigError, "param_scales"):
-      e4.validate(config)
+      gradient_check.validate(config)
 
 
 if __name__ == "__main__":

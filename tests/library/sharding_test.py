@@ -1,7 +1,7 @@
 """Data-parallel training on 8 simulated CPU devices equals training on one device.
 
 The device count must be fixed before JAX initialises, so the sharded run happens in a
-subprocess (``tests/_sharding_worker.py``) with
+subprocess (``tests/library/_sharding_worker.py``) with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``; this process runs the same code on
 its single default device and compares.
 """
@@ -16,11 +16,11 @@ import jax
 import numpy as np
 from absl.testing import absltest
 
-from tests import _sharding_worker
+from tests.library import _sharding_worker
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Only the order of the all-reduce's float additions differs from one device.
 RTOL = 1e-12 if jax.config.jax_enable_x64 else 2e-5
 
@@ -32,7 +32,7 @@ def _run_on_8_devices(out_path):
     f"{_sharding_worker.NUM_DEVICES}"
   ).strip()
   subprocess.run(
-    [sys.executable, "-m", "tests._sharding_worker", str(out_path)],
+    [sys.executable, "-m", "tests.library._sharding_worker", str(out_path)],
     cwd=ROOT,
     env=env,
     check=True,

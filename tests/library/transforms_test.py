@@ -42,13 +42,13 @@ from absl.testing import absltest, parameterized
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import xent_jax as xj
-from tests import _grids
-from tests import _mp_reference as ref
+from tests.library import _grids
+from tests.library import _mp_reference as ref
 from xent_jax._measures import REGISTRY
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- transform-table:start -->", "<!-- transform-table:end -->"
 
 TRANSFORMS = (
@@ -689,7 +689,9 @@ class TransformsTest(chex.TestCase):
     # and the integer-label softmax cross-entropy's (the dense one of one-hot targets).
     own = ("log_softmax", "softmax_cross_entropy_with_integer_labels")
     missing = [n for n in REGISTRY if n not in own and n not in ref.JET_ARGS]
-    self.assertEqual(missing, [], f"measures without a jet in tests/_mp_reference.py: {missing}")
+    self.assertEqual(
+      missing, [], f"measures without a jet in tests/library/_mp_reference.py: {missing}"
+    )
 
   @parameterized.named_parameters((name, name) for name in FUNCTIONS)
   def test_row(self, name):

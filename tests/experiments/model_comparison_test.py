@@ -6,15 +6,14 @@ the same objective; Kendall's τ against ``scipy.stats.kendalltau``; the populat
 cross-entropy against ``scipy.integrate.quad``.
 """
 
-import chex
 import jax
 import numpy as np
 from absl.testing import absltest
 from scipy import integrate, optimize, stats
 
-from configs import model_comparison as e7_config
-from experiments import _common
-from experiments import model_comparison as e7
+from configs import model_comparison as model_comparison_config
+from experiments import _common, model_comparison
+from tests.experiments import _smoke
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -32,15 +31,12 @@ def _np_entropy(z):
   return _np_cross_entropy(z, q)
 
 
-class ModelComparisonExperimentTest(chex.TestCase):
+class ModelComparisonExperimentTest(_smoke.SmokeRun):
+  experiment = "model_comparison"
+
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.config = _common.load_config("model_comparison", "smoke")
-    workdir = absltest.get_default_test_tmpdir() + "/e7"
-    cls.results = _common.run_experiment(
-      "model_comparison", e7.run, cls.config, workdir, validate=e7.validate, overwrite=True
-    )
     d = cls.config.data
     rng = np.random.default_rng(d.seed)  # the documented sampling recipe, redone here
     x = rng.uniform(d.x_low, d.x_high, d.num_train + d.num_test)
@@ -84,7 +80,7 @@ class ModelComparisonExperimentTest(chex.TestCase):
     x, y = self.train
     objective = lambda p: np.mean(_np_cross_entropy(p[0] + p[1] * x, y))
     optimum = optimize.minimize(objective, [0.0, 0.0], method="BFGS", options={"gtol": 1e-12}).x
-    fitted, base = (c for c in self.results["candidates"] if c["name"] in e7.FITTED)
+    fitted, base = (c for c in self.results["candidates"] if c["name"] in model_comparison.FITTED)
     np.testing.assert_allclose(
       [fitted["intercept"], fitted["slope"]], optimum, atol=1e-7 if X64 else 1e-5
     )
@@ -108,10 +104,12 @@ class ModelComparisonExperimentTest(chex.TestCase):
     np.testing.assert_allclose(true["population_kl_from_true"], 0.0, atol=1e-6)
 
   def test_kendall_tau(self):
-    self.assertEqual(e7.kendall_tau([1, 2, 3], [4, 5, 6]), 1.0)
-    self.assertEqual(e7.kendall_tau([1, 2, 3], [6, 5, 4]), -1.0)
+    self.assertEqual(model_comparison.kendall_tau([1, 2, 3], [4, 5, 6]), 1.0)
+    self.assertEqual(model_comparison.kendall_tau([1, 2, 3], [6, 5, 4]), -1.0)
     u, v = np.random.default_rng(0).normal(size=(2, 9))
-    self.assertAlmostEqual(e7.kendall_tau(u, v), stats.kendalltau(u, v).statistic, places=12)
+    self.assertAlmostEqual(
+      model_comparison.kendall_tau(u, v), stats.kendalltau(u, v).statistic, places=12
+    )
 
   def test_claim_verdicts_follow_the_measurements(self):
     claims = {c["id"]: c for c in self.results["claims"]}
@@ -128,10 +126,10 @@ class ModelComparisonExperimentTest(chex.TestCase):
       ({"data.x_low": 6.0}, "x_low"),
       ({"fit.learning_rate": 0.0}, "fit.learning_rate"),
     ):
-      config = e7_config.get_config("smoke")
+      config = model_comparison_config.get_config("smoke")
       config.update_from_flattened_dict(flat)
       with self.assertRaisesRegex(_common.ConfigError, message):
-        e7.validate(config)
+        model_comparison.validate(config)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ if __name__ == "__main__":
   import numpy as np
   from jax.sharding import AxisType
 
-  from tests import _linear_cross_entropy_sharding_worker as worker
+  from tests.library import _linear_cross_entropy_sharding_worker as worker
 
   assert jax.device_count() == 4 and jax.local_device_count() == 2, jax.devices()
   mesh = jax.make_mesh((2, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)

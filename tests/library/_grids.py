@@ -1,7 +1,7 @@
 """Seeded test grids for the accuracy tests (SPEC §2): extreme logits, -inf, exact 0 and 1.
 
 Every grid is built in float64 with numpy and rounded once to the dtype under test, so the
-reference (tests/_mp_reference.py) sees exactly the values the library sees.
+reference (tests/library/_mp_reference.py) sees exactly the values the library sees.
 """
 
 from __future__ import annotations

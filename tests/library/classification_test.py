@@ -18,8 +18,8 @@ import optax
 from absl.testing import absltest, parameterized
 
 import xent_jax as xj
-from tests import _grids
-from tests import _mp_reference as ref
+from tests.library import _grids
+from tests.library import _mp_reference as ref
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 mpmath.mp.dps = 50

@@ -5,7 +5,7 @@ float32 and ±700 in float64, ±1e30 and ±inf for the elementwise measures, dom
 classes, -inf logits, probabilities exactly 0 and 1 and their neighbours, hard and soft
 labels, label smoothing, `where` masks with garbage in the excluded entries), and every
 differentiable argument is checked four ways against the exact jets of
-``tests/_mp_reference.py``:
+``tests/library/_mp_reference.py``:
 
 - the value (plain call, and the primal outputs of ``jax.vjp`` / ``jax.jvp``);
 - ``jax.vjp`` with a random cotangent per example;
@@ -31,8 +31,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import xent_jax as xj
-from tests import _grids
-from tests import _mp_reference as ref
+from tests.library import _grids
+from tests.library import _mp_reference as ref
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

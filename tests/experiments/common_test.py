@@ -20,7 +20,7 @@ import pytest
 
 from experiments import _common, outputs
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 E1_SMOKE = "configs/entropy_comparison.py:smoke"
 
 

@@ -4,20 +4,15 @@ The references here are numpy/scipy in float64 (the binary entropy written out, 
 over all of ℝ, the closed forms), never E1's own output.
 """
 
-import json
 import math
-import tempfile
-from pathlib import Path
 
-import chex
-import jax
 import numpy as np
 from absl.testing import parameterized
 from scipy import integrate, optimize, special
 
-from configs import entropy_comparison as e1_config
-from experiments import _common
-from experiments import entropy_comparison as e1
+from configs import entropy_comparison as entropy_comparison_config
+from experiments import _common, entropy_comparison
+from tests.experiments import _smoke
 
 
 def _entropy_np(a, b, x):
@@ -26,19 +21,14 @@ def _entropy_np(a, b, x):
   return -special.xlogy(p, p) - special.xlogy(1 - p, 1 - p)
 
 
-class EntropyComparisonTest(chex.TestCase):
+class EntropyComparisonTest(_smoke.SmokeRun):
   """Runs E1 once (smoke config, in nats) and checks what it wrote."""
+
+  experiment = "entropy_comparison"
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.workdir = Path(tempfile.mkdtemp()) / "e1"
-    cls.config = _common.load_config("entropy_comparison", "smoke")
-    with jax.numpy_rank_promotion("raise"):
-      _common.run_experiment(
-        "entropy_comparison", e1.run, cls.config, cls.workdir, validate=e1.validate
-      )
-    cls.results = json.loads((cls.workdir / "results.json").read_text("utf-8"))
     cls.x64 = cls.results["dtype"] == "float64"
     cls.rtol = 1e-12 if cls.x64 else 2e-6
     cls.models = list(zip(cls.config.intercepts, cls.config.slopes, strict=True))
@@ -165,21 +155,21 @@ class UnitsAndConfigTest(parameterized.TestCase):
 
   def test_bits(self):
     config = _common.load_config("entropy_comparison", "smoke")
-    arr = e1._compute(config, e1._window_bounds(config), 2.0)
+    arr = entropy_comparison._compute(config, entropy_comparison._window_bounds(config), 2.0)
     closed = [math.pi**2 / (3 * abs(b) * math.log(2)) for b in config.slopes]
     rtol = 1e-11 if arr["entropy_MxN"].dtype == np.float64 else 2e-5
     np.testing.assert_allclose(arr["integral_M"], closed, rtol=rtol)
     np.testing.assert_allclose(arr["entropy_MxN"].max(), 1.0, rtol=rtol)  # 1 bit at p = ½
 
   def test_smoke_overrides_a_few_fields_of_the_default(self):
-    default = dict(_common._flatten(e1_config.get_config()))
-    smoke = dict(_common._flatten(e1_config.get_config("smoke")))
+    default = dict(_common._flatten(entropy_comparison_config.get_config()))
+    smoke = dict(_common._flatten(entropy_comparison_config.get_config("smoke")))
     self.assertEqual(default.keys(), smoke.keys())
     changed = {k for k in default if default[k] != smoke[k]}
     self.assertBetween(len(changed), 1, 6)
     self.assertNotIn("intercepts", changed)
     with self.assertRaisesRegex(ValueError, "unknown config variant"):
-      e1_config.get_config("huge")
+      entropy_comparison_config.get_config("huge")
 
   @parameterized.named_parameters(
     ("zero_slope", {"slopes": (1.0, 0.0, -5.0)}, "slopes"),
@@ -191,7 +181,7 @@ class UnitsAndConfigTest(parameterized.TestCase):
     ("grid_num", {"grid.num": 1}, "grid.num"),
   )
   def test_validate_rejects(self, overrides, message):
-    config = e1_config.get_config()
+    config = entropy_comparison_config.get_config()
     for key, value in overrides.items():
       node = config
       *parents, leaf = key.split(".")
@@ -199,4 +189,4 @@ class UnitsAndConfigTest(parameterized.TestCase):
         node = node[parent]
       node[leaf] = value
     with self.assertRaisesRegex(_common.ConfigError, message):
-      e1.validate(config)
+      entropy_comparison.validate(config)

@@ -7,7 +7,6 @@ the origin lies in the convex hull of the positive examples is decided by a scip
 programme, and the limit direction by scipy's SLSQP on the hard-margin problem.
 """
 
-import chex
 import jax
 import numpy as np
 from absl.testing import absltest
@@ -15,8 +14,8 @@ from scipy import optimize
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from experiments import _common
-from experiments import train_logistic as e5
+from experiments import _common, train_logistic
+from tests.experiments import _smoke
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -59,16 +58,13 @@ def _hard_margin_direction(train):
   return result.x / np.linalg.norm(result.x)
 
 
-class TrainLogisticExperimentTest(chex.TestCase):
+class TrainLogisticExperimentTest(_smoke.SmokeRun):
+  experiment = "train_logistic"
+
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.config = _common.load_config("train_logistic", "smoke")
-    workdir = absltest.get_default_test_tmpdir() + "/e5"
-    cls.results = _common.run_experiment(
-      "train_logistic", e5.run, cls.config, workdir, validate=e5.validate, overwrite=True
-    )
-    cls.data = e5._datasets(cls.config)
+    cls.data = train_logistic._datasets(cls.config)
 
   def test_training_reaches_the_sklearn_optimum(self):
     for name, l2 in (("synthetic", 0.0), ("breast_cancer", self.config.breast_cancer.l2)):
@@ -148,12 +144,12 @@ class TrainLogisticExperimentTest(chex.TestCase):
     config.unlock()
     config.seed_loss_num_steps = config.num_checkpoints + 1
     with self.assertRaisesRegex(_common.ConfigError, "multiple of"):
-      e5.validate(config)
+      train_logistic.validate(config)
     config = _common.load_config("train_logistic", "smoke")
     config.unlock()
     config.breast_cancer.l2 = 0.0
     with self.assertRaisesRegex(_common.ConfigError, "breast_cancer.l2"):
-      e5.validate(config)
+      train_logistic.validate(config)
 
 
 if __name__ == "__main__":

@@ -708,7 +708,7 @@ def assert_accurate(
 
 
 # ----------------------------------------------------------------------------------------------
-# Derivatives (tests/gradient_test.py): exact gradients and Hessians of every measure.
+# Derivatives (tests/library/gradient_test.py): exact gradients and Hessians of every measure.
 #
 # Each ``_jet_<name>`` evaluates one row (one example) of a measure and returns a :class:`Jet`:
 # its value, its gradient with respect to every differentiable argument, and the Hessian

@@ -12,13 +12,12 @@ import json
 import math
 from pathlib import Path
 
-import chex
 import jax
 import numpy as np
 from absl.testing import absltest
 
-from experiments import _common
-from experiments import vocab_scale as e8
+from experiments import _common, vocab_scale
+from tests.experiments import _smoke
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -26,7 +25,7 @@ RTOL = 1e-10 if jax.config.jax_enable_x64 else 1e-5  # float64 reference vs the 
 
 
 def _corpus(config):
-  return e8.load_corpus(
+  return vocab_scale.load_corpus(
     max_files=config.corpus.max_files,
     heldout_fraction=config.corpus.heldout_fraction,
     vocab_size=config.vocab_size,
@@ -37,20 +36,17 @@ def _pairs(ids_per_file):
   return [(int(a), int(b)) for ids in ids_per_file for a, b in zip(ids[:-1], ids[1:], strict=True)]
 
 
-class VocabScaleExperimentTest(chex.TestCase):
+class VocabScaleExperimentTest(_smoke.SmokeRun):
+  experiment = "vocab_scale"
+
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.config = _common.load_config("vocab_scale", "smoke")
-    cls.workdir = Path(absltest.get_default_test_tmpdir()) / "e8"
-    cls.results = _common.run_experiment(
-      "vocab_scale", e8.run, cls.config, cls.workdir, validate=e8.validate, overwrite=True
-    )
     cls.corpus = _corpus(cls.config)
 
   def test_tokenizer(self):
     self.assertEqual(
-      e8.tokenize("def f(x1, *a) -> int:\n    return x1 ** 2 != 0x1F + 3.5e-2j  # δx ok"),
+      vocab_scale.tokenize("def f(x1, *a) -> int:\n    return x1 ** 2 != 0x1F + 3.5e-2j  # δx ok"),
       ["def", "f", "(", "x1", ",", "*", "a", ")", "->", "int", ":", "return", "x1", "**", "2"]
       + ["!=", "0x1F", "+", "3.5e-2j", "#", "δx", "ok"],
     )
@@ -62,12 +58,12 @@ class VocabScaleExperimentTest(chex.TestCase):
     self.assertGreater(info["num_heldout_files"], 0)
     self.assertEqual(info["sha256"], self.corpus.info["sha256"])  # a second, independent read
     self.assertEqual(info, self.corpus.info)
-    files = e8.stdlib_files(Path(info["stdlib"]))
+    files = vocab_scale.stdlib_files(Path(info["stdlib"]))
     self.assertIn("json/decoder.py", files)
     self.assertFalse([f for f in files if {"test", "tests", "site-packages"} & set(f.split("/"))])
     self.assertEqual(self.results["vocab"]["size"], self.config.vocab_size)
     self.assertEqual(len(self.corpus.vocab), self.config.vocab_size)
-    self.assertEqual(self.corpus.vocab[0], e8.UNK)
+    self.assertEqual(self.corpus.vocab[0], vocab_scale.UNK)
 
   def test_references_match_counter_loops(self):
     v, k = len(self.corpus.vocab), self.config.smoothing_k
@@ -103,9 +99,9 @@ class VocabScaleExperimentTest(chex.TestCase):
       "b": rng.normal(size=v),
     }
     params = {k: jax.numpy.asarray(x, dtype) for k, x in params.items()}
-    prev, nxt = e8.bigram_pairs(self.corpus.heldout_ids)
-    eval_set = e8._distinct_pairs(prev, nxt, v, self.config.eval_chunk)
-    out = e8.heldout_losses(params, *eval_set, chunk_size=self.config.model.chunk_size)
+    prev, nxt = vocab_scale.bigram_pairs(self.corpus.heldout_ids)
+    eval_set = vocab_scale._distinct_pairs(prev, nxt, v, self.config.eval_chunk)
+    out = vocab_scale.heldout_losses(params, *eval_set, chunk_size=self.config.model.chunk_size)
     p = {k: np.asarray(x, np.float64) for k, x in params.items()}
     logits = p["embedding"][prev] @ p["w"] + p["b"]
     top = logits.max(axis=1)
@@ -168,7 +164,7 @@ class VocabScaleExperimentTest(chex.TestCase):
       group, leaf = key.split(".")
       config[group][leaf] = value
       with self.assertRaisesRegex(_common.ConfigError, pattern, msg=key):
-        e8.validate(config)
+        vocab_scale.validate(config)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ import numpy as np
 from absl.testing import absltest
 from scipy import optimize
 
-from configs import cross_entropy as e2_config
-from experiments import _common
-from experiments import cross_entropy as e2
+from configs import cross_entropy as cross_entropy_config
+from experiments import _common, cross_entropy
+from tests.experiments import _smoke
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -47,15 +47,12 @@ def _np_intervals(fn, lo, hi, num=10_001):
   return np.reshape(cuts + ([hi] if neg[-1] else []), (-1, 2))
 
 
-class CrossEntropyExperimentTest(chex.TestCase):
+class CrossEntropyExperimentTest(_smoke.SmokeRun):
+  experiment = "cross_entropy"
+
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.config = _common.load_config("cross_entropy", "smoke")
-    workdir = absltest.get_default_test_tmpdir() + "/e2"
-    cls.results = _common.run_experiment(
-      "cross_entropy", e2.run, cls.config, workdir, validate=e2.validate, overwrite=True
-    )
     cls.fwd, cls.rev = cls.results["pairs"]
     cls.x = np.linspace(cls.config.grid.start, cls.config.grid.stop, cls.config.grid.num)
 
@@ -117,25 +114,31 @@ class CrossEntropyExperimentTest(chex.TestCase):
     )
 
   def test_negative_intervals_finds_a_union_and_boundary_runs(self):
-    found = e2.negative_intervals(np.cos, 0.0, 10.0, num=101, xtol=1e-12)
+    found = cross_entropy.negative_intervals(np.cos, 0.0, 10.0, num=101, xtol=1e-12)
     np.testing.assert_allclose(
       found, [[np.pi / 2, 3 * np.pi / 2], [5 * np.pi / 2, 10.0]], atol=1e-10
     )
-    found = e2.negative_intervals(lambda x: x * (x - 1), -1.0, 2.0, num=7, xtol=1e-12)
+    found = cross_entropy.negative_intervals(lambda x: x * (x - 1), -1.0, 2.0, num=7, xtol=1e-12)
     np.testing.assert_allclose(found, [[0.0, 1.0]], atol=1e-10)
-    self.assertEqual(e2.negative_intervals(np.sin, -3.0, -0.1, num=5, xtol=1e-12), [[-3.0, -0.1]])
+    self.assertEqual(
+      cross_entropy.negative_intervals(np.sin, -3.0, -0.1, num=5, xtol=1e-12), [[-3.0, -0.1]]
+    )
 
   def test_closed_form_intervals_general_pair(self):
     # (z_p - z_q)·z_q = (3 - x)·(x - 1) > 0 on (1, 3) for p = σ(2), q = σ(-1 + x).
-    self.assertEqual(e2.closed_form_intervals((2.0, 0.0), (-1.0, 1.0), -5.0, 5.0), [[1.0, 3.0]])
     self.assertEqual(
-      e2.closed_form_intervals((1.0, 2.0), (0.0, 1.0)), [[-np.inf, -1.0], [0.0, np.inf]]
+      cross_entropy.closed_form_intervals((2.0, 0.0), (-1.0, 1.0), -5.0, 5.0), [[1.0, 3.0]]
+    )
+    self.assertEqual(
+      cross_entropy.closed_form_intervals((1.0, 2.0), (0.0, 1.0)), [[-np.inf, -1.0], [0.0, np.inf]]
     )
     self.assertEqual(
       self.rev["H(p,q)_below_H(q)"]["closed_form_on_real_line"], [["-inf", -1.0], [0.0, "inf"]]
     )
     # Parallel logits (no crossing): sign of (a_p - a_q)·z_q.
-    self.assertEqual(e2.closed_form_intervals((1.0, 1.0), (0.0, 1.0), -5.0, 5.0), [[0.0, 5.0]])
+    self.assertEqual(
+      cross_entropy.closed_form_intervals((1.0, 1.0), (0.0, 1.0), -5.0, 5.0), [[0.0, 5.0]]
+    )
 
   def test_validate_rejects_bad_configs(self):
     for key, value, message in (
@@ -144,12 +147,12 @@ class CrossEntropyExperimentTest(chex.TestCase):
       ("root_xtol", 1e-3, "root_xtol"),
       ("model.intercept", 0.0, "must differ"),
     ):
-      config = e2_config.get_config("smoke")
+      config = cross_entropy_config.get_config("smoke")
       config.update_from_flattened_dict(
         {key: value, "model.slope": 1.0} if key == "model.intercept" else {key: value}
       )
       with self.assertRaisesRegex(_common.ConfigError, message):
-        e2.validate(config)
+        cross_entropy.validate(config)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ from absl.testing import absltest, parameterized
 from jax.test_util import check_grads
 
 import xent_jax as xj
-from tests import _grids
-from tests import _mp_reference as ref
+from tests.library import _grids
+from tests.library import _mp_reference as ref
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

@@ -1,0 +1,48 @@
+"""The scaffolding every experiment test shares: one smoke run per test class.
+
+A test class names its experiment and reads what the run wrote::
+
+  class EntropyComparisonTest(_smoke.SmokeRun):
+    experiment = "entropy_comparison"
+
+    def test_integral(self):
+      self.results["models"]  # as written to self.workdir / "results.json"
+
+``setUpClass`` loads ``configs/<experiment>.py:smoke``, validates it with the module's
+``validate`` and runs ``experiments/<experiment>.run`` into a fresh temporary workdir, once
+for the class, with rank promotion raising (an implicit broadcast in an experiment is a bug).
+A subclass that needs more (an independent dataset, the problem redone) extends
+``setUpClass`` after calling ``super().setUpClass()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import tempfile
+from pathlib import Path
+
+import chex
+import jax
+
+from experiments import _common
+
+
+class SmokeRun(chex.TestCase):
+  """Runs ``experiment``'s smoke config once; ``config``, ``workdir``, ``results``, ``module``."""
+
+  experiment: str = ""  # the module name under experiments/ (and configs/)
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    if not cls.experiment:
+      raise TypeError(f"{cls.__name__}: set `experiment` to the experiment's module name")
+    cls.module = importlib.import_module(f"experiments.{cls.experiment}")
+    cls.config = _common.load_config(cls.experiment, "smoke")
+    cls.workdir = Path(tempfile.mkdtemp(prefix=f"{cls.experiment}-")) / "run"
+    with jax.numpy_rank_promotion("raise"):
+      _common.run_experiment(
+        cls.experiment, cls.module.run, cls.config, cls.workdir, validate=cls.module.validate
+      )
+    cls.results = json.loads((cls.workdir / "results.json").read_text("utf-8"))

@@ -1,0 +1,1 @@
+"""Tests of the library, xent_jax: values and derivatives against mpmath, bad input, transformations."""
