@@ -25,8 +25,10 @@ Nothing here imports xent_jax: it is the oracle the library is measured against.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pathlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -127,7 +129,7 @@ def _xlogy(x, y):
   return x * mpmath.log(y)
 
 
-def _one_minus_exp(log_p):
+def one_minus_exp(log_p):
   """1 - e^log_p without cancellation (log_p ≤ 0)."""
   return -mpmath.expm1(log_p)
 
@@ -155,7 +157,7 @@ def _softplus(z):
 _SOFTMAX_MEMO: dict = {}
 
 
-class _Softmax(NamedTuple):
+class Softmax(NamedTuple):
   log_p: list  # mpf, -inf for excluded / impossible classes
   p: list  # mpf
   present: list  # bool: class takes part in the distribution (valid and not -inf)
@@ -163,14 +165,14 @@ class _Softmax(NamedTuple):
   empty: bool  # no class has positive probability
 
 
-def _softmax_row(z: list, valid: list[bool]) -> _Softmax:
+def softmax_row(z: list, valid: list[bool]) -> Softmax:
   key = (tuple(z), tuple(valid))
   if key in _SOFTMAX_MEMO:
     return _SOFTMAX_MEMO[key]
   present = [v and zi != NINF for zi, v in zip(z, valid, strict=True)]
   finite = [zi for zi, ok in zip(z, present, strict=True) if ok]
   if not finite:
-    out = _Softmax([NINF] * len(z), [ZERO] * len(z), present, list(valid), True)
+    out = Softmax([NINF] * len(z), [ZERO] * len(z), present, list(valid), True)
   else:
     # log Σ e^{z - m} = log1p(Σ over all but one maximum): 50 digits cannot hold 1 + e^-700.
     m = max(finite)
@@ -179,7 +181,7 @@ def _softmax_row(z: list, valid: list[bool]) -> _Softmax:
     log_norm = mpmath.log1p(mpmath.fsum(mpmath.exp(zi - m) for zi in rest))
     log_p = [(zi - m) - log_norm if ok else NINF for zi, ok in zip(z, present, strict=True)]
     p = [mpmath.exp(lp) if ok else ZERO for lp, ok in zip(log_p, present, strict=True)]
-    out = _Softmax(log_p, p, present, list(valid), False)
+    out = Softmax(log_p, p, present, list(valid), False)
   _SOFTMAX_MEMO[key] = out
   return out
 
@@ -187,7 +189,7 @@ def _softmax_row(z: list, valid: list[bool]) -> _Softmax:
 def _softmax_rows(logits: np.ndarray, where=None):
   rows, shape = _rows(logits)
   masks = _row_masks(where, shape)
-  return [_softmax_row(z, m) for z, m in zip(rows, masks, strict=True)], shape
+  return [softmax_row(z, m) for z, m in zip(rows, masks, strict=True)], shape
 
 
 # ----------------------------------------------------------------------------------------------
@@ -468,7 +470,7 @@ def softmax_cross_entropy_grad(
         conds.append(ZERO)
         continue
       qj = sm.p[j]
-      one_minus_q = _one_minus_exp(sm.log_p[j]) if sm.present[j] else ONE
+      one_minus_q = one_minus_exp(sm.log_p[j]) if sm.present[j] else ONE
       values.append(qj * (s - t[j]) - t[j] * one_minus_q)  # = S q_j - t_j, no cancellation
       c = s * qj * (a - qj * uz[j] + (1 - qj) * uz[j])
       if not exact_targets:
@@ -605,7 +607,7 @@ def kl_divergence_from_logits_grad_q(p_logits: np.ndarray, q_logits: np.ndarray)
     aq = mpmath.fsum(q * u for q, u in zip(sq.p, uq, strict=True))
     for pj, qj, lpj, lqj, upj, uqj in zip(sp.p, sq.p, sp.log_p, sq.log_p, up, uq, strict=True):
       near_one = pj > 0.5 and qj > 0.5  # (1 - p) - (1 - q): 50 digits cannot hold 1 - e^-700
-      values.append(_one_minus_exp(lpj) - _one_minus_exp(lqj) if near_one else qj - pj)
+      values.append(one_minus_exp(lpj) - one_minus_exp(lqj) if near_one else qj - pj)
       conds.append(qj * (aq + (1 - 2 * qj) * uqj) + pj * (ap + (1 - 2 * pj) * upj))
   return _finish(values, conds, shape)
 
@@ -747,26 +749,76 @@ class DerivativeRef(NamedTuple):
   scale: np.ndarray | None
 
 
+# Every measure's jet builder and its differentiable arguments, by measure name.
+_JETS: dict[str, tuple[Callable, tuple[str, ...]]] = {}
+
+
+def jet(name: str, args: tuple[str, ...]):
+  """Registers ``build(row, kept, **options) -> Jet`` as the exact reference of ``name``.
+
+  ``args`` are the measure's differentiable arguments in call order (the first is the one
+  the gradient tests differentiate). ``row[a]`` is one example of argument ``a`` as a list of
+  exact mpf (entries excluded by ``where`` read as 0), ``kept[k]`` whether ``where`` keeps
+  class k. The jets of the library's first measures are below; a new measure's jet lives in
+  its own test file (``tests/library/<module>_test.py``), next to its tests.
+  """
+
+  def register(build: Callable) -> Callable:
+    known = _JETS.get(name)
+    if known and known[0].__code__.co_filename != build.__code__.co_filename:
+      raise ValueError(f"jet {name!r} is defined twice: in {known[0].__code__.co_filename} too")
+    _JETS[name] = (build, tuple(args))
+    return build
+
+  return register
+
+
+def _jet_of(name: str) -> tuple[Callable, tuple[str, ...]]:
+  if name not in _JETS:  # defined in a test module not imported yet
+    for path in sorted(pathlib.Path(__file__).parent.glob("*_test.py")):
+      importlib.import_module(f"{__package__}.{path.stem}")
+  if name not in _JETS:
+    raise KeyError(
+      f"{name}: no mpmath jet; define one in its test file with "
+      f"@_mp_reference.jet({name!r}, (<its differentiable arguments>))"
+    )
+  return _JETS[name]
+
+
+def has_jet(name: str) -> bool:
+  """Whether ``name`` has an mpmath jet (in this file or in a test file)."""
+  try:
+    _jet_of(name)
+  except KeyError:
+    return False
+  return True
+
+
+def jet_args(name: str) -> tuple[str, ...]:
+  """The differentiable arguments of ``name``'s jet, in call order."""
+  return _jet_of(name)[1]
+
+
 def _is_finite(x) -> bool:
   return not (mpmath.isinf(x) or mpmath.isnan(x))
 
 
-def _zeros(c: int) -> list:
+def zeros(c: int) -> list:
   return [ZERO] * c
 
 
-def _matrix(c: int) -> list[list]:
+def matrix(c: int) -> list[list]:
   return [[ZERO] * c for _ in range(c)]
 
 
-def _centered(sm: _Softmax, j: int, k: int):
+def _centered(sm: Softmax, j: int, k: int):
   """δ_jk - q_k without cancellation (1 - q_j = -expm1(log q_j) for a dominant class)."""
   if j != k:
     return -sm.p[k]
-  return _one_minus_exp(sm.log_p[j]) if sm.present[j] else ONE
+  return one_minus_exp(sm.log_p[j]) if sm.present[j] else ONE
 
 
-class _XlogyTerms:
+class XlogyTerms:
   """Accumulates f = Σ c·x·log y and its derivatives, x and y affine in the inputs.
 
   Inputs are named (argument, index); ``dx``/``dy`` map inputs to ∂x/∂input, ∂y/∂input.
@@ -774,8 +826,8 @@ class _XlogyTerms:
 
   def __init__(self, args: dict[str, int]):
     self.value = ZERO
-    self.grad = {a: _zeros(c) for a, c in args.items()}
-    self.hess = {(a, b): _matrix(args[a]) for a in args for b in args}
+    self.grad = {a: zeros(c) for a, c in args.items()}
+    self.hess = {(a, b): matrix(args[a]) for a in args for b in args}
 
   def add(self, c, x, y, dx: dict, dy: dict, log_y=None):
     if x == 0 and y == 0:
@@ -806,18 +858,20 @@ class _XlogyTerms:
     return Jet(self.value, self.grad, self.hess, scale)
 
 
+@jet("entropy", ("probs",))
 def _jet_entropy(row, kept):
   p = row["probs"]
-  acc = _XlogyTerms({"probs": len(p)})
+  acc = XlogyTerms({"probs": len(p)})
   for k, pk in enumerate(p):
     if kept[k]:
       acc.add(-1, pk, pk, {("probs", k): ONE}, {("probs", k): ONE})
   return acc.jet()
 
 
+@jet("cross_entropy", ("p", "q"))
 def _jet_cross_entropy(row, kept):
   p, q = row["p"], row["q"]
-  acc = _XlogyTerms({"p": len(p), "q": len(q)})
+  acc = XlogyTerms({"p": len(p), "q": len(q)})
   for k in range(len(p)):
     if kept[k]:
       acc.add(-1, p[k], q[k], {("p", k): ONE}, {("q", k): ONE})
@@ -835,9 +889,10 @@ def _log_terms_scale(p, q, kept, terms) -> dict:
   return out
 
 
+@jet("kl_divergence", ("p", "q"))
 def _jet_kl_divergence(row, kept):
   p, q = row["p"], row["q"]
-  acc = _XlogyTerms({"p": len(p), "q": len(q)})
+  acc = XlogyTerms({"p": len(p), "q": len(q)})
   for k in range(len(p)):
     if kept[k]:
       acc.add(1, p[k], p[k], {("p", k): ONE}, {("p", k): ONE})
@@ -848,10 +903,11 @@ def _jet_kl_divergence(row, kept):
   return acc.jet(scale)
 
 
+@jet("js_divergence", ("p", "q"))
 def _jet_js_divergence(row, kept):
   p, q = row["p"], row["q"]
   half = ONE / 2
-  acc = _XlogyTerms({"p": len(p), "q": len(q)})
+  acc = XlogyTerms({"p": len(p), "q": len(q)})
   for k in range(len(p)):
     if kept[k]:
       m, dm = (p[k] + q[k]) / 2, {("p", k): half, ("q", k): half}
@@ -864,20 +920,25 @@ def _jet_js_divergence(row, kept):
   return acc.jet(scale)
 
 
+@jet("binary_entropy", ("p",))
 def _jet_binary_entropy(row, kept):
   (p,) = row["p"]
-  acc = _XlogyTerms({"p": 1})
+  acc = XlogyTerms({"p": 1})
   acc.add(-1, p, p, {("p", 0): ONE}, {("p", 0): ONE})
   acc.add(-1, 1 - p, 1 - p, {("p", 0): -ONE}, {("p", 0): -ONE}, log_y=mpmath.log1p(-p))
   return acc.jet()
 
 
-def _jet_binary_cross_entropy(row, kept):
+@jet("binary_cross_entropy", ("p", "q"))
+def _jet_binary_cross_entropy(row, kept, label_smoothing=0.0):
+  """-p' log q - (1 - p') log(1 - q), p' = (1 - α) p + α/2 (binary label smoothing)."""
   (p,), (q,) = row["p"], row["q"]
-  acc = _XlogyTerms({"p": 1, "q": 1})
-  acc.add(-1, p, q, {("p", 0): ONE}, {("q", 0): ONE})
+  alpha = mpmath.mpf(float(label_smoothing))
+  smoothed, keep = (1 - alpha) * p + alpha / 2, 1 - alpha
+  acc = XlogyTerms({"p": 1, "q": 1})
+  acc.add(-1, smoothed, q, {("p", 0): keep}, {("q", 0): ONE})
   log1m_q = NINF if q == 1 else mpmath.log1p(-q)
-  acc.add(-1, 1 - p, 1 - q, {("p", 0): -ONE}, {("q", 0): -ONE}, log_y=log1m_q)
+  acc.add(-1, 1 - smoothed, 1 - q, {("p", 0): -keep}, {("q", 0): -ONE}, log_y=log1m_q)
   return acc.jet()
 
 
@@ -885,24 +946,28 @@ def _scalar_jet(arg: str, value, grad, second) -> Jet:
   return Jet(value, {arg: [grad]}, {(arg, arg): [[second]]})
 
 
+@jet("sigmoid", ("x",))
 def _jet_sigmoid(row, kept):
   (x,) = row["x"]
   s, t = _sigmoid(x), _sigmoid(-x)
   return _scalar_jet("x", s, s * t, s * t * (t - s))
 
 
+@jet("log_sigmoid", ("x",))
 def _jet_log_sigmoid(row, kept):
   (x,) = row["x"]
   s, t = _sigmoid(x), _sigmoid(-x)
   return _scalar_jet("x", -_softplus(-x), t, -s * t)
 
 
+@jet("tanh_probability", ("x",))
 def _jet_tanh_probability(row, kept):
   (x,) = row["x"]
   s, t = _sigmoid(2 * x), _sigmoid(-2 * x)
   return _scalar_jet("x", s, 2 * s * t, 4 * s * t * (t - s))
 
 
+@jet("binary_entropy_from_logits", ("logits",))
 def _jet_binary_entropy_from_logits(row, kept):
   (z,) = row["logits"]
   if not _is_finite(z):
@@ -912,6 +977,7 @@ def _jet_binary_entropy_from_logits(row, kept):
   return _scalar_jet("logits", value, -z * s * t, -(s * t + z * s * t * (t - s)))
 
 
+@jet("sigmoid_binary_cross_entropy", ("logits", "labels"))
 def _jet_sigmoid_binary_cross_entropy(row, kept, label_smoothing=0.0):
   (z,), (y,) = row["logits"], row["labels"]
   alpha = mpmath.mpf(float(label_smoothing))
@@ -928,6 +994,7 @@ def _jet_sigmoid_binary_cross_entropy(row, kept, label_smoothing=0.0):
   return Jet(value, grad, hess)
 
 
+@jet("softmax_cross_entropy", ("logits", "targets"))
 def _jet_softmax_cross_entropy(row, kept, label_smoothing=0.0):
   """H(t', softmax z): ∂/∂z_j = S q_j - t'_j, ∂/∂t_j = -(1-α) log q_j.
 
@@ -936,15 +1003,15 @@ def _jet_softmax_cross_entropy(row, kept, label_smoothing=0.0):
   z, t = row["logits"], row["targets"]
   c = len(z)
   alpha = mpmath.mpf(float(label_smoothing))
-  sm = _softmax_row(z, kept)
+  sm = softmax_row(z, kept)
   ts = _smoothed(t, kept, label_smoothing)[0]
   s = mpmath.fsum(ts)
   value = ZERO
   for tj, lq in zip(ts, sm.log_p, strict=True):
     if tj:
       value += -tj * lq
-  grad_z, grad_t = _zeros(c), _zeros(c)
-  hzz, hzt = _matrix(c), _matrix(c)
+  grad_z, grad_t = zeros(c), zeros(c)
+  hzz, hzt = matrix(c), matrix(c)
   for j in range(c):
     if not kept[j]:
       continue
@@ -966,18 +1033,19 @@ def _jet_softmax_cross_entropy(row, kept, label_smoothing=0.0):
   return Jet(value, {"logits": grad_z, "targets": grad_t}, hess)
 
 
+@jet("entropy_from_logits", ("logits",))
 def _jet_entropy_from_logits(row, kept):
   """H(softmax z): ∂H/∂z_j = -q_j (l_j + H); ∂²H/∂z_j∂z_k = -q_j[(δ_jk - q_k)(l_j + H + 1)
   - q_k (l_k + H)] (l = log q)."""
   z = row["logits"]
   c = len(z)
-  sm = _softmax_row(z, kept)
+  sm = softmax_row(z, kept)
   idx = [k for k in range(c) if sm.present[k]]
   h = -mpmath.fsum(sm.p[k] * sm.log_p[k] for k in idx)
   # l_j + H = Σ_{k≠j} q_k (z_j - z_k) (Σ q = 1, l_j - l_k = z_j - z_k): tiny for a dominant
   # class or nearly tied logits, without cancellation.
   lh = {j: mpmath.fsum(sm.p[k] * (z[j] - z[k]) for k in idx if k != j) for j in idx}
-  grad, hess = _zeros(c), _matrix(c)
+  grad, hess = zeros(c), matrix(c)
   for j in idx:
     qj = sm.p[j]
     grad[j] = -qj * lh[j]
@@ -986,6 +1054,7 @@ def _jet_entropy_from_logits(row, kept):
   return Jet(h, {"logits": grad}, {("logits", "logits"): hess})
 
 
+@jet("kl_divergence_from_logits", ("p_logits", "q_logits"))
 def _jet_kl_divergence_from_logits(row, kept):
   """KL(softmax zp ‖ softmax zq): ∂/∂zq_j = q_j - p_j; ∂/∂zp_j = p_j (d_j - KL), d = lp - lq.
 
@@ -994,23 +1063,23 @@ def _jet_kl_divergence_from_logits(row, kept):
   """
   zp, zq = row["p_logits"], row["q_logits"]
   c = len(zp)
-  sp, sq = _softmax_row(zp, kept), _softmax_row(zq, kept)
+  sp, sq = softmax_row(zp, kept), softmax_row(zq, kept)
   support = [k for k in range(c) if sp.present[k]]
   lost = [k for k in support if not sq.present[k]]  # p_k > 0 = q_k: KL = +inf
-  grad_q = _zeros(c)
+  grad_q = zeros(c)
   for j in range(c):
     if sp.p[j] > 0.5 and sq.p[j] > 0.5:  # (1 - p_j) - (1 - q_j): 1 - e^-700 needs it
-      grad_q[j] = _one_minus_exp(sp.log_p[j]) - _one_minus_exp(sq.log_p[j])
+      grad_q[j] = one_minus_exp(sp.log_p[j]) - one_minus_exp(sq.log_p[j])
     else:
       grad_q[j] = sq.p[j] - sp.p[j]
-  hqq, hpq, hpp = _matrix(c), _matrix(c), _matrix(c)
+  hqq, hpq, hpp = matrix(c), matrix(c), matrix(c)
   for j in range(c):
     for k in range(c):
       if sq.present[j] and sq.present[k]:
         hqq[j][k] = sq.p[j] * _centered(sq, j, k)
       if sp.present[j] and sp.present[k]:
         hpq[j][k] = -sp.p[j] * _centered(sp, j, k)
-  grad_p = _zeros(c)
+  grad_p = zeros(c)
   if lost:
     # The limit of p_j (d_j - KL) as the lost q-logits go to -inf together: -inf off the
     # lost classes, +inf on them while they hold less than all of p's mass.
@@ -1045,7 +1114,7 @@ def _jet_kl_divergence_from_logits(row, kept):
   return Jet(kl, {"p_logits": grad_p, "q_logits": grad_q}, hess, scale)
 
 
-def _numeric_derivatives(f, point: list, indices: list[int]):
+def numeric_derivatives(f, point: list, indices: list[int]):
   """(∂f/∂x_i, ∂²f/∂x_i∂x_j) at ``point`` for i, j in ``indices``, by mpmath.diff (exact
   to far more digits than float64 holds at 50 significant digits)."""
   n = len(point)
@@ -1062,119 +1131,13 @@ def _numeric_derivatives(f, point: list, indices: list[int]):
   return grad, hess
 
 
-def _focal_value(z, y, gamma, alpha):
-  """α_t (1 - p_t)^γ H(y, σ(z)), 1 - p_t = y σ(-z) + (1-y) σ(z)."""
-  ce = y * _softplus(-z) + (1 - y) * _softplus(z)
-  m = y * _sigmoid(-z) + (1 - y) * _sigmoid(z)
-  out = ce * m**gamma if gamma else ce
-  return out if alpha is None else (alpha * y + (1 - alpha) * (1 - y)) * out
-
-
-def _jet_sigmoid_focal_loss(row, kept, gamma=2.0, alpha=None):
-  """The focal loss of finite logits; derivatives numerical (mpmath.diff)."""
-  (z,), (y,) = row["logits"], row["labels"]
-  gamma = mpmath.mpf(float(gamma))
-  alpha = None if alpha is None else mpmath.mpf(float(alpha))
-
-  def f(z, y):
-    return _focal_value(z, y, gamma, alpha)
-
-  grad, hess = _numeric_derivatives(f, [z, y], [0, 1])
-  return Jet(
-    f(z, y),
-    {"logits": [grad[0]], "labels": [grad[1]]},
-    {
-      (a, b): [[hess[(i, j)]]]
-      for i, a in enumerate(("logits", "labels"))
-      for j, b in enumerate(("logits", "labels"))
-    },
-  )
-
-
-def _jet_poly_loss_cross_entropy(row, kept, epsilon=2.0):
-  """Σ_j t_j (-log q_j + ε (1 - q_j)) over the kept classes, q = softmax(z): the logit
-  derivatives numerical (mpmath.diff), the target ones -log q_j + ε (1 - q_j) (ε on an
-  impossible class of target 0: 0·log 0 = 0 is a constant)."""
-  z, t = row["logits"], row["targets"]
-  c, eps = len(z), mpmath.mpf(float(epsilon))
-  present = [k for k in range(c) if kept[k] and z[k] != NINF]
-
-  lost = any(kept[k] and z[k] == NINF and t[k] for k in range(c))  # t > 0 = q: +inf
-
-  def f(*zs):
-    # Not _softmax_row: its memo would hand mpmath.diff's raised-precision evaluations a
-    # 50-digit value at the centre point.
-    if lost:
-      return INF
-    m = max(zs)
-    log_norm = m + mpmath.log(mpmath.fsum(mpmath.exp(zk - m) for zk in zs))
-    return mpmath.fsum(
-      t[k] * (log_norm - zk - eps * mpmath.expm1(zk - log_norm))
-      for k, zk in zip(present, zs, strict=True)
-      if t[k]
-    )
-
-  point = [z[k] for k in present]
-  grad, hess = _numeric_derivatives(f, point, list(range(len(point))))
-  sm = _softmax_row(z, kept)
-  grad_z, grad_t, hzz = _zeros(c), _zeros(c), _matrix(c)
-  for i, k in enumerate(present):
-    grad_z[k] = grad[i]
-    for j, m in enumerate(present):
-      hzz[k][m] = hess[(i, j)]
-  for k in range(c):
-    if kept[k]:
-      if sm.present[k]:
-        grad_t[k] = -sm.log_p[k] + eps * _one_minus_exp(sm.log_p[k])
-      else:
-        grad_t[k] = eps if t[k] == 0 else INF
-  return Jet(f(*point), {"logits": grad_z, "targets": grad_t}, {("logits", "logits"): hzz})
-
-
-def _jet_generalized_kl_divergence(row, kept):
-  """Σ p log(p/q) - p + q: the KL's x log y terms, and linear terms of Hessian 0."""
-  p, q = row["p"], row["q"]
-  acc = _XlogyTerms({"p": len(p), "q": len(q)})
-  for k in range(len(p)):
-    if kept[k]:
-      acc.add(1, p[k], p[k], {("p", k): ONE}, {("p", k): ONE})
-      acc.add(-1, p[k], q[k], {("p", k): ONE}, {("q", k): ONE})
-      acc.value += q[k] - p[k]
-      acc.grad["p"][k] -= 1
-      acc.grad["q"][k] += 1
-  return acc.jet()
-
-
+@jet("cross_entropy_with_integer_labels", ("q", "p"))
 def _jet_cross_entropy_with_integer_labels(row, kept):
   """-log q_y: the cross-entropy of the one-hot target ``p`` (an exact input)."""
   return _jet_cross_entropy(row, kept)
 
 
-_JETS = {
-  "entropy": (_jet_entropy, ("probs",)),
-  "entropy_from_logits": (_jet_entropy_from_logits, ("logits",)),
-  "binary_entropy": (_jet_binary_entropy, ("p",)),
-  "binary_entropy_from_logits": (_jet_binary_entropy_from_logits, ("logits",)),
-  "cross_entropy": (_jet_cross_entropy, ("p", "q")),
-  # q first: the derivative taken; p = one_hot(labels), an exact input.
-  "cross_entropy_with_integer_labels": (_jet_cross_entropy_with_integer_labels, ("q", "p")),
-  "softmax_cross_entropy": (_jet_softmax_cross_entropy, ("logits", "targets")),
-  "binary_cross_entropy": (_jet_binary_cross_entropy, ("p", "q")),
-  "sigmoid_binary_cross_entropy": (_jet_sigmoid_binary_cross_entropy, ("logits", "labels")),
-  "kl_divergence": (_jet_kl_divergence, ("p", "q")),
-  "kl_divergence_from_logits": (_jet_kl_divergence_from_logits, ("p_logits", "q_logits")),
-  "js_divergence": (_jet_js_divergence, ("p", "q")),
-  "generalized_kl_divergence": (_jet_generalized_kl_divergence, ("p", "q")),
-  "poly_loss_cross_entropy": (_jet_poly_loss_cross_entropy, ("logits", "targets")),
-  "sigmoid_focal_loss": (_jet_sigmoid_focal_loss, ("logits", "labels")),
-  "sigmoid": (_jet_sigmoid, ("x",)),
-  "log_sigmoid": (_jet_log_sigmoid, ("x",)),
-  "tanh_probability": (_jet_tanh_probability, ("x",)),
-}
-
 # The differentiable arguments of each measure, in call order.
-JET_ARGS = {name: args for name, (_, args) in _JETS.items()}
-
 # Arguments that are probabilities: an exact 0 there is an exact input (it moves by nothing).
 _PROBABILITY_ARGS = {"probs", "p", "q", "targets", "labels"}
 
@@ -1203,7 +1166,7 @@ def jets(name: str, arrays: dict, where=None, **options) -> tuple[list[Jet], dic
   Elementwise measures take [N] arrays (each element a row of one). Entries excluded by
   ``where`` are never read, so they may hold anything.
   """
-  build, arg_names = _JETS[name]
+  build, arg_names = _jet_of(name)
   arrays = {a: np.asarray(arrays[a]) for a in arg_names}
   key = (
     name,

@@ -6,9 +6,10 @@ public entry of models, training, fit, optimum and data, one bad argument at a t
 `_VALID` gives, per public measure, a valid call on [4, 3] arrays whose rows are edge cases
 (zeros, ones, -inf logits, entries masked by `where`): it follows from the roles of the
 measure's arguments (`@measure` in xent_jax/_measures.py), one example array per role. Its
-value is checked against a float64 reference written by hand in `_REFERENCES`; a measure
-without one fails `test_every_measure_has_a_float64_reference`, naming it. The bad cases are derived from it by replacing one argument, so that every function
-meets every rule that applies to it:
+value is checked against the measure's exact value from the mpmath reference
+(tests/library/_mp_reference.py, or the jet its own test file defines). The bad cases are
+derived from it by replacing one argument, so that every function meets every rule that
+applies to it:
 
 - trace time, on the function itself: wrong dtype, rank or shape, `axis`, `where`, `base`,
   `label_smoothing` → TypeError/ValueError naming the argument;
@@ -32,6 +33,7 @@ from absl.testing import absltest, parameterized
 from jax.experimental import checkify
 
 import xent_jax as xj
+from tests.library import _mp_reference as ref
 from xent_jax import data, fit, models, optimum, training
 from xent_jax._measures import REGISTRY, Role
 
@@ -39,134 +41,6 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 INF, NAN = np.inf, np.nan
 _W = np.array([[True] * 3] * 3 + [[True, True, False]])  # class 2 of example 3 excluded
-
-# ---------------------------------------------------------------------------------------
-# Independent float64 references (numpy; plain formulas, 0·log 0 = 0 by hand).
-
-
-def _mul0(a, b):
-  return np.where(a == 0, 0.0, a * np.where(a == 0, 1.0, b))
-
-
-def _xlogy(x, y):
-  return _mul0(x, np.log(np.where(x == 0, 1.0, y)))
-
-
-def _msum(terms, where):
-  return np.sum(terms if where is None else np.where(where, terms, 0.0), axis=-1)
-
-
-def _log_softmax(logits, where=None):
-  # log1p of the mass outside one maximal class keeps the tiny log-probability of a
-  # dominant class, which log(Σ e^d) rounds to 0 even in float64.
-  d = logits if where is None else np.where(where, logits, -INF)
-  d = d - np.max(d, axis=-1, keepdims=True)
-  first_max = np.arange(d.shape[-1]) == np.argmax(d, axis=-1)[..., None]
-  rest = np.sum(np.where(first_max, 0.0, np.exp(d)), axis=-1, keepdims=True)
-  return d - np.log1p(rest)
-
-
-def _softplus(x):
-  return np.logaddexp(0.0, x)
-
-
-def _entropy(probs, where=None):
-  return -_msum(_xlogy(probs, probs), where)
-
-
-def _cross_entropy(p, q, where=None):
-  return -_msum(_xlogy(p, q), where)
-
-
-def _kl(p, q, where=None):
-  return _msum(_xlogy(p, p) - _xlogy(p, q), where)
-
-
-def _js(p, q, where=None):
-  m = (p + q) / 2
-  return (_kl(p, m, where) + _kl(q, m, where)) / 2
-
-
-def _logits_xent(targets, log_q, where=None):
-  return -_msum(_mul0(targets, log_q), where)
-
-
-def _kl_from_logits(p_logits, q_logits, where=None):
-  log_p = _log_softmax(p_logits, where)
-  return _msum(_mul0(np.exp(log_p), log_p - _log_softmax(q_logits, where)), where)
-
-
-def _sigmoid_xent(logits, labels, labels_c=None):
-  """-y log σ(z) - (1-y) log σ(-z), with log σ(z) = -softplus(-z) and 0·inf = 0."""
-  labels_c = 1 - labels if labels_c is None else labels_c
-  return _mul0(labels, _softplus(-logits)) + _mul0(labels_c, _softplus(logits))
-
-
-def _binary_entropy(p):
-  return -_xlogy(p, p) - _mul0(1 - p, np.log1p(-p))
-
-
-def _int_xent(logits, labels, where=None):
-  log_p = _log_softmax(logits, where)
-  loss = -np.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
-  return loss if where is None else np.where(np.any(where, axis=-1), loss, 0.0)
-
-
-def _int_cross_entropy(labels, q, where=None):
-  """-log q_y; q_y = 0 on a class excluded by `where`, 0 for a fully excluded example."""
-  q = q if where is None else np.where(where, q, 0.0)
-  loss = -np.log(np.take_along_axis(q, labels[..., None], axis=-1)[..., 0])
-  return loss if where is None else np.where(np.any(where, axis=-1), loss, 0.0)
-
-
-def _focal(logits, labels, gamma=2.0):
-  """(1 - p_t)^γ H(y, σ(z)), 1 - p_t = y σ(-z) + (1 - y) σ(z) (σ(-z) computed as such)."""
-  one_minus_p_t = labels / (1 + np.exp(logits)) + (1 - labels) / (1 + np.exp(-logits))
-  return one_minus_p_t**gamma * _sigmoid_xent(logits, labels)
-
-
-def _poly(logits, targets, epsilon=2.0, where=None):
-  """H(t, softmax z) + ε Σ t_j (1 - q_j) over the included classes."""
-  log_q = _log_softmax(logits, where)
-  return _logits_xent(targets, log_q, where) + epsilon * _msum(
-    _mul0(targets, -np.expm1(log_q)), where
-  )
-
-
-def _generalized_kl(p, q, where=None):
-  """Σ p log(p / q) - p + q."""
-  return _msum(_xlogy(p, p) - _xlogy(p, q) - p + q, where)
-
-
-_REFERENCES = {
-  "entropy": _entropy,
-  "entropy_from_logits": lambda logits, where=None: _logits_xent(
-    np.exp(_log_softmax(logits, where)), _log_softmax(logits, where), where
-  ),
-  "binary_entropy": _binary_entropy,
-  # H(σ(z)) = H(σ(z), σ(z)) with σ(-z) computed as such, not as 1 - σ(z).
-  "binary_entropy_from_logits": lambda logits: _sigmoid_xent(
-    logits, 1 / (1 + np.exp(-logits)), 1 / (1 + np.exp(logits))
-  ),
-  "cross_entropy": _cross_entropy,
-  "cross_entropy_with_integer_labels": _int_cross_entropy,
-  "softmax_cross_entropy": lambda logits, targets, where=None: _logits_xent(
-    targets, _log_softmax(logits, where), where
-  ),
-  "softmax_cross_entropy_with_integer_labels": _int_xent,
-  "binary_cross_entropy": lambda p, q: -_xlogy(p, q) - _mul0(1 - p, np.log1p(-q)),
-  "sigmoid_binary_cross_entropy": _sigmoid_xent,
-  "kl_divergence": _kl,
-  "kl_divergence_from_logits": _kl_from_logits,
-  "js_divergence": _js,
-  "log_softmax": _log_softmax,
-  "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
-  "log_sigmoid": lambda x: -_softplus(-x),
-  "tanh_probability": lambda x: 1 / (1 + np.exp(-2 * x)),  # (1 + tanh x)/2 = σ(2x)
-  "sigmoid_focal_loss": _focal,
-  "poly_loss_cross_entropy": _poly,
-  "generalized_kl_divergence": _generalized_kl,
-}
 
 # ---------------------------------------------------------------------------------------
 # The valid calls: [4, 3] arrays whose rows are edge cases. Entries excluded by `_W` hold
@@ -446,12 +320,25 @@ def _params(cases):
 
 
 def _reference(name, kwargs):
-  if name not in _REFERENCES:
-    raise AssertionError(f"{name}: no float64 reference in bad_input_test._REFERENCES")
+  """The exact value of a valid call (tests/library/_mp_reference.py, 50 digits): the measure's
+  own reference function where it has one (it takes the library's arguments), else its jet's
+  value."""
   is_float = lambda v: v is not None and jnp.issubdtype(jnp.asarray(v).dtype, jnp.floating)
+  # float16 and bfloat16 inputs widen exactly to float64.
   as64 = {k: np.asarray(v, np.float64) if is_float(v) else v for k, v in kwargs.items()}
-  with np.errstate(all="ignore"):  # inf - inf in excluded entries, masked afterwards
-    return _REFERENCES[name](**as64)
+  primary = as64[next(iter(REGISTRY[name].roles))]
+  if primary.size == 0:  # an empty batch: no examples, no values (log_softmax: one per class)
+    reduces = _takes(name, "axis") and name != "log_softmax"
+    return np.zeros(primary.shape[:-1] if reduces else primary.shape)
+  own = getattr(ref, name, None)
+  if own is not None:
+    return own(**as64).value
+  arrays = {a: as64[a] for a in ref.jet_args(name)}
+  if _takes(name, "axis"):
+    return ref.value_ref(name, arrays, as64.get("where")).value
+  # Elementwise: the jet takes [N] arrays.
+  flat = {a: x.ravel() for a, x in arrays.items()}
+  return ref.value_ref(name, flat, as64.get("where")).value.reshape(primary.shape)
 
 
 def _assert_accurate(got, expected):
@@ -725,14 +612,6 @@ def _training_cases():
       counts[case] = counts.get(case, 0) + 1
       case = f"{case}_{counts[case]}"
     yield (case, *rest)
-
-
-class CoverageTest(chex.TestCase):
-  def test_every_measure_has_a_float64_reference(self):
-    missing = sorted(set(REGISTRY) - set(_REFERENCES))
-    self.assertEqual(missing, [], f"measures without a float64 reference in _REFERENCES: {missing}")
-    stale = sorted(set(_REFERENCES) - set(REGISTRY))
-    self.assertEqual(stale, [], f"references of functions that are not measures: {stale}")
 
 
 class BadInputTest(chex.TestCase):

@@ -29,9 +29,13 @@ def _mp_sigmoid(z):
   return 1 / (1 + mpmath.exp(-z))
 
 
+def _mul0(a, b):
+  return a * b if a else a  # 0 · inf = 0: a certain label contributes nothing
+
+
 def _mp_focal(z, y, gamma, alpha=None):
-  """α_t (1 - p_t)^γ H(y, σ(z)) with 1 - p_t = y σ(-z) + (1-y) σ(z)."""
-  ce = y * mpmath.log1p(mpmath.exp(-z)) + (1 - y) * mpmath.log1p(mpmath.exp(z))
+  """α_t (1 - p_t)^γ H(y, σ(z)) with 1 - p_t = y σ(-z) + (1-y) σ(z); z = ±inf allowed."""
+  ce = _mul0(y, mpmath.log1p(mpmath.exp(-z))) + _mul0(1 - y, mpmath.log1p(mpmath.exp(z)))
   m = y * _mp_sigmoid(-z) + (1 - y) * _mp_sigmoid(z)
   out = ce * (m**gamma if gamma else 1)
   return out if alpha is None else (alpha * y + (1 - alpha) * (1 - y)) * out
@@ -51,6 +55,31 @@ def _mp_focal_partials(z, y, gamma):
     ((1 - y) * s - y * sn) * w + ce * dw * (1 - 2 * y) * s * sn,  # σ(z) - y, no 1 - 1
     -z * w + ce * dw * (sn - s),
     ce * w * log_m,
+  )
+
+
+@ref.jet("sigmoid_focal_loss", ("logits", "labels"))
+def _jet_sigmoid_focal_loss(row, kept, gamma=2.0, alpha=None):
+  """The mpmath reference of ``sigmoid_focal_loss``: the value
+  :func:`_mp_focal`, its derivatives at finite logits numerical (mpmath.diff)."""
+  (z,), (y,) = row["logits"], row["labels"]
+  gamma = mpmath.mpf(float(gamma))
+  alpha = None if alpha is None else mpmath.mpf(float(alpha))
+
+  def f(z, y):
+    return _mp_focal(z, y, gamma, alpha)
+
+  if not mpmath.isfinite(z):  # the value only: mpmath.diff needs a finite point
+    return ref.Jet(f(z, y), {"logits": [mpmath.nan], "labels": [mpmath.nan]}, {})
+  grad, hess = ref.numeric_derivatives(f, [z, y], [0, 1])
+  return ref.Jet(
+    f(z, y),
+    {"logits": [grad[0]], "labels": [grad[1]]},
+    {
+      (a, b): [[hess[(i, j)]]]
+      for i, a in enumerate(("logits", "labels"))
+      for j, b in enumerate(("logits", "labels"))
+    },
   )
 
 
@@ -184,6 +213,47 @@ def _mp_poly(z_row, t_row, eps):
   ce = -mpmath.fsum(tj * lq for tj, lq in zip(t_row, log_q, strict=True) if tj)
   u = mpmath.fsum(tj * -mpmath.expm1(lq) for tj, lq in zip(t_row, log_q, strict=True) if tj)
   return ce + eps * u
+
+
+@ref.jet("poly_loss_cross_entropy", ("logits", "targets"))
+def _jet_poly_loss_cross_entropy(row, kept, epsilon=2.0):
+  """Σ_j t_j (-log q_j + ε (1 - q_j)) over the kept classes, q = softmax(z): the logit
+  derivatives numerical (mpmath.diff), the target ones -log q_j + ε (1 - q_j) (ε on an
+  impossible class of target 0: 0·log 0 = 0 is a constant)."""
+  z, t = row["logits"], row["targets"]
+  c, eps = len(z), mpmath.mpf(float(epsilon))
+  present = [k for k in range(c) if kept[k] and z[k] != ref.NINF]
+
+  lost = any(kept[k] and z[k] == ref.NINF and t[k] for k in range(c))  # t > 0 = q: +inf
+
+  def f(*zs):
+    # Not softmax_row: its memo would hand mpmath.diff's raised-precision evaluations a
+    # 50-digit value at the centre point.
+    if lost:
+      return ref.INF
+    m = max(zs)
+    log_norm = m + mpmath.log(mpmath.fsum(mpmath.exp(zk - m) for zk in zs))
+    return mpmath.fsum(
+      t[k] * (log_norm - zk - eps * mpmath.expm1(zk - log_norm))
+      for k, zk in zip(present, zs, strict=True)
+      if t[k]
+    )
+
+  point = [z[k] for k in present]
+  grad, hess = ref.numeric_derivatives(f, point, list(range(len(point))))
+  sm = ref.softmax_row(z, kept)
+  grad_z, grad_t, hzz = ref.zeros(c), ref.zeros(c), ref.matrix(c)
+  for i, k in enumerate(present):
+    grad_z[k] = grad[i]
+    for j, m in enumerate(present):
+      hzz[k][m] = hess[(i, j)]
+  for k in range(c):
+    if kept[k]:
+      if sm.present[k]:
+        grad_t[k] = -sm.log_p[k] + eps * ref.one_minus_exp(sm.log_p[k])
+      else:
+        grad_t[k] = eps if t[k] == 0 else ref.INF
+  return ref.Jet(f(*point), {"logits": grad_z, "targets": grad_t}, {("logits", "logits"): hzz})
 
 
 def _poly_rows(dtype):

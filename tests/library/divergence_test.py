@@ -68,6 +68,21 @@ def _assert_divergence(got, exact, cross, dtype, name):
   ref.assert_accurate(got, exact, dtype, name=name, scale=1 + np.abs(cross))
 
 
+@ref.jet("generalized_kl_divergence", ("p", "q"))
+def _jet_generalized_kl_divergence(row, kept):
+  """Σ p log(p/q) - p + q: the KL's x log y terms, and linear terms of Hessian 0."""
+  p, q = row["p"], row["q"]
+  acc = ref.XlogyTerms({"p": len(p), "q": len(q)})
+  for k in range(len(p)):
+    if kept[k]:
+      acc.add(1, p[k], p[k], {("p", k): ref.ONE}, {("p", k): ref.ONE})
+      acc.add(-1, p[k], q[k], {("p", k): ref.ONE}, {("q", k): ref.ONE})
+      acc.value += q[k] - p[k]
+      acc.grad["p"][k] -= 1
+      acc.grad["q"][k] += 1
+  return acc.jet()
+
+
 class KLDivergenceTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(_grids.dtype_params(c=(2, 3, 10, 1000)))

@@ -50,7 +50,7 @@ ELEMENTS = 24  # entries per drawn batch of an elementwise measure
 GARBAGE = (np.nan, np.inf, -np.inf, -1.0, 2.0, 1e30)  # what excluded entries hold
 
 # Public function -> the kind of each differentiable argument, in call order (the names are
-# the reference's, ref.JET_ARGS). "support": probabilities that are 0 only where the first
+# the reference's, ref.jet_args). "support": probabilities that are 0 only where the first
 # argument's are; "logits_support": logits -inf only where the first argument's are; "wide":
 # any float, ±inf included.
 MEASURES = {
@@ -369,7 +369,7 @@ def check_measure(name, arrays, dtype, *, where=None, extra=(), options=(), seed
   ``((key, value), ...)``. Raises one AssertionError listing every check that missed.
   """
   ref_name = "softmax_cross_entropy" if extra else name
-  arg_names = ref.JET_ARGS[ref_name][: len(arrays)]
+  arg_names = ref.jet_args(ref_name)[: len(arrays)]
   ref_arrays = dict(zip(arg_names, arrays, strict=True))
   if extra:
     ref_arrays["targets"] = ref.one_hot(extra[0], arrays[0].shape[-1], dtype)

@@ -14,6 +14,7 @@ test that counts compilations.
 gradient has no dot at all (multiply-reduces, see :mod:`xent_jax.fit`), which is checked.
 """
 
+import collections
 import functools
 import re
 from typing import NamedTuple
@@ -28,7 +29,7 @@ from jax import lax
 import xent_jax
 from experiments import gradient_check
 from xent_jax import data, fit, models, training
-from xent_jax._measures import REGISTRY
+from xent_jax._measures import REGISTRY, Role
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -264,23 +265,19 @@ class DefaultPrecisionTest(parameterized.TestCase):
     logits = jnp.linspace(-3.0, 3.0, 2 * K, dtype=jnp.float32).reshape(2, K)
     probs = jax.nn.softmax(logits)
     labels = jnp.array([0, K - 1])
-    for name in xent_jax.__all__:
-      fn = getattr(xent_jax, name)
-      if name in ("checked", "linear_softmax_cross_entropy"):
-        continue
-      if name == "cross_entropy_with_integer_labels":  # labels first: differentiate q
-        fn = lambda q, y, f=fn: f(y, q)  # noqa: E731
-      args = {
-        "softmax_cross_entropy_with_integer_labels": (logits, labels),
-        "softmax_cross_entropy": (logits, probs),
-        "poly_loss_cross_entropy": (logits, probs),
-        "cross_entropy_with_integer_labels": (probs, labels),
-        "kl_divergence_from_logits": (logits, logits[::-1]),
-      }.get(name)
-      if args is None:
-        arity = len(REGISTRY[name].roles)
-        args = (probs, probs[::-1])[:arity]
-      self.assertEmpty(_not_at("HIGHEST", dots(jax.grad(lambda *a, fn=fn: fn(*a).sum()), *args)))
+    # Arguments from the roles: logits for logits, labels for labels, probabilities otherwise.
+    examples = {Role.LOGITS: (logits, logits[::-1]), Role.LABELS: (labels,)}
+    for name, spec in REGISTRY.items():
+      kwargs, used = {}, collections.Counter()
+      for arg, role in spec.roles.items():
+        kwargs[arg] = examples.get(role, (probs, probs[::-1]))[used[role]]
+        used[role] += 1
+      x = next(a for a, r in spec.roles.items() if r is not Role.LABELS)  # differentiated
+
+      def loss(v, fn=spec.exported, x=x, kwargs=kwargs):
+        return fn(**{**kwargs, x: v}).sum()
+
+      self.assertEmpty(_not_at("HIGHEST", dots(jax.grad(loss), kwargs[x])), name)
 
   def test_bfloat16_multiplies_in_bfloat16_accumulates_in_float32(self):
     p = _problem(jnp.bfloat16)

@@ -44,7 +44,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import xent_jax as xj
 from tests.library import _grids
 from tests.library import _mp_reference as ref
-from xent_jax._measures import REGISTRY
+from xent_jax._measures import REGISTRY, Role
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -68,29 +68,19 @@ TRANSFORMS = (
   "eval_shape",
   "sharding",
 )
-# Every measure of xent_jax._measures.REGISTRY, in the README's order (test_every_measure_has_a_row).
-FUNCTIONS = (
-  "log_softmax",
-  "sigmoid",
-  "log_sigmoid",
-  "tanh_probability",
-  "entropy",
-  "entropy_from_logits",
-  "binary_entropy",
-  "binary_entropy_from_logits",
-  "cross_entropy",
-  "cross_entropy_with_integer_labels",
-  "softmax_cross_entropy",
-  "softmax_cross_entropy_with_integer_labels",
-  "binary_cross_entropy",
-  "sigmoid_binary_cross_entropy",
-  "sigmoid_focal_loss",
-  "poly_loss_cross_entropy",
-  "kl_divergence",
-  "kl_divergence_from_logits",
-  "generalized_kl_divergence",
-  "js_divergence",
-)
+# Every measure of xent_jax._measures.REGISTRY, in the README's order: module by module as
+# xent_jax's docstring lists them, and within a module in the order it defines them.
+_MODULES = re.findall(r":mod:`xent_jax\.(\w+)`", xj.__doc__)
+
+
+def _readme_rank(name):
+  module = REGISTRY[name].fn.__module__.rpartition(".")[2]
+  if module not in _MODULES:
+    raise AssertionError(f"{name}: its module xent_jax.{module} is not in xent_jax's docstring")
+  return _MODULES.index(module), list(REGISTRY).index(name)
+
+
+FUNCTIONS = tuple(sorted(REGISTRY, key=_readme_rank))
 # Elementwise measures take no class axis; the others reduce over `axis`.
 ELEMENTWISE = tuple(
   name for name in FUNCTIONS if "axis" not in inspect.signature(getattr(xj, name)).parameters
@@ -258,56 +248,63 @@ def _integer_label_probs_case(general):
   return Case(call, (_with_garbage(q, where), labels, where), 1, name, ref_arrays, {"where": where})
 
 
+# The inputs follow from the roles of the arguments (xent_jax._measures.REGISTRY): the i-th
+# argument of a role gets the i-th example of it. Row measures take [4, 4] arrays, elementwise
+# ones [4] arrays; the probabilities that go with logits (targets, labels) have their own.
+_ROW_EXAMPLES = {
+  Role.LOGITS: (_LOGITS, _Q_LOGITS),
+  Role.DISTRIBUTION: (_P, _Q),
+  Role.MEASURE: (_P, _Q),
+}
+_ELEMENTWISE_EXAMPLES = {Role.BINARY_LOGITS: (_X,), Role.PROBABILITY: (_PROB, _PROB_Q)}
+_TARGETS = {Role.LOGITS: _T, Role.BINARY_LOGITS: [1.0, 0.8, 1.0, 0.0]}  # the labels of logits
+# (a soft label of 0.8: at 0.3 the two parts of the focal loss's ∂/∂z nearly cancel at
+# x = -1.7, and rounding x alone moves it by 5e-5 in float32, more than REF_RTOL)
+# The general path sets each option a measure takes to one of these (not its default).
+GENERAL_OPTIONS = {"label_smoothing": 0.1, "epsilon": -0.5, "alpha": 0.25, "gamma": 1.5}
+
+
+def _inputs(name):
+  """(argument names, arrays, integer labels or ()) of a measure, from its roles."""
+  roles = REGISTRY[name].roles
+  examples = _ELEMENTWISE_EXAMPLES if name in ELEMENTWISE else _ROW_EXAMPLES
+  primary = next(iter(roles.values()))
+  names, arrays, labels, used = [], [], (), {}
+  for arg, role in roles.items():
+    if role is Role.LABELS:
+      labels = (np.array(_LABELS),)
+      continue
+    if arrays and role is not primary and primary in _TARGETS:
+      example = _TARGETS[primary]  # the targets of logits
+    else:
+      example = examples[role][used.get(role, 0)]
+      used[role] = used.get(role, 0) + 1
+    names.append(arg)
+    arrays.append(_a(example))
+  return tuple(names), tuple(arrays), labels
+
+
+def _general_options(name):
+  params = inspect.signature(REGISTRY[name].fn).parameters
+  return {k: v for k, v in GENERAL_OPTIONS.items() if k in params}
+
+
 def cases(name) -> dict[str, Case]:
   """The fast-path and general-path cases of a function."""
-  z, zq, p, q = _a(_LOGITS), _a(_Q_LOGITS), _a(_P), _a(_Q)
-  x, prob, prob_q = _a(_X), _a(_PROB), _a(_PROB_Q)
   if name == "log_softmax":
     return {"fast": _log_softmax_case(False), "general": _log_softmax_case(True)}
-  if name == "cross_entropy_with_integer_labels":
+  if name == "cross_entropy_with_integer_labels":  # labels first: its own case
     return {"fast": _integer_label_probs_case(False), "general": _integer_label_probs_case(True)}
+  arg_names, arrays, labels = _inputs(name)
+  options = _general_options(name)
   if name in ELEMENTWISE:
-    args = {
-      "binary_entropy": (("p",), (prob,)),
-      "binary_cross_entropy": (("p", "q"), (prob, prob_q)),
-      "sigmoid_binary_cross_entropy": (("logits", "labels"), (x, _a([1.0, 0.3, 1.0, 0.0]))),
-      # (a soft label of 0.8: at 0.3 the two parts of ∂/∂z nearly cancel at x = -1.7, and
-      # rounding x alone moves it by 5e-5 in float32, more than REF_RTOL)
-      "sigmoid_focal_loss": (("logits", "labels"), (x, _a([1.0, 0.8, 1.0, 0.0]))),
-      "binary_entropy_from_logits": (("logits",), (x,)),
-    }
-    if name not in args and list(REGISTRY[name].roles) != ["x"]:
-      raise AssertionError(f"{name}: no inputs in transforms_test.cases(); add its arguments")
-    args = args.get(name, (("x",), (x,)))
-    out = {"fast": _elementwise_case(name, *args)}
-    general = {
-      "sigmoid_binary_cross_entropy": {"label_smoothing": 0.1},
-      "sigmoid_focal_loss": {"alpha": 0.25, "gamma": 1.5},
-    }
-    if name in general:
-      out["general"] = _elementwise_case(name, *args, options=general[name])
+    out = {"fast": _elementwise_case(name, arg_names, arrays)}
+    if options:
+      out["general"] = _elementwise_case(name, arg_names, arrays, options=options)
     return out
-  inputs = {
-    "entropy": (("probs",), (p,)),
-    "entropy_from_logits": (("logits",), (z,)),
-    "cross_entropy": (("p", "q"), (p, q)),
-    "softmax_cross_entropy": (("logits", "targets"), (z, _a(_T))),
-    "softmax_cross_entropy_with_integer_labels": (("logits",), (z,)),
-    "kl_divergence": (("p", "q"), (p, q)),
-    "kl_divergence_from_logits": (("p_logits", "q_logits"), (z, zq)),
-    "generalized_kl_divergence": (("p", "q"), (p, q)),
-    "poly_loss_cross_entropy": (("logits", "targets"), (z, _a(_T))),
-    "js_divergence": (("p", "q"), (p, q)),
-  }
-  if name not in inputs:
-    raise AssertionError(f"{name}: no inputs in transforms_test.cases(); add its arguments")
-  arrays = inputs[name]
-  extra = (np.array(_LABELS),) if name == "softmax_cross_entropy_with_integer_labels" else ()
-  options = {"label_smoothing": 0.1} if "softmax_cross_entropy" in name else None
-  options = {"epsilon": -0.5} if name == "poly_loss_cross_entropy" else options
   return {
-    "fast": _row_case(name, *arrays, general=False, extra=extra),
-    "general": _row_case(name, *arrays, general=True, extra=extra, options=options),
+    "fast": _row_case(name, arg_names, arrays, general=False, extra=labels),
+    "general": _row_case(name, arg_names, arrays, general=True, extra=labels, options=options),
   }
 
 
@@ -478,7 +475,7 @@ def _mpmath(case: Case, weights):
     grad = ref.log_softmax_vjp(case.ref_arrays["logits"], weights, where=kw["where"]).ref.value
     return np.where(case.out_mask, value, 0), grad
   value = ref.value_ref(a, case.ref_arrays, **kw).value
-  grad = ref.vjp(a, case.ref_arrays, ref.JET_ARGS[a][0], cotangent=weights, **kw).ref.value
+  grad = ref.vjp(a, case.ref_arrays, ref.jet_args(a)[0], cotangent=weights, **kw).ref.value
   return value, grad
 
 
@@ -490,7 +487,7 @@ def _mpmath_hessian(case: Case, weights) -> np.ndarray:
     jets, _ = ref.jets("softmax_cross_entropy", {"logits": z, "targets": -weights}, **kw)
     blocks = [np.array(j.hess[("logits", "logits")], np.float64) for j in jets]
   else:
-    first = ref.JET_ARGS[a][0]
+    first = ref.jet_args(a)[0]
     jets, _ = ref.jets(a, case.ref_arrays, **kw)
     blocks = [
       w * np.array(j.hess[(first, first)], np.float64) for j, w in zip(jets, weights, strict=True)
@@ -678,20 +675,13 @@ def write_readme(table: str) -> None:
 
 
 class TransformsTest(chex.TestCase):
-  def test_every_measure_has_a_row(self):
-    missing = [name for name in REGISTRY if name not in FUNCTIONS]
-    self.assertEqual(missing, [], f"measures missing from transforms_test.FUNCTIONS: {missing}")
-    stale = [name for name in FUNCTIONS if name not in REGISTRY]
-    self.assertEqual(stale, [], f"FUNCTIONS that are not measures: {stale}")
-
   def test_every_measure_has_an_mpmath_reference(self):
-    # Every measure's reference is its jet in _JETS, except log_softmax's (ref.log_softmax)
-    # and the integer-label softmax cross-entropy's (the dense one of one-hot targets).
+    # Every measure's reference is its jet (@_mp_reference.jet, in _mp_reference.py or in the
+    # measure's own test file), except log_softmax's (ref.log_softmax) and the integer-label
+    # softmax cross-entropy's (the dense one of one-hot targets).
     own = ("log_softmax", "softmax_cross_entropy_with_integer_labels")
-    missing = [n for n in REGISTRY if n not in own and n not in ref.JET_ARGS]
-    self.assertEqual(
-      missing, [], f"measures without a jet in tests/library/_mp_reference.py: {missing}"
-    )
+    missing = [n for n in REGISTRY if n not in own and not ref.has_jet(n)]
+    self.assertEqual(missing, [], f"measures without an mpmath jet (@_mp_reference.jet): {missing}")
 
   @parameterized.named_parameters((name, name) for name in FUNCTIONS)
   def test_row(self, name):
