@@ -13,6 +13,16 @@ From the repository root::
 
 import ml_collections
 
+from experiments.config_checks import (
+  boolean,
+  bounded,
+  choice,
+  integer,
+  learning_rate,
+  real,
+  tuple_of,
+)
+
 # The benchmark's groups of cases, in the order they run.
 SECTIONS = (
   "sigmoid",
@@ -27,50 +37,69 @@ SECTIONS = (
   "fused",
 )
 
+POSITIVE = integer(low=1)
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   """The default config (a few minutes), or a ``variant``: "smoke" (tiny sizes, seconds) or
   "gpu" (SPEC §9's sizes for one accelerator, at most five minutes)."""
   config = ml_collections.ConfigDict()
-  config.sections = SECTIONS  # which groups of cases to run (a subset of SECTIONS)
-  config.seed = 0  # seed of every synthetic input (numpy and jax.random)
-  config.warmup = 1  # untimed calls of each contender after compiling, before timing
-  config.repeats = 5  # timed calls per contender, interleaved round-robin; median reported
+  # which groups of cases to run (a subset of SECTIONS)
+  config.sections = bounded(SECTIONS, tuple_of(choice(*SECTIONS)))
+  config.seed = bounded(0, integer(low=0))  # seed of every synthetic input (numpy and jax.random)
+  # untimed calls of each contender after compiling, before timing
+  config.warmup = bounded(1, integer(low=0))
+  # timed calls per contender, interleaved round-robin; median reported
+  config.repeats = bounded(5, POSITIVE)
   # Elementwise sigmoid BCE and focal loss, `.mean()`: number of float32 logits (64M = 2**26).
-  config.sigmoid_size = 2**26
+  config.sigmoid_size = bounded(2**26, POSITIVE)
   # B×C shapes of the softmax cross-entropies (integer and dense targets), the poly-1 loss
   # and the entropy.
-  config.softmax_shapes = ((65536, 1000), (4096, 32000))
-  config.logit_scale = 4.0  # logits ~ N(0, scale²): a mix of confident and uncertain rows
+  config.softmax_shapes = bounded(
+    ((65536, 1000), (4096, 32000)), tuple_of(tuple_of(POSITIVE, length=2, what="a pair (B, C)"))
+  )
+  # logits ~ N(0, scale²): a mix of confident and uncertain rows
+  config.logit_scale = bounded(4.0, real(low=0, low_open=True))
   # Logistic regression: X [N, d] float32 from the true model w* ~ N(0, s²/d), b*, as in
   # xent_jax.data.make_logistic_data.
-  config.num_features = 100  # d
-  config.weight_scale = 1.0  # s
-  config.bias = 0.5  # b*
-  config.train_step_sizes = (200_000, 1_000_000)  # N of the timed SGD train step
-  config.learning_rate = 0.1  # SGD learning rate of the timed train step
+  config.num_features = bounded(100, POSITIVE)  # d
+  config.weight_scale = bounded(1.0, real(low=0))  # s
+  config.bias = bounded(0.5, real())  # b*
+  # N of the timed SGD train step
+  config.train_step_sizes = bounded((200_000, 1_000_000), tuple_of(POSITIVE))
+  config.learning_rate = bounded(0.1, learning_rate())  # SGD learning rate of the timed train step
   # A learning-rate sweep, compile included: xent_jax.training.train_full_batch (η traced:
   # one compilation) against the plain optax loop a user writes (a jitted step per value).
-  config.sweep_size = 20_000  # N
-  config.sweep_values = 8  # learning rates, geometric from 0.05 to 2
-  config.sweep_steps = 200  # full-batch momentum-SGD steps per value
-  config.sweep_repeats = 3  # whole sweeps of each contender, interleaved; median
+  config.sweep_size = bounded(20_000, POSITIVE)  # N
+  config.sweep_values = bounded(8, POSITIVE)  # learning rates, geometric from 0.05 to 2
+  config.sweep_steps = bounded(200, POSITIVE)  # full-batch momentum-SGD steps per value
+  config.sweep_repeats = bounded(3, POSITIVE)  # whole sweeps of each contender, interleaved; median
   # Time to the optimum: xent_jax.fit.fit_logistic_regression (JAX caches cleared before
   # each run: compile included) against scikit-learn LogisticRegression(lbfgs, C=inf).
-  config.optimum_sizes = (200_000, 1_000_000)  # N of the time-to-optimum races
-  config.optimum_repeats = 3  # full runs of each contender, interleaved; median
-  config.optimum_rtol = 1e-6  # relative gap to the float64 optimum that counts as reached
-  config.import_repeats = 7  # fresh interpreters per import statement; median reported
-  config.save_hlo = True  # write each compiled function's optimised HLO to WORKDIR/hlo/
+  # N of the time-to-optimum races
+  config.optimum_sizes = bounded((200_000, 1_000_000), tuple_of(POSITIVE))
+  config.optimum_repeats = bounded(3, POSITIVE)  # full runs of each contender, interleaved; median
+  # relative gap to the float64 optimum that counts as reached
+  config.optimum_rtol = bounded(1e-6, real(low=0, low_open=True))
+  # fresh interpreters per import statement; median reported
+  config.import_repeats = bounded(7, POSITIVE)
+  # write each compiled function's optimised HLO to WORKDIR/hlo/
+  config.save_hlo = bounded(True, boolean())
   # Fused linear + softmax cross-entropy (SPEC §7): (N tokens, D hidden, V vocabulary),
   # float32, value_and_grad w.r.t. hidden and weight; the bound on ours/naive XLA
   # temporaries for each shape; logits ~ N(0, scale²); the naive optax version runs only
   # where its temporaries are below this many MiB (else it is compiled, not run).
-  config.fused_shapes = ((8192, 512, 32768), (32768, 256, 65536))
-  config.fused_memory_bounds = (1 / 16, 1 / 128)
-  config.fused_logit_scale = 4.0
-  config.fused_naive_max_mib = 4096.0
-  config.fused_dtype = "float32"  # of hidden and weight: "float32" or "bfloat16"
+  config.fused_shapes = bounded(
+    ((8192, 512, 32768), (32768, 256, 65536)),
+    tuple_of(tuple_of(POSITIVE, length=3, what="a triple (N, D, V)")),
+  )
+  # the bound on ours/naive XLA temporaries, one per shape
+  config.fused_memory_bounds = bounded((1 / 16, 1 / 128), tuple_of(real(low=0, low_open=True)))
+  config.fused_logit_scale = bounded(4.0, real(low=0, low_open=True))  # logits ~ N(0, scale²)
+  # the naive version runs only where its temporaries are below this many MiB
+  config.fused_naive_max_mib = bounded(4096.0, real(low=0))
+  # of hidden and weight: "float32" or "bfloat16"
+  config.fused_dtype = bounded("float32", choice("float32", "bfloat16"))
 
   if variant == "smoke":  # every section at tiny sizes; no warm-up, one solver
     config.warmup = 0

@@ -76,6 +76,7 @@ from experiments.config_checks import (  # noqa: F401  (the experiments' names f
   real,
   reals,
   smoothing,
+  tuple_of,
 )
 from experiments.outputs import (  # noqa: F401  (the experiments' names for them)
   COMPLETION_FILES,

@@ -96,69 +96,13 @@ TARGETS = {
 
 
 def validate(config) -> None:
-  """Rejects unknown keys and bad values before any compute."""
-  positive = _common.integer(low=1)
-  _common.check_config(
-    config,
-    {
-      "sections": _tuple_of(_common.choice(*SECTIONS)),
-      "seed": _common.integer(low=0),
-      "warmup": _common.integer(low=0),
-      "repeats": positive,
-      "sigmoid_size": positive,
-      "softmax_shapes": _tuple_of(_pair(positive)),
-      "logit_scale": _common.real(low=0, low_open=True),
-      "num_features": positive,
-      "weight_scale": _common.real(low=0),
-      "bias": _common.real(),
-      "train_step_sizes": _tuple_of(positive),
-      "learning_rate": _common.learning_rate(),
-      "sweep_size": positive,
-      "sweep_values": positive,
-      "sweep_steps": positive,
-      "sweep_repeats": positive,
-      "optimum_sizes": _tuple_of(positive),
-      "optimum_repeats": positive,
-      "optimum_rtol": _common.real(low=0, low_open=True),
-      "import_repeats": positive,
-      "fused_shapes": _tuple_of(_triple(positive)),
-      "fused_memory_bounds": _tuple_of(_common.real(low=0, low_open=True)),
-      "fused_logit_scale": _common.real(low=0, low_open=True),
-      "fused_naive_max_mib": _common.real(low=0),
-      "fused_dtype": _common.choice("float32", "bfloat16"),
-      "save_hlo": _common.boolean(),
-    },
-  )
-
-
-def _tuple_of(element: _common.Checker) -> _common.Checker:
-  def check(key, value):
-    if not isinstance(value, (tuple, list)) or not value:
-      raise _common.ConfigError(f"config.{key} must be a non-empty tuple, got {value!r}")
-    for i, v in enumerate(value):
-      element(f"{key}[{i}]", v)
-
-  return check
-
-
-def _triple(element: _common.Checker) -> _common.Checker:
-  def check(key, value):
-    if not isinstance(value, (tuple, list)) or len(value) != 3:
-      raise _common.ConfigError(f"config.{key} must be a triple (N, D, V), got {value!r}")
-    for i, v in enumerate(value):
-      element(f"{key}[{i}]", v)
-
-  return check
-
-
-def _pair(element: _common.Checker) -> _common.Checker:
-  def check(key, value):
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-      raise _common.ConfigError(f"config.{key} must be a pair (B, C), got {value!r}")
-    for i, v in enumerate(value):
-      element(f"{key}[{i}]", v)
-
-  return check
+  """The bounds declared in ``configs/benchmark.py`` and the constraints between keys."""
+  _common.check_declared(config)
+  if len(config.fused_memory_bounds) != len(config.fused_shapes):
+    raise _common.ConfigError(
+      f"config.fused_memory_bounds needs one bound per config.fused_shapes, got "
+      f"{len(config.fused_memory_bounds)} bounds for {len(config.fused_shapes)} shapes"
+    )
 
 
 # ------------------------------------------------------------------------------ timing
@@ -804,8 +748,6 @@ def _fused_rows(config, workdir, hlo_dir) -> list[dict]:
   """
   rows = []
   bounds = config.fused_memory_bounds
-  if len(bounds) != len(config.fused_shapes):
-    raise ValueError("config.fused_memory_bounds needs one bound per config.fused_shapes")
   for (n, d, v), bound in zip(config.fused_shapes, bounds, strict=True):
     k_h, k_w, k_y, k_c = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), n), 4)
     h = jax.random.normal(k_h, (n, d), jnp.float32).astype(config.fused_dtype)

@@ -95,6 +95,21 @@ def reals(*, min_length=1, increasing=False, **bounds) -> Checker:
   return check
 
 
+def tuple_of(element: Checker, *, length: int | None = None, what: str = "") -> Checker:
+  """A non-empty tuple/list (of exactly ``length`` entries, described as ``what``, if given)
+  whose entries each pass ``element``."""
+
+  def check(key, value):
+    if not isinstance(value, (tuple, list)) or not value:
+      _fail(key, "a non-empty tuple", value)
+    if length is not None and len(value) != length:
+      _fail(key, what or f"a tuple of {length}", value)
+    for i, v in enumerate(value):
+      element(f"{key}[{i}]", v)
+
+  return check
+
+
 def choice(*options) -> Checker:
   """One of ``options``."""
 

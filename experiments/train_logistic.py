@@ -513,6 +513,27 @@ def _figure(workdir, r: dict, curves: dict) -> None:
   """
   fig, axes = _common.new_figure(2, 3, figsize=(18, 9))
   (ax_g, ax_l, ax_w), (ax_a, ax_s, ax_m) = axes
+  _plot_relative_gaps(ax_g, r, curves)
+  _plot_losses_without_minimiser(ax_l, curves)
+  _plot_unpenalised(ax_w, ax_m, r)
+  _plot_accuracy(ax_a, r)
+  _plot_seed_loss_limit(ax_s, r)
+  for ax in axes.flat:
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+  workdir.save_figure(
+    fig,
+    "train_logistic.png",
+    caption=(
+      "Relative gaps to the optimum, losses that have no minimiser (λ = 0, §4.1 loss), "
+      "‖w‖ and the smallest signed logit at λ = 0, accuracy and where the §4.1 loss "
+      "heads (checkpoints as points)."
+    ),
+  )
+
+
+def _plot_relative_gaps(ax_g, r: dict, curves: dict) -> None:
+  """The cross-entropies that have an optimum: relative gap per step and at checkpoints."""
   for name, color in (("synthetic", "C0"), ("breast_cancer", "C1")):
     _training.plot_relative_gap(
       ax_g,
@@ -544,6 +565,9 @@ def _figure(workdir, r: dict, curves: dict) -> None:
   )
   ax_g.set_ylim(bottom=lowest * 1e-5)  # room for the legend below the curves
 
+
+def _plot_losses_without_minimiser(ax_l, curves: dict) -> None:
+  """λ = 0 cross-entropy and the §4.1 loss: L_t → 0, no minimiser."""
   for key, color, label in (
     ("breast_cancer_unpenalised", "C2", "breast_cancer, cross-entropy, λ = 0"),
     ("seed_loss_synthetic", "C3", "synthetic, §4.1 loss"),
@@ -559,6 +583,9 @@ def _figure(workdir, r: dict, curves: dict) -> None:
     title="losses without a minimiser: L_t → 0",
   )
 
+
+def _plot_unpenalised(ax_w, ax_m, r: dict) -> None:
+  """breast_cancer at λ = 0: ‖w‖ and the smallest signed logit at checkpoints."""
   un = r["breast_cancer_unpenalised"]["checkpoints"]
   ax_w.plot(un["step"][1:], un["w_norm"][1:], color="C2", ls="none", marker="o", label="‖w‖, λ = 0")
   ax_w.set(
@@ -583,6 +610,9 @@ def _figure(workdir, r: dict, curves: dict) -> None:
     title="breast_cancer without penalty: smallest signed logit",
   )
 
+
+def _plot_accuracy(ax_a, r: dict) -> None:
+  """Held-out and training accuracy at checkpoints, and the §4.1 loss's."""
   marks = {"held-out": "o", "train": "s", "§4.1 loss, held-out": "^"}
   for name, color in (("synthetic", "C0"), ("breast_cancer", "C1")):
     ck, sk = r[name]["checkpoints"], r["seed_loss"][name]["checkpoints"]
@@ -610,6 +640,9 @@ def _figure(workdir, r: dict, curves: dict) -> None:
     title="accuracy at checkpoints (dash-dot: held-out positive rate)",
   )
 
+
+def _plot_seed_loss_limit(ax_s, r: dict) -> None:
+  """Where the §4.1 loss heads: fraction predicted positive, cosine to the limit."""
   for name, color in (("synthetic", "C0"), ("breast_cancer", "C1")):
     sk, limit = r["seed_loss"][name]["checkpoints"], r["seed_loss"][name]["limit"]
     ax_s.plot(
@@ -642,18 +675,6 @@ def _figure(workdir, r: dict, curves: dict) -> None:
     xlabel="step",
     ylim=(0, 1.02),
     title="§4.1 loss -(1/n) Σ y log σ: where it heads (checkpoints)",
-  )
-  for ax in axes.flat:
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-  workdir.save_figure(
-    fig,
-    "train_logistic.png",
-    caption=(
-      "Relative gaps to the optimum, losses that have no minimiser (λ = 0, §4.1 loss), "
-      "‖w‖ and the smallest signed logit at λ = 0, accuracy and where the §4.1 loss "
-      "heads (checkpoints as points)."
-    ),
   )
 
 

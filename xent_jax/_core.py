@@ -26,7 +26,7 @@ PrecisionLike = lax.Precision | str | None
 
 # Low-precision floats are computed in float32: their 8- or 11-bit mantissa cannot hold the
 # tail of a log-probability, and the result is returned as float32 (documented per function).
-_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 def check_precision(precision: PrecisionLike, fn: str) -> lax.Precision:
@@ -59,7 +59,7 @@ def matmul(a: jax.Array, b: jax.Array, precision: lax.Precision) -> jax.Array:
   type, whose products are exact in float32, and accumulate in float32
   (``preferred_element_type``): the result is float32, as for every measure of the library.
   """
-  low = jnp.result_type(a, b) in _LOW_PRECISION
+  low = jnp.result_type(a, b) in LOW_PRECISION
   return jnp.matmul(a, b, precision=precision, preferred_element_type=jnp.float32 if low else None)
 
 
@@ -84,7 +84,7 @@ def check_host_callbacks(fn: str, what: str) -> None:
   )
 
 
-def _asarray(x: ArrayLike, name: str, fn: str) -> jax.Array:
+def as_array(x: ArrayLike, name: str, fn: str) -> jax.Array:
   """jnp.asarray, with an error naming the argument for strings, objects or ragged lists."""
   try:
     return jnp.asarray(x)
@@ -96,19 +96,19 @@ def _asarray(x: ArrayLike, name: str, fn: str) -> jax.Array:
 
 def as_float(x: ArrayLike, name: str, fn: str) -> jax.Array:
   """Returns ``x`` as a float32/float64 array; integer, bool or complex input is an error."""
-  x = _asarray(x, name, fn)
+  x = as_array(x, name, fn)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(
       f"{fn}: `{name}` must be a floating-point array, got dtype {x.dtype} with shape {x.shape}."
     )
-  if x.dtype in _LOW_PRECISION:
+  if x.dtype in LOW_PRECISION:
     x = x.astype(jnp.float32)
   return x
 
 
 def as_labels(labels: ArrayLike, name: str, fn: str) -> jax.Array:
   """Returns integer class labels; float or bool labels are an error (they would truncate)."""
-  labels = _asarray(labels, name, fn)
+  labels = as_array(labels, name, fn)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(
       f"{fn}: `{name}` must hold integer class indices, got dtype {labels.dtype} "
@@ -170,7 +170,7 @@ def as_mask(where: ArrayLike | None, shape: tuple[int, ...], fn: str) -> jax.Arr
   """Checks that ``where`` is boolean and broadcastable to ``shape``; returns it broadcast."""
   if where is None:
     return None
-  where = _asarray(where, "where", fn)
+  where = as_array(where, "where", fn)
   if where.dtype != jnp.bool_:
     raise TypeError(f"{fn}: `where` must be a boolean mask, got dtype {where.dtype}.")
   try:
@@ -223,7 +223,7 @@ def as_weights(weights: ArrayLike | None, shape: tuple[int, ...], dtype, fn: str
   """Per-example ``weights``: real, broadcastable to the per-example loss ``shape``."""
   if weights is None:
     return None
-  weights = _asarray(weights, "weights", fn)
+  weights = as_array(weights, "weights", fn)
   if not jnp.issubdtype(weights.dtype, jnp.floating) and not jnp.issubdtype(
     weights.dtype, jnp.integer
   ):

@@ -159,7 +159,7 @@ def sum_tolerance(dtype: Any, num_classes: int) -> float:
   at K = 1000; float64: 6.1e-15 at K = 10; bfloat16: 0.016.
   """
   dtype = jnp.dtype(dtype)
-  compute = jnp.dtype(jnp.float32) if dtype in _core._LOW_PRECISION else dtype
+  compute = jnp.dtype(jnp.float32) if dtype in _core.LOW_PRECISION else dtype
   eps_in, eps = float(jnp.finfo(dtype).eps), float(jnp.finfo(compute).eps)
   return 2 * eps_in + 8 * eps * math.sqrt(num_classes)
 

@@ -135,7 +135,7 @@ def sigmoid_focal_loss(
   """
   fn = "sigmoid_focal_loss"
   logits = _core.as_float(logits, "logits", fn)
-  labels = _core._asarray(labels, "labels", fn)
+  labels = _core.as_array(labels, "labels", fn)
   if jnp.issubdtype(labels.dtype, jnp.integer) or labels.dtype == jnp.bool_:
     labels = labels.astype(logits.dtype)
   labels = _core.as_float(labels, "labels", fn)

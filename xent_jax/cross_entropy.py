@@ -710,7 +710,7 @@ def sigmoid_binary_cross_entropy(
   """
   fn = "sigmoid_binary_cross_entropy"
   logits = _core.as_float(logits, "logits", fn)
-  labels = _core._asarray(labels, "labels", fn)
+  labels = _core.as_array(labels, "labels", fn)
   if jnp.issubdtype(labels.dtype, jnp.integer) or labels.dtype == jnp.bool_:
     labels = labels.astype(logits.dtype)  # 0/1 integer labels are exact in any float
   labels = _core.as_float(labels, "labels", fn)

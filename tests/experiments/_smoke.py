@@ -8,8 +8,8 @@ A test class names its experiment and reads what the run wrote::
     def test_integral(self):
       self.results["models"]  # as written to self.workdir / "results.json"
 
-``setUpClass`` loads ``configs/<experiment>.py:smoke``, validates it with the module's
-``validate`` and runs ``experiments/<experiment>.run`` into a fresh temporary workdir, once
+``setUpClass`` loads ``configs/<experiment>.py:smoke``, validates it as ``make run`` does (the
+module's ``validate``, or the bounds its config file declares) and runs ``experiments/<experiment>.run`` into a fresh temporary workdir, once
 for the class, with rank promotion raising (an implicit broadcast in an experiment is a bug).
 A subclass that needs more (an independent dataset, the problem redone) extends
 ``setUpClass`` after calling ``super().setUpClass()``.
@@ -25,7 +25,7 @@ from pathlib import Path
 import chex
 import jax
 
-from experiments import _common
+from experiments import _common, reproduce
 
 
 class SmokeRun(chex.TestCase):
@@ -43,6 +43,10 @@ class SmokeRun(chex.TestCase):
     cls.workdir = Path(tempfile.mkdtemp(prefix=f"{cls.experiment}-")) / "run"
     with jax.numpy_rank_promotion("raise"):
       _common.run_experiment(
-        cls.experiment, cls.module.run, cls.config, cls.workdir, validate=cls.module.validate
+        cls.experiment,
+        cls.module.run,
+        cls.config,
+        cls.workdir,
+        validate=reproduce.validator(cls.module),
       )
     cls.results = json.loads((cls.workdir / "results.json").read_text("utf-8"))

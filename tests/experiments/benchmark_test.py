@@ -222,10 +222,11 @@ class TimeInterleavedTest(chex.TestCase):
 class ValidateTest(chex.TestCase):
   def test_rejects_bad_values_and_unknown_keys(self):
     for key, value, message in (
-      ("repeats", 0, "repeats"),
-      ("sections", ("gpu",), "sections"),
-      ("softmax_shapes", ((4, 5, 6),), "softmax_shapes"),
-      ("optimum_rtol", 0.0, "optimum_rtol"),
+      ("repeats", 0, "config.repeats must be >= 1, got 0"),
+      ("sections", ("gpu",), r"config.sections\[0\] must be one of"),
+      ("softmax_shapes", ((4, 5, 6),), r"config.softmax_shapes\[0\] must be a pair \(B, C\)"),
+      ("optimum_rtol", 0.0, "config.optimum_rtol must be > 0"),
+      ("fused_memory_bounds", (0.5, 0.5), "one bound per config.fused_shapes, got 2 bounds"),
     ):
       config = _common.load_config("benchmark", "smoke")
       with config.unlocked():
