@@ -33,6 +33,7 @@ SECTIONS = (
   "train_step",
   "sweep",
   "optimum",
+  "softmax_optimum",  # fit_softmax_regression vs scikit-learn, L2-penalised
   "import",
   "fused",
 )
@@ -81,6 +82,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.optimum_repeats = bounded(3, POSITIVE)  # full runs of each contender, interleaved; median
   # relative gap to the float64 optimum that counts as reached
   config.optimum_rtol = bounded(1e-6, real(low=0, low_open=True))
+  # The same race for softmax regression: xent_jax.fit.fit_softmax_regression against
+  # multinomial LogisticRegression(lbfgs, C = 1/(λN)), data from a softmax model (W* ~ N(0, s²/d)).
+  config.softmax_optimum_sizes = bounded((200_000, 1_000_000), tuple_of(POSITIVE))  # N
+  config.softmax_optimum_classes = bounded(10, integer(low=2))  # K
+  config.softmax_optimum_l2 = bounded(1e-4, real(low=0, low_open=True))  # λ
   # fresh interpreters per import statement; median reported
   config.import_repeats = bounded(7, POSITIVE)
   # write each compiled function's optimised HLO to WORKDIR/hlo/
@@ -114,6 +120,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.sweep_repeats = 1
     config.optimum_sizes = (2000,)
     config.optimum_repeats = 1
+    config.softmax_optimum_sizes = (2000,)
+    config.softmax_optimum_classes = 4
     config.import_repeats = 1
     config.save_hlo = False
     config.fused_shapes = ((512, 32, 2048),)

@@ -46,7 +46,7 @@ import optax
 import xent_jax
 from configs.benchmark import SECTIONS
 from experiments import _common
-from xent_jax import data, fit, models, training
+from xent_jax import data, fit, models, optimum, training
 
 # SPEC §6 targets: (ratio that is compared, comparison, bound).
 # SPEC §6: compile time of each function at the benchmark shapes, ≤ this × the anchor's.
@@ -85,6 +85,7 @@ TARGETS = {
   ("poly", "jvp"): ("ours/anchor", "<=", 2.0),
   ("train_step", "step"): ("read/ours", ">=", 0.75),
   ("optimum", "fit"): ("ours/anchor", "<=", 1.0),
+  ("softmax_optimum", "fit"): ("ours/anchor", "<=", 1.0),
   ("import", "import"): ("ours/anchor", "<=", 1.1),
   # Fused linear + softmax cross-entropy (SPEC §7), value_and_grad w.r.t. hidden and weight
   # against optax on the materialised logits. The memory bound is per shape
@@ -249,6 +250,7 @@ def spec_shapes() -> frozenset[str]:
     {str(c.sigmoid_size), "-"}
     | {f"{b}x{k}" for b, k in c.softmax_shapes}
     | {f"{n}x{c.num_features}" for n in (*c.train_step_sizes, *c.optimum_sizes)}
+    | {f"{n}x{c.num_features}x{c.softmax_optimum_classes}" for n in c.softmax_optimum_sizes}
     | {f"{n}x{d}x{v}" for n, d, v in c.fused_shapes}
   )
 
@@ -550,81 +552,143 @@ def reference_optimum(x_NxD: np.ndarray, y_N: np.ndarray, *, max_iter: int = 30)
   return objective64({"w": theta[:d], "b": theta[d]}, x_NxD, y_N)
 
 
-def _fit_ours(x_np, y_np, *, cold: bool):
-  """One xent_jax.fit run on the numpy data; ``cold``: JAX's caches cleared first (the
-  gradient is compiled inside the timed call, as for a user's first fit)."""
-  if cold:
-    jax.clear_caches()
-  start = time.perf_counter()
-  result = fit.fit_logistic_regression(x_np, y_np)
-  return time.perf_counter() - start, result.params, result.num_iterations
-
-
-def _fit_sklearn(x_np, y_np):
-  from sklearn.linear_model import LogisticRegression
-
+def _timed(solve):
+  """Runs ``solve()``, which returns ``(params, iterations)``: ``(seconds, params, iterations,
+  warnings raised)``."""
   start = time.perf_counter()
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    model = LogisticRegression(C=np.inf, solver="lbfgs").fit(x_np, y_np)
-  params = {"w": model.coef_[0], "b": model.intercept_[0]}
-  return (
-    time.perf_counter() - start,
-    params,
-    int(model.n_iter_[0]),
-    [str(w.message) for w in caught],
+    params, iterations = solve()
+  return time.perf_counter() - start, params, iterations, [str(w.message) for w in caught]
+
+
+def _fit_ours(fit_fn, *, cold: bool):
+  """One xent_jax.fit run; ``cold``: JAX's caches cleared first (the gradient is compiled
+  inside the timed call, as for a user's first fit)."""
+  if cold:
+    jax.clear_caches()
+
+  def solve():
+    result = fit_fn()
+    return result.params, result.num_iterations
+
+  return _timed(solve)
+
+
+def _fit_sklearn(x_np, y_np, *, c=np.inf):
+  """scikit-learn's LogisticRegression (lbfgs, default tol; multinomial for K > 2)."""
+  from sklearn.linear_model import LogisticRegression
+
+  def solve():
+    model = LogisticRegression(C=c, solver="lbfgs").fit(x_np, y_np)
+    if model.coef_.shape[0] == 1:
+      return {"w": model.coef_[0], "b": model.intercept_[0]}, int(model.n_iter_[0])
+    return {"w": model.coef_.T, "b": model.intercept_}, int(model.n_iter_[0])
+
+  return _timed(solve)
+
+
+def _race(config, workdir, operation, shape, contenders, objective, j_star, reference_s):
+  """A time-to-optimum row: each contender run ``config.optimum_repeats`` times, interleaved,
+  and the relative gap of its last run to the float64 optimum ``j_star``."""
+  fits = {label: [] for label in contenders}
+  for _ in range(config.optimum_repeats):  # interleaved, like every other case
+    for label, run in contenders.items():
+      fits[label].append(run())
+  summary = {}
+  for label, runs in fits.items():
+    gap = (objective(runs[-1][1]) - j_star) / j_star
+    summary[label] = {
+      "median_s": float(np.median([r[0] for r in runs])),
+      "samples_s": [r[0] for r in runs],
+      "iterations": runs[-1][2],
+      "relative_gap": gap,
+      "reached": bool(gap <= config.optimum_rtol),
+    }
+  workdir.log(
+    "%s %s: %s",
+    operation,
+    shape,
+    {
+      k: (round(v["median_s"], 3), v["iterations"], f"{v['relative_gap']:.1e}")
+      for k, v in summary.items()
+    },
+  )
+  return _row(
+    operation,
+    shape,
+    "fit",
+    "sklearn lbfgs",
+    {"ours": summary["ours"], "anchor": summary["sklearn"]},
+    None,
+    read=None,
+    method="xent_jax.fit",
+    solvers=summary,
+    reference_objective=j_star,
+    reference_s=reference_s,
+    sklearn_warnings=fits["sklearn"][-1][3],
+    reached_optimum=summary["ours"]["reached"],
+    load=os.getloadavg()[0],
   )
 
 
 def _optimum_rows(config, workdir, hlo_dir) -> list[dict]:
+  """Unpenalised logistic regression: fit_logistic_regression against LogisticRegression(C=∞)."""
   del hlo_dir
   rows = []
   for n in config.optimum_sizes:
     x_np, y_np = logistic_data(config, n)
     start = time.perf_counter()
     j_star = reference_optimum(x_np, y_np)
+    fit_fn = functools.partial(fit.fit_logistic_regression, x_np, y_np)
+    contenders = {
+      "sklearn": functools.partial(_fit_sklearn, x_np, y_np),
+      "ours": functools.partial(_fit_ours, fit_fn, cold=True),
+      "ours_warm": functools.partial(_fit_ours, fit_fn, cold=False),
+    }
+    shape = f"{n}x{config.num_features}"
+    objective = functools.partial(objective64, x_NxD=x_np, y_N=y_np)
     reference_s = time.perf_counter() - start
-    fits = {"sklearn": [], "ours": [], "ours_warm": []}
-    for _ in range(config.optimum_repeats):  # interleaved, like every other case
-      fits["sklearn"].append(_fit_sklearn(x_np, y_np))
-      fits["ours"].append(_fit_ours(x_np, y_np, cold=True))
-      fits["ours_warm"].append(_fit_ours(x_np, y_np, cold=False))
-    summary = {}
-    for label, runs in fits.items():
-      gap = (objective64(runs[-1][1], x_np, y_np) - j_star) / j_star
-      summary[label] = {
-        "median_s": float(np.median([r[0] for r in runs])),
-        "samples_s": [r[0] for r in runs],
-        "iterations": runs[-1][2],
-        "relative_gap": gap,
-        "reached": bool(gap <= config.optimum_rtol),
-      }
-    times = {"ours": summary["ours"], "anchor": summary["sklearn"]}
-    row = _row(
-      "optimum",
-      f"{n}x{config.num_features}",
-      "fit",
-      "sklearn lbfgs",
-      times,
-      None,
-      read=None,
-      method="xent_jax.fit",
-      solvers=summary,
-      reference_objective=j_star,
-      reference_s=reference_s,
-      sklearn_warnings=fits["sklearn"][-1][3],
-      reached_optimum=summary["ours"]["reached"],
-      load=os.getloadavg()[0],
+    rows.append(
+      _race(config, workdir, "optimum", shape, contenders, objective, j_star, reference_s)
     )
-    workdir.log(
-      "optimum N=%d: %s",
-      n,
-      {
-        k: (round(v["median_s"], 3), v["iterations"], f"{v['relative_gap']:.1e}")
-        for k, v in summary.items()
-      },
+  return rows
+
+
+def softmax_data(config, n: int) -> tuple[np.ndarray, np.ndarray]:
+  """X [N, d] float32 and labels in [0, K) drawn from a softmax model W* ~ N(0, s²/d)."""
+  k = config.softmax_optimum_classes
+  rng = np.random.default_rng([config.seed, n, k])
+  d = config.num_features
+  w_DxK = config.weight_scale * rng.standard_normal((d, k)) / np.sqrt(d)
+  x_NxD = rng.standard_normal((n, d), dtype=np.float32)
+  # Gumbel-max: argmax_k (z_k + G_k) is distributed as softmax(z).
+  y_N = np.argmax(x_NxD @ w_DxK + rng.gumbel(size=(n, k)), axis=1)
+  return x_NxD, y_N.astype(np.int32)
+
+
+def _softmax_optimum_rows(config, workdir, hlo_dir) -> list[dict]:
+  """L2-penalised softmax regression: fit_softmax_regression against multinomial
+  LogisticRegression with C = 1 / (λ N) (the same objective: mean loss + λ/2 ‖W‖²)."""
+  del hlo_dir
+  rows = []
+  k, l2 = config.softmax_optimum_classes, config.softmax_optimum_l2
+  for n in config.softmax_optimum_sizes:
+    x_np, y_np = softmax_data(config, n)
+    start = time.perf_counter()
+    j_star = optimum.softmax_regression_optimum(x_np, y_np, k, l2=l2).value
+    reference_s = time.perf_counter() - start
+    fit_fn = functools.partial(fit.fit_softmax_regression, x_np, y_np, k, l2=l2)
+    contenders = {
+      "sklearn": functools.partial(_fit_sklearn, x_np, y_np, c=1 / (l2 * n)),
+      "ours": functools.partial(_fit_ours, fit_fn, cold=True),
+      "ours_warm": functools.partial(_fit_ours, fit_fn, cold=False),
+    }
+    objective = functools.partial(optimum.softmax_regression_objective, x_NxD=x_np, y_N=y_np, l2=l2)
+    shape = f"{n}x{config.num_features}x{k}"
+    rows.append(
+      _race(config, workdir, "softmax_optimum", shape, contenders, objective, j_star, reference_s)
     )
-    rows.append(row)
   return rows
 
 
@@ -1014,7 +1078,7 @@ def markdown(results: dict) -> str:
     "at other shapes (`:smoke`) they read 'not measured'.",
   ]
   for row in results["rows"]:
-    if row["operation"] == "optimum":
+    if row["operation"] in ("optimum", "softmax_optimum"):
       cold, warm, sk = (row["solvers"][k] for k in ("ours", "ours_warm", "sklearn"))
       lines.append(
         f"Optimum N={row['shape']}: xent_jax.fit {_fmt(cold['median_s'])} cold "
@@ -1065,6 +1129,7 @@ _SECTION_RUNNERS = {
   "train_step": _train_step_rows,
   "sweep": _sweep_rows,
   "optimum": _optimum_rows,
+  "softmax_optimum": _softmax_optimum_rows,
   "import": _import_rows,
   "fused": _fused_rows,
 }

@@ -18,6 +18,7 @@ from absl.testing import absltest
 
 from experiments import _common, benchmark
 from tests.experiments import _smoke
+from xent_jax import fit, optimum
 
 
 def _expected_rows(config) -> list[tuple[str, str]]:
@@ -31,6 +32,7 @@ def _expected_rows(config) -> list[tuple[str, str]]:
   rows += [("train_step", "step")] * len(config.train_step_sizes)
   rows += [("sweep", f"{config.sweep_values} lr")]
   rows += [("optimum", "fit")] * len(config.optimum_sizes)
+  rows += [("softmax_optimum", "fit")] * len(config.softmax_optimum_sizes)
   rows += [("import", "import")]
   return rows + [("fused", p) for _ in config.fused_shapes for p in ("mean", "per-token", "memory")]
 
@@ -105,6 +107,7 @@ class BenchmarkSmokeTest(_smoke.SmokeRun):
           _positive_finite(self, value, f"{where} {key}.{who}")
       repeats = {
         "optimum": self.config.optimum_repeats,
+        "softmax_optimum": self.config.optimum_repeats,
         "import": self.config.import_repeats,
         "sweep": self.config.sweep_repeats,
       }.get(row["operation"], self.config.repeats)
@@ -142,13 +145,15 @@ class BenchmarkSmokeTest(_smoke.SmokeRun):
         self.assertEqual(target["met"], {"yes": True, "no": False}.get(target["verdict"]))
 
   def test_solvers_reach_the_float64_optimum(self):
-    (row,) = [r for r in self.results["rows"] if r["operation"] == "optimum"]
-    self.assertEqual(set(row["solvers"]), {"sklearn", "ours", "ours_warm"})
-    for name, solver in row["solvers"].items():
-      # J* is a minimum: nothing (not even scikit-learn) lies below it beyond round-off.
-      self.assertGreaterEqual(solver["relative_gap"], -1e-12, name)
-    for name in ("ours", "ours_warm"):
-      self.assertLessEqual(row["solvers"][name]["relative_gap"], self.config.optimum_rtol)
+    rows = [r for r in self.results["rows"] if r["operation"].endswith("optimum")]
+    self.assertEqual([r["operation"] for r in rows], ["optimum", "softmax_optimum"])
+    for row in rows:
+      self.assertEqual(set(row["solvers"]), {"sklearn", "ours", "ours_warm"})
+      for name, solver in row["solvers"].items():
+        # J* is a minimum: nothing (not even scikit-learn) lies below it beyond round-off.
+        self.assertGreaterEqual(solver["relative_gap"], -1e-12, (row["operation"], name))
+      for name in ("ours", "ours_warm"):
+        self.assertLessEqual(row["solvers"][name]["relative_gap"], self.config.optimum_rtol)
 
   def test_machine_description(self):
     machine = self.results["machine"]
@@ -206,6 +211,41 @@ class ReferenceOptimumTest(chex.TestCase):
       options={"gtol": 1e-12, "ftol": 1e-15},
     ).fun
     np.testing.assert_allclose(j_star, scipy_min, rtol=1e-12)
+
+
+class SoftmaxRaceTest(chex.TestCase):
+  def test_sklearn_contender_minimises_the_same_objective(self):
+    """C = 1/(λN) makes scikit-learn's C·Σ loss + ½‖W‖² our mean loss + λ/2 ‖W‖²: both
+    land on the float64 optimum's W (λ large enough to make W unique and well conditioned)."""
+    config = _common.load_config("benchmark", "smoke")
+    x_NxD, y_N = benchmark.softmax_data(config, 400)
+    k, l2 = config.softmax_optimum_classes, 0.05
+    self.assertEqual(sorted(set(y_N.tolist())), list(range(k)))
+    reference = optimum.softmax_regression_optimum(x_NxD, y_N, k, l2=l2)
+    _, params, _, caught = benchmark._fit_sklearn(x_NxD, y_N, c=1 / (l2 * len(y_N)))
+    self.assertEqual(caught, [])  # converged, no deprecation
+    np.testing.assert_allclose(params["w"], reference.params["w"], atol=1e-4)
+    # b up to a common shift (softmax is shift invariant; scikit-learn centres it).
+    b, b_ref = params["b"], reference.params["b"]
+    np.testing.assert_allclose(b - b.mean(), b_ref - b_ref.mean(), atol=1e-4)
+    ours = fit.fit_softmax_regression(x_NxD, y_N, k, l2=l2)
+    np.testing.assert_allclose(ours.params["w"], reference.params["w"], atol=1e-4)
+
+  def test_labels_follow_the_softmax_model(self):
+    """Gumbel-max sampling: P(y = k | x) = p_k(x), so E[p_y(x)] = E[Σ_k p_k(x)²]."""
+    config = _common.load_config("benchmark", "smoke")
+    n, k = 20_000, config.softmax_optimum_classes
+    x_NxD, y_N = benchmark.softmax_data(config, n)
+    rng = np.random.default_rng([config.seed, n, k])  # W* as softmax_data draws it
+    w_DxK = config.weight_scale * rng.standard_normal((config.num_features, k))
+    z_NxK = x_NxD.astype(np.float64) @ (w_DxK / np.sqrt(config.num_features))
+    p_NxK = np.exp(z_NxK - z_NxK.max(1, keepdims=True))
+    p_NxK /= p_NxK.sum(1, keepdims=True)
+    p_y = p_NxK[np.arange(n), y_N]
+    # 5 standard errors of the mean of p_y.
+    np.testing.assert_allclose(
+      p_y.mean(), (p_NxK**2).sum(1).mean(), atol=5 * p_y.std() / np.sqrt(n)
+    )
 
 
 class TimeInterleavedTest(chex.TestCase):
