@@ -38,12 +38,17 @@ from xent_jax import _core
 
 _FN = "linear_softmax_cross_entropy"
 _LOG2 = math.log(2.0)
-# Default token chunk: 2^38 / V² tokens, i.e. [chunk, V] logits of 2^40 / V bytes in
-# float32: 256 tokens (32 MiB) at V = 32768, 64 (16 MiB) at V = 65536. The chunk shrinks
-# faster than 1/V because the [D, V] gradient accumulator grows with V; at V = 32768 a
-# chunk of 256 tokens is also where the chunk's matmuls run at full speed on the CPU.
-_CHUNK_NUMERATOR = 2**38
-# Vocabulary block of the gradient: about this many elements per [chunk, block] piece.
+# Default token chunk: 2^39 / V² tokens, i.e. [chunk, V] logits of 2^41 / V bytes in
+# float32: 512 tokens (64 MiB) at V = 32768, 128 (32 MiB) at V = 65536. Measured on the
+# 2-core CPU (value_and_grad, time over three plain matmuls): at N×D×V = 8192×512×32768,
+# 256 / 512 tokens 1.16 / 1.07×; at 32768×256×65536, 32 / 64 / 128 / 256 tokens
+# 2.2 / 1.5 / 1.2 / 1.6×. The [D, V] gradient is accumulated in its output buffer: no
+# temporary.
+_CHUNK_NUMERATOR = 2**39
+# Vocabulary block of the gradient: about this many elements per [chunk, block] piece, and
+# at most twice as many per [D, block] piece (its contribution to ∂/∂W; three such pieces
+# are live at a time). At 32768×256×65536, 128-token chunks: 4096-class blocks 1.13× three
+# matmuls, 2048-class blocks 1.24×.
 _BLOCK_ELEMENTS = 2**19
 
 
@@ -198,6 +203,15 @@ def _grad_logits(opts, u, z, offset, y_T, lse, nll, a_T, b_T):
   return g
 
 
+def _tied(w, z):
+  """(W, z) behind an optimisation barrier: W tied to this chunk's logits z.
+
+  Otherwise XLA hoists the gradient's ``[D, block]`` slices of W out of the token loop,
+  and a blocked copy of W (``[D, V]``) stays live through the whole pass.
+  """
+  return lax.optimization_barrier((w, z))
+
+
 def _chunks(x, opts):
   """``[N, ...]`` as ``[N / chunk, chunk, ...]``, the scanned axis first.
 
@@ -282,7 +296,8 @@ def _forward(opts, h, w, b, y, a=None):
     loss, nll, lse = _token_loss(opts, m, lse_rest, z_y, z_sum)
     if not with_grads:
       return carry, (loss, nll, lse, None)
-    gw, gb, gh = _chunk_grads(opts, h_c, u, z, w, b, y_c, lse, nll, a_c, None, carry, True)
+    w_c, z = _tied(w, z)
+    gw, gb, gh = _chunk_grads(opts, h_c, u, z, w_c, b, y_c, lse, nll, a_c, None, carry, True)
     return (gw, gb), (loss, nll, lse, gh)
 
   init = (None, None)
@@ -303,7 +318,8 @@ def _chunked_grads(opts, h, w, b, y, lse, nll, a, bcoef, need_h, init=None):
   def body(carry, xs):
     h_c, y_c, lse_c, nll_c, a_c, b_c = xs
     u, z = _logits(opts, h_c, w, b)
-    gw, gb, gh = _chunk_grads(opts, h_c, u, z, w, b, y_c, lse_c, nll_c, a_c, b_c, carry, need_h)
+    w_c, z = _tied(w, z)
+    gw, gb, gh = _chunk_grads(opts, h_c, u, z, w_c, b, y_c, lse_c, nll_c, a_c, b_c, carry, need_h)
     return (gw, gb), gh
 
   b_chunks = None if bcoef is None else _chunks(bcoef, opts)
@@ -403,17 +419,20 @@ def _tangent_transpose(cts, *args, opts, has_b):
     hi = jnp.max(jnp.where(counts, ct_loss, -jnp.inf))
     lo = jnp.min(jnp.where(counts, ct_loss, jnp.inf))
 
-    # Both branches take the sums as operands and overwrite them, so that XLA can update
-    # the [D, V] buffer in place (no second [D, V] temporary).
-    def uniform(sums):
-      c = jnp.where(jnp.any(counts), hi, 0)
-      return jax.tree.map(lambda x: c * x, sums)
+    # The sums scaled in place, then a loop that runs once (recompute) or not at all: a
+    # loop's carry can be the output buffer itself, a conditional's result cannot (it
+    # would cost a second [D, V] buffer).
+    c = jnp.where(jnp.any(counts), hi, 0)
+    uniform = (hi == lo) | ~jnp.any(counts)
 
-    def recompute(sums):
+    def recompute(state):
+      done, sums = state
       init = jax.tree.map(jnp.zeros_like, sums)
-      return _chunked_grads(opts, h, w, b, y, lse, nll, ct_loss * a, None, False, init)[1:]
+      sums = _chunked_grads(opts, h, w, b, y, lse, nll, ct_loss * a, None, False, init)[1:]
+      return jnp.ones_like(done), sums  # (inside shard_map: varying like ``done``)
 
-    ct_w, ct_b = lax.cond((hi == lo) | ~jnp.any(counts), uniform, recompute, (gw, gb))
+    sums = jax.tree.map(lambda x: c * x, (gw, gb))
+    _, (ct_w, ct_b) = lax.while_loop(lambda state: ~state[0], recompute, (uniform, sums))
     ct_h = None if not opts.lse_out else jnp.zeros_like(h)
   else:
     ct_lse = jnp.where(active, ct_lse, 0)
@@ -531,12 +550,14 @@ def linear_softmax_cross_entropy(
   so a label with p_y = 1 - 1e-7 gets its loss 1e-7 (not 0) and its gradient
   p_y - 1 = -(Σ_{j≠y} p_j) = -1e-7.
 
-  Memory: the tokens are processed ``chunk_size`` at a time, so the temporaries are a few
-  ``[chunk_size, V]`` blocks plus the ``[D, V]`` and ``[N, D]`` gradients, never
-  ``[N, V]``. Time: under ``jax.grad`` the gradients w.r.t. ``hidden``, ``weight`` and
-  ``bias`` are formed in the same pass as the loss (three matmuls in all, no recompute)
-  whenever every token's loss gets the same cotangent -- a ``.mean()`` or ``.sum()`` of the
-  returned losses, weighted through ``weights`` or not. Any other cotangent (the caller
+  Memory: the tokens are processed ``chunk_size`` at a time, so the temporaries are one
+  ``[chunk_size, V]`` block of logits, smaller pieces of its gradient and the ``[N, D]``
+  per-token gradients, never ``[N, V]``; ∂/∂W is accumulated in its output buffer.
+
+  Time: under ``jax.grad`` the gradients w.r.t. ``hidden``, ``weight`` and ``bias`` are
+  formed in the same pass as the loss (three matmuls in all, no recompute) whenever every
+  token's loss gets the same cotangent -- a ``.mean()`` or ``.sum()`` of the returned
+  losses, weighted through ``weights`` or not. Any other cotangent (the caller
   weighting the losses after the call) recomputes the logits once more for ∂/∂W, exactly.
   Forward mode (``jax.jvp``, ``jax.linearize``, Hessian-vector products) is supported.
 
@@ -560,10 +581,10 @@ def linear_softmax_cross_entropy(
     label_smoothing: ε in [0, 1].
     z_loss: ζ ≥ 0, the coefficient of lse² (PaLM's auxiliary loss).
     logit_softcap: c > 0 for Gemma 2's soft-capping s(u) = c·tanh(u/c), or None.
-    chunk_size: tokens per chunk; None picks 2^38 / V², at least 8 (256 at V = 32768, 64
-      at V = 65536).
+    chunk_size: tokens per chunk; None picks 2^39 / V², at least 8 (512 at V = 32768,
+      128 at V = 65536).
     vocab_chunk_size: classes per block of the gradient pass; None picks about
-      2^19 / ``chunk_size``.
+      2^19 / ``chunk_size``, at most 2^20 / D, at least 128.
     return_lse: also return lse = log Σ_j e^{z_j} per token (in nats; 0 where excluded).
     base: logarithm base of the loss; None for nats.
     precision: of every matmul (forward and gradients), a ``jax.lax.Precision`` or its
@@ -645,7 +666,7 @@ def linear_softmax_cross_entropy(
       raise ValueError(f"{fn}: `chunk_size` must be a positive int, got {chunk_size}.")
   chunk = max(1, min(chunk, num_tokens))
   if vocab_chunk_size is None:
-    block = max(128, _BLOCK_ELEMENTS // chunk)
+    block = max(128, min(_BLOCK_ELEMENTS // chunk, 2 * _BLOCK_ELEMENTS // max(1, h.shape[-1])))
   else:
     block = _check_int(vocab_chunk_size, "vocab_chunk_size")
     if block < 1:

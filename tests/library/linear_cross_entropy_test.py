@@ -411,6 +411,26 @@ class MemoryTest(chex.TestCase):
     # 3N more tokens add [N, D]-sized arrays (per-token gradients, statistics), not [N, V].
     self.assertLess(large - small, 4 * (3 * n) * d * 4)
 
+  def test_weight_gradient_is_accumulated_in_its_output(self):
+    # No [D, V] temporary: ∂/∂W is summed in its output buffer (not a loop carry copied
+    # out), and W's gradient-pass slices are not hoisted into a blocked copy of W.
+    n, d, v = 256, 512, 16384
+    h = jax.ShapeDtypeStruct((n, d), jnp.float32)
+    w = jax.ShapeDtypeStruct((d, v), jnp.float32)
+    y = jax.ShapeDtypeStruct((n,), jnp.int32)
+    c = jnp.linspace(0, 1, n, dtype=jnp.float32)
+    f = functools.partial(xj.linear_softmax_cross_entropy, chunk_size=16)
+    # Live at once: [16, V] logits, three [D, 2048] gradient pieces, [N, D] per-token ∂/∂h.
+    losses = {
+      "mean": lambda h, w, y: f(h, w, y).mean(),
+      "per-token": lambda h, w, y: (c * f(h, w, y)).sum(),
+    }
+    for name, loss in losses.items():
+      compiled = jax.jit(jax.value_and_grad(loss, (0, 1))).lower(h, w, y).compile()
+      memory = compiled.memory_analysis()
+      self.assertGreaterEqual(memory.output_size_in_bytes, 4 * (n * d + d * v), name)
+      self.assertLess(memory.temp_size_in_bytes, d * v * 4 * 0.6, name)
+
 
 class BadInputTest(chex.TestCase):
   def test_errors_name_the_argument(self):
