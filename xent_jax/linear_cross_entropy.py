@@ -38,13 +38,14 @@ from xent_jax import _core
 
 _FN = "linear_softmax_cross_entropy"
 _LOG2 = math.log(2.0)
-# Default token chunk: 2^39 / V² tokens, i.e. [chunk, V] logits of 2^41 / V bytes in
-# float32: 512 tokens (64 MiB) at V = 32768, 128 (32 MiB) at V = 65536. Measured on the
+# Default token chunk: 2^39 / V² tokens, at most 2^24 / V (64 MiB of float32 logits): 1024
+# tokens at V = 16384, 512 at V = 32768, 128 (32 MiB) at V = 65536. Measured on the
 # 2-core CPU (value_and_grad, time over three plain matmuls): at N×D×V = 8192×512×32768,
 # 256 / 512 tokens 1.16 / 1.07×; at 32768×256×65536, 32 / 64 / 128 / 256 tokens
 # 2.2 / 1.5 / 1.2 / 1.6×. The [D, V] gradient is accumulated in its output buffer: no
 # temporary.
 _CHUNK_NUMERATOR = 2**39
+_CHUNK_ELEMENTS = 2**24
 # Vocabulary block of the gradient: about this many elements per [chunk, block] piece, and
 # at most twice as many per [D, block] piece (its contribution to ∂/∂W; three such pieces
 # are live at a time). At 32768×256×65536, 128-token chunks: 4096-class blocks 1.13× three
@@ -581,8 +582,8 @@ def linear_softmax_cross_entropy(
     label_smoothing: ε in [0, 1].
     z_loss: ζ ≥ 0, the coefficient of lse² (PaLM's auxiliary loss).
     logit_softcap: c > 0 for Gemma 2's soft-capping s(u) = c·tanh(u/c), or None.
-    chunk_size: tokens per chunk; None picks 2^39 / V², at least 8 (512 at V = 32768,
-      128 at V = 65536).
+    chunk_size: tokens per chunk; None picks 2^39 / V², at most 2^24 / V and at least 8
+      (1024 at V = 16384, 512 at V = 32768, 128 at V = 65536).
     vocab_chunk_size: classes per block of the gradient pass; None picks about
       2^19 / ``chunk_size``, at most 2^20 / D, at least 128.
     return_lse: also return lse = log Σ_j e^{z_j} per token (in nats; 0 where excluded).
@@ -659,7 +660,7 @@ def linear_softmax_cross_entropy(
   if vocab_axis_name is not None:
     num_classes = num_local * lax.axis_size(vocab_axis_name)
   if chunk_size is None:
-    chunk = max(8, _CHUNK_NUMERATOR // num_classes**2)
+    chunk = max(8, min(_CHUNK_NUMERATOR // num_classes**2, _CHUNK_ELEMENTS // num_classes))
   else:
     chunk = _check_int(chunk_size, "chunk_size")
     if chunk < 1:
