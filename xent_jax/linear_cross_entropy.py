@@ -404,6 +404,42 @@ def _varying(aval) -> frozenset:
   return aval.manual_axis_type.varying
 
 
+def _recompute_sums(opts, operands, sums):
+  """(∂/∂W, ∂/∂b) of Σ_t a_t ℓ_t, recomputing the logits; ``sums`` give the shapes."""
+  h, w, b, y, lse, nll, a = operands
+  init = jax.tree.map(jnp.zeros_like, sums)
+  return _chunked_grads(opts, h, w, b, y, lse, nll, a, None, False, init)[1:]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _recompute_unless(skip, opts, operands, sums):
+  """``sums`` if ``skip`` (a traced bool), else :func:`_recompute_sums`.
+
+  A loop of zero or one trips: its carry can be the output buffer itself, where a
+  conditional's result cannot (a second [D, V] buffer). Differentiated as a conditional,
+  which reverse mode can transpose (a while loop it cannot: grad of grad).
+  """
+
+  def once(state):
+    done, sums = state
+    return jnp.ones_like(done), _recompute_sums(opts, operands, sums)  # varying like done
+
+  return lax.while_loop(lambda state: ~state[0], once, (skip, sums))[1]
+
+
+@_recompute_unless.defjvp
+def _recompute_unless_jvp(opts, primals, tangents):
+  skip, operands, sums = primals
+  _, d_operands, d_sums = tangents
+
+  def recompute(operands, d_operands, sums, _):
+    fn = lambda operands: _recompute_sums(opts, operands, sums)
+    return jax.jvp(fn, (operands,), (d_operands,))
+
+  keep = lambda operands, d_operands, sums, d_sums: (sums, d_sums)
+  return lax.cond(skip, keep, recompute, operands, d_operands, sums, d_sums)
+
+
 def _tangent_transpose(cts, *args, opts, has_b):
   """Reverse mode: the cotangents of (dW, [db], [dh]) from those of (dℓ, [dlse]).
 
@@ -420,20 +456,11 @@ def _tangent_transpose(cts, *args, opts, has_b):
     hi = jnp.max(jnp.where(counts, ct_loss, -jnp.inf))
     lo = jnp.min(jnp.where(counts, ct_loss, jnp.inf))
 
-    # The sums scaled in place, then a loop that runs once (recompute) or not at all: a
-    # loop's carry can be the output buffer itself, a conditional's result cannot (it
-    # would cost a second [D, V] buffer).
     c = jnp.where(jnp.any(counts), hi, 0)
     uniform = (hi == lo) | ~jnp.any(counts)
-
-    def recompute(state):
-      done, sums = state
-      init = jax.tree.map(jnp.zeros_like, sums)
-      sums = _chunked_grads(opts, h, w, b, y, lse, nll, ct_loss * a, None, False, init)[1:]
-      return jnp.ones_like(done), sums  # (inside shard_map: varying like ``done``)
-
-    sums = jax.tree.map(lambda x: c * x, (gw, gb))
-    _, (ct_w, ct_b) = lax.while_loop(lambda state: ~state[0], recompute, (uniform, sums))
+    sums = jax.tree.map(lambda x: c * x, (gw, gb))  # scaled in place
+    operands = (h, w, b, y, lse, nll, ct_loss * a)
+    ct_w, ct_b = _recompute_unless(uniform, opts, operands, sums)
     ct_h = None if not opts.lse_out else jnp.zeros_like(h)
   else:
     ct_lse = jnp.where(active, ct_lse, 0)
