@@ -640,6 +640,7 @@ def _optimum_rows(config, workdir, hlo_dir) -> list[dict]:
     x_np, y_np = logistic_data(config, n)
     start = time.perf_counter()
     j_star = reference_optimum(x_np, y_np)
+    reference_s = time.perf_counter() - start
     fit_fn = functools.partial(fit.fit_logistic_regression, x_np, y_np)
     contenders = {
       "sklearn": functools.partial(_fit_sklearn, x_np, y_np),
@@ -648,7 +649,6 @@ def _optimum_rows(config, workdir, hlo_dir) -> list[dict]:
     }
     shape = f"{n}x{config.num_features}"
     objective = functools.partial(objective64, x_NxD=x_np, y_N=y_np)
-    reference_s = time.perf_counter() - start
     rows.append(
       _race(config, workdir, "optimum", shape, contenders, objective, j_star, reference_s)
     )
