@@ -36,8 +36,9 @@ closed-form partial derivatives, written from the statistics with the precision 
 tails (1 - q of a dominant class as the sum of the others, never as 1 - q): forward mode
 contracts them with the tangents, reverse mode is the transpose (the cotangent times the
 same arrays, one elementwise pass), and higher orders differentiate the closed forms, whose
-only non-elementary part is L again. No derivative ever goes through the fast passes, their
-``lax.cond`` or the ``while_loop`` of :func:`fix_rows`.
+only non-elementary part is L again. A fast path may also give a one-pass formula for the
+JVP applied forward (:func:`_contract`); it is only ever evaluated. No derivative ever goes
+through the fast passes, their ``lax.cond`` or the ``while_loop`` of :func:`fix_rows`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 # -------------------------------------------------------------------- fused-pass helpers
 
@@ -137,7 +140,7 @@ def masked_logits(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
 
 # Where e^x is a normal number just above the underflow threshold, XLA's exp on the CPU
 # flushes its subnormal intermediate to 0 (measured: q = 1.8e-38 returned as 0 in float32).
-_RAISE = 16.0
+RAISE = 16.0
 _UNDERFLOW = {jnp.dtype(jnp.float32): 80.0, jnp.dtype(jnp.float64): 700.0}
 
 
@@ -149,7 +152,7 @@ def softmax_from_log(log_q: jax.Array) -> jax.Array:
   the passes that use it stay fused.
   """
   s = jnp.minimum(jnp.floor(jnp.maximum(-log_q - _UNDERFLOW[log_q.dtype], 0)), 1)
-  return jnp.exp(log_q + _RAISE * s) * (s * math.exp(-_RAISE) + (1 - s))
+  return jnp.exp(log_q + RAISE * s) * (s * math.exp(-RAISE) + (1 - s))
 
 
 def times_prob(log_q: jax.Array, x: jax.Array) -> jax.Array:
@@ -158,7 +161,7 @@ def times_prob(log_q: jax.Array, x: jax.Array) -> jax.Array:
   The product is a normal number wherever the exact one is, also where q alone would be
   subnormal (flushed to 0 on CPU) and |x| > 1 lifts it back (e.g. q·|log q| in entropies).
   """
-  return jnp.exp(log_q + _RAISE) * x * math.exp(-_RAISE)
+  return jnp.exp(log_q + RAISE) * x * math.exp(-RAISE)
 
 
 def is_fast_case(x: jax.Array, axes: tuple[int, ...], mask, smoothing: float = 0.0) -> bool:
@@ -209,8 +212,8 @@ def _general_body(z, m, axes, branch_free=False):
     # Σ_{j: d_j < 0} e^{d_j + 16}, scaled by e^{-16} after the sum: terms that are each
     # subnormal (flushed) can add up to a normal mass.
     d = shift(z, m)
-    raised = jnp.where(d < 0, jnp.exp(jnp.minimum(d, 0) + _RAISE), 0)
-    return jnp.sum(raised, axis=axes, keepdims=True) * math.exp(-_RAISE)
+    raised = jnp.where(d < 0, jnp.exp(jnp.minimum(d, 0) + RAISE), 0)
+    return jnp.sum(raised, axis=axes, keepdims=True) * math.exp(-RAISE)
 
   if branch_free:
     return log_total(total, mass())
@@ -370,10 +373,13 @@ def custom_jvp_from_partials(
   Args:
     value_fn: ``value_fn(*static, *args)``, the value alone (what a call without
       differentiation runs: the fastest forward).
-    partials_fn: ``partials_fn(*static, *args) -> (value, partials, axes)``: ``partials[i]``
-      is ∂value/∂args[i] elementwise (shaped like ``args[i]``), or None for an argument
-      without a derivative (labels, masks); ``axes`` are the axes of ``args`` reduced in
-      the value (``()`` for an elementwise function).
+    partials_fn: ``partials_fn(*static, *args) -> (value, partials, axes[, fast])``:
+      ``partials[i]`` is ∂value/∂args[i] elementwise (shaped like ``args[i]``), or None for
+      an argument without a derivative (labels, masks); ``axes`` are the axes of ``args``
+      reduced in the value (``()`` for an elementwise function). The optional ``fast`` is
+      ``(tangent_fn, aux)``: ``tangent_fn(*aux, *tangents)`` (None for a zero tangent)
+      returns Σ_axes partials[i] · tangents[i] from the arrays ``aux`` without forming the
+      partials, for a JVP applied forward (see :func:`_contract`).
     num_static: how many leading arguments are static (hashable Python values).
 
   Returns:
@@ -385,15 +391,121 @@ def custom_jvp_from_partials(
 
   def rule(*args):
     static, (primals, tangents) = args[:num_static], args[num_static:]
-    value, partials, axes = partials_fn(*static, *primals)
-    tangent = None
-    for partial, dx in zip(partials, tangents, strict=True):
-      if partial is None or isinstance(dx, SymbolicZero):
-        continue
-      term = partial * dx
-      term = jnp.sum(term, axis=axes) if axes else term
-      tangent = term if tangent is None else tangent + term
-    return value, jnp.zeros_like(value) if tangent is None else tangent
+    value, partials, axes, *fast = partials_fn(*static, *primals)
+    live = [
+      (partial, dx)
+      for partial, dx in zip(partials, tangents, strict=True)
+      if partial is not None and not isinstance(dx, SymbolicZero)
+    ]
+    if not live:
+      return value, jnp.zeros_like(value)
+    if not fast:
+      return value, _plain_contract(value, *zip(*live, strict=True), axes=axes)
+    tangent_fn, aux = fast[0]
+    present = tuple(
+      p is not None and not isinstance(dx, SymbolicZero)
+      for p, dx in zip(partials, tangents, strict=True)
+    )
+    tangent_fn = functools.partial(_fast_apply, tangent_fn, present)
+    partials, dxs = zip(*live, strict=True)
+    return value, _contract(value, partials, aux, dxs, axes=axes, fast=tangent_fn)
 
   f.defjvp(rule, symbolic_zeros=True)
   return f
+
+
+# -------------------------------------------------- a JVP applied forward, in one pass
+#
+# The tangent Σ_axes partials·dx is linear in dx; JAX transposes it into the VJP. Written
+# as jnp code, a forward JVP forms every partial inside its reduction pass, and a partial
+# exact in the tails (1 - q of a dominant class as the sum of the others, put in place at
+# the label with an indicator) costs several times the reduction itself. ``_contract_p`` is
+# that linear map as a primitive: applied forward it runs a measure's own fast formula
+# (e.g. Σ_j q_j (dz_j - dz_y), whose label term is exactly 0 with no indicator); every
+# other use (transpose, derivatives of the map itself, vmap) is the plain contraction of
+# the exact partials, as JAX would derive it. Its operands: the value (for the output's
+# type), the partials, the fast formula's arrays, the tangents.
+
+
+def _plain_contract(value, partials, dxs, *, axes):
+  """Σ_i Σ_axes partials[i]·dxs[i], shaped like ``value``."""
+  tangent = None
+  for partial, dx in zip(partials, dxs, strict=True):
+    term = partial * dx
+    term = jnp.sum(term, axis=axes) if axes else term
+    tangent = term if tangent is None else tangent + term
+  return jnp.broadcast_to(tangent, value.shape).astype(value.dtype)
+
+
+def _fast_apply(tangent_fn, present, aux, dxs):
+  """``tangent_fn(*aux, *tangents)`` with None at the tangents that are zero."""
+  dxs = iter(dxs)
+  return tangent_fn(*aux, *(next(dxs) if p else None for p in present))
+
+
+def _contract(value, partials, aux, dxs, *, axes, fast):
+  n, m = len(partials), len(aux)
+  return _contract_p.bind(value, *partials, *aux, *dxs, axes=axes, fast=fast, n=n, m=m)
+
+
+def _split(args, n, m):
+  return args[0], args[1 : 1 + n], args[1 + n : 1 + n + m], args[1 + n + m :]
+
+
+def _contract_impl(*args, axes, fast, n, m):
+  value, _, aux, dxs = _split(args, n, m)
+  return fast(aux, dxs).astype(value.dtype)
+
+
+def _contract_abstract_eval(*avals, axes, fast, n, m):
+  del axes, fast, n, m
+  value = avals[0]  # the tangent has the value's type; inside shard_map, varying as all inputs
+  varying = frozenset().union(*(a.manual_axis_type.varying for a in avals))
+  return value.update(manual_axis_type=type(value.manual_axis_type)(varying=varying))
+
+
+def _contract_transpose(ct, *args, axes, fast, n, m):
+  del fast
+  value, partials, aux, dxs = _split(args, n, m)
+  residual_cts = [None] * (1 + n + m)
+  if type(ct) is ad.Zero:
+    return residual_cts + [ad.Zero(dx.aval) for dx in dxs]
+  ct = jnp.expand_dims(ct, axes) if axes else ct
+  cts = [(ct * p).astype(dx.aval.dtype) for p, dx in zip(partials, dxs, strict=True)]
+  return residual_cts + cts
+
+
+def _contract_jvp(primals, tangents, *, axes, fast, n, m):
+  """Derivatives of the map itself: in the partials, plain; in the tangents, the map."""
+  value, partials, _, dxs = _split(primals, n, m)
+  _, d_partials, _, d_dxs = _split(tangents, n, m)
+  out = _contract_p.bind(*primals, axes=axes, fast=fast, n=n, m=m)
+  terms = [(dp, dx) for dp, dx in zip(d_partials, dxs, strict=True) if type(dp) is not ad.Zero]
+  d_out = _plain_contract(value, *zip(*terms, strict=True), axes=axes) if terms else None
+  if any(type(d) is not ad.Zero for d in d_dxs):
+    d_dxs = [ad.instantiate_zeros(d) for d in d_dxs]
+    term = _contract_p.bind(
+      value, *partials, *primals[1 + n : 1 + n + m], *d_dxs, axes=axes, fast=fast, n=n, m=m
+    )
+    d_out = term if d_out is None else d_out + term
+  return out, jnp.zeros_like(out) if d_out is None else d_out
+
+
+def _contract_batch(args, dims, *, axes, fast, n, m):
+  """vmap: the plain contraction, vmapped."""
+  del fast
+
+  def plain(*args):
+    value, partials, _, dxs = _split(args, n, m)
+    return _plain_contract(value, partials, dxs, axes=axes)
+
+  return jax.vmap(plain, in_axes=dims)(*args), 0
+
+
+_contract_p = Primitive("xent_jax_contract")
+_contract_p.def_impl(_contract_impl)
+_contract_p.def_abstract_eval(_contract_abstract_eval)
+mlir.register_lowering(_contract_p, mlir.lower_fun(_contract_impl, multiple_results=False))
+ad.primitive_transposes[_contract_p] = _contract_transpose
+ad.primitive_jvps[_contract_p] = _contract_jvp
+batching.primitive_batchers[_contract_p] = _contract_batch

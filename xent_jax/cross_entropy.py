@@ -325,7 +325,53 @@ def _softmax_xent_fast_parts(z_BxC, t_BxC):
   m, lse = _normalizer.log_normalizer(_normalizer.max_stats, (1,), z_BxC)
   t_sum = jnp.sum(t_BxC, axis=1, keepdims=True)
   loss = _softmax_xent_fast(z_BxC, t_BxC)  # the fused value pass; its derivative is this rule
-  return loss, _dense_partials(z_BxC, t_BxC, m, lse, t_sum, (1,), 0.0, None), (1,)
+  partials = _dense_partials(z_BxC, t_BxC, m, lse, t_sum, (1,), 0.0, None)
+  return loss, partials, (1,), (_softmax_xent_fast_tangent, (z_BxC, t_BxC, m, lse, t_sum, loss))
+
+
+def _softmax_xent_fast_tangent(z_BxC, t_BxC, m, lse, t_sum, loss, dz_BxC, dt_BxC):
+  """The JVP Σ_j (T q_j - t_j)(dz_j - δ) + Σ_j (L - d_j) dt_j in one pass (T = Σt).
+
+  Σ_j (T q_j - t_j) = 0, so any row constant δ may be subtracted from dz. In a row with a
+  dominant class k (L < log 2: the maximum is unique) δ = dz_k, and the term whose
+  coefficient T q_k - t_k would cancel (1 - q_k next to 1) is exactly 0; elsewhere every
+  q_j ≤ 1/2 and δ = 0. Each other term keeps its relative precision, with no indicator.
+  T q_j is formed as T e^{d_j - L + 16}, the sum scaled by e^{-16} after (no term next to
+  the underflow threshold flushed). Rows that come out non-finite (±inf logits, an
+  impossible class, overflow) get the plain contraction of the exact partials.
+  """
+  num_classes = z_BxC.shape[1]
+  raised = 0
+  if dz_BxC is not None:
+
+    def at_max():  # dz at the dominant class (floor(e^d) is 1 there, 0 elsewhere)
+      (z,) = _normalizer.separate(z_BxC, 1)
+      at_k = jnp.floor(jnp.exp(_normalizer.shift(z, m))) * dz_BxC
+      return _normalizer.row_sum(at_k, (1,)) * (lse < _LOG2).astype(lse.dtype)
+
+    delta = jax.lax.cond(jnp.any(lse < _LOG2), at_max, lambda: jnp.zeros_like(lse))
+    coef = t_sum * jnp.exp(z_BxC - m - (lse - _normalizer.RAISE)) - t_BxC * _E_RAISE
+    raised = coef * (dz_BxC - delta)
+  if dt_BxC is not None:
+    raised = raised + (lse - (z_BxC - m)) * _E_RAISE * dt_BxC
+  tangent = _normalizer.row_sum(raised, (1,))[:, 0] * math.exp(-_normalizer.RAISE)
+
+  def exact_rows(z_KxC, t_KxC, *tangents_K):
+    _, partials, _, _ = _softmax_xent_fast_parts(z_KxC, t_KxC)
+    tangents_K, total = iter(tangents_K), 0
+    for partial, d in zip(partials, (dz_BxC, dt_BxC), strict=True):
+      if d is not None:
+        total = total + jnp.sum(partial * next(tangents_K), axis=1)
+    return total
+
+  rows = [d for d in (dz_BxC, dt_BxC) if d is not None]
+  flagged = ~jnp.isfinite(tangent + loss)
+  return _normalizer.fix_rows(
+    flagged, exact_rows, tangent, z_BxC, t_BxC, *rows, row_size=num_classes
+  )
+
+
+_E_RAISE = math.exp(_normalizer.RAISE)
 
 
 _softmax_xent_fast = _normalizer.custom_jvp_from_partials(
@@ -482,7 +528,35 @@ def _int_xent_fast_parts(z_BxC, y_B):
   j = jax.lax.broadcasted_iota(dtype, z_BxC.shape, 1)
   is_label = jnp.maximum(0, 1 - jnp.abs(j - y_B[:, None].astype(dtype)))
   grad = ((1 - is_label) * q + is_label * at_label_row) * valid.astype(dtype)
-  return loss, (grad, None), (1,)
+  return loss, (grad, None), (1,), (_int_xent_fast_tangent, (z_BxC, y_B, c, lse, loss))
+
+
+def _int_xent_fast_tangent(z_BxC, y_B, m, lse, loss, dz_BxC, dy_B):
+  """The JVP Σ_j ∂H/∂z_j dz_j in one pass, as Σ_j q_j (dz_j - dz_y).
+
+  Equal to Σ_{j≠y} q_j dz_j + (q_y - 1) dz_y since 1 - q_y = Σ_{j≠y} q_j, with the label's
+  term exactly 0 and each other term formed with the relative precision of q_j: no
+  indicator and no 1 - q_y. q_j is e^{d_j - L + 16}, the sum scaled by e^{-16} after (no
+  term near the underflow threshold is flushed). Rows that come out non-finite (±inf
+  logits or tangents, overflow) or whose loss is not finite get the plain contraction of
+  the exact partials.
+  """
+  del dy_B  # labels have no tangent
+  num_classes = z_BxC.shape[1]
+  y_clipped = jnp.clip(y_B, 0, num_classes - 1)[:, None]
+  dz_label = jnp.take_along_axis(dz_BxC, y_clipped, axis=1)
+  raised = jnp.exp(z_BxC - m - (lse - _normalizer.RAISE)) * (dz_BxC - dz_label)
+  tangent = _normalizer.row_sum(raised, (1,))[:, 0] * math.exp(-_normalizer.RAISE)
+
+  def exact_rows(z_KxC, y_K, dz_KxC):
+    _, (grad, _), _, _ = _int_xent_fast_parts(z_KxC, y_K)
+    return jnp.sum(grad * dz_KxC, axis=1)
+
+  flagged = ~jnp.isfinite(tangent + loss)
+  tangent = _normalizer.fix_rows(
+    flagged, exact_rows, tangent, z_BxC, y_B, dz_BxC, row_size=num_classes
+  )
+  return jnp.where((y_B >= 0) & (y_B < num_classes), tangent, 0)
 
 
 _int_xent_fast = _normalizer.custom_jvp_from_partials(_int_xent_fast_value, _int_xent_fast_parts)

@@ -156,7 +156,29 @@ def _entropy_fast_value(z_BxC):
 
 def _entropy_fast_parts(z_BxC):
   m, lse, d_bar = _entropy_fast_stats(z_BxC)
-  return (lse - d_bar)[:, 0], (_entropy_partials(z_BxC, m, lse, d_bar),), (1,)
+  h = (lse - d_bar)[:, 0]
+  partials = (_entropy_partials(z_BxC, m, lse, d_bar),)
+  return h, partials, (1,), (_entropy_fast_tangent, (z_BxC, m, lse, d_bar, h))
+
+
+def _entropy_fast_tangent(z_BxC, m, lse, d_bar, h, dz_BxC):
+  """The JVP -Σ_j q_j (d_j - d̄) dz_j in one pass, q_j = e^{d_j - L + 16}·e^{-16}.
+
+  The scale e^{-16} is applied to the row sum (no term next to the underflow threshold is
+  flushed); rows that come out non-finite (±inf logits, NaN) get the plain contraction
+  of the exact partials.
+  """
+  d = z_BxC - m
+  r = _normalizer.clamp_neg_inf(d, m) - d_bar
+  raised = jnp.exp(d - (lse - _normalizer.RAISE)) * r * dz_BxC
+  tangent = _normalizer.row_sum(raised, (1,))[:, 0] * -math.exp(-_normalizer.RAISE)
+
+  def exact_rows(z_KxC, dz_KxC):
+    _, (partial,), _, _ = _entropy_fast_parts(z_KxC)
+    return jnp.sum(partial * dz_KxC, axis=1)
+
+  flagged = ~jnp.isfinite(tangent + h)
+  return _normalizer.fix_rows(flagged, exact_rows, tangent, z_BxC, dz_BxC, row_size=z_BxC.shape[1])
 
 
 _entropy_fast = _normalizer.custom_jvp_from_partials(_entropy_fast_value, _entropy_fast_parts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 # Float64 arrays silently become float32 under JAX_ENABLE_X64=0: test float64 only when on.
@@ -203,3 +204,47 @@ def skip_eager_unless(test, c: int) -> None:
   """Skips the without_jit variant of a grid test for class counts outside EAGER_CLASS_COUNTS."""
   if test._testMethodName.endswith("without_jit") and c not in EAGER_CLASS_COUNTS:
     test.skipTest(f"eager path covered on class counts {EAGER_CLASS_COUNTS}")
+
+
+def edge_rows(dtype) -> np.ndarray:
+  """[11, 5] logits whose rows take every branch of the softmax losses' forward-mode JVP."""
+  margin = {np.dtype(np.float32): 85.0, np.dtype(np.float64): 700.0}[np.dtype(dtype)]
+  inf, nan = np.inf, np.nan
+  rows = [
+    [0, -inf, 1, 2, 3],  # an impossible class
+    [0, inf, 1, 2, 3],  # +inf
+    [inf, 0, 1, 2, 3],
+    [0, -margin, -margin, -margin, -margin],  # terms next to the underflow threshold
+    [90, 0, -3, 5, 1],  # a class 90 nats below the maximum
+    [1, 2, 3, 4, 5],
+    [1, 2, 3, 4, 5],
+    [0.3, -1.2, 2.5, 0.7, -0.4],
+    [3, 3, 3, 3, 3],  # ties
+    [nan, 0, 1, 2, 3],
+    [5, 0, 0, 0, 0],  # a dominant class (L < log 2)
+  ]
+  return np.array(rows, dtype)
+
+
+def assert_forward_is_transpose(loss, args, tangents, dtype):
+  """Asserts jax.jvp(loss) = Σ_j grad_j · tangent_j per row (grads from reverse mode)."""
+  _, got = jax.jit(lambda args, tangents: jax.jvp(loss, args, tangents))(args, tangents)
+  grads = jax.jit(jax.grad(lambda args: jnp.sum(loss(*args))))(args)
+  terms = sum(
+    np.asarray(g, np.float64) * np.asarray(t, np.float64)
+    for g, t in zip(grads, tangents, strict=True)
+  )
+  scale = sum(
+    np.abs(np.asarray(g, np.float64) * np.asarray(t, np.float64))
+    for g, t in zip(grads, tangents, strict=True)
+  )
+  expected = terms.sum(axis=1)
+  rtol = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-13}[np.dtype(dtype)]
+  np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+  finite = np.isfinite(expected)
+  error = np.abs(np.asarray(got, np.float64) - expected)[finite]
+  # Terms below the smallest normal number are out of scope (subnormals are flushed on CPU;
+  # either side may keep or drop them).
+  atol = np.finfo(dtype).tiny * len(tangents) * np.shape(tangents[0])[-1]
+  np.testing.assert_array_less(error, rtol * scale.sum(axis=1)[finite] + atol)
+  return expected

@@ -283,6 +283,41 @@ class SoftmaxCrossEntropyGradientTest(chex.TestCase):
       )(z)
     )
 
+  # A JVP applied forward runs its own one-pass formula (Σ_j q_j (dz_j - dz_y) for integer
+  # labels, Σ_j (T q_j - t_j)(dz_j - dz_k) + Σ_j (L - d_j) dt_j for dense targets), with the
+  # rows it cannot do (infinite logits or losses, NaN) recomputed from the exact partials;
+  # reverse mode multiplies the partials. Identity: jvp = Σ_j (∂ℓ/∂x_j) dx_j row by row,
+  # here on rows that take every branch.
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_forward_mode_is_the_transpose_of_reverse_mode_integer_labels(self, dtype):
+    z = _grids.edge_rows(dtype)
+    labels = np.array([1, 1, 2, 0, 1, -1, 5, 2, 4, 0, 0])
+    rng = np.random.default_rng(0)
+    dz = rng.uniform(0.5, 2, z.shape).astype(dtype)
+    dz[np.arange(len(z)), np.clip(labels, 0, 4)] *= -1  # every term of the exact JVP > 0
+    loss = lambda z: xj.softmax_cross_entropy_with_integer_labels(z, labels)
+    expected = _grids.assert_forward_is_transpose(loss, (z,), (dz,), dtype)
+    self.assertTrue(np.all(np.isfinite(expected[[0, 3, 4, 5, 6, 7, 8, 10]])))
+    self.assertGreater(expected[3], 0)  # a normal number, not flushed
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_forward_mode_is_the_transpose_of_reverse_mode_dense_targets(self, dtype):
+    z = _grids.edge_rows(dtype)
+    rng = np.random.default_rng(1)
+    t = rng.uniform(0, 1, z.shape)
+    t[0, 1] = 0  # no mass on the impossible class: a finite loss
+    t[3] = [1 - 4 * 2**-20] + [2**-20] * 4  # next to one-hot at the dominant class
+    t[4] = [0, 1, 0, 0, 0]
+    t = (t / t.sum(axis=1, keepdims=True)).astype(dtype)
+    t[3] = [1 - 4 * 2**-20] + [2**-20] * 4
+    dz, dt = (rng.uniform(-2, 2, z.shape).astype(dtype) for _ in range(2))
+    expected = _grids.assert_forward_is_transpose(xj.softmax_cross_entropy, (z, t), (dz, dt), dtype)
+    self.assertTrue(np.all(np.isfinite(expected[[0, 3, 4, 5, 6, 7, 8, 10]])))
+    for i in range(2):  # one argument's tangent alone (the other a symbolic zero)
+      fixed = lambda x, i=i: xj.softmax_cross_entropy(*((x, t) if i == 0 else (z, x)))
+      _grids.assert_forward_is_transpose(fixed, ((z, t)[i],), ((dz, dt)[i],), dtype)
+
   def test_check_grads_float64(self):
     if not jax.config.jax_enable_x64:
       self.skipTest("float64 needs JAX_ENABLE_X64=1")
