@@ -392,22 +392,18 @@ def custom_jvp_from_partials(
   def rule(*args):
     static, (primals, tangents) = args[:num_static], args[num_static:]
     value, partials, axes, *fast = partials_fn(*static, *primals)
-    live = [
-      (partial, dx)
-      for partial, dx in zip(partials, tangents, strict=True)
-      if partial is not None and not isinstance(dx, SymbolicZero)
-    ]
-    if not live:
-      return value, jnp.zeros_like(value)
-    if not fast:
-      return value, _plain_contract(value, *zip(*live, strict=True), axes=axes)
-    tangent_fn, aux = fast[0]
     present = tuple(
       p is not None and not isinstance(dx, SymbolicZero)
       for p, dx in zip(partials, tangents, strict=True)
     )
-    tangent_fn = functools.partial(_fast_apply, tangent_fn, present)
+    if not any(present):
+      return value, jnp.zeros_like(value)
+    live = [(p, dx) for p, dx, ok in zip(partials, tangents, present, strict=True) if ok]
     partials, dxs = zip(*live, strict=True)
+    if not fast:
+      return value, _plain_contract(value, partials, dxs, axes=axes)
+    tangent_fn, aux = fast[0]
+    tangent_fn = functools.partial(_fast_apply, tangent_fn, present)
     return value, _contract(value, partials, aux, dxs, axes=axes, fast=tangent_fn)
 
   f.defjvp(rule, symbolic_zeros=True)
@@ -441,6 +437,29 @@ def _fast_apply(tangent_fn, present, aux, dxs):
   """``tangent_fn(*aux, *tangents)`` with None at the tangents that are zero."""
   dxs = iter(dxs)
   return tangent_fn(*aux, *(next(dxs) if p else None for p in present))
+
+
+def raised_row_sum(raised_BxC: jax.Array) -> jax.Array:
+  """Σ_j of terms formed with e^{... + 16}, scaled back by e^{-16}: ``[B, C]`` → ``[B]``."""
+  return row_sum(raised_BxC, (1,))[:, 0] * math.exp(-RAISE)
+
+
+def exact_unless_finite(tangent_B, value_B, parts_fn, args, dxs):
+  """A fast path's one-pass JVP ``tangent_B``, with the rows where it or the value is not
+  finite (±inf logits, NaN, overflow) recomputed as the plain contraction of the exact
+  partials, ``parts_fn(*rows of args)``, with ``dxs`` (None for a zero tangent).
+  """
+  present = [dx is not None for dx in dxs]
+
+  def exact_rows(*rows):
+    value, partials, axes, *_ = parts_fn(*rows[: len(args)])
+    tangents = iter(rows[len(args) :])
+    pairs = [(p, next(tangents)) for p, ok in zip(partials, present, strict=True) if ok]
+    return _plain_contract(value, *zip(*pairs, strict=True), axes=axes)
+
+  flagged = ~jnp.isfinite(tangent_B + value_B)
+  live = [dx for dx in dxs if dx is not None]
+  return fix_rows(flagged, exact_rows, tangent_B, *args, *live, row_size=args[0].shape[1])
 
 
 def _contract(value, partials, aux, dxs, *, axes, fast):
@@ -477,16 +496,14 @@ def _contract_transpose(ct, *args, axes, fast, n, m):
 
 def _contract_jvp(primals, tangents, *, axes, fast, n, m):
   """Derivatives of the map itself: in the partials, plain; in the tangents, the map."""
-  value, partials, _, dxs = _split(primals, n, m)
+  value, partials, aux, dxs = _split(primals, n, m)
   _, d_partials, _, d_dxs = _split(tangents, n, m)
   out = _contract_p.bind(*primals, axes=axes, fast=fast, n=n, m=m)
   terms = [(dp, dx) for dp, dx in zip(d_partials, dxs, strict=True) if type(dp) is not ad.Zero]
   d_out = _plain_contract(value, *zip(*terms, strict=True), axes=axes) if terms else None
   if any(type(d) is not ad.Zero for d in d_dxs):
     d_dxs = [ad.instantiate_zeros(d) for d in d_dxs]
-    term = _contract_p.bind(
-      value, *partials, *primals[1 + n : 1 + n + m], *d_dxs, axes=axes, fast=fast, n=n, m=m
-    )
+    term = _contract_p.bind(value, *partials, *aux, *d_dxs, axes=axes, fast=fast, n=n, m=m)
     d_out = term if d_out is None else d_out + term
   return out, jnp.zeros_like(out) if d_out is None else d_out
 

@@ -340,7 +340,6 @@ def _softmax_xent_fast_tangent(z_BxC, t_BxC, m, lse, t_sum, loss, dz_BxC, dt_BxC
   the underflow threshold flushed). Rows that come out non-finite (±inf logits, an
   impossible class, overflow) get the plain contraction of the exact partials.
   """
-  num_classes = z_BxC.shape[1]
   raised = 0
   if dz_BxC is not None:
 
@@ -354,20 +353,9 @@ def _softmax_xent_fast_tangent(z_BxC, t_BxC, m, lse, t_sum, loss, dz_BxC, dt_BxC
     raised = coef * (dz_BxC - delta)
   if dt_BxC is not None:
     raised = raised + (lse - (z_BxC - m)) * _E_RAISE * dt_BxC
-  tangent = _normalizer.row_sum(raised, (1,))[:, 0] * math.exp(-_normalizer.RAISE)
-
-  def exact_rows(z_KxC, t_KxC, *tangents_K):
-    _, partials, _, _ = _softmax_xent_fast_parts(z_KxC, t_KxC)
-    tangents_K, total = iter(tangents_K), 0
-    for partial, d in zip(partials, (dz_BxC, dt_BxC), strict=True):
-      if d is not None:
-        total = total + jnp.sum(partial * next(tangents_K), axis=1)
-    return total
-
-  rows = [d for d in (dz_BxC, dt_BxC) if d is not None]
-  flagged = ~jnp.isfinite(tangent + loss)
-  return _normalizer.fix_rows(
-    flagged, exact_rows, tangent, z_BxC, t_BxC, *rows, row_size=num_classes
+  tangent = _normalizer.raised_row_sum(raised)
+  return _normalizer.exact_unless_finite(
+    tangent, loss, _softmax_xent_fast_parts, (z_BxC, t_BxC), (dz_BxC, dt_BxC)
   )
 
 
@@ -542,21 +530,14 @@ def _int_xent_fast_tangent(z_BxC, y_B, m, lse, loss, dz_BxC, dy_B):
   the exact partials.
   """
   del dy_B  # labels have no tangent
-  num_classes = z_BxC.shape[1]
-  y_clipped = jnp.clip(y_B, 0, num_classes - 1)[:, None]
+  y_clipped = jnp.clip(y_B, 0, z_BxC.shape[1] - 1)[:, None]
   dz_label = jnp.take_along_axis(dz_BxC, y_clipped, axis=1)
   raised = jnp.exp(z_BxC - m - (lse - _normalizer.RAISE)) * (dz_BxC - dz_label)
-  tangent = _normalizer.row_sum(raised, (1,))[:, 0] * math.exp(-_normalizer.RAISE)
-
-  def exact_rows(z_KxC, y_K, dz_KxC):
-    _, (grad, _), _, _ = _int_xent_fast_parts(z_KxC, y_K)
-    return jnp.sum(grad * dz_KxC, axis=1)
-
-  flagged = ~jnp.isfinite(tangent + loss)
-  tangent = _normalizer.fix_rows(
-    flagged, exact_rows, tangent, z_BxC, y_B, dz_BxC, row_size=num_classes
+  tangent = _normalizer.raised_row_sum(raised)
+  # (rows with an invalid label have a NaN loss: recomputed, their partials are 0)
+  return _normalizer.exact_unless_finite(
+    tangent, loss, _int_xent_fast_parts, (z_BxC, y_B), (dz_BxC, None)
   )
-  return jnp.where((y_B >= 0) & (y_B < num_classes), tangent, 0)
 
 
 _int_xent_fast = _normalizer.custom_jvp_from_partials(_int_xent_fast_value, _int_xent_fast_parts)

@@ -171,14 +171,8 @@ def _entropy_fast_tangent(z_BxC, m, lse, d_bar, h, dz_BxC):
   d = z_BxC - m
   r = _normalizer.clamp_neg_inf(d, m) - d_bar
   raised = jnp.exp(d - (lse - _normalizer.RAISE)) * r * dz_BxC
-  tangent = _normalizer.row_sum(raised, (1,))[:, 0] * -math.exp(-_normalizer.RAISE)
-
-  def exact_rows(z_KxC, dz_KxC):
-    _, (partial,), _, _ = _entropy_fast_parts(z_KxC)
-    return jnp.sum(partial * dz_KxC, axis=1)
-
-  flagged = ~jnp.isfinite(tangent + h)
-  return _normalizer.fix_rows(flagged, exact_rows, tangent, z_BxC, dz_BxC, row_size=z_BxC.shape[1])
+  tangent = -_normalizer.raised_row_sum(raised)
+  return _normalizer.exact_unless_finite(tangent, h, _entropy_fast_parts, (z_BxC,), (dz_BxC,))
 
 
 _entropy_fast = _normalizer.custom_jvp_from_partials(_entropy_fast_value, _entropy_fast_parts)
