@@ -12,8 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Float64 arrays silently become float32 under JAX_ENABLE_X64=0: test float64 only when on.
-DTYPES = (np.float32, np.float64) if jax.config.jax_enable_x64 else (np.float32,)
+# Each dtype's grids run in one mode of the suite (`make test` runs both): float32 with
+# x64 off, float64 with x64 on (float64 arrays silently become float32 with x64 off).
+# Float32 inputs are computed in float32 in either mode: transforms_test's
+# Float32UnderX64Test checks that no function or derivative forms a float64 value from
+# float32 inputs when x64 is on, so the float32 grids would repeat the same arithmetic.
+DTYPES = (np.float64,) if jax.config.jax_enable_x64 else (np.float32,)
 
 # Largest logit magnitude of the grids (SPEC §2): 80 in float32, 700 in float64.
 MAX_LOGIT = {np.dtype(np.float32): 80.0, np.dtype(np.float64): 700.0}

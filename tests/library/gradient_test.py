@@ -74,18 +74,12 @@ ELEMENTWISE = {
 DIVERGENCES = ("kl_divergence", "kl_divergence_from_logits", "js_divergence")
 
 
-# Each dtype runs in one mode of the suite: float32 with x64 off, float64 with x64 on (the
-# suite runs both). Drawing and checking costs seconds per case, and float32 arithmetic is
-# the same in both modes (every array here is built in its dtype, nothing weakly typed).
-_MODE_DTYPES = (np.float64,) if jax.config.jax_enable_x64 else (np.float32,)
-
-
 def _dtype_params(names, **extra_axes):
+  """named_parameters over ``names`` × the mode's dtype (see _grids.DTYPES) × extra axes."""
   return [
     {**p, "testcase_name": f"{name}_{p['testcase_name']}", "name": name}
     for name in names
     for p in _grids.dtype_params(**extra_axes)
-    if p["dtype"] in _MODE_DTYPES
   ]
 
 

@@ -713,5 +713,66 @@ class TransformsTest(chex.TestCase):
     self.assertIn(render(as_results), README.read_text(), "README's transform table is malformed")
 
 
+# ----------------------------------------------------------------------------------------------
+# Float32 inputs with x64 on: float32 arithmetic, as with x64 off.
+
+
+def _float64_values(jaxpr) -> list[str]:
+  """The primitives of ``jaxpr`` (sub-jaxprs included) with a float64 input or output.
+
+  Weakly typed float64 scalars (Python floats such as ``jnp.nan`` in ``jnp.where``) are
+  not counted: they take the dtype of the array they meet.
+  """
+  found = []
+  for eqn in jaxpr.eqns:
+    avals = [v.aval for v in (*eqn.invars, *eqn.outvars) if hasattr(v, "aval")]
+    if any(getattr(a, "dtype", None) == np.float64 and not a.weak_type for a in avals):
+      found.append(eqn.primitive.name)
+    for param in eqn.params.values():
+      for p in param if isinstance(param, (tuple, list)) else (param,):
+        inner = getattr(p, "jaxpr", p)
+        if hasattr(inner, "eqns"):
+          found += _float64_values(inner)
+  return found
+
+
+class Float32UnderX64Test(chex.TestCase):
+  """With x64 on, float32 inputs never meet a float64 value, in any function or derivative.
+
+  So float32 computes the same arithmetic in both modes of the suite, and the float32
+  accuracy grids run with x64 off only (see ``_grids.DTYPES``). Integer labels are int64
+  here. Checked on the traced programs (value, every first derivative, forward mode), both
+  paths of every function: a float64 constant, a float64 intermediate or a float64 result
+  fails the test.
+  """
+
+  @parameterized.named_parameters((name, name) for name in FUNCTIONS)
+  def test_no_float64_value(self, name):
+    if not jax.config.jax_enable_x64:
+      self.skipTest("float64 values exist only with JAX_ENABLE_X64=1")
+    for path, case in cases(name).items():
+      args = tuple(
+        a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a for a in case.args
+      )
+      diff = tuple(range(case.n_diff))
+
+      def loss(*a, case=case):
+        return jnp.sum(case.call(*a))
+
+      def jvp(*a, case=case, diff=diff):
+        def fixed(*xs):
+          return case.call(*xs, *a[case.n_diff :])
+
+        return jax.jvp(fixed, a[: case.n_diff], tuple(jnp.ones_like(a[i]) for i in diff))
+
+      programs = {"value": case.call, "grad": jax.grad(loss, argnums=diff), "jvp": jvp}
+      for what, fn in programs.items():
+        closed = jax.make_jaxpr(fn)(*args)
+        outs = [a.dtype for a in closed.out_avals]
+        self.assertTrue(all(d == np.float32 for d in outs), f"{path} {what}: outputs {outs}")
+        found = sorted(set(_float64_values(closed.jaxpr)))
+        self.assertEqual(found, [], f"{name} {path} {what}: float64 values in {found}")
+
+
 if __name__ == "__main__":
   absltest.main()
