@@ -151,8 +151,24 @@ def softmax_from_log(log_q: jax.Array) -> jax.Array:
   plain e^{log q}, bit for bit. The switch s ∈ {0, 1} is arithmetic (floor, min, max), so
   the passes that use it stay fused.
   """
-  s = jnp.minimum(jnp.floor(jnp.maximum(-log_q - _UNDERFLOW[log_q.dtype], 0)), 1)
+  s = _raise_switch(log_q)
   return jnp.exp(log_q + RAISE * s) * (s * math.exp(-RAISE) + (1 - s))
+
+
+def _raise_switch(log_q: jax.Array) -> jax.Array:
+  """1 below log q = -80 (float32; -700 in float64), else 0, in arithmetic only."""
+  return jnp.minimum(jnp.floor(jnp.maximum(-log_q - _UNDERFLOW[log_q.dtype], 0)), 1)
+
+
+def times_prob_switched(log_q: jax.Array, x: jax.Array) -> jax.Array:
+  """e^{log q}·x for log q ≤ 0: the plain product, bit for bit, above log q = -80 (float32;
+  -700 in float64), and (e^{log q + 16}·x)·e^{-16} below, as in :func:`softmax_from_log`.
+
+  Unlike :func:`times_prob` it is exact where q ≈ 1 (e^{16}·e^{-16} is not 1 in floating
+  point), so that a derivative formed from it cancels exactly against one formed from q.
+  """
+  s = _raise_switch(log_q)
+  return jnp.exp(log_q + RAISE * s) * x * (s * math.exp(-RAISE) + (1 - s))
 
 
 def times_prob(log_q: jax.Array, x: jax.Array) -> jax.Array:

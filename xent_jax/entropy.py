@@ -64,13 +64,21 @@ def entropy(
 # the mean d̄ is subtracted once per row instead of forming log q_i + H, which cancels for
 # the dominant class. q_i = e^{d_i - L} is subnormal (flushed to 0 on CPU) below -87 in
 # float32 while q_i·|d_i - d̄| can still be normal: the exponent is raised by 16 and the
-# product scaled back.
+# product scaled back. The same holds for the terms of d̄ itself (e.g. z = [90, 0, -3, 5, 1]
+# in float32: the terms of q_j ≈ e^{-90} add 2.6% to H = 1.07e-35): the fast path sums
+# them with the raised exponent and scales the row sum back; the general path, which is
+# differentiated, raises only the terms below the underflow threshold.
 
 
 def _mean_shift(z, m, lse, axes):
-  """d̄ = Σ_j q_j d_j (kept as size 1) from the statistics, one pass."""
+  """d̄ = Σ_j q_j d_j (kept as size 1) from the statistics, one pass.
+
+  Differentiated by autodiff (the general path): the terms of q ≈ 1 are the plain products,
+  whose derivatives cancel exactly against those of L (:func:`times_prob_switched`).
+  """
   d = _normalizer.shift(z, m)
-  return _normalizer.row_sum(jnp.exp(d - lse) * _normalizer.clamp_neg_inf(d, m), axes)
+  terms = _normalizer.times_prob_switched(d - lse, _normalizer.clamp_neg_inf(d, m))
+  return _normalizer.row_sum(terms, axes)
 
 
 def _entropy_partials(z, m, lse, d_bar):
@@ -113,7 +121,8 @@ def _entropy_fast_stats_impl(z_BxC):
   m = _normalizer.row_max(z1, (1,))
   total = _normalizer.row_sum(jnp.exp(z1 - m), (1,))
   d = z2 - _normalizer.row_max(z2, (1,))
-  d_bar = _normalizer.row_sum(jnp.exp(d) * _normalizer.clamp_neg_inf(d, total), (1,)) / total
+  raised = jnp.exp(d + _normalizer.RAISE) * _normalizer.clamp_neg_inf(d, total)
+  d_bar = _normalizer.row_sum(raised, (1,)) * (math.exp(-_normalizer.RAISE) / total)
   h = jnp.log(total) - d_bar
   dominant = ((total < 2) & (h < 0.25))[:, 0]
   many = jnp.sum(dominant) > num_rows // 8
@@ -145,7 +154,8 @@ def _entropy_fast_stats_jvp(primals, tangents):
   q = jnp.exp(d - lse)
   d_lse = jnp.sum(q * dz, axis=1, keepdims=True)
   r = _normalizer.clamp_neg_inf(d, m) - d_bar
-  d_d_bar = jnp.sum(q * (1 + r) * dz, axis=1, keepdims=True)
+  terms = _normalizer.times_prob_switched(d - lse, (1 + r) * dz)  # q·r normal, q not
+  d_d_bar = jnp.sum(terms, axis=1, keepdims=True)
   return (m, lse, d_bar), (jnp.zeros_like(m), d_lse, d_d_bar)
 
 

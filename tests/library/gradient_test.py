@@ -231,8 +231,21 @@ def _call(name, options, masked, extra):
   return call
 
 
+# XLA's own defaults for the flags `make test` changes (Makefile, TEST_CACHE): per-program
+# compiler options override XLA_FLAGS, so a program compiled with these is what users get.
+XLA_DEFAULTS = {
+  "xla_backend_optimization_level": 3,
+  "xla_llvm_disable_expensive_passes": False,
+  "xla_cpu_use_fusion_emitters": True,
+}
+
+
+def _jit(fn, default_codegen):
+  return jax.jit(fn, compiler_options=XLA_DEFAULTS if default_codegen else None)
+
+
 @functools.cache
-def _reverse(name, options=(), masked=False):
+def _reverse(name, options=(), masked=False, default_codegen=False):
   """(plain value, value under vjp, the vjp's cotangents) for cotangent w."""
 
   def run(args, extra, where, w):
@@ -240,11 +253,11 @@ def _reverse(name, options=(), masked=False):
     value, pullback = jax.vjp(call, *args)
     return call(*args), value, pullback(w)
 
-  return jax.jit(run)
+  return _jit(run, default_codegen)
 
 
 @functools.cache
-def _forward(name, options=(), masked=False):
+def _forward(name, options=(), masked=False, default_codegen=False):
   """(value under jvp, jvp with tangents t, per-argument forward-mode gradients)."""
 
   def run(args, extra, where, t):
@@ -265,7 +278,7 @@ def _forward(name, options=(), masked=False):
       grads.append(jax.vmap(column)(jnp.eye(a.shape[-1], dtype=a.dtype)).T)
     return value, out, grads
 
-  return jax.jit(run)
+  return _jit(run, default_codegen)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,12 +368,16 @@ def _assert_zero_where_excluded(got, where):
     raise AssertionError(f"{np.sum(got != 0)} excluded entries are not 0: {got[got != 0][:6]}")
 
 
-def check_measure(name, arrays, dtype, *, where=None, extra=(), options=(), seed=0):
+def check_measure(
+  name, arrays, dtype, *, where=None, extra=(), options=(), seed=0, default_codegen=False
+):
   """Value, vjp, unit-tangent jvp and random-tangent jvp of ``name`` against mpmath.
 
   ``arrays``: the differentiable arguments in call order; ``extra``: the others (integer
   labels, checked through exact one-hot targets); ``options``: static keyword options as
-  ``((key, value), ...)``. Raises one AssertionError listing every check that missed.
+  ``((key, value), ...)``; ``default_codegen``: compile with XLA's default flags
+  (:data:`XLA_DEFAULTS`) rather than the suite's. Raises one AssertionError listing every
+  check that missed.
   """
   ref_name = "softmax_cross_entropy" if extra else name
   arg_names = ref.jet_args(ref_name)[: len(arrays)]
@@ -432,14 +449,16 @@ def check_measure(name, arrays, dtype, *, where=None, extra=(), options=(), seed
       fails.check(f"{label}, excluded entries", _assert_zero_where_excluded, got, where)
 
   def reverse():
-    plain, primal, cotangents = _reverse(name, options, masked)(args, extra, where_arg, w)
+    reverse_fn = _reverse(name, options, masked, default_codegen)
+    plain, primal, cotangents = reverse_fn(args, extra, where_arg, w)
     check_value(plain, "value")
     check_value(primal, "value under vjp")
     for a, got in zip(arg_names, cotangents, strict=True):
       check_derivative(got, ref.vjp(ref_name, ref_arrays, a, cotangent=w, **kw), f"vjp d/d{a}")
 
   def forward():
-    primal, out, unit = _forward(name, options, masked)(args, extra, where_arg, tuple(tangents))
+    forward_fn = _forward(name, options, masked, default_codegen)
+    primal, out, unit = forward_fn(args, extra, where_arg, tuple(tangents))
     check_value(primal, "value under jvp")
     expected = ref.jvp(ref_name, ref_arrays, dict(zip(arg_names, tangents, strict=True)), **kw)
     check_derivative(out, expected, "jvp, random tangent", forward=True)
@@ -594,6 +613,104 @@ class LogSoftmaxDerivativesTest(chex.TestCase):
 
 
 # ----------------------------------------------------------------------------------------------
+# The fast paths' tails as users compile them.
+
+
+def _tail_logits(dtype, num_rows=None):
+  """[R, 5] logit rows that take the fast paths' branches in the tails.
+
+  Without ``num_rows``: dominant rows make up more than 1/8 of the batch (the log1p mass
+  from one pass over every row). With it: ``num_rows`` benign rows and one dominant row
+  (its log1p mass from the row fallback).
+  """
+  big = _grids.MAX_LOGIT[np.dtype(dtype)]
+  margin = {np.dtype(np.float32): 85.0, np.dtype(np.float64): 700.0}[np.dtype(dtype)]
+  rng = np.random.default_rng(7)
+  if num_rows is not None:
+    benign = rng.normal(size=(num_rows, 5)) * 2
+    return np.concatenate([benign, [[0.0, -20.0, -21.0, -22.0, -23.0]]]).astype(dtype)
+  rows = [
+    [0.0, -margin, -margin, -margin, -margin],  # terms next to the underflow threshold
+    [0.0, -margin + 5, -margin, -margin + 10, -margin],
+    [0.0, -20.0, -20.0, -20.0, -20.0],  # L ≈ 8e-9: the log1p of the mass
+    [5.0, 0.0, 0.0, 0.0, 0.0],  # a dominant class, L < log 2
+    [90.0, 0.0, -3.0, 5.0, 1.0],  # a class 90 nats below the maximum
+    [big, -big, 0.0, big / 2, -1.0],  # the whole range
+    [0.0, -np.inf, 1.0, 2.0, 3.0],  # an impossible class
+    [3.0, 3.0, 3.0, 3.0, 3.0],  # ties
+    [0.3, -1.2, 2.5, 0.7, -0.4],
+    [50.0, 50.1, 49.9, 50.0, 50.05],  # a large common offset
+  ]
+  return np.array(rows, dtype)
+
+
+def _tail_labels(z):
+  """The dominant class on even rows, the least likely possible class on odd ones."""
+  top = np.argmax(z, axis=1)
+  bottom = np.argmin(np.where(np.isfinite(z), z, np.inf), axis=1)
+  return np.where(np.arange(len(z)) % 2 == 0, top, bottom)
+
+
+def _tail_targets(z, dtype):
+  """Soft targets, a one-hot and a near-one-hot row (1 - ulp), 0 on impossible classes."""
+  rng = np.random.default_rng(8)
+  t = _grids.softmax64(rng.normal(size=z.shape) * 3)
+  t[0] = np.eye(z.shape[1])[1]  # all the target on a class of probability ~e^-85
+  eps = np.finfo(dtype).eps
+  t[1] = np.full(z.shape[1], eps / 8)
+  t[1, 0] = 1 - eps / 2
+  t = np.where(np.isfinite(z), t, 0)
+  return (t / t.sum(axis=1, keepdims=True)).astype(dtype)
+
+
+# Elementwise logits: 0, tiny, the sigmoid's tails (exp flushing at -88 and 43.7 in float32),
+# beyond the float32 range, ±inf.
+_TAIL_X = (0.0, 1e-30, -1e-30, 17.0, 20.0, 30.0, 40.0, -88.0, 43.7, 90.0, -103.0, 745.0)
+_TAIL_X += (-745.0, 1e30, -1e30, np.inf, -np.inf)
+
+
+class DefaultCodegenTest(chex.TestCase):
+  """The fast paths' tails compiled with XLA's default flags, against mpmath (SPEC §2).
+
+  ``make test`` compiles with cheaper flags (no LLVM optimisation, XLA's elemental emitter;
+  see the Makefile); users, the benchmark and ``make run`` get XLA's defaults, whose fusion
+  emitters generate other code for the same fused passes. Here each fast path's tail rows
+  (values, reverse and forward mode) are compiled with the defaults
+  (:data:`XLA_DEFAULTS`, per-program compiler options) and checked as everywhere else.
+  """
+
+  def _check(self, name, arrays, **kwargs):
+    dtype = arrays[0].dtype.type
+    check_measure(name, list(arrays), dtype, default_codegen=True, **kwargs)
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_softmax_cross_entropy_with_integer_labels(self, dtype):
+    for z in (_tail_logits(dtype), _tail_logits(dtype, num_rows=15)):
+      self._check("softmax_cross_entropy_with_integer_labels", [z], extra=(_tail_labels(z),))
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_softmax_cross_entropy(self, dtype):
+    z = _tail_logits(dtype)
+    self._check("softmax_cross_entropy", [z, _tail_targets(z, dtype)])
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_entropy_and_kl_from_logits(self, dtype):
+    for z in (_tail_logits(dtype), _tail_logits(dtype, num_rows=15)):
+      self._check("entropy_from_logits", [z])
+    z = _tail_logits(dtype)
+    noise = np.random.default_rng(9).normal(size=z.shape) * 3
+    q = np.where(np.isfinite(z), 0.5 * z + noise, -np.inf)  # -inf only where z is -inf
+    self._check("kl_divergence_from_logits", [z, q.astype(dtype)])
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_sigmoid_binary_cross_entropy(self, dtype):
+    with np.errstate(over="ignore"):
+      x = np.array(_TAIL_X, dtype)
+    labels = np.resize(np.array([1.0, 0.0, 0.5, 1.0 - np.finfo(dtype).eps], dtype), x.shape)
+    self._check("sigmoid_binary_cross_entropy", [x, labels])
+
+
+# ----------------------------------------------------------------------------------------------
 # Known defects and edge cases, one test each (issue 11): exact values from the jets.
 
 
@@ -711,6 +828,19 @@ class RegressionTest(chex.TestCase):
     grad = ref.vjp("tanh_probability", {"x": np.float32([43.7])}, "x")
     np.testing.assert_allclose(grad.ref.value, [2.2e-38], rtol=1e-1)
     self._check("tanh_probability", [[43.7]])
+
+  @parameterized.parameters(
+    (np.float32, [90.0, 0.0, -3.0, 5.0, 1.0]), (np.float64, [712.0, 12.0, 0.0, 0.0, 0.0])
+  )
+  def test_entropy_terms_of_subnormal_probabilities(self, dtype, row):
+    # Found by DefaultCodegenTest (not in issue 11's list): q_j = e^{-90} is subnormal in
+    # float32 (flushed to 0 on CPU) but q_j·|log q_j| is not: they add 2.6% to H = 1.07e-35
+    # (float64: e^{-712}, 1.9e-5 of H = 6.9e-302). d̄ = Σ q_j d_j lost them, on both paths.
+    z = np.array([row, [0.3, 1.0, 2.0, 0.0, 0.0]])
+    exact = ref.value_ref("entropy_from_logits", {"logits": z.astype(dtype)}).value[0]
+    self.assertGreater(exact, np.finfo(dtype).tiny)  # a normal number: SPEC §2's rtol applies
+    self._check("entropy_from_logits", [z], dtype)
+    self._check("entropy_from_logits", [z], dtype, where=np.ones(z.shape, bool))
 
 
 if __name__ == "__main__":
