@@ -297,7 +297,8 @@ _softmax_xent = _normalizer.custom_jvp_from_partials(
 # Fast path of the dense cross-entropy, [B, C] logits (see _normalizer.py).
 #  * Value alone: one YNN pass computes the max, L = log1p(Σ_j frac(e^{d_j}) + (Σ_j
 #    floor(e^{d_j}) - 1)) -- exact also with ties at the max, floor counts them -- and
-#    Σ_j t_j (L - d_j). Rows that come out non-finite (±inf logits, NaN) are recomputed.
+#    Σ_j t_j (L - d_j). Rows that come out non-finite (±inf logits, NaN), or whose L is
+#    small enough for flushed subnormal terms to matter, are recomputed.
 #  * Under differentiation: the fused statistics (m, L) and the closed-form partials, which
 #    XLA forms in one elementwise pass together with the cotangent.
 
@@ -315,6 +316,9 @@ def _softmax_xent_fast_value(z_BxC, t_BxC):
   lse = jnp.log1p(
     jnp.sum(e - ties, axis=1, keepdims=True) + (jnp.sum(ties, axis=1, keepdims=True) - 1)
   )
+  # Rows with a non-finite loss, or an L so small that flushed subnormal terms of its mass
+  # matter (z = [90, 5, 0, ..., 0] in float32; made NaN here), get the exact statistics.
+  lse = _normalizer.nan_if_flush_sensitive(lse, z_BxC.shape[1])
   loss = _normalizer.row_sum(t_BxC * (lse - d), (1,))[:, 0]
   return _normalizer.fix_rows(
     ~jnp.isfinite(loss), _exact_dense_rows, loss, z_BxC, t_BxC, row_size=z_BxC.shape[1]

@@ -65,20 +65,25 @@ def entropy(
 # the dominant class. q_i = e^{d_i - L} is subnormal (flushed to 0 on CPU) below -87 in
 # float32 while q_i·|d_i - d̄| can still be normal: the exponent is raised by 16 and the
 # product scaled back. The same holds for the terms of d̄ itself (e.g. z = [90, 0, -3, 5, 1]
-# in float32: the terms of q_j ≈ e^{-90} add 2.6% to H = 1.07e-35): the fast path sums
-# them with the raised exponent and scales the row sum back; the general path, which is
-# differentiated, raises only the terms below the underflow threshold.
+# in float32: the terms of q_j ≈ e^{-90} add 2.6% to H = 1.07e-35): the general path sums
+# the terms below the underflow threshold in a raised exponent, and the fast path hands
+# the rows whose H is small enough for them to matter to it.
 
 
 def _mean_shift(z, m, lse, axes):
-  """d̄ = Σ_j q_j d_j (kept as size 1) from the statistics, one pass.
+  """d̄ = Σ_j q_j d_j (kept as size 1) from the statistics.
 
-  Differentiated by autodiff (the general path): the terms of q ≈ 1 are the plain products,
-  whose derivatives cancel exactly against those of L (:func:`times_prob_switched`).
+  Differentiated by autodiff (the general path, the fallback rows): the terms with
+  q ≥ e^{-80} (float32; e^{-700} in float64) are the plain products, whose derivatives
+  cancel exactly against those of L; the others are summed in a raised exponent and scaled
+  back after their own sum, so that terms that are each subnormal still count.
   """
   d = _normalizer.shift(z, m)
-  terms = _normalizer.times_prob_switched(d - lse, _normalizer.clamp_neg_inf(d, m))
-  return _normalizer.row_sum(terms, axes)
+  log_q, x = d - lse, _normalizer.clamp_neg_inf(d, m)
+  s = _normalizer.raise_switch(log_q)
+  plain = _normalizer.row_sum(jnp.exp(log_q) * x * (1 - s), axes)
+  raised = _normalizer.row_sum(jnp.exp(log_q + _normalizer.MASS_RAISE * s) * x * s, axes)
+  return plain + raised * math.exp(-_normalizer.MASS_RAISE)
 
 
 def _entropy_partials(z, m, lse, d_bar):
@@ -121,20 +126,23 @@ def _entropy_fast_stats_impl(z_BxC):
   m = _normalizer.row_max(z1, (1,))
   total = _normalizer.row_sum(jnp.exp(z1 - m), (1,))
   d = z2 - _normalizer.row_max(z2, (1,))
-  raised = jnp.exp(d + _normalizer.RAISE) * _normalizer.clamp_neg_inf(d, total)
-  d_bar = _normalizer.row_sum(raised, (1,)) * (math.exp(-_normalizer.RAISE) / total)
+  d_bar = _normalizer.row_sum(jnp.exp(d) * _normalizer.clamp_neg_inf(d, total), (1,)) / total
   h = jnp.log(total) - d_bar
   dominant = ((total < 2) & (h < 0.25))[:, 0]
   many = jnp.sum(dominant) > num_rows // 8
 
   def exact_lse():
     (z3,) = _normalizer.separate(z_BxC, 1)
-    mass = _normalizer.frac_mass(jnp.exp(z3 - _normalizer.row_max(z3, (1,))), (1,))
+    mass = _normalizer.frac_mass(z3 - _normalizer.row_max(z3, (1,)), (1,))
     return _normalizer.log_total(total, mass)
 
   lse = jax.lax.cond(many, exact_lse, lambda: jnp.log(total))
   bad = ~jnp.isfinite((lse - d_bar)[:, 0]) | (dominant & ~many)  # also ±inf logits, NaN
   bad = bad | (many & _normalizer.near_underflow(total, lse))[:, 0]  # L ≈ mass there
+  # H so small that terms q_j·|d_j| of subnormal q_j (each < 87.3·tiny in float32, flushed
+  # in the pass above) could matter: z = [90, 5, 0, ..., 0] in float32.
+  weight = -math.log(float(jnp.finfo(z_BxC.dtype).tiny))
+  bad = bad | (lse - d_bar < _normalizer.flush_bound(num_classes, z_BxC.dtype, weight))[:, 0]
   out = (m[:, 0], lse[:, 0], d_bar[:, 0])
   out = _normalizer.fix_rows(bad, _exact_entropy_stats, out, z_BxC, row_size=num_classes)
   return tuple(x[:, None] for x in out)

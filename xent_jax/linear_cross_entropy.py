@@ -34,7 +34,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 from jax.typing import ArrayLike
 
-from xent_jax import _core
+from xent_jax import _core, _normalizer
 
 _FN = "linear_softmax_cross_entropy"
 _LOG2 = math.log(2.0)
@@ -123,11 +123,12 @@ def _stats(opts, z_TxV, y_T):
 
   m is the row max and L = log S, S = Σ_j e^{z_j - m} = 1 + r with r the non-maximal mass.
   Where S < 2 the maximum is unique (a tie would add exactly 1) and L = log1p(r) with
-  r = Σ_j (e_j - floor(e_j)): floor(e_j) is 1 at the maximum and 0 elsewhere, so r is a
-  sum of non-negative terms and keeps the relative precision of a tiny L (log S would
-  round 1 + r to 1 and a dominant label's loss to 0). That second pass runs only for
-  chunks that hold such a row; each pass is one fused reduction (XLA:CPU materialises the
-  exponentials, [chunk, V], when two reductions share them). Across vocab shards the
+  r = Σ_{j ≠ max} e_j (``_normalizer.frac_mass``: in a raised exponent, so that terms that
+  are each subnormal still add up), a sum of non-negative terms that keeps the relative
+  precision of a tiny L (log S would round 1 + r to 1 and a dominant label's loss to 0).
+  That second pass runs only for chunks that hold such a row; each pass is one fused
+  reduction (XLA:CPU materialises the exponentials, [chunk, V], when two reductions share
+  them). Across vocab shards the
   maxima are combined with a pmax and the masses rescaled to it (Megatron's vocab-parallel
   cross-entropy); a shard whose logits are all -inf contributes 0.
   """
@@ -135,9 +136,8 @@ def _stats(opts, z_TxV, y_T):
   shift = jnp.where(m_local == -jnp.inf, 0, m_local)[:, None]  # all -inf: e = 0, not NaN
   s_local = jnp.sum(jnp.exp(z_TxV - shift), axis=1)
 
-  def frac_mass():
-    e = jnp.exp(z_TxV - shift)
-    return jnp.sum(e - jnp.floor(e), axis=1)
+  def frac_mass():  # in a raised exponent: subnormal terms can add up to a normal mass
+    return _normalizer.frac_mass(z_TxV - shift, (1,))[:, 0]
 
   r_local = lax.cond(jnp.any(s_local < 2), frac_mass, lambda: jnp.zeros_like(s_local))
   if opts.axis_name is None:

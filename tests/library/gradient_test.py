@@ -829,18 +829,48 @@ class RegressionTest(chex.TestCase):
     np.testing.assert_allclose(grad.ref.value, [2.2e-38], rtol=1e-1)
     self._check("tanh_probability", [[43.7]])
 
-  @parameterized.parameters(
-    (np.float32, [90.0, 0.0, -3.0, 5.0, 1.0]), (np.float64, [712.0, 12.0, 0.0, 0.0, 0.0])
-  )
-  def test_entropy_terms_of_subnormal_probabilities(self, dtype, row):
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_entropy_terms_of_subnormal_probabilities(self, dtype):
     # Found by DefaultCodegenTest (not in issue 11's list): q_j = e^{-90} is subnormal in
     # float32 (flushed to 0 on CPU) but q_j·|log q_j| is not: they add 2.6% to H = 1.07e-35
     # (float64: e^{-712}, 1.9e-5 of H = 6.9e-302). d̄ = Σ q_j d_j lost them, on both paths.
-    z = np.array([row, [0.3, 1.0, 2.0, 0.0, 0.0]])
+    # [ROWS, 33] batches, as the property tests draw (their programs are reused): the
+    # classes beyond the fifth are 1000 nats down (probability 0).
+    head = [90.0, 0.0, -3.0, 5.0, 1.0] if dtype == np.float32 else [712.0, 12.0, 0, 0, 0]
+    z = np.random.default_rng(1).normal(size=(ROWS, CLASSES[-1]))
+    z[0] = -1000.0
+    z[0, :5] = head
     exact = ref.value_ref("entropy_from_logits", {"logits": z.astype(dtype)}).value[0]
     self.assertGreater(exact, np.finfo(dtype).tiny)  # a normal number: SPEC §2's rtol applies
     self._check("entropy_from_logits", [z], dtype)
     self._check("entropy_from_logits", [z], dtype, where=np.ones(z.shape, bool))
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_normalizer_mass_of_subnormal_terms(self, dtype):
+    # Found with DefaultCodegenTest's tail rows: a dominant class, one class e^{-85} below
+    # it (float32) and 31 more at e^{-90}, each subnormal (flushed on the CPU) but together
+    # 17% of L = 1.5e-37. The fast paths' log1p mass dropped them: the integer-label and
+    # dense cross-entropies and the entropy came out low (float64: e^{-700}, e^{-712}).
+    # [ROWS, 33] batches, as the property tests draw (their programs are reused).
+    top, second = (90.0, 5.0) if dtype == np.float32 else (712.0, 12.0)
+    rng = np.random.default_rng(0)
+    c = CLASSES[-1]
+    z = rng.normal(size=(ROWS, c))
+    z[0] = 0.0
+    z[0, :2] = top, second
+    t = _grids.softmax64(rng.normal(size=(ROWS, c)))
+    t[0] = np.eye(c)[0]
+    labels = np.arange(ROWS) % c
+    exact = ref.value_ref("softmax_cross_entropy", {"logits": z.astype(dtype), "targets": t})
+    self.assertGreater(exact.value[0], np.finfo(dtype).tiny)  # a normal number
+    for where in (None, np.ones(z.shape, bool)):  # the fast path and the general one
+      self._check(
+        "softmax_cross_entropy_with_integer_labels", [z], dtype, where=where, extra=(labels,)
+      )
+      self._check("softmax_cross_entropy", [z, t], dtype, where=where)
+    # Only the fast path of the entropy: on the general one a JVP with a random tangent
+    # contracts 38 products q_j·r_j·t_j that are each subnormal (README, "Subnormal").
+    self._check("entropy_from_logits", [z], dtype)
 
 
 if __name__ == "__main__":
