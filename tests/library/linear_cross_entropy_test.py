@@ -17,6 +17,7 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
+import mpmath
 import numpy as np
 import optax
 from absl.testing import absltest, parameterized
@@ -166,6 +167,21 @@ class ValueTest(chex.TestCase):
       self.assertEqual(
         float(optax.softmax_cross_entropy_with_integer_labels(z, np.array([3]))[0]), 0.0
       )
+
+  def test_subnormal_terms_of_a_dominant_label(self):
+    # The label wins by 85 nats over one class and by 90 over 38 others (float32; 700 and
+    # 712 in float64): each e^{-90} is subnormal, flushed on the CPU, and together they are
+    # 20% of the loss, 1.5e-37 (a normal number). The mass is summed in a raised exponent.
+    v = 40
+    top, second = (712.0, 12.0) if X64 else (90.0, 5.0)
+    h = np.eye(1, 4, dtype=DTYPE)
+    w = np.zeros((4, v), DTYPE)
+    w[0, :2] = top, second
+    with mpmath.workdps(50):
+      want = float(mpmath.log1p(mpmath.exp(second - top) + (v - 2) * mpmath.exp(-top)))
+    self.assertGreater(want, np.finfo(DTYPE).tiny)
+    got = xj.linear_softmax_cross_entropy(h, w, np.array([0]))
+    np.testing.assert_allclose(got[0], want, rtol=RTOL)
 
   def test_bfloat16_inputs_accumulate_in_float32(self):
     h, w, b, y = _inputs(3, N, D, V)
