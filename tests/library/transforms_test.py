@@ -773,6 +773,29 @@ class Float32UnderX64Test(chex.TestCase):
         found = sorted(set(_float64_values(closed.jaxpr)))
         self.assertEqual(found, [], f"{name} {path} {what}: float64 values in {found}")
 
+  def test_no_float64_value_in_the_fused_loss(self):
+    if not jax.config.jax_enable_x64:
+      self.skipTest("float64 values exist only with JAX_ENABLE_X64=1")
+    rng = np.random.default_rng(0)
+    h, w = (rng.normal(size=s).astype(np.float32) for s in ((8, 4), (4, 16)))
+    b, y = np.zeros(16, np.float32), np.arange(8) % 16
+    options = {"bias": b, "label_smoothing": 0.1, "z_loss": 1e-4, "logit_softcap": 30.0}
+
+    def loss(h, w):
+      return xj.linear_softmax_cross_entropy(h, w, y, **options)
+
+    programs = {
+      "value": loss,
+      "grad": jax.grad(lambda h, w: jnp.sum(loss(h, w)), argnums=(0, 1)),
+      "jvp": lambda h, w: jax.jvp(loss, (h, w), (h, w)),
+    }
+    for what, fn in programs.items():
+      closed = jax.make_jaxpr(fn)(h, w)
+      outs = [a.dtype for a in closed.out_avals]
+      self.assertTrue(all(d == np.float32 for d in outs), f"{what}: outputs {outs}")
+      found = sorted(set(_float64_values(closed.jaxpr)))
+      self.assertEqual(found, [], f"linear_softmax_cross_entropy {what}: float64 values in {found}")
+
 
 if __name__ == "__main__":
   absltest.main()
