@@ -230,15 +230,6 @@ def flush_bound(num_classes: int, dtype, weight: float = 1.0) -> float:
   return num_classes * weight * float(finfo.tiny) / float(finfo.eps)
 
 
-def near_underflow(total: jax.Array, mass: jax.Array) -> jax.Array:
-  """Rows whose non-maximal mass is 0 or within 4x of the smallest normal number.
-
-  The fused passes' exp flushes terms just above the underflow threshold to 0, which there
-  decides L itself (L = log1p(mass) ≈ mass): such rows are recomputed exactly.
-  """
-  return (total < 2) & (mass < 4 * jnp.finfo(mass.dtype).tiny)
-
-
 def nan_if_flush_sensitive(lse: jax.Array, num_classes: int) -> jax.Array:
   """L, or NaN where L ≤ C·tiny/eps: there the terms of Σ_j e^{d_j} that a pass without the
   raised exponent flushes (each below tiny) could move L by more than eps relative, and the
@@ -261,9 +252,9 @@ def log_total(total: jax.Array, mass: jax.Array) -> jax.Array:
 def _general_body(z, m, axes, branch_free=False):
   """L = log Σ e^{z - m}; the log1p pass runs only when some row needs it.
 
-  Its non-maximal mass is summed in a raised exponent, so that a mass just above the
-  underflow threshold is not flushed to 0 (the fast statistics hand such rows here, see
-  :func:`near_underflow`). Where the total is < 2 the maximum is unique (d = 0 there only).
+  Its non-maximal mass is summed in a raised exponent, so that terms that are each below
+  the underflow threshold still add up (see :func:`raised_terms`). Where the total is < 2
+  the maximum is unique (d = 0 there only).
   """
   total = row_sum(jnp.exp(shift(z, m)), axes)
 
@@ -320,7 +311,7 @@ def max_stats(z_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
   many = jnp.sum(need) > num_rows // 8
   small = jax.lax.cond(many, mass, lambda: jnp.zeros_like(total))
   lse = jnp.where(many & need, jnp.log1p(small), jnp.log(total))
-  bad = ~(total < jnp.inf) | (need & ~many) | (many & near_underflow(total, small))
+  bad = ~(total < jnp.inf) | (need & ~many)  # the raised mass keeps terms down to e^-151
   m, lse = fix_rows(bad[:, 0], exact_stats, (m[:, 0], lse[:, 0]), z_BxC, row_size=num_classes)
   return m[:, None], lse[:, None]
 
@@ -352,7 +343,7 @@ def label_stats(z_BxC: jax.Array, y_B: jax.Array) -> tuple[jax.Array, jax.Array]
   small = jax.lax.cond(many, mass, lambda: jnp.zeros_like(total))
   lse = jnp.where(many & dominant, jnp.log1p(small), jnp.log(total))
   c = jnp.take_along_axis(z_BxC, y_clipped, axis=1)[:, 0]
-  flagged = ~(total < jnp.inf) | (dominant & ~many) | (many & near_underflow(total, small))
+  flagged = ~(total < jnp.inf) | (dominant & ~many)
   c, lse = fix_rows(flagged, exact_stats, (c, lse), z_BxC, row_size=num_classes)
   return c[:, None], lse[:, None]
 
