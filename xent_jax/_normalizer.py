@@ -155,8 +155,7 @@ def softmax_from_log(log_q: jax.Array) -> jax.Array:
   plain e^{log q}, bit for bit. The switch s ∈ {0, 1} is arithmetic (floor, min, max), so
   the passes that use it stay fused.
   """
-  s = raise_switch(log_q)
-  return jnp.exp(log_q + RAISE * s) * (s * math.exp(-RAISE) + (1 - s))
+  return times_prob_switched(log_q, 1.0)
 
 
 def raise_switch(log_q: jax.Array) -> jax.Array:
@@ -166,7 +165,7 @@ def raise_switch(log_q: jax.Array) -> jax.Array:
 
 def times_prob_switched(log_q: jax.Array, x: jax.Array) -> jax.Array:
   """e^{log q}·x for log q ≤ 0: the plain product, bit for bit, above log q = -80 (float32;
-  -700 in float64), and (e^{log q + 16}·x)·e^{-16} below, as in :func:`softmax_from_log`.
+  -700 in float64), and (e^{log q + 16}·x)·e^{-16} below (:func:`softmax_from_log` is x = 1).
 
   Unlike :func:`times_prob` it is exact where q ≈ 1 (e^{16}·e^{-16} is not 1 in floating
   point), so that a derivative formed from it cancels exactly against one formed from q.
@@ -259,11 +258,7 @@ def _general_body(z, m, axes, branch_free=False):
   total = row_sum(jnp.exp(shift(z, m)), axes)
 
   def mass():
-    # Σ_{j: d_j < 0} e^{d_j}, raised and scaled back after the sum: terms that are each
-    # subnormal (flushed) can add up to a normal mass.
-    d = shift(z, m)
-    raised = jnp.where(d < 0, raised_terms(jnp.minimum(d, 0), 1), 0)
-    return jnp.sum(raised, axis=axes, keepdims=True) * math.exp(-MASS_RAISE)
+    return frac_mass(shift(z, m), axes)
 
   if branch_free:
     return log_total(total, mass())

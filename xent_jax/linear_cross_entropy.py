@@ -128,9 +128,9 @@ def _stats(opts, z_TxV, y_T):
   precision of a tiny L (log S would round 1 + r to 1 and a dominant label's loss to 0).
   That second pass runs only for chunks that hold such a row; each pass is one fused
   reduction (XLA:CPU materialises the exponentials, [chunk, V], when two reductions share
-  them). Across vocab shards the
-  maxima are combined with a pmax and the masses rescaled to it (Megatron's vocab-parallel
-  cross-entropy); a shard whose logits are all -inf contributes 0.
+  them). Across vocab shards the maxima are combined with a pmax and the masses rescaled to
+  it (Megatron's vocab-parallel cross-entropy); a shard whose logits are all -inf
+  contributes 0.
   """
   m_local = jnp.max(z_TxV, axis=1)
   shift = jnp.where(m_local == -jnp.inf, 0, m_local)[:, None]  # all -inf: e = 0, not NaN
