@@ -173,7 +173,8 @@ def sgd(
   (``opt_state.hyperparams``) as arrays, not in the compiled program, so a sweep over
   them compiles the trainers once (``sgd(0.1)`` and ``sgd(0.2)`` share a compilation).
   The trainers use the η and μ of the optimiser they are passed, also with a state built
-  by another ``sgd``.
+  by another ``sgd`` of the same form (both with momentum, or both without); a state
+  another optimiser built is refused with an error rather than trained with its settings.
 
   Args:
     learning_rate: η, finite and > 0.
@@ -192,6 +193,10 @@ def sgd(
     _validate.real("sgd", "momentum", momentum, low=0.0, high=1.0, open_high=True)
   if not isinstance(nesterov, bool):
     raise TypeError(f"sgd: `nesterov` must be a bool; got nesterov={nesterov!r}.")
+  # As floats: an integer η (sgd(1)) would make the state's η an int32 array, and a later
+  # η of 0.5 written into that state would truncate to 0.
+  learning_rate = float(learning_rate)
+  momentum = None if momentum is None else float(momentum)
   opt = optax.inject_hyperparams(optax.sgd)(
     learning_rate=learning_rate, momentum=momentum, nesterov=nesterov
   )
@@ -214,8 +219,15 @@ def _with_hyperparams_of(optimizer, state: TrainState) -> TrainState:
   held = getattr(state.opt_state, "hyperparams", None)
   if not isinstance(wanted, dict) or not isinstance(held, dict) or set(wanted) != set(held):
     return state
-  hyperparams = {k: jnp.asarray(wanted[k], jnp.result_type(held[k])) for k in held}
+  hyperparams = {k: jnp.asarray(wanted[k], _float_dtype(held[k])) for k in held}
   return state._replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+
+
+def _float_dtype(x) -> np.dtype | None:
+  """The dtype of ``x`` if it is floating, else None (the default float): a float η is never
+  truncated to an integer state's dtype."""
+  dtype = jnp.result_type(x)
+  return dtype if jnp.issubdtype(dtype, jnp.floating) else None
 
 
 def _global_norm(tree: Params) -> jax.Array:
@@ -729,6 +741,26 @@ def _check_state(fn: str, state, optimizer) -> None:
       f"got {type(state).__name__}."
     )
   _check_optimizer(fn, optimizer)
+  expected = _opt_state_layout(Static(optimizer.init), *_layout(state.params))
+  if expected != _layout(state.opt_state):
+    raise ValueError(
+      f"{fn}: `state.opt_state` was not made by `optimizer` (its structure or shapes differ, "
+      "e.g. a state of sgd without momentum given to sgd with momentum, or to adam); "
+      "build the state with init_train_state(params, optimizer)."
+    )
+
+
+def _layout(tree) -> tuple:
+  """A pytree's structure and leaf shapes (hashable; dtypes left out)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple(np.shape(leaf) for leaf in leaves)
+
+
+@functools.lru_cache(maxsize=64)
+def _opt_state_layout(init: Static, treedef, shapes) -> tuple:
+  """The layout of ``init``'s state for parameters of this layout (traced once per layout)."""
+  params = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes])
+  return _layout(jax.eval_shape(init.value, params))
 
 
 def _donate(fn: str, donate) -> bool:

@@ -126,6 +126,39 @@ class SweepTest(chex.TestCase):
     np.testing.assert_array_equal(finals[-1], final.params["w"])
     self.assertGreater(float(jnp.max(jnp.abs(finals[0] - finals[-1]))), 1e-3)  # η matters
 
+  def test_state_of_another_sgd_trains_with_the_given_rates(self):
+    batch, params = _small_softmax().train, models.init_softmax_regression(4, 3)
+    run = dict(loss_fn=SOFTMAX_LOSS, num_steps=3)
+    # (optimiser that built the state, optimiser passed): an integer η or μ = 0 in the state
+    # must not truncate or drop the η and μ passed.
+    for built, passed in (
+      (training.sgd(1), training.sgd(0.5)),
+      (training.sgd(0.5, momentum=0), training.sgd(0.5, momentum=0.9)),
+    ):
+      _, got = training.train_full_batch(
+        training.init_train_state(params, built), batch, optimizer=passed, **run
+      )
+      # Oracle: the same run from a state the passed optimiser built.
+      _, want = training.train_full_batch(
+        training.init_train_state(params, passed), batch, optimizer=passed, **run
+      )
+      np.testing.assert_array_equal(got["loss"], want["loss"])
+      self.assertLess(float(got["loss"][-1]), float(got["loss"][0]))
+
+  def test_state_of_another_optimiser_is_refused(self):
+    batch, params = _small_softmax().train, models.init_softmax_regression(4, 3)
+    for built, passed in (
+      (training.sgd(0.5), training.sgd(0.5, momentum=0.9)),  # would silently drop μ
+      (training.sgd(0.5, momentum=0.9), training.sgd(0.5)),
+      (training.sgd(0.5), optax.adam(1e-2)),
+    ):
+      state = training.init_train_state(params, built)
+      message = r"`state.opt_state` was not made by `optimizer`"
+      with self.assertRaisesRegex(ValueError, message):
+        training.train_full_batch(state, batch, loss_fn=SOFTMAX_LOSS, optimizer=passed, num_steps=1)
+      with self.assertRaisesRegex(ValueError, message):
+        training.train_step(state, batch, loss_fn=SOFTMAX_LOSS, optimizer=passed)
+
   def test_learning_rate_and_l2_sweep_compiles_once(self):
     batch, params, traces = _small_softmax().train, models.init_softmax_regression(4, 3), []
 
