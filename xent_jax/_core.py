@@ -107,13 +107,20 @@ def as_float(x: ArrayLike, name: str, fn: str) -> jax.Array:
 
 
 def as_labels(labels: ArrayLike, name: str, fn: str) -> jax.Array:
-  """Returns integer class labels; float or bool labels are an error (they would truncate)."""
+  """Returns integer class labels; float or bool labels are an error (they would truncate).
+
+  Labels narrower than 32 bits (int8, uint8, int16, uint16) are widened to int32: class
+  indices are compared with iotas and class counts in the labels' dtype, which would wrap
+  (an int8 label 100 against 200 classes, or a uint8 label 5 matching class 261).
+  """
   labels = as_array(labels, name, fn)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(
       f"{fn}: `{name}` must hold integer class indices, got dtype {labels.dtype} "
       f"with shape {labels.shape}."
     )
+  if labels.dtype.itemsize < 4:
+    labels = labels.astype(jnp.int32)
   return labels
 
 

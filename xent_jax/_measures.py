@@ -194,6 +194,10 @@ def _flatten_class_axes(x: jax.Array, axis) -> jax.Array:
 def check_values(spec: MeasureSpec, axes, axis, arrays, where, ignore=None) -> None:
   """Adds one checkify check per rule, in argument order; the first failure is reported."""
   name, primary = spec.name, spec.primary
+  arrays = {  # narrow integer labels widened, as the measures do (no wrap against C)
+    a: _core.as_labels(x, a, name) if spec.roles.get(a) is Role.LABELS else x
+    for a, x in arrays.items()
+  }
   labels = [arrays[a] for a, role in spec.roles.items() if role is Role.LABELS]
   if labels and len(axes) > 1:  # integer labels index the flattened class axes
     if where is not None:

@@ -166,6 +166,47 @@ class SoftmaxCrossEntropyTest(chex.TestCase):
       rtol=4 * ref.RTOL[np.dtype(dtype)],
     )
 
+  def test_narrow_integer_labels_equal_int32_labels(self):
+    # Labels of every integer dtype name the same classes: with 300 classes an int8 label
+    # 100 or a uint8 label 5 must not wrap against the class count or the class iota
+    # (a uint8 label 5 once matched class 261 too, and an int8 label 100 gave NaN).
+    c = 300
+    z = _grids.logits(c, _grids.DTYPES[0])[:3]
+    q = np.asarray(jax.nn.softmax(z.astype(np.float64)), z.dtype)
+    where = np.ones(z.shape, bool)
+    for dtype, values in (
+      (np.int8, [5, 100, 127]),
+      (np.uint8, [5, 200, 255]),
+      (np.int16, [5, 261, 299]),
+      (np.uint16, [5, 261, 299]),
+    ):
+      narrow, wide = np.array(values, dtype), np.array(values, np.int32)
+      for options in ({}, {"where": where}, {"label_smoothing": 0.1}):
+        total = lambda z, y, o=options: xj.softmax_cross_entropy_with_integer_labels(
+          z, y, **o
+        ).sum()
+        got = jax.value_and_grad(total)(z, narrow)
+        want = jax.value_and_grad(total)(z, wide)
+        chex.assert_trees_all_equal(got, want, custom_message=f"{dtype.__name__} {options}")
+      np.testing.assert_array_equal(
+        xj.cross_entropy_with_integer_labels(narrow, q),
+        xj.cross_entropy_with_integer_labels(wide, q),
+      )
+      # Valid labels pass `checked`; ignore_index=-100 skips no label (in uint8, -100 is 156).
+      np.testing.assert_array_equal(
+        xj.checked(xj.softmax_cross_entropy_with_integer_labels)(z, narrow),
+        xj.softmax_cross_entropy_with_integer_labels(z, wide),
+      )
+      np.testing.assert_array_equal(
+        xj.softmax_cross_entropy_with_integer_labels(z, narrow, ignore_index=-100),
+        xj.softmax_cross_entropy_with_integer_labels(z, wide),
+      )
+    uint8_156 = np.array([156, 0, 3], np.uint8)
+    np.testing.assert_array_equal(
+      xj.cross_entropy_with_integer_labels(uint8_156, q, ignore_index=-100),
+      xj.cross_entropy_with_integer_labels(uint8_156.astype(np.int32), q),
+    )
+
   @parameterized.named_parameters(_grids.dtype_params())
   def test_label_smoothing_equals_smoothed_dense_targets(self, dtype):
     z = (np.random.default_rng(1).normal(size=(30, 5)) * 4).astype(dtype)

@@ -254,6 +254,21 @@ class MaskTest(chex.TestCase):
     self.assertTrue(np.all(np.isfinite(got)))
     np.testing.assert_array_equal(np.asarray(got)[~where], 0)
 
+  def test_narrow_integer_labels_equal_int32_labels(self):
+    # V = 300 > 255: an int8/uint8/int16 label compared with the class iota or V in its own
+    # dtype would wrap (a uint8 label 5 matched class 261; an int8 label 100 gave NaN).
+    h, w, b, _ = _inputs(8, 3, D, 300)
+    f = lambda h, w, y: xj.linear_softmax_cross_entropy(h, w, y, bias=b, vocab_chunk_size=128)
+    for dtype, values in (
+      (np.int8, [5, 100, 127]),
+      (np.uint8, [5, 200, 255]),
+      (np.int16, [5, 261, 299]),
+    ):
+      narrow, wide = np.array(values, dtype), np.array(values, np.int32)
+      got = jax.value_and_grad(lambda h, w, y: f(h, w, y).sum(), (0, 1))(h, w, narrow)
+      want = jax.value_and_grad(lambda h, w, y: f(h, w, y).sum(), (0, 1))(h, w, wide)
+      chex.assert_trees_all_equal(got, want)
+
   def test_all_tokens_excluded(self):
     h, w, b, y = _inputs(7, 5, D, 10)
     f = lambda h, w: xj.linear_softmax_cross_entropy(h, w, y, where=np.zeros(5, bool)).sum()
