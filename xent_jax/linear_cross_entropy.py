@@ -270,7 +270,9 @@ def _chunk_grads(opts, h_c, u, z, w, b, y_c, lse, nll, a, bcoef, carry, need_h):
       gh = gh + _matmul(g, cols(w), opts, ((1,), (1,)))
     return gw, gb, gh
 
-  gh = jnp.zeros_like(h_c) if need_h else None
+  # Inside shard_map the sums over a vocab block vary over the vocab axis too, like the
+  # chunk's logits u: a loop carry must have that type from the start.
+  gh = _vary_like(jnp.zeros_like(h_c), u) if need_h else None
   gw, gb, gh = _vocab_blocks(opts, w.shape[1], block, (*carry, gh))
   return gw, gb, None if gh is None else _psum(gh, opts)
 
@@ -371,7 +373,8 @@ def _tangent_impl(*args, opts, has_b):
       p = _grad_logits(opts, cols(u), cols(z), offset + start, y_c, lse_c, nll_c, zeros, ones)
       return acc[0], acc[1] + jnp.sum(p * du, axis=1)
 
-    acc = (jnp.zeros_like(lse_c), None if dh_c is None else jnp.zeros_like(lse_c))
+    zero = _vary_like(jnp.zeros_like(lse_c), u)  # varying like the block sums (shard_map)
+    acc = (zero, None if dh_c is None else zero)
     d_loss, d_lse = _vocab_blocks(opts, w.shape[1], block, acc)
     return None, (_psum(d_loss, opts), None if d_lse is None else _psum(d_lse, opts))
 

@@ -33,7 +33,7 @@ def inputs():
   return jnp.asarray(h, dtype), jnp.asarray(w, dtype), jnp.asarray(b, dtype), y, where
 
 
-def _loss_fn(vocab_axis_name=None):
+def _loss_fn(vocab_axis_name=None, vocab_chunk_size=None):
   def loss(h, w, b, y, where):
     return xj.linear_softmax_cross_entropy(
       h,
@@ -43,6 +43,7 @@ def _loss_fn(vocab_axis_name=None):
       where=where,
       z_loss=1e-3,
       chunk_size=8,
+      vocab_chunk_size=vocab_chunk_size,
       vocab_axis_name=vocab_axis_name,
     )
 
@@ -59,10 +60,11 @@ def _results(loss_fn, args) -> dict[str, np.ndarray]:
     loss = lambda h, w, b: loss_fn(h, w, b, y, where)
     mean = jax.grad(lambda *a: loss(*a).mean(), (0, 1, 2))(h, w, b)
     token = jax.grad(lambda *a: (ct * loss(*a)).sum(), (0, 1, 2))(h, w, b)
-    return loss(h, w, b), mean, token
+    tangents = (jnp.cos(h), jnp.sin(w), jnp.full_like(b, 0.5))
+    return loss(h, w, b), mean, token, jax.jvp(loss, (h, w, b), tangents)[1]
 
-  loss, mean, token = run(h, w, b, y, where)
-  out = {"loss": loss}
+  loss, mean, token, jvp = run(h, w, b, y, where)
+  out = {"loss": loss, "jvp": jvp}
   for name, grads in (("mean", mean), ("token", token)):
     out.update({f"{name}_d{arg}": g for arg, g in zip("hwb", grads, strict=True)})
   # process_allgather: the whole array on every process (also across hosts).
@@ -73,14 +75,15 @@ def run_single() -> dict[str, np.ndarray]:
   return _results(_loss_fn(), inputs())
 
 
-def vocab_parallel_results(mesh) -> dict[str, np.ndarray]:
+def vocab_parallel_results(mesh, vocab_chunk_size=None) -> dict[str, np.ndarray]:
   """The shard_map vocab-parallel run on a ("data", "model") mesh (any number of hosts)."""
   specs = (P("data", None), P(None, "model"), P("model"), P("data"), P("data"))
   placed = [
     jax.make_array_from_callback(x.shape, NamedSharding(mesh, s), lambda i, x=x: x[i])
     for x, s in zip(inputs(), specs, strict=True)
   ]
-  loss_fn = jax.shard_map(_loss_fn("model"), mesh=mesh, in_specs=specs, out_specs=P("data"))
+  loss = _loss_fn("model", vocab_chunk_size)
+  loss_fn = jax.shard_map(loss, mesh=mesh, in_specs=specs, out_specs=P("data"))
   return _results(loss_fn, placed)
 
 
@@ -102,6 +105,9 @@ def run_mesh() -> dict[str, np.ndarray]:
   out.update({f"jit_Auto_{k}": v for k, v in _results(_loss_fn(), placed).items()})
   # (b) vocab-parallel: each device its slice of V, statistics combined over "model".
   out.update({f"vp_{k}": v for k, v in vocab_parallel_results(mesh).items()})
+  # Each device's 24 classes in blocks of 5 (a loop over 4 blocks, then a block of 4): the
+  # per-block sums vary over "model" from the start of the loop.
+  out.update({f"vpblocks_{k}": v for k, v in vocab_parallel_results(mesh, 5).items()})
   out["weight_shard_columns"] = np.asarray(placed[1].addressable_shards[0].data.shape[1])
   return out
 

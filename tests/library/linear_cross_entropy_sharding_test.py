@@ -102,7 +102,7 @@ class VocabParallelTest(absltest.TestCase):
       with np.load(out) as f:
         sharded = dict(f)
     self.assertEqual(int(sharded["weight_shard_columns"]), worker.V // 4)  # its slice of V
-    self.assert_equal_to_one_device(sharded, ["jit_Explicit_", "jit_Auto_", "vp_"])
+    self.assert_equal_to_one_device(sharded, ["jit_Explicit_", "jit_Auto_", "vp_", "vpblocks_"])
 
 
 if __name__ == "__main__":
