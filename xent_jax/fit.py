@@ -158,6 +158,8 @@ def fit_logistic_regression(
   num_examples, num_features = np.shape(x_NxD)
   x_dev, y_dev, x_head, y_head = _device_data(x_NxD, y_N)
   penalty = np.append(np.full(num_features, float(l2)), 0.0)
+  # L-BFGS runs in θ' = θ·√h, h the curvature of J at 0 per coordinate (σ(1-σ) = 1/4).
+  root_h = np.sqrt(_curvature_at_zero(x_NxD, 0.25, l2, 1))
   theta = np.zeros(num_features + 1)
   counter = [0]
 
@@ -178,12 +180,13 @@ def fit_logistic_regression(
       sub_gradient = lambda t: _host_gradient_sums(t, x_sub, y_sub) / len(y_sub) + penalty * t
       with optimum.single_threaded_blas():  # the other core compiles
         theta, _, history, _, _ = _lbfgs(
-          sub_gradient, theta, [], tol=tol, max_iter=max_iter, memory=memory
+          _scaled(sub_gradient, root_h), theta, [], tol=tol, max_iter=max_iter, memory=memory
         )
     gradient_sums = compiled.result()
   theta, g, _, iterations, gap = _lbfgs(
-    gradient, theta, history, tol=tol, max_iter=max_iter, memory=memory
+    _scaled(gradient, root_h), theta, history, tol=tol, max_iter=max_iter, memory=memory
   )
+  theta, g = theta / root_h, g * root_h
   params = {"w": theta[:-1], "b": np.asarray(theta[-1])}
   return Fit(params, float(np.linalg.norm(g)), float(gap), iterations, counter[0], bool(gap <= tol))
 
@@ -253,6 +256,8 @@ def fit_softmax_regression(
   y_dev = jnp.asarray(y, jnp.int32)
   size_w = num_features * num_classes
   penalty = np.append(np.full(size_w, float(l2)), np.zeros(num_classes))
+  # L-BFGS in θ' = θ·√h, h the curvature at 0 (1/K off the all-ones direction of the logits).
+  root_h = np.sqrt(_curvature_at_zero(x_NxD, 1 / num_classes, l2, num_classes))
   counter = [0]
 
   def gradient(theta):
@@ -261,14 +266,14 @@ def fit_softmax_regression(
     return np.asarray(sums, np.float64) / num_examples + penalty * theta
 
   theta, g, _, iterations, gap = _lbfgs(
-    gradient,
+    _scaled(gradient, root_h),
     np.zeros(size_w + num_classes),
     [],
     tol=tol,
     max_iter=max_iter,
     memory=memory,
-    initial_scale=float(num_classes),
   )
+  theta, g = theta / root_h, g * root_h
   params = {"w": theta[:size_w].reshape(num_features, num_classes), "b": theta[size_w:]}
   return Fit(params, float(np.linalg.norm(g)), float(gap), iterations, counter[0], bool(gap <= tol))
 
@@ -282,7 +287,33 @@ def _host_gradient_sums(theta, x_NxD: np.ndarray, y_N: np.ndarray) -> np.ndarray
   return np.append(r @ x_NxD, r.sum())
 
 
-def _lbfgs(gradient, theta, history, *, tol, max_iter, memory, initial_scale=4.0):
+_CURVATURE_ROWS = 16384
+
+
+def _curvature_at_zero(x_NxD, per_logit: float, l2: float, num_classes: int) -> np.ndarray:
+  """The diagonal of ∇²J at θ = 0, flattened like θ: per_logit·mean_n x_nj² + λ for each
+  weight (repeated over the K classes), per_logit for each bias.
+
+  Features of any scale (1e-4 or 1e6) then look standardised to L-BFGS: its first step
+  is the Newton step of the diagonal, and its estimate ½gᵀH⁻¹g of J - J* has the right
+  scale (with the identity guess it was 1e8 times too small for features of size 1e-4,
+  and the fit stopped at once, "converged"). A zero column gets 1 (it never moves). The
+  mean is over an evenly strided sample of at most 16384 rows: a scaling needs no more,
+  and a pass over a large X would cost a quarter of the fit.
+  """
+  x = np.asarray(x_NxD[:: max(1, len(x_NxD) // _CURVATURE_ROWS)], np.float64)
+  mean_sq = np.einsum("nd,nd->d", x, x) / max(len(x), 1)
+  w = per_logit * mean_sq + float(l2)
+  w = np.where(w > 0, w, 1.0)
+  return np.concatenate([np.repeat(w, num_classes), np.full(num_classes, per_logit)])
+
+
+def _scaled(gradient, root_h):
+  """The gradient in θ' = θ·√h: ∇'(θ') = ∇(θ'/√h)/√h."""
+  return lambda theta: gradient(theta / root_h) / root_h
+
+
+def _lbfgs(gradient, theta, history, *, tol, max_iter, memory, initial_scale=1.0):
   """L-BFGS from ``theta`` (and curvature pairs ``history``) until ½gᵀH⁻¹g ≤ tol.
 
   Returns ``(theta, gradient there, history, steps taken, last gap estimate)``.
@@ -306,13 +337,11 @@ def _lbfgs(gradient, theta, history, *, tol, max_iter, memory, initial_scale=4.0
   return theta, g, history, steps, gap
 
 
-def _two_loop(g: np.ndarray, history, initial_scale: float = 4.0) -> np.ndarray:
+def _two_loop(g: np.ndarray, history, initial_scale: float = 1.0) -> np.ndarray:
   """H⁻¹ g by the L-BFGS two-loop recursion; H⁻¹ ≈ γ I before any curvature pair.
 
-  With no history, γ = 4: at w = 0 every σ_n = 1/2, and σ(1-σ) ≤ 1/4 bounds the curvature
-  per unit of feature variance, so the first step is the Newton step for standardised
-  features (softmax regression passes γ = K: at W = 0 the curvature of its loss in the
-  logits is 1/K off the all-ones direction).
+  The fits run in coordinates scaled by the curvature at 0 (:func:`_curvature_at_zero`),
+  where γ = 1 makes the first step the Newton step of the diagonal.
   """
   q = g.copy()
   alphas = []

@@ -49,6 +49,18 @@ class FitLogisticRegressionTest(chex.TestCase):
     self.assertGreaterEqual(result.num_gradients, result.num_iterations + 1)
     self.assertLessEqual(result.gap_estimate, 1e-9)
 
+  def test_features_of_any_scale_reach_the_optimum(self):
+    # J(w/s, b) on s·X is J(w, b) on X (λ = 0): the same optimum value at every scale s.
+    # (With an unscaled first guess of the curvature, s = 1e-4 stopped at once, "converged"
+    # 6% above it, and s = 1e4 2% above it.)
+    x, y = _logistic_problem(4, 5000, 8)
+    reference = optimum.logistic_regression_optimum(x, y)
+    for scale in (1e-4, 1e4):
+      result = fit.fit_logistic_regression(x * np.float32(scale), y)
+      self.assertTrue(result.converged)
+      value = optimum.logistic_regression_objective(result.params, x * np.float32(scale), y)
+      self.assertBetween((value - reference.value) / reference.value, -1e-9, GAP_RTOL)
+
   def test_misaligned_numpy_rows_equal_an_aligned_copy(self):
     # A float32 array whose data starts 4 bytes past a 64-byte boundary: the first rows are
     # split off and summed on the host, the rest is read in place by XLA.
@@ -115,6 +127,16 @@ class FitSoftmaxRegressionTest(chex.TestCase):
     self.assertBetween(gap, -1e-12, 1e-6)  # SPEC §3: within 1e-6 (relative) of the optimum
     if l2:  # W is unique when λ > 0; b only up to a common shift
       np.testing.assert_allclose(result.params["w"], reference.params["w"], atol=2e-3)
+
+  def test_features_of_any_scale_reach_the_optimum(self):
+    x, y = data.make_softmax_data(0, 3000, 10, 5, 4).train
+    x = np.asarray(x, np.float64)
+    reference = optimum.softmax_regression_optimum(x, y, 5)
+    for scale in (1e-4, 1e4):
+      result = fit.fit_softmax_regression(x * scale, y, 5)
+      self.assertTrue(result.converged)
+      value = optimum.softmax_regression_objective(result.params, x * scale, y)
+      self.assertBetween((value - reference.value) / reference.value, -1e-9, 1e-6)
 
   def test_bad_inputs_raise_naming_the_argument(self):
     x, y = np.ones((4, 2)), np.array([0, 1, 2, 1])
