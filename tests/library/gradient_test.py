@@ -873,6 +873,31 @@ class RegressionTest(chex.TestCase):
     # contracts 38 products q_j·r_j·t_j that are each subnormal (README, "Subnormal").
     self._check("entropy_from_logits", [z], dtype)
 
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_second_derivatives_at_small_probabilities(self, dtype):
+    # ∂²/∂q² of p·log q is -p/q²: formed by JAX's rule for p/q as -p·q⁻², q⁻² overflowed at
+    # q = 1e-20 (float32; 1e-160 in float64) and the Hessians came out ±inf, the entropy's
+    # with the wrong sign. Closed forms at p = q: H''(p) = -1/p (entropy, [0, 0] entry),
+    # -1/p - 1/(1-p) (binary entropy), 1/q + 1/(1-q) (binary CE in q), 1/q (CE in q[0]).
+    for small in (1e-20, 1e-30) if dtype == np.float32 else (1e-160, 1e-200):
+      p = dtype(small)
+      pair = jnp.array([p, 1 - p], dtype)
+      one = 1 / np.float64(p)
+      got = {
+        "entropy": jax.hessian(xj.entropy)(pair)[0, 0],
+        "binary_entropy": jax.hessian(xj.binary_entropy)(p),
+        "binary_cross_entropy": jax.hessian(xj.binary_cross_entropy, argnums=1)(p, p),
+        "cross_entropy": jax.hessian(xj.cross_entropy, argnums=1)(pair, pair)[0, 0],
+      }
+      want = {
+        "entropy": -one,
+        "binary_entropy": -one - 1 / (1 - np.float64(p)),
+        "binary_cross_entropy": one + 1 / (1 - np.float64(p)),
+        "cross_entropy": one,
+      }
+      for name, value in got.items():
+        np.testing.assert_allclose(value, want[name], rtol=ref.RTOL[np.dtype(dtype)], err_msg=name)
+
 
 if __name__ == "__main__":
   absltest.main()
