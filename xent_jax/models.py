@@ -143,6 +143,8 @@ def _check_inputs(fn: str, params: Params, x_NxD, y_N, l2, precision, *, ndim: i
   x, feature_major = _check_features(fn, x_NxD, jnp.shape(params["w"]))
   if y_N is not None:
     num_examples = x.shape[1 if feature_major else 0]
+    if num_examples == 0:  # a mean over no examples: NaN
+      raise ValueError(f"{fn}: `x_NxD` must hold at least one example; got N = 0.")
     high = jnp.shape(params["w"])[1] - 1 if ndim == 2 else 1
     y_N = _check_labels(fn, y_N, num_examples, high=high, integer=ndim == 2)
   _validate.real(fn, "l2", l2, low=0.0)

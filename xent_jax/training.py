@@ -836,6 +836,8 @@ def _check_batch(fn: str, batch, loss_fn, params) -> None:
       raise ValueError(f"{fn}: `{name}` must have an example axis; got a scalar.")
     sizes.add(leaf.shape[1 if feature_major else 0])
     _validate.values_in(fn, name, leaf)
+  if 0 in sizes:  # a mean over no examples: NaN
+    raise ValueError(f"{fn}: `batch` must hold at least one example; got N = 0.")
   if len(sizes) > 1:
     raise ValueError(
       f"{fn}: `batch` arrays must share their example axis N; got sizes {sorted(sizes)}."

@@ -382,6 +382,7 @@ def _bad_data(labels):
     ("y_string", _XT, y.astype(str), TypeError, "y_N"),
     ("y_complex", _XT, y.astype(np.complex64), TypeError, "y_N"),
     ("y_minus_1", _XT, _with(y, 3, -1), ValueError, "y_N"),
+    ("x_no_examples", _XT[:0], y[:0], ValueError, "x_NxD"),  # a mean over none: NaN
   ]
   if labels == "binary":
     cases += [
@@ -492,6 +493,7 @@ def _user_loss_cases():
   yield f"{t}__user_loss_y_string", lambda: run((_XT, y.astype(str))), TypeError, t, "y_N"
   yield f"{t}__user_loss_sizes", lambda: run((_XT, y[:5])), ValueError, t, "batch"
   yield f"{t}__user_loss_not_a_pair", lambda: run((_XT, y, y)), TypeError, t, "batch"
+  yield f"{t}__user_loss_no_examples", lambda: run((_XT[:0], y[:0])), ValueError, t, "batch"
 
 
 def _setting_cases():
