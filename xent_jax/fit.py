@@ -124,9 +124,13 @@ def fit_logistic_regression(
     \qquad \nabla J = \frac{1}{N} \sum_n (\sigma_n - y_n) (x_n, 1) + \lambda (w, 0)
 
   The same objective as :func:`xent_jax.models.logistic_regression_loss`. A minimiser exists
-  when λ > 0 or the data are not linearly separable; on separable data J only approaches
-  its infimum 0 as ‖w‖ → ∞, and the fit stops within ``tol`` of it with a large w that
-  ``tol`` alone determines. Iterates from w = 0, b = 0.
+  when the data are not linearly separable, or when λ > 0 and both labels occur (b is not
+  penalised: with one label only, b → ±∞). Otherwise J only approaches its infimum as the
+  parameters grow, and the fit stops with large parameters once L-BFGS's estimate of
+  J - J* is below ``tol``; there that estimate is optimistic (J decays exponentially
+  along the step), so J itself may still be well above ``tol`` (e.g. 1e-8 to 1e-5 for
+  ``tol=1e-9``): ``converged`` does not certify J - J* ≤ ``tol`` on such data. Iterates
+  from w = 0, b = 0.
 
   While XLA compiles the gradient (in a second thread), L-BFGS runs on an evenly strided
   subsample of ``warm_start`` rows in numpy; the full-data iterations then start from that
