@@ -261,4 +261,6 @@ def poly_loss_cross_entropy(
       f"loss shape {out_shape}."
     ) from None
   scale = _core.log_scale(base, fn)
+  # Excluded entries masked before the custom_jvp, so that their tangents are 0 as well.
+  logits, targets = _core.masked(logits, mask), _core.masked(targets, mask)
   return _core.in_base(_poly(axes, logits, targets, epsilon, mask), scale)

@@ -429,7 +429,9 @@ def softmax_cross_entropy(
     rows = _normalizer.as_rows
     loss = _softmax_xent_fast(rows(logits), rows(targets)).reshape(logits.shape[:-1])
   else:
-    loss = _softmax_xent(axes, eps, logits, targets, mask)
+    # Excluded entries are masked before the custom_jvp: its tangents there are then 0
+    # (a NaN tangent on an excluded logit would meet a zero partial: 0·NaN).
+    loss = _softmax_xent(axes, eps, *(_core.masked(x, mask) for x in (logits, targets)), mask)
   return _core.in_base(loss if weights is None else loss * weights, scale)
 
 
@@ -614,7 +616,7 @@ def softmax_cross_entropy_with_integer_labels(
   if _normalizer.is_fast_case(logits, (axis,), mask, eps):
     loss = _int_xent_fast(_normalizer.as_rows(logits), labels.reshape(-1)).reshape(labels.shape)
   else:
-    loss = _int_xent(axis, eps, logits, labels, mask)
+    loss = _int_xent(axis, eps, _core.masked(logits, mask), labels, mask)  # (tangents, too)
   return _finish_label_loss(loss, inputs)
 
 

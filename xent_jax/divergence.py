@@ -147,6 +147,8 @@ def kl_divergence_from_logits(
     fn, p_logits, q_logits, axis, where, base, names=("p_logits", "q_logits")
   )
   _core.check_classes(p_logits, axes, "p_logits", fn)
+  # Excluded entries masked before the custom_jvp, so that their tangents are 0 as well.
+  p_logits, q_logits = _core.masked(p_logits, mask), _core.masked(q_logits, mask)
   return _core.in_base(_kl_from_logits(axes, p_logits, q_logits, mask), scale)
 
 

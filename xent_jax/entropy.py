@@ -237,7 +237,7 @@ def entropy_from_logits(
   if _normalizer.is_fast_case(logits, axes, mask):
     h = _entropy_fast(_normalizer.as_rows(logits)).reshape(logits.shape[:-1])
   else:
-    h = _entropy_from_logits(axes, logits, mask)
+    h = _entropy_from_logits(axes, _core.masked(logits, mask), mask)  # (tangents, too)
   return _core.in_base(h, scale)
 
 
