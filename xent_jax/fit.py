@@ -86,6 +86,8 @@ def _aligned_split(x_NxD: np.ndarray) -> int:
 def _device_data(x_NxD, y_N):
   """(X and y on the device, X and y of the split-off rows as float64 numpy)."""
   if isinstance(x_NxD, jax.Array):
+    if not jnp.issubdtype(x_NxD.dtype, jnp.floating) or x_NxD.dtype.itemsize < 4:
+      x_NxD = x_NxD.astype(jnp.zeros(()).dtype)  # integer or half features: default float
     x_host = np.zeros((0, x_NxD.shape[1]))
     return x_NxD, jnp.asarray(y_N, x_NxD.dtype), x_host, np.zeros(0)
   x_NxD = np.ascontiguousarray(x_NxD)

@@ -76,6 +76,16 @@ class FitLogisticRegressionTest(chex.TestCase):
     np.testing.assert_allclose(a.params["w"], b.params["w"], rtol=1e-4, atol=1e-5)
     self.assertEqual(a.num_iterations, b.num_iterations)
 
+  def test_integer_features_as_numpy_or_jax(self):
+    # Integer features are converted like numpy's (a JAX int32 X once failed in the
+    # compiled gradient, after validation).
+    x, y = _logistic_problem(5, 400, 3)
+    x = np.round(4 * x).astype(np.int32)
+    want = fit.fit_logistic_regression(x.astype(np.float32), y)
+    for given in (x, jnp.asarray(x)):
+      got = fit.fit_logistic_regression(given, y)
+      np.testing.assert_allclose(got.params["w"], want.params["w"], rtol=1e-6)
+
   def test_gradient_sums_equal_float64(self):
     x, y = _logistic_problem(2, 500, 4)
     theta = np.array([0.3, -0.2, 0.1, 0.5, -0.7])
