@@ -116,6 +116,28 @@ def _log_shift_jvp(primals, tangents):
   return log_shift(z, c), dz - dc
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def label_log_prob(z: jax.Array, index: jax.Array, c: jax.Array, lse: jax.Array, axis: int):
+  """log q_y = (z_y - c) - L at the classes ``index`` (``axis`` kept, size 1).
+
+  Its derivative is formed as d log q_y = Σ_j q_j (dz_y - dz_j), whose label term is
+  exactly 0: for a dominant label, ∂/∂z_y = 1 - q_y = Σ_{j≠y} q_j keeps its tail, where the
+  plain dz_y - Σ_j q_j dz_j rounds it to 0 (the second derivatives of the integer-label
+  losses differentiate it: their Hessian at the label was 0 for a label winning by 20).
+  """
+  return log_shift(jnp.take_along_axis(z, index, axis=axis), c) - lse
+
+
+@label_log_prob.defjvp
+def _label_log_prob_jvp(axis, primals, tangents):
+  z, index, c, lse = primals
+  dz = tangents[0]
+  q = softmax_from_log(shift(z, c) - lse)
+  dz_label = jnp.take_along_axis(dz, index, axis=axis)
+  out = label_log_prob(z, index, c, lse, axis)
+  return out, jnp.sum(q * (dz_label - dz), axis=axis, keepdims=True)
+
+
 def separate(x: jax.Array, n: int) -> tuple[jax.Array, ...]:
   """``n`` references to ``x`` that XLA keeps apart (no copy is made).
 

@@ -456,7 +456,7 @@ def _int_xent_parts(axis, eps, logits, labels, mask):
   index = jnp.clip(labels_e, 0, logits.shape[axis] - 1)
   # H = L - d_y: L ≥ 0 and -d_y ≥ 0, so the loss keeps full relative precision also when
   # the label wins by a large margin (H = log1p(Σ e^{d_j}) ≈ Σ e^{d_j} ≪ 1).
-  log_q_label = jnp.take_along_axis(log_q, index, axis=axis)
+  log_q_label = _normalizer.label_log_prob(z, index, c, lse, axis)
   nll = -log_q_label
   loss = (1 - eps) * nll if eps < 1 else jnp.zeros_like(nll)  # ε = 1: no 0·inf
   if eps:  # + (ε/K) Σ_j (L - d_j) over the support: every term ≥ 0
@@ -498,8 +498,8 @@ _int_xent = _normalizer.custom_jvp_from_partials(
 
 def _int_xent_fast_loss(z_BxC, y_B, c, lse):
   num_classes = z_BxC.shape[1]
-  z_label = jnp.take_along_axis(z_BxC, jnp.clip(y_B, 0, num_classes - 1)[:, None], axis=1)
-  loss = (lse - _normalizer.log_shift(z_label, c))[:, 0]
+  index = jnp.clip(y_B, 0, num_classes - 1)[:, None]
+  loss = -_normalizer.label_log_prob(z_BxC, index, c, lse, 1)[:, 0]  # (tail-exact derivative)
   return jnp.where((y_B >= 0) & (y_B < num_classes), loss, jnp.nan)
 
 

@@ -916,6 +916,24 @@ class RegressionTest(chex.TestCase):
       self.assertTrue(np.all(np.isfinite(got[1])), name)
 
   @parameterized.named_parameters(_grids.dtype_params())
+  def test_integer_label_hessian_of_a_dominant_label(self, dtype):
+    # ∂²H/∂z_y² = q_y (1 - q_y): 4.1e-9 for a label winning by 20 nats, once 0 (the
+    # derivative of log q_y was dz_y - Σ q dz, which cancels). Oracle: mpmath's Hessian of
+    # the dense loss at one-hot targets, on the fast path, with `where` and with smoothing
+    # (a smoothed target's Hessian is the same: Σ t' = 1).
+    margins = (20.0, 30.0, 60.0) if dtype == np.float32 else (40.0, 100.0, 600.0)
+    rows = np.zeros((len(margins), 4))
+    rows[:, 2] = margins
+    for row in rows.astype(dtype):
+      jets, _ = ref.jets("softmax_cross_entropy", {"logits": row[None], "targets": np.eye(4)[2:3]})
+      exact = np.array(jets[0].hess[("logits", "logits")], np.float64)
+      for options in ({}, {"where": np.ones(4, bool)}, {"label_smoothing": 0.1}):
+        loss = lambda z, o=options: xj.softmax_cross_entropy_with_integer_labels(z, 2, **o)
+        got = jax.hessian(loss)(jnp.asarray(row))
+        tol = dict(rtol=4 * ref.RTOL[np.dtype(dtype)], atol=8 * np.finfo(dtype).tiny)  # README
+        np.testing.assert_allclose(got, exact, **tol, err_msg=options)
+
+  @parameterized.named_parameters(_grids.dtype_params())
   def test_second_derivatives_at_small_probabilities(self, dtype):
     # ∂²/∂q² of p·log q is -p/q²: formed by JAX's rule for p/q as -p·q⁻², q⁻² overflowed at
     # q = 1e-20 (float32; 1e-160 in float64) and the Hessians came out ±inf, the entropy's
