@@ -910,8 +910,10 @@ class RegressionTest(chex.TestCase):
     for name, f in calls.items():
       x = t if "targets" in name else z
       garbage = jnp.where(where, jnp.asarray(x), jnp.nan)  # NaN primal there as well
-      got = jax.jvp(f, (garbage,), (jnp.where(where, tangent, jnp.nan),))
-      want = jax.jvp(f, (garbage,), (jnp.where(where, tangent, 0),))
+      # One program per call, for both tangents.
+      jvp = jax.jit(lambda x, dx, f=f: jax.jvp(f, (x,), (dx,)))
+      got = jvp(garbage, jnp.where(where, tangent, jnp.nan))
+      want = jvp(garbage, jnp.where(where, tangent, 0))
       chex.assert_trees_all_equal(got, want, custom_message=name)
       self.assertTrue(np.all(np.isfinite(got[1])), name)
 
@@ -922,16 +924,23 @@ class RegressionTest(chex.TestCase):
     # the dense loss at one-hot targets, on the fast path, with `where` and with smoothing
     # (a smoothed target's Hessian is the same: Σ t' = 1).
     margins = (20.0, 30.0, 60.0) if dtype == np.float32 else (40.0, 100.0, 600.0)
-    rows = np.zeros((len(margins), 4))
+    rows = np.zeros((len(margins), 4), dtype)
     rows[:, 2] = margins
-    for row in rows.astype(dtype):
-      jets, _ = ref.jets("softmax_cross_entropy", {"logits": row[None], "targets": np.eye(4)[2:3]})
-      exact = np.array(jets[0].hess[("logits", "logits")], np.float64)
-      for options in ({}, {"where": np.ones(4, bool)}, {"label_smoothing": 0.1}):
-        loss = lambda z, o=options: xj.softmax_cross_entropy_with_integer_labels(z, 2, **o)
-        got = jax.hessian(loss)(jnp.asarray(row))
-        tol = dict(rtol=4 * ref.RTOL[np.dtype(dtype)], atol=8 * np.finfo(dtype).tiny)  # README
-        np.testing.assert_allclose(got, exact, **tol, err_msg=options)
+    jets, _ = ref.jets("softmax_cross_entropy", {"logits": rows, "targets": np.eye(4)[[2, 2, 2]]})
+    exact = np.array([np.array(j.hess[("logits", "logits")], np.float64) for j in jets])
+
+    @jax.jit  # one program: the three calls' Hessians of every row
+    def hessians(z_RxC):
+      calls = (
+        lambda z: xj.softmax_cross_entropy_with_integer_labels(z, 2),
+        lambda z: xj.softmax_cross_entropy_with_integer_labels(z, 2, where=np.ones(4, bool)),
+        lambda z: xj.softmax_cross_entropy_with_integer_labels(z, 2, label_smoothing=0.1),
+      )
+      return [jax.vmap(jax.hessian(f))(z_RxC) for f in calls]
+
+    tol = dict(rtol=4 * ref.RTOL[np.dtype(dtype)], atol=8 * np.finfo(dtype).tiny)  # README
+    for got, call in zip(hessians(rows), ("fast", "where", "smoothing"), strict=True):
+      np.testing.assert_allclose(got, exact, **tol, err_msg=call)
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_second_derivatives_at_small_probabilities(self, dtype):
@@ -939,23 +948,26 @@ class RegressionTest(chex.TestCase):
     # q = 1e-20 (float32; 1e-160 in float64) and the Hessians came out ±inf, the entropy's
     # with the wrong sign. Closed forms at p = q: H''(p) = -1/p (entropy, [0, 0] entry),
     # -1/p - 1/(1-p) (binary entropy), 1/q + 1/(1-q) (binary CE in q), 1/q (CE in q[0]).
-    for small in (1e-20, 1e-30) if dtype == np.float32 else (1e-160, 1e-200):
-      p = dtype(small)
-      pair = jnp.array([p, 1 - p], dtype)
-      one = 1 / np.float64(p)
-      got = {
+    @jax.jit  # one program for every probability
+    def second_derivatives(p):
+      pair = jnp.stack([p, 1 - p])
+      return {
         "entropy": jax.hessian(xj.entropy)(pair)[0, 0],
         "binary_entropy": jax.hessian(xj.binary_entropy)(p),
         "binary_cross_entropy": jax.hessian(xj.binary_cross_entropy, argnums=1)(p, p),
         "cross_entropy": jax.hessian(xj.cross_entropy, argnums=1)(pair, pair)[0, 0],
       }
+
+    for small in (1e-20, 1e-30) if dtype == np.float32 else (1e-160, 1e-200):
+      p = dtype(small)
+      one = 1 / np.float64(p)
       want = {
         "entropy": -one,
         "binary_entropy": -one - 1 / (1 - np.float64(p)),
         "binary_cross_entropy": one + 1 / (1 - np.float64(p)),
         "cross_entropy": one,
       }
-      for name, value in got.items():
+      for name, value in second_derivatives(p).items():
         np.testing.assert_allclose(value, want[name], rtol=ref.RTOL[np.dtype(dtype)], err_msg=name)
 
 

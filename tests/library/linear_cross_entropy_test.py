@@ -259,15 +259,14 @@ class MaskTest(chex.TestCase):
     # dtype would wrap (a uint8 label 5 matched class 261; an int8 label 100 gave NaN).
     h, w, b, _ = _inputs(8, 3, D, 300)
     f = lambda h, w, y: xj.linear_softmax_cross_entropy(h, w, y, bias=b, vocab_chunk_size=128)
+    run = jax.jit(jax.value_and_grad(lambda h, w, y: f(h, w, y).sum(), (0, 1)))
     for dtype, values in (
       (np.int8, [5, 100, 127]),
       (np.uint8, [5, 200, 255]),
       (np.int16, [5, 261, 299]),
     ):
       narrow, wide = np.array(values, dtype), np.array(values, np.int32)
-      got = jax.value_and_grad(lambda h, w, y: f(h, w, y).sum(), (0, 1))(h, w, narrow)
-      want = jax.value_and_grad(lambda h, w, y: f(h, w, y).sum(), (0, 1))(h, w, wide)
-      chex.assert_trees_all_equal(got, want)
+      chex.assert_trees_all_equal(run(h, w, narrow), run(h, w, wide))
 
   def test_all_tokens_excluded(self):
     h, w, b, y = _inputs(7, 5, D, 10)
