@@ -83,11 +83,17 @@ def _aligned_split(x_NxD: np.ndarray) -> int:
   return 0  # no row boundary is aligned: device_put copies, correct but slower
 
 
+def _float_features(x: jax.Array) -> jax.Array:
+  """JAX features as a float of at least 32 bits (integer or half: the default float)."""
+  if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype.itemsize < 4:
+    return x.astype(jnp.zeros(()).dtype)
+  return x
+
+
 def _device_data(x_NxD, y_N):
   """(X and y on the device, X and y of the split-off rows as float64 numpy)."""
   if isinstance(x_NxD, jax.Array):
-    if not jnp.issubdtype(x_NxD.dtype, jnp.floating) or x_NxD.dtype.itemsize < 4:
-      x_NxD = x_NxD.astype(jnp.zeros(()).dtype)  # integer or half features: default float
+    x_NxD = _float_features(x_NxD)
     x_host = np.zeros((0, x_NxD.shape[1]))
     return x_NxD, jnp.asarray(y_N, x_NxD.dtype), x_host, np.zeros(0)
   x_NxD = np.ascontiguousarray(x_NxD)
@@ -256,9 +262,7 @@ def fit_softmax_regression(
   _validate.count(fn, "num_classes", num_classes)
   _check(fn, x_NxD, y, l2=l2, tol=tol, max_iter=max_iter, memory=memory, num_classes=num_classes)
   num_examples, num_features = np.shape(x_NxD)
-  x_dev = jnp.asarray(x_NxD)
-  if not jnp.issubdtype(x_dev.dtype, jnp.floating) or x_dev.dtype.itemsize < 4:
-    x_dev = x_dev.astype(jnp.zeros(()).dtype)
+  x_dev = _float_features(jnp.asarray(x_NxD))
   y_dev = jnp.asarray(y, jnp.int32)
   size_w = num_features * num_classes
   penalty = np.append(np.full(size_w, float(l2)), np.zeros(num_classes))
@@ -319,7 +323,7 @@ def _scaled(gradient, root_h):
   return lambda theta: gradient(theta / root_h) / root_h
 
 
-def _lbfgs(gradient, theta, history, *, tol, max_iter, memory, initial_scale=1.0):
+def _lbfgs(gradient, theta, history, *, tol, max_iter, memory):
   """L-BFGS from ``theta`` (and curvature pairs ``history``) until ½gᵀH⁻¹g ≤ tol.
 
   Returns ``(theta, gradient there, history, steps taken, last gap estimate)``.
@@ -327,7 +331,7 @@ def _lbfgs(gradient, theta, history, *, tol, max_iter, memory, initial_scale=1.0
   g = gradient(theta)
   gap, steps = np.inf, 0
   while steps < max_iter:
-    d = -_two_loop(g, history, initial_scale)
+    d = -_two_loop(g, history)
     slope = float(g @ d)
     gap = -0.5 * slope  # ½ gᵀ H⁻¹ g with L-BFGS's H: the predicted J - J*
     if gap <= tol:
@@ -339,15 +343,15 @@ def _lbfgs(gradient, theta, history, *, tol, max_iter, memory, initial_scale=1.0
       history = [*history, (s, y, 1.0 / sy)][-memory:]
     theta, g, steps = theta + s, g_new, steps + 1
   else:
-    gap = 0.5 * float(g @ _two_loop(g, history, initial_scale))
+    gap = 0.5 * float(g @ _two_loop(g, history))
   return theta, g, history, steps, gap
 
 
-def _two_loop(g: np.ndarray, history, initial_scale: float = 1.0) -> np.ndarray:
-  """H⁻¹ g by the L-BFGS two-loop recursion; H⁻¹ ≈ γ I before any curvature pair.
+def _two_loop(g: np.ndarray, history) -> np.ndarray:
+  """H⁻¹ g by the L-BFGS two-loop recursion; H⁻¹ ≈ I before any curvature pair.
 
   The fits run in coordinates scaled by the curvature at 0 (:func:`_curvature_at_zero`),
-  where γ = 1 makes the first step the Newton step of the diagonal.
+  where the identity makes the first step the Newton step of the diagonal.
   """
   q = g.copy()
   alphas = []
@@ -358,8 +362,6 @@ def _two_loop(g: np.ndarray, history, initial_scale: float = 1.0) -> np.ndarray:
   if history:
     s, y, _ = history[-1]
     q *= float(s @ y) / float(y @ y)
-  else:
-    q *= initial_scale
   for (s, y, rho), a in zip(history, reversed(alphas), strict=True):
     q += (a - rho * float(y @ q)) * s
   return q
