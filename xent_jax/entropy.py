@@ -149,7 +149,8 @@ def _entropy_fast_stats_impl(z_BxC):
 
 @jax.custom_jvp
 def _entropy_fast_stats(z_BxC):
-  """(m, L, d̄) of ``[B, C]`` rows; dm = 0, dL = Σ q dz, dd̄ = Σ_j q_j (1 + d_j - d̄) dz_j."""
+  """(m, L, d̄) of ``[B, C]`` rows; with dm = dz at the max (:func:`_normalizer.shift_tangent`)
+  and dz' = dz - dm: dL = Σ q dz', dd̄ = Σ_j q_j (1 + d_j - d̄) dz'_j."""
   return _entropy_fast_stats_impl(z_BxC)
 
 
@@ -159,11 +160,12 @@ def _entropy_fast_stats_jvp(primals, tangents):
   m, lse, d_bar = _entropy_fast_stats(z)
   d = _normalizer.shift(z, m)
   q = jnp.exp(d - lse)
-  d_lse = jnp.sum(q * dz, axis=1, keepdims=True)
+  dm = _normalizer.shift_tangent(z, m, dz, (1,))
+  d_lse = jnp.sum(q * (dz - dm), axis=1, keepdims=True)
   r = _normalizer.clamp_neg_inf(d, m) - d_bar
-  terms = _normalizer.times_prob_switched(d - lse, (1 + r) * dz)  # q·r normal, q not
+  terms = _normalizer.times_prob_switched(d - lse, (1 + r) * (dz - dm))  # q·r normal, q not
   d_d_bar = jnp.sum(terms, axis=1, keepdims=True)
-  return (m, lse, d_bar), (jnp.zeros_like(m), d_lse, d_d_bar)
+  return (m, lse, d_bar), (dm, d_lse, d_d_bar)
 
 
 def _entropy_fast_value(z_BxC):

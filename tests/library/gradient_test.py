@@ -25,6 +25,7 @@ import re
 import chex
 import jax
 import jax.numpy as jnp
+import mpmath
 import numpy as np
 from absl.testing import absltest, parameterized
 from hypothesis import HealthCheck, Phase, given, settings
@@ -918,29 +919,71 @@ class RegressionTest(chex.TestCase):
       self.assertTrue(np.all(np.isfinite(got[1])), name)
 
   @parameterized.named_parameters(_grids.dtype_params())
-  def test_integer_label_hessian_of_a_dominant_label(self, dtype):
-    # ∂²H/∂z_y² = q_y (1 - q_y): 4.1e-9 for a label winning by 20 nats, once 0 (the
-    # derivative of log q_y was dz_y - Σ q dz, which cancels). Oracle: mpmath's Hessian of
-    # the dense loss at one-hot targets, on the fast path, with `where` and with smoothing
-    # (a smoothed target's Hessian is the same: Σ t' = 1).
+  def test_hessian_of_a_dominant_class(self, dtype):
+    # ∂²/∂z_k² at a class winning by 20 nats is q_k (1 - q_k)·(...) ≈ 4e-9, once 0 or -0:
+    # the derivative of log q_k was dz_k - Σ q dz, which cancels (now the shift c carries
+    # dz_k and the sum runs over the other classes only). Every softmax measure whose
+    # second derivative goes through log q: the integer-label loss, the dense one (hard,
+    # soft and smoothed targets), the entropy and the poly loss, each on its fast path and
+    # with `where`. Oracles: mpmath's Hessians (jets) of the dense loss and the entropy, and
+    # the poly loss's closed form (1 + ε q_y) A - ε q_y (e_y - q)(e_y - q)ᵀ, A = diag q - qqᵀ,
+    # in mpmath.
     margins = (20.0, 30.0, 60.0) if dtype == np.float32 else (40.0, 100.0, 600.0)
     rows = np.zeros((len(margins), 4), dtype)
-    rows[:, 2] = margins
-    jets, _ = ref.jets("softmax_cross_entropy", {"logits": rows, "targets": np.eye(4)[[2, 2, 2]]})
-    exact = np.array([np.array(j.hess[("logits", "logits")], np.float64) for j in jets])
+    rows[:, 0], rows[:, 2], rows[:, 3] = -1.5, margins, 0.7
+    hard, soft = (
+      np.eye(4, dtype=dtype)[[2, 2, 2]],
+      np.tile(np.array([0.05, 0.1, 0.8, 0.05], dtype), (3, 1)),
+    )
 
-    @jax.jit  # one program: the three calls' Hessians of every row
+    def jet_hessians(name, **arrays):
+      jets, _ = ref.jets(name, {"logits": rows, **arrays})
+      return np.array([np.array(j.hess[("logits", "logits")], np.float64) for j in jets])
+
+    def poly_hessian(z, eps=2.0):
+      log_norm = mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(float(v))) for v in z))
+      q = [mpmath.exp(mpmath.mpf(float(v)) - log_norm) for v in z]
+      e = [mpmath.mpf(k == 2) - q[k] for k in range(4)]
+      e[2] = mpmath.fsum(q[k] for k in range(4) if k != 2)  # 1 - q_y, exactly
+      a = [[q[j] * (j == k) - q[j] * q[k] for k in range(4)] for j in range(4)]
+      a[2][2] = q[2] * e[2]
+      return [
+        [(1 + eps * q[2]) * a[j][k] - eps * q[2] * e[j] * e[k] for k in range(4)] for j in range(4)
+      ]
+
+    exact = {
+      "hard": jet_hessians("softmax_cross_entropy", targets=hard),
+      "soft": jet_hessians("softmax_cross_entropy", targets=soft),
+      "smoothed": jet_hessians("softmax_cross_entropy", targets=soft, label_smoothing=0.1),
+      "entropy": jet_hessians("entropy_from_logits"),
+      "poly": np.array([np.array(poly_hessian(z), np.float64) for z in rows]),
+    }
+    everywhere = np.ones(4, bool)
+    calls = {
+      ("hard", "integer"): lambda z: xj.softmax_cross_entropy_with_integer_labels(z, 2),
+      ("hard", "integer, where"): lambda z: xj.softmax_cross_entropy_with_integer_labels(
+        z, 2, where=everywhere
+      ),
+      ("hard", "integer, smoothing"): lambda z: xj.softmax_cross_entropy_with_integer_labels(
+        z, 2, label_smoothing=0.1
+      ),  # a smoothed one-hot target's Hessian is the one-hot's: Σ t' = 1
+      ("hard", "dense"): lambda z: xj.softmax_cross_entropy(z, hard[0]),
+      ("soft", "dense"): lambda z: xj.softmax_cross_entropy(z, soft[0]),
+      ("soft", "dense, where"): lambda z: xj.softmax_cross_entropy(z, soft[0], where=everywhere),
+      ("smoothed", "dense"): lambda z: xj.softmax_cross_entropy(z, soft[0], label_smoothing=0.1),
+      ("entropy", "fast"): xj.entropy_from_logits,
+      ("entropy", "where"): lambda z: xj.entropy_from_logits(z, where=everywhere),
+      ("poly", "fast"): lambda z: xj.poly_loss_cross_entropy(z, hard[0]),
+      ("poly", "where"): lambda z: xj.poly_loss_cross_entropy(z, hard[0], where=everywhere),
+    }
+
+    @jax.jit  # one program: every call's Hessian of every row
     def hessians(z_RxC):
-      calls = (
-        lambda z: xj.softmax_cross_entropy_with_integer_labels(z, 2),
-        lambda z: xj.softmax_cross_entropy_with_integer_labels(z, 2, where=np.ones(4, bool)),
-        lambda z: xj.softmax_cross_entropy_with_integer_labels(z, 2, label_smoothing=0.1),
-      )
-      return [jax.vmap(jax.hessian(f))(z_RxC) for f in calls]
+      return [jax.vmap(jax.hessian(f))(z_RxC) for f in calls.values()]
 
     tol = dict(rtol=4 * ref.RTOL[np.dtype(dtype)], atol=8 * np.finfo(dtype).tiny)  # README
-    for got, call in zip(hessians(rows), ("fast", "where", "smoothing"), strict=True):
-      np.testing.assert_allclose(got, exact, **tol, err_msg=call)
+    for got, (oracle, call) in zip(hessians(rows), calls, strict=True):
+      np.testing.assert_allclose(got, exact[oracle], **tol, err_msg=f"{oracle}: {call}")
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_second_derivatives_at_small_probabilities(self, dtype):
