@@ -292,6 +292,30 @@ def log1m_accurate(p: jax.Array) -> jax.Array:
   return jnp.where(small, jnp.log1p(-jnp.where(small, p, 0)), jnp.log(1 - jnp.where(small, 0, p)))
 
 
+# Beyond a = 64, e^{-a} is below working precision next to 1 in float32 and float64 alike.
+EXP_TAIL = 64.0
+_TAIL_RAISE = 16.0
+
+
+def times_exp_neg(a: jax.Array, x: jax.Array) -> jax.Array:
+  """x·e^{-a} for a ≥ 0, a normal number wherever the exact product is.
+
+  e^{-a} alone is subnormal (flushed to 0 on CPU) beyond a = 87.3 in float32 (708 in
+  float64) while x·e^{-a} can still be normal: 88·e^{-88} = 5.4e-37 in an entropy, or a
+  positive weight 1e10 times e^{-100} = 3.7e-34 in a weighted loss. Beyond a = 64 the
+  product is formed as e^{t + 16 - a}·(x·e^{-t})·e^{-16} with the integer t = ⌊log |x|⌋
+  clipped to [0, -log(tiny) - 8]: t + 16 - a is exact, and no factor underflows before
+  the product does (none overflows either). Below, the plain x·e^{-a}. No derivative
+  flows through t.
+  """
+  tail = a > EXP_TAIL
+  a_tail = jnp.where(tail, a, EXP_TAIL)
+  top = math.floor(-math.log(float(jnp.finfo(a.dtype).tiny))) - 8
+  t = lax.stop_gradient(jnp.clip(jnp.floor(jnp.log(jnp.abs(x))), 0, top))
+  lifted = jnp.exp(t + _TAIL_RAISE - a_tail) * (x * jnp.exp(-t)) * math.exp(-_TAIL_RAISE)
+  return jnp.where(tail, lifted, x * jnp.exp(-a))
+
+
 def mul0(a: jax.Array, b: jax.Array) -> jax.Array:
   """a * b with 0 * anything = 0 (the 0·log 0 = 0 convention, also for 0 · inf)."""
   a = jnp.asarray(a)

@@ -718,12 +718,20 @@ def _pos_weighted_sigmoid_xent_parts(logits, labels, pos_weight):
   # 0·inf = 0 for a certain logit with the matching hard label. ∂/∂z = -w·y·σ(-z) +
   # (1-y)·σ(z), each term with its own tail; ∂/∂y = w·softplus(-z) - softplus(z);
   # ∂/∂w = y·softplus(-z).
+  # Beyond z = 64, softplus(-z) = σ(-z) = e^{-z} to working precision, and a weight w > 1
+  # can lift w·e^{-z} back above the underflow threshold e^{-z} is under (w = 1e10 at
+  # z = 100 in float32: 3.7e-34, once 0): those products are formed by times_exp_neg.
   z, y, w = logits, labels, pos_weight
   sp_neg, sp_pos = jax.nn.softplus(-z), jax.nn.softplus(z)
   wy = w * y
-  loss = _core.mul0(wy, sp_neg) + _core.mul0(1 - y, sp_pos)
-  grad_z = (1 - y) * _sigmoid(z) - wy * _sigmoid(-z)
-  grad_y = w * sp_neg - sp_pos
+  tail = z > _core.EXP_TAIL
+
+  def times_tail(x, f):  # x·f(-z), f = softplus or σ
+    return jnp.where(tail, _core.times_exp_neg(z, x), _core.mul0(x, f(-z)))
+
+  loss = times_tail(wy, jax.nn.softplus) + _core.mul0(1 - y, sp_pos)
+  grad_z = (1 - y) * _sigmoid(z) - times_tail(wy, _sigmoid)
+  grad_y = times_tail(w, jax.nn.softplus) - sp_pos
   return loss, (grad_z, grad_y, _core.mul0(y, sp_neg)), ()
 
 

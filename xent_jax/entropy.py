@@ -271,20 +271,6 @@ def binary_entropy(p: ArrayLike, *, base: float | None = None) -> jax.Array:
   return _core.in_base(h, scale)
 
 
-_TAIL, _RAISE_TAIL = 64.0, 16.0
-
-
-def _times_exp_neg(a: jax.Array, x: jax.Array) -> jax.Array:
-  """x·e^{-a}, for a ≥ 0, also where e^{-a} alone underflows.
-
-  In float32 e^{-88} is subnormal (flushed to 0 on CPU) while 88·e^{-88} = 5.4e-37 is a
-  normal number. Beyond a = 64 the exponent is raised by 16 and the product scaled back
-  (16 - a is exact there, so no precision is lost in the argument of exp).
-  """
-  tail = a > _TAIL
-  return jnp.where(tail, x * jnp.exp(_RAISE_TAIL - a) * math.exp(-_RAISE_TAIL), x * jnp.exp(-a))
-
-
 @jax.custom_jvp
 def _binary_entropy_from_logits(z):
   a = jnp.minimum(jnp.abs(z), jnp.finfo(z.dtype).max)  # finite at z = ±inf (the term is 0)
@@ -292,8 +278,10 @@ def _binary_entropy_from_logits(z):
   # H(σ(z)) = log(1 + e^{-|z|}) + |z| σ(-|z|): both terms ≥ 0 (no cancellation) and each
   # keeps relative precision for large |z| (log1p, and σ(-|z|) = e/(1+e) with no 1 - σ).
   # Beyond |z| = 64, log1p(e) = e and 1 + e = 1 to working precision: H = (1 + |z|) e,
-  # formed by _times_exp_neg, since e alone underflows (at |z| = 88 in float32) before H.
-  return jnp.where(a > _TAIL, _times_exp_neg(a, 1 + a), jnp.log1p(e) + a * e / (1 + e))
+  # formed by _core.times_exp_neg, since e alone underflows (at |z| = 88 in float32) before H.
+  return jnp.where(
+    a > _core.EXP_TAIL, _core.times_exp_neg(a, 1 + a), jnp.log1p(e) + a * e / (1 + e)
+  )
 
 
 @_binary_entropy_from_logits.defjvp
@@ -303,7 +291,7 @@ def _binary_entropy_from_logits_jvp(primals, tangents):
   e = jnp.exp(-a)
   # dH/dz = -z σ(z) σ(-z) = -z e / (1 + e)^2, finite (0) at z = ±inf.
   z_fin = jnp.clip(z, -jnp.finfo(z.dtype).max, jnp.finfo(z.dtype).max)
-  slope = -_times_exp_neg(a, z_fin) / jnp.square(1 + e)
+  slope = -_core.times_exp_neg(a, z_fin) / jnp.square(1 + e)
   return _binary_entropy_from_logits(z), slope * dz
 
 

@@ -334,22 +334,26 @@ class PolyLossTest(chex.TestCase):
 class BinaryOptionsTest(chex.TestCase):
   @parameterized.named_parameters(_grids.dtype_params())
   def test_pos_weight_matches_torch_formula(self, dtype):
-    # torch BCEWithLogitsLoss(pos_weight=w): -[w y log σ(z) + (1-y) log(1-σ(z))].
+    # torch BCEWithLogitsLoss(pos_weight=w): -[w y log σ(z) + (1-y) log(1-σ(z))]. The last
+    # finite entries are tails where e^{-z} is subnormal (flushed on CPU) and w·e^{-z} is
+    # not: the loss and its gradient were 0 there (float32: 3.7e-34 at z = 100, w = 1e10).
     big = _grids.MAX_LOGIT[np.dtype(dtype)]
-    z = np.array([-big, -20.0, -1.0, 0.0, 0.5, 20.0, 30.0, big, np.inf], dtype)
-    y = np.array([0.0, 1.0, 0.3, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0], dtype)
-    w = 3.0
+    tails = (100.0, 95.0, 1e10, 1e5) if dtype == np.float32 else (750.0, 720.0, 1e30, 1e10)
+    z = np.array([-big, -20.0, -1.0, 0.0, 0.5, 20.0, 30.0, big, *tails[:2], np.inf], dtype)
+    y = np.array([0.0, 1.0, 0.3, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0], dtype)
+    w = np.array([3.0] * 8 + [*tails[2:], 3.0], dtype)
 
-    def mp_loss(zi, yi):
-      return w * yi * mpmath.log1p(mpmath.exp(-zi)) + (1 - yi) * mpmath.log1p(mpmath.exp(zi))
+    def mp_loss(zi, yi, wi):
+      return wi * yi * mpmath.log1p(mpmath.exp(-zi)) + (1 - yi) * mpmath.log1p(mpmath.exp(zi))
 
     f = jax.jit(lambda z, y: xj.sigmoid_binary_cross_entropy(z, y, pos_weight=w))
     got = f(z, y)
     grad = jax.jit(jax.grad(lambda z: jnp.sum(f(z, y))))(z)
     vals, conds, gvals, gconds = [], [], [], []
-    for zi, yi in zip(z[:-1], y[:-1], strict=True):
-      v, c = _reference(mp_loss, (zi, yi), [_ulp(zi, dtype), _ulp(yi, dtype)])
-      gv, gc = _reference(mp_loss, (zi, yi), [_ulp(zi, dtype), _ulp(yi, dtype)], 0)
+    for zi, yi, wi in zip(z[:-1], y[:-1], w[:-1], strict=True):
+      loss_i = functools.partial(mp_loss, wi=wi)
+      v, c = _reference(loss_i, (zi, yi), [_ulp(zi, dtype), _ulp(yi, dtype)])
+      gv, gc = _reference(loss_i, (zi, yi), [_ulp(zi, dtype), _ulp(yi, dtype)], 0)
       vals.append(v)
       conds.append(c)
       gvals.append(gv)
@@ -358,6 +362,18 @@ class BinaryOptionsTest(chex.TestCase):
     ref.assert_accurate(
       grad[:-1], ref.Ref(np.array(gvals), np.array(gconds)), dtype, name="grad pw"
     )
+    # The tails again at their exact hard label y = 1, where only z's rounding counts (the
+    # rule above also allows for y moving by an ulp, which ∂/∂y = -z makes ≫ w·e^{-z}):
+    # the loss is w·e^{-z}(1 + O(e^{-z})) and its z-derivative the negative of it.
+    exact = np.array(
+      [
+        float(wi * mpmath.exp(-mpmath.mpf(float(zi))))
+        for zi, wi in zip(z[-3:-1], w[-3:-1], strict=True)
+      ]
+    )
+    tail_tol = 4 * (np.spacing(z[-3:-1]).astype(np.float64) + ref.RTOL[np.dtype(dtype)])
+    np.testing.assert_array_less(np.abs(got[-3:-1] / exact - 1), tail_tol)
+    np.testing.assert_array_less(np.abs(-grad[-3:-1] / exact - 1), tail_tol)
     self.assertEqual(float(got[-1]), 0.0)  # certain and right: 0, not 0·inf
     self.assertEqual(float(grad[-1]), 0.0)
     np.testing.assert_allclose(
