@@ -106,13 +106,36 @@ def as_float(x: ArrayLike, name: str, fn: str) -> jax.Array:
   return x
 
 
+def clip_host_labels(labels: ArrayLike) -> ArrayLike:
+  """64-bit host integer labels clipped to the int32 range when x64 is off; else as given.
+
+  JAX would wrap them to int32 (a label 2**32 + 1 becoming class 1, silently): clipped, one
+  out of range stays out of range. JAX arrays (and tracers) are int32 already.
+  """
+  if jax.config.jax_enable_x64 or isinstance(labels, jax.Array):
+    return labels
+  try:
+    host = np.asarray(labels)
+  except ValueError:
+    return labels  # ragged: as_array names the argument
+  if host.dtype.kind not in "iu" or host.dtype.itemsize != 8:
+    return labels
+  info = np.iinfo(np.int32)
+  clipped = (
+    np.minimum(host, info.max) if host.dtype.kind == "u" else np.clip(host, info.min, info.max)
+  )
+  return clipped.astype(np.int32)
+
+
 def as_labels(labels: ArrayLike, name: str, fn: str) -> jax.Array:
   """Returns integer class labels; float or bool labels are an error (they would truncate).
 
   Labels narrower than 32 bits (int8, uint8, int16, uint16) are widened to int32: class
   indices are compared with iotas and class counts in the labels' dtype, which would wrap
-  (an int8 label 100 against 200 classes, or a uint8 label 5 matching class 261).
+  (an int8 label 100 against 200 classes, or a uint8 label 5 matching class 261). 64-bit
+  host labels with x64 off: see :func:`clip_host_labels`.
   """
+  labels = clip_host_labels(labels)
   labels = as_array(labels, name, fn)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(

@@ -27,7 +27,7 @@ import numpy as np
 from jax.experimental import checkify
 
 from xent_jax import _core, _measures
-from xent_jax._measures import sum_tolerance
+from xent_jax._measures import Role, sum_tolerance
 from xent_jax._static import Static
 
 __all__ = ["CheckError", "checked", "sum_tolerance"]
@@ -129,7 +129,7 @@ def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = tuple((k, _as_static(v)) for k, v in bound.arguments.items() if k not in arrays)
     try:
       hash(options)
-      arrays = {k: None if v is None else jnp.asarray(v) for k, v in arrays.items()}
+      arrays = {k: None if v is None else jnp.asarray(_host(spec, k, v)) for k, v in arrays.items()}
     except (TypeError, ValueError):
       fn(*args, **kwargs)  # raises the function's own error, which names the argument
       raise
@@ -138,6 +138,11 @@ def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
     return out
 
   return checked_fn
+
+
+def _host(spec: _measures.MeasureSpec, name: str, value: Any) -> Any:
+  """An argument before it becomes a JAX array: 64-bit labels clipped, not wrapped (x64 off)."""
+  return _core.clip_host_labels(value) if spec.roles.get(name) is Role.LABELS else value
 
 
 def _checked_any(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl.testing import absltest, parameterized
+from jax.experimental import checkify
 from jax.test_util import check_grads
 
 import xent_jax as xj
@@ -197,6 +198,26 @@ class SoftmaxCrossEntropyTest(chex.TestCase):
       narrow, wide = np.array(values, dtype), np.array(values, np.int32)
       chex.assert_trees_all_equal(outputs(narrow), outputs(wide), custom_message=dtype.__name__)
       np.testing.assert_array_equal(checked(z, narrow), checked(z, wide))  # valid labels pass
+
+  def test_64_bit_host_labels_out_of_range_stay_out_of_range(self):
+    # With x64 off, JAX wraps int64/uint64 host labels to int32: 2**32 + 1 became class 1
+    # and -2**32 + 2 class 2, a finite loss for a label that names no class, also under
+    # `checked`. Out of range must give what an out-of-range label gives (NaN, a CheckError
+    # under `checked`) in both modes; the in-range label alongside is unaffected.
+    z = _grids.logits(4, _grids.DTYPES[0])[:3]
+    q = np.asarray(jax.nn.softmax(z.astype(np.float64)), z.dtype)
+    for labels in (
+      np.array([2**32 + 1, -(2**32) + 2, 1]),
+      np.array([2**40 + 3, 2**33, 1], np.uint64),
+    ):
+      for got in (
+        xj.softmax_cross_entropy_with_integer_labels(z, labels),
+        xj.cross_entropy_with_integer_labels(labels, q),
+      ):
+        self.assertTrue(np.all(np.isnan(got[:2])), f"{labels.dtype}: {got}")
+        self.assertTrue(np.isfinite(got[2]))
+      with self.assertRaisesRegex(checkify.JaxRuntimeError, "`labels` must be in"):
+        xj.checked(xj.softmax_cross_entropy_with_integer_labels)(z, labels)
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_label_smoothing_equals_smoothed_dense_targets(self, dtype):
