@@ -193,6 +193,7 @@ def _init(fn, shape_w, shape_b, *, key, scale, dtype) -> Params:
   if key is None:
     w = jnp.zeros(shape_w, dtype)
   else:
+    _validate.prng_key(fn, "key", key)
     w = scale * jax.random.normal(key, shape_w, dtype)
   return {"w": w, "b": jnp.zeros(shape_b, dtype)}
 
@@ -210,7 +211,8 @@ def init_logistic_regression(
 
   Args:
     num_features: D.
-    key: optional PRNG key; without one ``w`` is zero (the loss is convex, so zero is
+    key: optional PRNG key (``jax.random.key(seed)``; an integer seed is refused, as
+      ``jax.random`` refuses it); without one ``w`` is zero (the loss is convex, so zero is
       a fine start).
     scale: standard deviation of the random ``w``.
     dtype: float dtype; the default float dtype (float32 unless x64) when None.
@@ -434,7 +436,8 @@ def init_softmax_regression(
   Args:
     num_features: D.
     num_classes: K.
-    key: optional PRNG key; without one ``w`` is zero.
+    key: optional PRNG key (``jax.random.key(seed)``; an integer seed is refused, as
+      ``jax.random`` refuses it); without one ``w`` is zero.
     scale: standard deviation of the random ``w``.
     dtype: float dtype; the default float dtype when None.
 

@@ -590,7 +590,7 @@ def train_minibatch(
   _check_state(fn, state, optimizer)
   _check_batch(fn, batch, loss_fn, state.params)
   _check_batch_size(fn, batch_size, _num_examples(batch))
-  _check_key(fn, "key", key, ndim=0)
+  _validate.prng_key(fn, "key", key, ndim=0)
   loss, loss_args = _loss_parts(loss_fn)
   state = _with_hyperparams_of(optimizer, state)
   run = _minibatch_donating if _donate(fn, donate) else _minibatch_jit
@@ -694,7 +694,7 @@ def train_seeds(
   ((4, 1), (4, 5))
   """
   fn = "train_seeds"
-  _check_key(fn, "keys_S", keys_S, ndim=1)
+  _validate.prng_key(fn, "keys_S", keys_S, ndim=1)
   _validate.count(fn, "num_epochs", num_epochs)
   _validate.callable_(fn, "init_fn", init_fn)
   _check_optimizer(fn, optimizer)
@@ -779,18 +779,6 @@ def _progress(fn: str, log_every, hook) -> Static | None:
   _validate.callable_(fn, "hook", hook, optional=True)
   _core.check_host_callbacks(fn, "`log_every` reports progress")
   return Static((int(log_every), print_progress if hook is None else hook))
-
-
-def _check_key(fn: str, name: str, key, *, ndim: int) -> None:
-  """A typed PRNG key array of rank ``ndim``, or raw uint32 keys ``[..., 2]``."""
-  dtype, shape = getattr(key, "dtype", None), np.shape(key) if hasattr(key, "shape") else None
-  typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
-  raw = dtype == np.uint32 and shape is not None and len(shape) == ndim + 1 and shape[-1] == 2
-  if not ((typed and len(shape) == ndim) or raw):
-    want = "a PRNG key, e.g. jax.random.key(0)" if ndim == 0 else "[S] PRNG keys, e.g. "
-    want += "" if ndim == 0 else "jax.random.split(jax.random.key(0), S)"
-    got = f"shape {shape}, dtype {dtype}" if dtype is not None else type(key).__name__
-    raise TypeError(f"{fn}: `{name}` must be {want}; got {got}.")
 
 
 def _num_examples(batch) -> int:
