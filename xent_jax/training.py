@@ -702,7 +702,10 @@ def _seeds(states, shuffle_keys, batch, *, loss_args, batch_size, num_epochs, **
   return jax.vmap(run)(states, shuffle_keys)
 
 
-# The states are the library's own (built from init_fn): donated.
+# Each leaf in a buffer of its own (a jitted copy: new buffers, also of a repeated input).
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+# The states are the library's own (built from init_fn, the optimiser state copied): donated.
 _seeds_jit = jax.jit(
   _seeds,
   static_argnames=("loss_fn", "update", "num_epochs", "batch_size", "progress"),
@@ -730,7 +733,9 @@ def train_seeds(
   alone. Equal ``init_fn``, ``loss_fn`` and ``optimizer`` objects built again (a lambda
   re-created per call) share the compilation; the initial states are built outside the
   compiled run (``optimizer.init`` under ``jax.vmap``), so the hyperparameters of
-  :func:`sgd` are traced here too.
+  :func:`sgd` are traced here too. The run reuses (donates) only buffers it made: the
+  parameters ``init_fn`` gave and a copy of the optimiser state (which may hold the
+  parameters themselves, or arrays of yours).
 
   .. math::
     \big(\theta^{(s)}_T\big)_{s=1}^S = \text{vmap}(\text{run})(k_1, \dots, k_S)
@@ -771,7 +776,10 @@ def train_seeds(
     _check_batch_size(fn, batch_size, _num_examples(batch))
   params_S, shuffle_keys = _init_seeds(keys_S, init_fn=Static(init_fn))
   num_runs = len(shuffle_keys)
-  states = TrainState(params_S, jax.vmap(optimizer.init)(params_S), jnp.zeros(num_runs, jnp.int32))
+  # Copied: the run donates the states, and an optimiser's state may hold the params
+  # themselves (donated twice: an error), or arrays of the caller's.
+  opt_state_S = _copy(jax.vmap(optimizer.init)(params_S))
+  states = TrainState(params_S, opt_state_S, jnp.zeros(num_runs, jnp.int32))
   return _run_with_loss(
     _seeds_jit,
     loss_fn,

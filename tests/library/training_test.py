@@ -422,6 +422,42 @@ class WholeRunTest(chex.TestCase):
     # Different seeds really are different runs.
     self.assertGreater(float(jnp.max(jnp.abs(states.params["w"][0] - states.params["w"][1]))), 0)
 
+  def test_seeds_with_an_optimiser_state_holding_the_params(self):
+    """SPEC §8: the run donates only buffers the library made. An optimiser whose state is
+    the params themselves (as proximal and schedule-free ones hold them), and an init_fn
+    returning the caller's params, neither fail nor delete the caller's arrays."""
+    batch, params = _small_softmax().train, models.init_softmax_regression(4, 3)
+
+    def anchored_sgd(learning_rate, strength):  # gradient + strength · (θ - θ_0)
+      def update(grads, anchor, params):
+        pull = lambda g, p, a: -learning_rate * (g + strength * (p - a))
+        return jax.tree.map(pull, grads, params, anchor), anchor
+
+      return optax.GradientTransformation(lambda params: params, update)
+
+    opt = anchored_sgd(0.5, 0.1)
+    states, metrics = training.train_seeds(
+      jax.random.split(jax.random.key(7), 2),
+      batch,
+      init_fn=lambda key: params,
+      loss_fn=SOFTMAX_LOSS,
+      optimizer=opt,
+      num_epochs=3,
+    )
+    self.assertFalse(any(leaf.is_deleted() for leaf in jax.tree.leaves(params)))
+    # Oracle: the same run alone (each seed starts from the same params: equal runs).
+    alone, m = training.train_full_batch(
+      training.init_train_state(params, opt),
+      batch,
+      loss_fn=SOFTMAX_LOSS,
+      optimizer=opt,
+      num_steps=3,
+    )
+    for s in range(2):
+      run_s = jax.tree.map(lambda a, s=s: a[s], (states.params, metrics))
+      chex.assert_trees_all_close(run_s, (alone.params, m), rtol=RTOL, atol=RTOL)
+    self.assertLess(float(m["loss"][-1]), float(m["loss"][0]))
+
 
 class ReachesTheOptimumTest(chex.TestCase):
   """Full-batch SGD with (heavy-ball) momentum reaches the float64 L-BFGS optimum.
