@@ -147,6 +147,19 @@ def regression_data(fn: str, x_NxD: Any, y_N: Any, num_classes: int | None = Non
   return x, y
 
 
+def prng_key(fn: str, name: str, key: Any, *, ndim: int = 0) -> None:
+  """A typed PRNG key array of rank ``ndim`` (``jax.random.key``), or raw uint32 keys
+  ``[..., 2]`` (``jax.random.PRNGKey``); an integer seed is refused, as ``jax.random`` does."""
+  dtype, shape = getattr(key, "dtype", None), np.shape(key) if hasattr(key, "shape") else None
+  typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+  raw = dtype == np.uint32 and shape is not None and len(shape) == ndim + 1 and shape[-1] == 2
+  if not ((typed and len(shape) == ndim) or raw):
+    want = "a PRNG key, e.g. jax.random.key(0)" if ndim == 0 else "[S] PRNG keys, e.g. "
+    want += "" if ndim == 0 else "jax.random.split(jax.random.key(0), S)"
+    got = f"shape {shape}, dtype {dtype}" if dtype is not None else type(key).__name__
+    raise TypeError(f"{fn}: `{name}` must be {want}; got {got}.")
+
+
 def callable_(fn: str, name: str, value: Any, *, optional: bool = False) -> None:
   if not (callable(value) or (optional and value is None)):
     raise TypeError(f"{fn}: `{name}` must be callable; got {name}={value!r:.80}.")

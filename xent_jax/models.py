@@ -27,9 +27,11 @@ Every function checks its inputs before computing: shapes and dtypes always (at 
 time), and, when the data are concrete (outside ``jax.jit``), finite features and labels in
 range (logistic regression: 0/1 labels or probabilities in [0, 1]; softmax regression:
 integer classes in ``[0, K)``); errors name the function and the argument (``x_NxD``,
-``y_N``, ``params``, ``l2``, ``precision``). Under ``jax.jit`` an out-of-range label gives a
-NaN loss, as the library's cross-entropies do; the trainers of :mod:`xent_jax.training`
-check the data at their entry, where it is concrete.
+``y_N``, ``params``, ``l2``, ``precision``). Under ``jax.jit`` the labels cannot be checked
+before computing: an out-of-range label makes the loss NaN and every entry of the gradient
+NaN, as the library's cross-entropies do, and inside :func:`xent_jax.checked` it raises an
+error naming ``y_N``, the first offending index and its value. The trainers of
+:mod:`xent_jax.training` check the data at their entry, where it is concrete.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from jax.typing import ArrayLike
 
 # The measures below (cross_entropy, softmax) carry their value checks: checked(a models
 # loss) checks the calls inside it.
-from xent_jax import _core, _validate
+from xent_jax import _core, _measures, _validate
 from xent_jax._core import PrecisionLike
 from xent_jax.cross_entropy import (
   sigmoid_binary_cross_entropy,
@@ -101,8 +103,15 @@ def _check_features(fn: str, x_NxD, w_shape: tuple[int, ...]) -> tuple[jax.Array
   return x, feature_major
 
 
-def _check_labels(fn: str, y_N: ArrayLike, num_examples: int, *, high: int, integer: bool):
-  """Checks shape and dtype (always) and values (only when concrete, i.e. outside jit)."""
+def _check_labels(
+  fn: str, y_N: ArrayLike, num_examples: int, *, high: int, integer: bool
+) -> tuple[jax.Array, jax.Array | None]:
+  """(the labels, None) after checking their shape and dtype (always) and values (when
+  concrete, i.e. outside jit); for traced labels, (the labels, whether each is in range).
+
+  Traced labels are checked inside :func:`xent_jax.checked` (a checkify check naming ``fn``
+  and ``y_N``); the caller makes an out-of-range one give NaN.
+  """
   y_N = _validate.array(fn, "y_N", y_N)
   if y_N.shape != (num_examples,):
     raise ValueError(
@@ -112,8 +121,14 @@ def _check_labels(fn: str, y_N: ArrayLike, num_examples: int, *, high: int, inte
   if integer and not jnp.issubdtype(y_N.dtype, jnp.integer):
     raise TypeError(f"{fn}: `y_N` must hold integer class labels; got y_N.dtype={y_N.dtype}.")
   rule = f"must be a class label in [0, {high + 1})" if integer else "must lie in [0, 1]"
-  _validate.values_in(fn, "y_N", y_N, low=0, high=high, rule=rule)
-  return jnp.asarray(y_N)
+  if _validate.is_concrete(y_N):
+    _validate.values_in(fn, "y_N", y_N, low=0, high=high, rule=rule)
+    return jnp.asarray(y_N), None
+  in_range_N = (y_N >= 0) & (y_N <= high)  # False for NaN
+  if _measures.CHECKING.value:  # inside `checked`: the error names this function and y_N
+    # (the measures' own check helper: one message format for every checked error).
+    _measures._check(fn, ~in_range_N, y_N, f"`y_N` {rule}", "example", "label")
+  return y_N, in_range_N
 
 
 def _check_params(fn: str, params: Params, ndim: int) -> None:
@@ -134,6 +149,8 @@ class _Inputs(NamedTuple):
   x: jax.Array  # the features: [N, D], or [D, N] when feature_major
   feature_major: bool
   y_N: jax.Array | None  # the labels, when the function takes them
+  # Traced labels: whether each is in range (unknown before running); None: checked.
+  y_in_range_N: jax.Array | None
   precision: lax.Precision  # of every product with x
 
 
@@ -141,14 +158,27 @@ def _check_inputs(fn: str, params: Params, x_NxD, y_N, l2, precision, *, ndim: i
   """All checks of a model function, before any compute."""
   _check_params(fn, params, ndim)
   x, feature_major = _check_features(fn, x_NxD, jnp.shape(params["w"]))
+  y_in_range_N = None
   if y_N is not None:
     num_examples = x.shape[1 if feature_major else 0]
     if num_examples == 0:  # a mean over no examples: NaN
       raise ValueError(f"{fn}: `x_NxD` must hold at least one example; got N = 0.")
     high = jnp.shape(params["w"])[1] - 1 if ndim == 2 else 1
-    y_N = _check_labels(fn, y_N, num_examples, high=high, integer=ndim == 2)
+    y_N, y_in_range_N = _check_labels(fn, y_N, num_examples, high=high, integer=ndim == 2)
   _validate.real(fn, "l2", l2, low=0.0)
-  return _Inputs(x, feature_major, y_N, _core.check_precision(precision, fn))
+  return _Inputs(x, feature_major, y_N, y_in_range_N, _core.check_precision(precision, fn))
+
+
+def _nan_where_out_of_range(inputs: _Inputs, a_N: jax.Array) -> jax.Array:
+  """``a_N`` (one row per example) with NaN in the rows of out-of-range traced labels.
+
+  Under jit nothing can be raised before computing; a NaN cannot be mistaken for a loss or a
+  gradient, while the formulas would give a finite value (negative, for y = -1).
+  """
+  if inputs.y_in_range_N is None:
+    return a_N
+  in_range = inputs.y_in_range_N.reshape(inputs.y_in_range_N.shape + (1,) * (a_N.ndim - 1))
+  return jnp.where(in_range, a_N, jnp.nan)
 
 
 def _l2_penalty(w: jax.Array, l2: float) -> jax.Array:
@@ -163,6 +193,7 @@ def _init(fn, shape_w, shape_b, *, key, scale, dtype) -> Params:
   if key is None:
     w = jnp.zeros(shape_w, dtype)
   else:
+    _validate.prng_key(fn, "key", key)
     w = scale * jax.random.normal(key, shape_w, dtype)
   return {"w": w, "b": jnp.zeros(shape_b, dtype)}
 
@@ -180,7 +211,8 @@ def init_logistic_regression(
 
   Args:
     num_features: D.
-    key: optional PRNG key; without one ``w`` is zero (the loss is convex, so zero is
+    key: optional PRNG key (``jax.random.key(seed)``; an integer seed is refused, as
+      ``jax.random`` refuses it); without one ``w`` is zero (the loss is convex, so zero is
       a fine start).
     scale: standard deviation of the random ``w``.
     dtype: float dtype; the default float dtype (float32 unless x64) when None.
@@ -280,7 +312,8 @@ def logistic_regression_loss(
     params: ``{"w": [D], "b": []}``.
     x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
       as ``[D, N]`` (faster full-batch steps on CPU).
-    y_N: labels in [0, 1] (hard 0/1 or soft), ``[N]``.
+    y_N: labels in [0, 1] (hard 0/1 or soft), ``[N]``; under ``jax.jit`` one outside gives
+      NaN.
     l2: :math:`\lambda \ge 0`, the weight-decay strength (not applied to ``b``).
     precision: of the products with the features, a ``jax.lax.Precision`` or its name;
       None is ``HIGHEST`` (true float32 on accelerators, SPEC §9).
@@ -295,7 +328,8 @@ def logistic_regression_loss(
   """
   fn = "logistic_regression_loss"
   z_N, inputs = _logistic_logits(fn, params, x_NxD, y_N, l2, precision=precision)
-  loss_N = sigmoid_binary_cross_entropy(z_N, inputs.y_N.astype(z_N.dtype))
+  y_N = _nan_where_out_of_range(inputs, inputs.y_N.astype(z_N.dtype))
+  loss_N = sigmoid_binary_cross_entropy(z_N, y_N)
   return jnp.mean(loss_N) + _l2_penalty(params["w"], l2)
 
 
@@ -320,7 +354,7 @@ def logistic_regression_grad(
     params: ``{"w": [D], "b": []}``.
     x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
       as ``[D, N]`` (faster full-batch steps on CPU).
-    y_N: labels in [0, 1], ``[N]``.
+    y_N: labels in [0, 1], ``[N]``; under ``jax.jit`` one outside gives NaN.
     l2: :math:`\lambda \ge 0`.
     precision: of the products with the features, a ``jax.lax.Precision`` or its name;
       None is ``HIGHEST`` (true float32 on accelerators, SPEC §9).
@@ -337,7 +371,7 @@ def logistic_regression_grad(
   z_N, inputs = _logistic_logits(fn, params, x_NxD, y_N, l2, precision=precision)
   sigma_N = sigmoid(z_N)
   num_examples = sigma_N.shape[0]
-  residual_N = sigma_N - inputs.y_N.astype(sigma_N.dtype)
+  residual_N = sigma_N - _nan_where_out_of_range(inputs, inputs.y_N.astype(sigma_N.dtype))
   x, r = inputs.x, residual_N
   x_t_r = _core.matmul(*((x, r) if inputs.feature_major else (r, x)), inputs.precision)  # Xᵀ r
   return {"w": x_t_r / num_examples + l2 * params["w"], "b": jnp.mean(residual_N)}
@@ -364,7 +398,7 @@ def seed_section_4_1_loss(
     params: ``{"w": [D], "b": []}``.
     x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
       as ``[D, N]`` (faster full-batch steps on CPU).
-    y_N: labels in [0, 1], ``[N]``.
+    y_N: labels in [0, 1], ``[N]``; under ``jax.jit`` one outside gives NaN.
     precision: of the products with the features, a ``jax.lax.Precision`` or its name;
       None is ``HIGHEST`` (true float32 on accelerators, SPEC §9).
 
@@ -378,7 +412,7 @@ def seed_section_4_1_loss(
   """
   fn = "seed_section_4_1_loss"
   z_N, inputs = _logistic_logits(fn, params, x_NxD, y_N, precision=precision)
-  y_N = inputs.y_N.astype(z_N.dtype)
+  y_N = _nan_where_out_of_range(inputs, inputs.y_N.astype(z_N.dtype))
   # Where y = 0 the term is 0 even if log σ(z) = -inf (z = -inf): 0·(-inf) would be NaN.
   return -jnp.mean(jnp.where(y_N == 0, 0.0, y_N * log_sigmoid(z_N)))
 
@@ -402,7 +436,8 @@ def init_softmax_regression(
   Args:
     num_features: D.
     num_classes: K.
-    key: optional PRNG key; without one ``w`` is zero.
+    key: optional PRNG key (``jax.random.key(seed)``; an integer seed is refused, as
+      ``jax.random`` refuses it); without one ``w`` is zero.
     scale: standard deviation of the random ``w``.
     dtype: float dtype; the default float dtype when None.
 
@@ -503,7 +538,7 @@ def softmax_regression_loss(
     params: ``{"w": [D, K], "b": [K]}``.
     x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
       as ``[D, N]`` (faster full-batch steps on CPU).
-    y_N: integer labels in ``[0, K)``, ``[N]``.
+    y_N: integer labels in ``[0, K)``, ``[N]``; under ``jax.jit`` one outside gives NaN.
     l2: :math:`\lambda \ge 0` (not applied to ``b``).
     precision: of the products with the features, a ``jax.lax.Precision`` or its name;
       None is ``HIGHEST`` (true float32 on accelerators, SPEC §9).
@@ -543,7 +578,7 @@ def softmax_regression_grad(
     params: ``{"w": [D, K], "b": [K]}``.
     x_NxD: features, ``[N, D]``, or a :class:`~xent_jax.data.FeatureMajor` holding them
       as ``[D, N]`` (faster full-batch steps on CPU).
-    y_N: integer labels in ``[0, K)``, ``[N]``.
+    y_N: integer labels in ``[0, K)``, ``[N]``; under ``jax.jit`` one outside gives NaN.
     l2: :math:`\lambda \ge 0`.
     precision: of the products with the features, a ``jax.lax.Precision`` or its name;
       None is ``HIGHEST`` (true float32 on accelerators, SPEC §9).
@@ -560,6 +595,7 @@ def softmax_regression_grad(
   p_NxK = jnp.exp(log_softmax(z_NxK, axis=-1))
   num_examples, num_classes = p_NxK.shape
   residual_NxK = p_NxK - jax.nn.one_hot(inputs.y_N, num_classes, dtype=p_NxK.dtype)
+  residual_NxK = _nan_where_out_of_range(inputs, residual_NxK)  # one_hot: a zero row
   x_DxN = inputs.x if inputs.feature_major else inputs.x.T
   x_t_r = _core.matmul(x_DxN, residual_NxK, inputs.precision)  # Xᵀ r
   grad_w = x_t_r / num_examples + l2 * params["w"]

@@ -25,7 +25,9 @@ speed, and the trainers honour it (a static argument compared by value: no recom
 full-batch training on CPU, pass the features as :func:`xent_jax.data.feature_major`
 (``[D, N]`` in memory): the gradient's two products over X then both stream memory
 (measured: 40% → 110% of the two-reads-of-X roofline per logistic-regression step,
-N = 200k, D = 100); a loss outside :mod:`xent_jax.models` receives them as ``[N, D]``.
+N = 200k, D = 100); a loss outside :mod:`xent_jax.models` receives them as ``[N, D]``. A
+models loss is recognised by identity (itself or a ``functools.partial`` of it): a
+function wrapping one (``functools.wraps``, ``jax.jit``, ``checked``) is a loss of your own.
 
 The whole runs respect the caller (SPEC §8):
 
@@ -35,8 +37,10 @@ The whole runs respect the caller (SPEC §8):
   static arguments compared by *value* (:mod:`xent_jax._static`), so the same settings
   built again (a new ``sgd(0.1)``, ``optax.adam(1e-3)``, partial or lambda) share the
   compiled run, and hyperparameters are traced: those of :func:`sgd` live in the optimiser
-  state, and the ``l2`` of a partial of a models loss (or any array keyword of a partial)
-  is passed as an argument. Other optax optimisers sweep without recompiling when built
+  state, and the ``l2`` of a partial of a models loss (as a float: ``l2=0`` and ``l2=0.1``
+  share a program) and any array keyword of a partial are passed as arguments (a loss of
+  your own that needs such a keyword's value while traced, e.g. ``np.asarray(kw)``, gets
+  it as a constant instead). Other optax optimisers sweep without recompiling when built
   with ``optax.inject_hyperparams``;
 * every argument and the data are checked at the Python entry, where the data are concrete
   (finite features; for a models loss, labels in range), not in the compiled loop; inside a
@@ -63,7 +67,6 @@ log them (conventionally ``jax.process_index() == 0``).
 from __future__ import annotations
 
 import functools
-import inspect
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -72,6 +75,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import io_callback
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -121,7 +125,9 @@ class Progress(NamedTuple):
     step: k, the steps done (1 ≤ k ≤ n).
     num_steps: n, the steps of the whole run (minibatch runs: epochs × minibatches).
     loss: the loss of step k, before its update (a minibatch's loss in minibatch runs).
-    elapsed_s: seconds since the trainer was called (compilation included).
+    elapsed_s: seconds since the compiled run started executing (compilation excluded),
+      read on the host at run time: each execution of a run compiled once, or traced
+      inside a caller's ``jax.jit``, is timed from its own start.
   """
 
   step: int
@@ -288,38 +294,80 @@ def _step(state: TrainState, batch: Batch, loss_fn: LossFn, update) -> tuple[Tra
 # partial of a models loss, and any array keyword of a partial, are passed as arguments.
 
 
-def _base_loss(loss_fn):
-  """The function under partials and decorators (``functools.wraps``)."""
+def _models_loss(loss_fn):
+  """The :mod:`xent_jax.models` loss that ``loss_fn`` is, or is a ``functools.partial`` of,
+  found by identity; None for any other function.
+
+  Identity, not a name or ``__wrapped__``: a function decorated with
+  ``functools.wraps(models_loss)`` (or a ``jax.jit``, ``checked`` or a trace counter of one)
+  may compute anything, so it is a user loss: it gets the features as ``[N, D]`` and the
+  checks of any loss.
+  """
   func = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
-  try:
-    return inspect.unwrap(func)
-  except ValueError:  # a __wrapped__ cycle
-    return func
+  return next((loss for loss in models._LOSSES if func is loss), None)
 
 
 def _loss_parts(loss_fn: LossFn) -> tuple[Static, dict[str, Any]]:
-  """``loss_fn`` as (a static part compared by value, its traced keyword arguments)."""
+  """``loss_fn`` as (a static part compared by value, its traced keyword arguments).
+
+  Traced: the array keywords of a partial, and the hyperparameters of a models loss
+  (``l2``), the latter as Python floats whatever their type (``0``, ``np.float32(0.1)``,
+  a 0-d array), so that a sweep passing ``l2=0`` then ``l2=0.1`` traces one program.
+  """
   if not isinstance(loss_fn, functools.partial):
     return Static(loss_fn), {}
-  ours = _base_loss(loss_fn) in models._LOSSES
-
-  def traced(name, value):
-    if isinstance(value, jax.Array | np.ndarray):
-      return True
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    return ours and number and name in models._TRACED_KEYWORDS
-
-  keywords = loss_fn.keywords
-  dynamic = {k: v for k, v in keywords.items() if traced(k, v)}
-  static = {k: v for k, v in keywords.items() if k not in dynamic}
+  ours = _models_loss(loss_fn) is not None
+  dynamic, static = {}, {}
+  for name, value in loss_fn.keywords.items():
+    if ours and name in models._TRACED_KEYWORDS:  # a real scalar: _check_batch made sure
+      dynamic[name] = value if isinstance(value, jax.core.Tracer) else float(value)
+    elif isinstance(value, jax.Array | np.ndarray):
+      dynamic[name] = value
+    else:
+      static[name] = value
   if ours and "precision" in static:  # its canonical form: "highest" and HIGHEST are equal
     static["precision"] = _core.check_precision(static["precision"], "loss_fn")
   return Static(functools.partial(loss_fn.func, *loss_fn.args, **static)), dynamic
 
 
+# What tracing raises when a function needs the value of a traced array (np.asarray(a),
+# float(a), `if a > 0:`).
+_NEEDS_A_VALUE = (
+  jax.errors.ConcretizationTypeError,
+  jax.errors.TracerArrayConversionError,
+  jax.errors.TracerIntegerConversionError,
+)
+# The losses (static part, traced keyword names) whose keywords must stay concrete.
+_KEYWORDS_KEPT_CONCRETE: set[tuple[Static, tuple[str, ...]]] = set()
+
+
+def _run_with_loss(run, loss_fn: LossFn, *args, **kwargs):
+  """``run(*args, loss_fn=..., loss_args=..., **kwargs)`` with ``loss_fn`` split by
+  :func:`_loss_parts`: its array keywords traced, so a sweep over them compiles once.
+
+  A loss that needs the value of such a keyword while it is traced (a user loss calling
+  ``np.asarray(kw)`` or ``float(kw)``) fails to trace that way; it then runs with every
+  keyword static, compared by value (arrays of up to 64 entries, else by identity), as a
+  closure would be, and is remembered so that the next call goes there directly.
+  """
+  loss, loss_args = _loss_parts(loss_fn)
+  if not loss_args:
+    return run(*args, loss_fn=loss, loss_args=loss_args, **kwargs)
+  kept = (loss, tuple(sorted(loss_args)))
+  if kept not in _KEYWORDS_KEPT_CONCRETE:
+    try:
+      return run(*args, loss_fn=loss, loss_args=loss_args, **kwargs)
+    except _NEEDS_A_VALUE:
+      if len(_KEYWORDS_KEPT_CONCRETE) >= 256:  # a bound on what the set keeps alive
+        _KEYWORDS_KEPT_CONCRETE.clear()
+      _KEYWORDS_KEPT_CONCRETE.add(kept)
+  # (The same error again if it came from elsewhere, e.g. the caller's traced data.)
+  return run(*args, loss_fn=Static(loss_fn), loss_args={}, **kwargs)
+
+
 def _on_rows_unless_ours(loss_fn: LossFn) -> LossFn:
   """The loss, taking FeatureMajor features as ``[N, D]`` if it is not a models loss."""
-  if _base_loss(loss_fn) in models._LOSSES:
+  if _models_loss(loss_fn) is not None:
     return loss_fn  # reads [D, N] directly (the fast layout on CPU)
 
   def loss_on_rows(params, x, y):
@@ -348,17 +396,28 @@ def _report(progress: Static | None, num_steps: int, start, t, loss) -> None:
 
 
 def _call_hook(hook, num_steps: int, done, loss, start) -> None:
-  hi, lo = (int(v) for v in np.asarray(start))
-  elapsed = (time.monotonic_ns() - (hi << 32 | lo)) / 1e9
+  elapsed = (time.monotonic_ns() - _ns(start)) / 1e9
   hook(Progress(int(done), num_steps, float(loss), elapsed))
 
 
-def _start_time(progress: Static | None):
-  """The host's monotonic clock in ns as two uint32 (no x64 needed), for ``elapsed_s``."""
+def _run_start(progress: Static | None) -> jax.Array | None:
+  """The host's monotonic clock when the compiled run starts, read by a host callback at run
+  time (a value read while tracing would be fixed into the program: a run compiled once,
+  or inside a caller's jit, would time every later execution from that first trace)."""
   if progress is None:
     return None
+  return io_callback(_clock, jax.ShapeDtypeStruct((2,), np.uint32), ordered=False)
+
+
+def _clock() -> np.ndarray:
+  """The host's monotonic clock in ns as two uint32 (no x64 needed)."""
   ns = time.monotonic_ns()
   return np.array([ns >> 32, ns & 0xFFFFFFFF], np.uint32)
+
+
+def _ns(clock) -> int:
+  hi, lo = (int(v) for v in np.asarray(clock))
+  return hi << 32 | lo
 
 
 def _full_batch(state, batch, loss_args, start, *, loss_fn, update, num_steps, progress):
@@ -373,10 +432,15 @@ def _full_batch(state, batch, loss_args, start, *, loss_fn, update, num_steps, p
   return jax.lax.scan(body, state, ts, length=num_steps)
 
 
+def _full_batch_run(state, batch, *, loss_args, **static):
+  """The compiled full-batch run: :func:`_full_batch`, its clock read when it starts."""
+  return _full_batch(state, batch, loss_args, _run_start(static["progress"]), **static)
+
+
 _FULL_BATCH_STATIC = ("loss_fn", "update", "num_steps", "progress")
-_full_batch_jit = jax.jit(_full_batch, static_argnames=_FULL_BATCH_STATIC)
+_full_batch_jit = jax.jit(_full_batch_run, static_argnames=_FULL_BATCH_STATIC)
 _full_batch_donating = jax.jit(
-  _full_batch, static_argnames=_FULL_BATCH_STATIC, donate_argnames="state"
+  _full_batch_run, static_argnames=_FULL_BATCH_STATIC, donate_argnames="state"
 )
 
 
@@ -437,15 +501,13 @@ def train_full_batch(
   progress = _progress(fn, log_every, hook)
   _check_state(fn, state, optimizer)
   _check_batch(fn, batch, loss_fn, state.params)
-  loss, loss_args = _loss_parts(loss_fn)
   state = _with_hyperparams_of(optimizer, state)
   run = _full_batch_donating if _donate(fn, donate) else _full_batch_jit
-  return run(
+  return _run_with_loss(
+    run,
+    loss_fn,
     state,
     batch,
-    loss_args,
-    _start_time(progress),
-    loss_fn=loss,
     update=Static(optimizer.update),
     num_steps=num_steps,
     progress=progress,
@@ -517,6 +579,11 @@ def _minibatch(
   return jax.lax.scan(epoch, state, (es, jax.random.split(key, num_epochs)))
 
 
+def _minibatch_run(state, batch, key, *, loss_args, **static):
+  """The compiled minibatch run: :func:`_minibatch`, its clock read when it starts."""
+  return _minibatch(state, batch, key, loss_args, _run_start(static["progress"]), **static)
+
+
 _MINIBATCH_STATIC = (
   "loss_fn",
   "update",
@@ -525,9 +592,9 @@ _MINIBATCH_STATIC = (
   "batch_sharding",
   "progress",
 )
-_minibatch_jit = jax.jit(_minibatch, static_argnames=_MINIBATCH_STATIC)
+_minibatch_jit = jax.jit(_minibatch_run, static_argnames=_MINIBATCH_STATIC)
 _minibatch_donating = jax.jit(
-  _minibatch, static_argnames=_MINIBATCH_STATIC, donate_argnames="state"
+  _minibatch_run, static_argnames=_MINIBATCH_STATIC, donate_argnames="state"
 )
 
 
@@ -590,17 +657,15 @@ def train_minibatch(
   _check_state(fn, state, optimizer)
   _check_batch(fn, batch, loss_fn, state.params)
   _check_batch_size(fn, batch_size, _num_examples(batch))
-  _check_key(fn, "key", key, ndim=0)
-  loss, loss_args = _loss_parts(loss_fn)
+  _validate.prng_key(fn, "key", key, ndim=0)
   state = _with_hyperparams_of(optimizer, state)
   run = _minibatch_donating if _donate(fn, donate) else _minibatch_jit
-  return run(
+  return _run_with_loss(
+    run,
+    loss_fn,
     state,
     batch,
     key,
-    loss_args,
-    _start_time(progress),
-    loss_fn=loss,
     update=Static(optimizer.update),
     num_epochs=num_epochs,
     batch_size=batch_size,
@@ -616,7 +681,8 @@ def _init_seeds(keys_S, *, init_fn):
   return jax.vmap(init_fn.value)(init_keys), shuffle_keys
 
 
-def _seeds(states, shuffle_keys, batch, loss_args, start, *, batch_size, num_epochs, **static):
+def _seeds(states, shuffle_keys, batch, *, loss_args, batch_size, num_epochs, **static):
+  start = _run_start(static["progress"])  # once, for all the runs
   if batch_size is None:
     run = lambda state, key: _full_batch(
       state, batch, loss_args, start, num_steps=num_epochs, **static
@@ -636,7 +702,10 @@ def _seeds(states, shuffle_keys, batch, loss_args, start, *, batch_size, num_epo
   return jax.vmap(run)(states, shuffle_keys)
 
 
-# The states are the library's own (built from init_fn): donated.
+# Each leaf in a buffer of its own (a jitted copy: new buffers, also of a repeated input).
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+# The states are the library's own (built from init_fn, the optimiser state copied): donated.
 _seeds_jit = jax.jit(
   _seeds,
   static_argnames=("loss_fn", "update", "num_epochs", "batch_size", "progress"),
@@ -664,7 +733,9 @@ def train_seeds(
   alone. Equal ``init_fn``, ``loss_fn`` and ``optimizer`` objects built again (a lambda
   re-created per call) share the compilation; the initial states are built outside the
   compiled run (``optimizer.init`` under ``jax.vmap``), so the hyperparameters of
-  :func:`sgd` are traced here too.
+  :func:`sgd` are traced here too. The run reuses (donates) only buffers it made: the
+  parameters ``init_fn`` gave and a copy of the optimiser state (which may hold the
+  parameters themselves, or arrays of yours).
 
   .. math::
     \big(\theta^{(s)}_T\big)_{s=1}^S = \text{vmap}(\text{run})(k_1, \dots, k_S)
@@ -694,7 +765,7 @@ def train_seeds(
   ((4, 1), (4, 5))
   """
   fn = "train_seeds"
-  _check_key(fn, "keys_S", keys_S, ndim=1)
+  _validate.prng_key(fn, "keys_S", keys_S, ndim=1)
   _validate.count(fn, "num_epochs", num_epochs)
   _validate.callable_(fn, "init_fn", init_fn)
   _check_optimizer(fn, optimizer)
@@ -705,15 +776,16 @@ def train_seeds(
     _check_batch_size(fn, batch_size, _num_examples(batch))
   params_S, shuffle_keys = _init_seeds(keys_S, init_fn=Static(init_fn))
   num_runs = len(shuffle_keys)
-  states = TrainState(params_S, jax.vmap(optimizer.init)(params_S), jnp.zeros(num_runs, jnp.int32))
-  loss, loss_args = _loss_parts(loss_fn)
-  return _seeds_jit(
+  # Copied: the run donates the states, and an optimiser's state may hold the params
+  # themselves (donated twice: an error), or arrays of the caller's.
+  opt_state_S = _copy(jax.vmap(optimizer.init)(params_S))
+  states = TrainState(params_S, opt_state_S, jnp.zeros(num_runs, jnp.int32))
+  return _run_with_loss(
+    _seeds_jit,
+    loss_fn,
     states,
     shuffle_keys,
     batch,
-    loss_args,
-    _start_time(progress),
-    loss_fn=loss,
     update=Static(optimizer.update),
     num_epochs=num_epochs,
     batch_size=batch_size,
@@ -781,18 +853,6 @@ def _progress(fn: str, log_every, hook) -> Static | None:
   return Static((int(log_every), print_progress if hook is None else hook))
 
 
-def _check_key(fn: str, name: str, key, *, ndim: int) -> None:
-  """A typed PRNG key array of rank ``ndim``, or raw uint32 keys ``[..., 2]``."""
-  dtype, shape = getattr(key, "dtype", None), np.shape(key) if hasattr(key, "shape") else None
-  typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
-  raw = dtype == np.uint32 and shape is not None and len(shape) == ndim + 1 and shape[-1] == 2
-  if not ((typed and len(shape) == ndim) or raw):
-    want = "a PRNG key, e.g. jax.random.key(0)" if ndim == 0 else "[S] PRNG keys, e.g. "
-    want += "" if ndim == 0 else "jax.random.split(jax.random.key(0), S)"
-    got = f"shape {shape}, dtype {dtype}" if dtype is not None else type(key).__name__
-    raise TypeError(f"{fn}: `{name}` must be {want}; got {got}.")
-
-
 def _num_examples(batch) -> int:
   x = batch[0]
   return x.shape[0] if isinstance(x, FeatureMajor) else np.shape(jax.tree.leaves(x)[0])[0]
@@ -817,8 +877,8 @@ def _check_batch(fn: str, batch, loss_fn, params) -> None:
   if not isinstance(batch, tuple) or len(batch) != 2:
     raise TypeError(f"{fn}: `batch` must be a pair (x_NxD, y_N); got {type(batch).__name__}.")
   x, y = batch
-  base = _base_loss(loss_fn)
-  if base in models._LOSSES:
+  base = _models_loss(loss_fn)
+  if base is not None:
     models._check_loss_data(fn, base, params, x, y)
     keywords = loss_fn.keywords if isinstance(loss_fn, functools.partial) else {}
     if "l2" in keywords:

@@ -558,6 +558,9 @@ def _setting_cases():
     ("init_logistic_regression", init_l, dict(num_features=2, scale=-1.0), V),
     ("init_logistic_regression", init_l, dict(num_features=2, dtype=np.int32), T),
     ("init_softmax_regression", init_s, dict(num_features=2, num_classes=0), V),
+    ("init_logistic_regression", init_l, dict(num_features=2, key=0), T),
+    ("init_logistic_regression", init_l, dict(num_features=2, key=keys), T),  # [2] keys
+    ("init_softmax_regression", init_s, dict(num_features=2, num_classes=2, key=7), T),
     ("logistic_regression_loss", loss_l, dict(l2=-1.0), V),
     ("softmax_regression_grad", grad_s, dict(l2=np.nan), V),
     ("logistic_regression_logits", logits_l, dict(params=_SOFTMAX), V),

@@ -149,12 +149,21 @@ class CheckedAnyFunctionTest(chex.TestCase):
   def test_models_losses_and_nested_checked(self):
     params = {"w": jnp.ones(2), "b": jnp.zeros(())}
     x, y = np.ones((3, 2), np.float32), np.array([0.0, 2.0, 1.0], np.float32)
+    # The losses and their closed-form gradients alike name themselves and `y_N`.
+    for fn in (models.logistic_regression_loss, models.logistic_regression_grad):
+      with self.assertRaisesRegex(
+        EAGER_ERROR,
+        f"^{fn.__name__}: `y_N` must lie in \\[0, 1\\]; first offending example at index "
+        f"\\(1,\\): label = 2(\\.0)? \\(inside {fn.__name__}\\)$",
+      ):
+        xj.checked(fn)(params, x, y)
+    softmax_params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
     with self.assertRaisesRegex(
       EAGER_ERROR,
-      r"^sigmoid_binary_cross_entropy: `labels` must lie in \[0, 1\]; first offending entry "
-      r"at index \(1,\): value = 2(\.0)? \(inside logistic_regression_loss\)$",
+      r"^softmax_regression_grad: `y_N` must be a class label in \[0, 3\); first offending "
+      r"example at index \(2,\): label = -1 \(inside softmax_regression_grad\)$",
     ):
-      xj.checked(models.logistic_regression_loss)(params, x, y)
+      xj.checked(models.softmax_regression_grad)(softmax_params, x, np.array([0, 2, -1]))
     outer = xj.checked(lambda z, t: xj.checked(xj.softmax_cross_entropy)(z, t).sum())
     with self.assertRaisesRegex(EAGER_ERROR, r"^softmax_cross_entropy: `targets` must lie in"):
       outer(self._Z, self._BAD_T)

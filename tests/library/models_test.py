@@ -160,6 +160,26 @@ class LogisticRegressionTest(chex.TestCase):
       with self.assertRaisesRegex(ValueError, message):
         fn(params, x, y)
 
+  def test_out_of_range_labels_under_jit_give_nan(self):
+    """Under a caller's jit the labels cannot be checked: a label outside [0, 1] gives NaN,
+    not the formula's finite value (negative for the seed's loss at y = -1)."""
+    params, x, y = _random_problem(12, num_examples=4)
+    y = y.astype(x.dtype)
+    labels_SxN = jnp.stack([y, y.at[1].set(2.0), y.at[1].set(-1.0), y.at[1].set(1.5)])
+    reference_loss, reference_grad = _np_logistic_loss_and_grad(params, x, y, 0.0)
+    z = np.asarray(x, np.float64) @ _f64(params)["w"] + _f64(params)["b"]
+    reference_seed = -np.mean(np.asarray(y, np.float64) * -np.logaddexp(0, -z))
+    for fn, reference in (
+      (models.logistic_regression_loss, reference_loss),
+      (models.logistic_regression_grad, reference_grad),
+      (models.seed_section_4_1_loss, reference_seed),
+    ):
+      out = jax.jit(jax.vmap(fn, in_axes=(None, None, 0)))(params, x, labels_SxN)
+      valid, bad = jax.tree.map(lambda a: a[0], out), jax.tree.map(lambda a: a[1:], out)
+      self.assertLess(_max_rel_err(valid, reference), RTOL)  # valid labels: unchanged
+      for leaf in jax.tree.leaves(bad):
+        self.assertTrue(np.all(np.isnan(leaf)), f"{fn.__name__}: {leaf}")
+
   def test_bad_params_raise(self):
     with self.assertRaisesRegex(ValueError, r"`params` must have shapes w \[D\], b \[\]"):
       models.logistic_regression_logits({"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}, np.ones((1, 3)))
@@ -286,10 +306,18 @@ class SoftmaxRegressionTest(chex.TestCase):
       with self.assertRaisesRegex(error, message):
         fn(params, np.ones((2, 3)), y)
 
-  def test_out_of_range_label_under_jit_is_nan_not_wrapped(self):
-    params, x, _ = _random_problem(10, num_examples=2, num_classes=4)
-    loss = jax.jit(models.softmax_regression_loss)(params, x, jnp.array([0, 4]))
-    self.assertTrue(np.isnan(loss))
+  def test_out_of_range_labels_under_jit_give_nan_not_wrapped(self):
+    """Loss and closed-form gradient alike: NaN, not a zero one-hot row or a wrapped label."""
+    params, x, y = _random_problem(10, num_examples=3, num_classes=4)
+    labels_SxN = jnp.stack([y, y.at[1].set(4), y.at[1].set(-1)])
+    functions = (models.softmax_regression_loss, models.softmax_regression_grad)
+    reference = _np_softmax_loss_and_grad(params, x, y, 0.0)
+    for fn, want in zip(functions, reference, strict=True):
+      out = jax.jit(jax.vmap(fn, in_axes=(None, None, 0)))(params, x, labels_SxN)
+      valid, bad = jax.tree.map(lambda a: a[0], out), jax.tree.map(lambda a: a[1:], out)
+      self.assertLess(_max_rel_err(valid, want), RTOL)  # valid labels: unchanged
+      for leaf in jax.tree.leaves(bad):
+        self.assertTrue(np.all(np.isnan(leaf)), f"{fn.__name__}: {leaf}")
 
   def test_bad_params_raise(self):
     with self.assertRaisesRegex(ValueError, r"params\['b'\].shape=\(3,\)"):

@@ -160,27 +160,83 @@ class SweepTest(chex.TestCase):
         training.train_step(state, batch, loss_fn=SOFTMAX_LOSS, optimizer=passed)
 
   def test_learning_rate_and_l2_sweep_compiles_once(self):
-    batch, params, traces = _small_softmax().train, models.init_softmax_regression(4, 3), []
-
-    @functools.wraps(SOFTMAX_LOSS)  # still a models loss: its float `l2` is traced
-    def counted_loss(*args, **kwargs):
-      traces.append(1)  # once per trace, never per step
-      return SOFTMAX_LOSS(*args, **kwargs)
-
+    batch, params = _small_softmax().train, models.init_softmax_regression(4, 3)
+    # l2 as a sweep writes it: an int 0 first, then floats of several types; one program.
+    l2s = [0, np.float32(1e-3), jnp.asarray(2e-3)] + [1e-3 * i for i in range(3, 8)]
     losses = []
-    for i in range(8):
-      # Fresh, equal objects every time: a new optimiser, a new partial with a new l2.
-      l2 = 1e-3 * i
-      opt = training.sgd(0.05 * (i + 1), momentum=0.5)
-      loss_fn = functools.partial(counted_loss, l2=l2)
-      _, m = training.train_full_batch(
-        training.init_train_state(params, opt), batch, loss_fn=loss_fn, optimizer=opt, num_steps=2
-      )
-      expected = optimum.softmax_regression_objective(params, *batch, l2=l2)
-      np.testing.assert_allclose(m["loss"][0], expected, rtol=RTOL)  # l2 really is this run's
-      losses.append(m["loss"][-1])
-    self.assertLen(traces, 1)
+    # _l2_penalty runs once per trace of a models loss, never per step. (num_steps=2 with
+    # momentum 0.5 is this test's own program: no other test compiles it first.)
+    with mock.patch.object(models, "_l2_penalty", wraps=models._l2_penalty) as traces:
+      for i, l2 in enumerate(l2s):
+        # Fresh, equal objects every time: a new optimiser, a new partial with a new l2.
+        opt = training.sgd(0.05 * (i + 1), momentum=0.5)
+        loss_fn = functools.partial(SOFTMAX_LOSS, l2=l2)
+        _, m = training.train_full_batch(
+          training.init_train_state(params, opt), batch, loss_fn=loss_fn, optimizer=opt, num_steps=2
+        )
+        expected = optimum.softmax_regression_objective(params, *batch, l2=float(l2))
+        np.testing.assert_allclose(m["loss"][0], expected, rtol=RTOL)  # l2 really is this run's
+        losses.append(m["loss"][-1])
+    self.assertEqual(traces.call_count, 1)
     self.assertEqual(len(set(np.asarray(losses).tolist())), 8)  # eight different runs
+
+  def test_partial_with_an_array_keyword_the_loss_reads_as_numpy(self):
+    """An array keyword is traced (a sweep compiles once); a loss that needs its value while
+    traced (here np.asarray) gets it as a constant instead, and an equal partial built again
+    compiles nothing new."""
+    batch, params, traces = _synthetic().train, models.init_logistic_regression(5), []
+
+    def weighted_loss(params, x, y, *, class_weights):
+      traces.append(1)
+      weights = np.asarray(class_weights, np.float32)  # needs the value: not traceable
+      return LOGISTIC_LOSS(params, x, y) * float(weights[1] / weights[0])
+
+    opt, runs = training.sgd(0.5), []
+    for _ in range(2):  # equal partials, built afresh
+      loss_fn = functools.partial(weighted_loss, class_weights=jnp.array([1.0, 3.0]))
+      state = training.init_train_state(params, opt)
+      runs.append(
+        training.train_full_batch(state, batch, loss_fn=loss_fn, optimizer=opt, num_steps=3)[1]
+      )
+      num_traces = len(traces)
+    self.assertEqual(len(traces), num_traces)  # the second run traced nothing
+    # Oracle: three times the library loss, trained with three times the step.
+    state = training.init_train_state(params, training.sgd(1.5))
+    _, want = training.train_full_batch(
+      state, batch, loss_fn=LOGISTIC_LOSS, optimizer=training.sgd(1.5), num_steps=3
+    )
+    for got in runs:
+      np.testing.assert_allclose(got["loss"], 3 * want["loss"], rtol=10 * RTOL)
+
+  def test_a_loss_wrapping_a_models_loss_is_a_user_loss(self):
+    """Recognised by identity, not by functools.wraps: a user loss wearing a models loss's
+    name gets feature-major features as [N, D] rows, like any user loss."""
+    batch, opt = _synthetic().train, training.sgd(0.1)
+
+    @functools.wraps(LOGISTIC_LOSS)
+    def squared_error(params, x, y):  # reads x as [N, D]: x @ w
+      return jnp.mean(jnp.square(x @ params["w"] + params["b"] - y))
+
+    params = models.init_logistic_regression(5, key=jax.random.key(6), scale=0.5)
+    runs = [
+      training.train_full_batch(
+        training.init_train_state(params, opt),
+        (x, batch.y),
+        loss_fn=squared_error,
+        optimizer=opt,
+        num_steps=2,
+      )[1]["loss"]
+      for x in (batch.x, data.feature_major(batch.x))
+    ]
+    x64, w64 = np.asarray(batch.x, np.float64), np.asarray(params["w"], np.float64)
+    first = np.mean(np.square(x64 @ w64 - np.asarray(batch.y)))  # b = 0
+    np.testing.assert_allclose(runs[0][0], first, rtol=10 * RTOL)
+    np.testing.assert_allclose(runs[1], runs[0], rtol=RTOL)
+    state = training.init_train_state(params, opt)
+    _, m = training.train_step(
+      state, (data.feature_major(batch.x), batch.y), loss_fn=squared_error, optimizer=opt
+    )
+    np.testing.assert_allclose(m["loss"], first, rtol=10 * RTOL)
 
   def test_equal_optax_optimisers_share_a_compilation(self):
     batch, params, traces = _small_softmax().train, models.init_softmax_regression(4, 3), []
@@ -236,6 +292,28 @@ class ProgressTest(chex.TestCase):
     elapsed = [r.elapsed_s for r in reports]
     self.assertEqual(elapsed, sorted(elapsed))
     self.assertGreaterEqual(elapsed[0], 0.0)
+
+  def test_elapsed_is_measured_when_the_run_executes_also_under_a_callers_jit(self):
+    """A fake host clock that the hook advances by 1 s per report: each execution of the
+    compiled run is timed from its own start (0, 1, 2 s), not from when it was traced."""
+    batch, opt = _small_softmax().train, MINIBATCH_SGD
+    state = training.init_train_state(models.init_softmax_regression(4, 3), opt)
+    clock_ns, reports = [10**12], []
+
+    def hook(progress):
+      reports.append(progress.elapsed_s)
+      clock_ns[0] += 10**9
+
+    run = jax.jit(
+      lambda s: training.train_full_batch(
+        s, batch, loss_fn=SOFTMAX_LOSS, optimizer=opt, num_steps=3, log_every=1, hook=hook
+      )
+    )
+    with mock.patch.object(training.time, "monotonic_ns", lambda: clock_ns[0]):
+      for _ in range(2):  # traced once, executed twice
+        jax.block_until_ready(run(state))
+        jax.effects_barrier()
+    self.assertEqual(reports, [0.0, 1.0, 2.0] * 2)
 
   def test_no_callback_in_the_program_when_off(self):
     batch, opt = _small_softmax().train, MINIBATCH_SGD
@@ -343,6 +421,42 @@ class WholeRunTest(chex.TestCase):
       chex.assert_trees_all_close(run_s, (state.params, m), rtol=RTOL, atol=RTOL)
     # Different seeds really are different runs.
     self.assertGreater(float(jnp.max(jnp.abs(states.params["w"][0] - states.params["w"][1]))), 0)
+
+  def test_seeds_with_an_optimiser_state_holding_the_params(self):
+    """SPEC §8: the run donates only buffers the library made. An optimiser whose state is
+    the params themselves (as proximal and schedule-free ones hold them), and an init_fn
+    returning the caller's params, neither fail nor delete the caller's arrays."""
+    batch, params = _small_softmax().train, models.init_softmax_regression(4, 3)
+
+    def anchored_sgd(learning_rate, strength):  # gradient + strength · (θ - θ_0)
+      def update(grads, anchor, params):
+        pull = lambda g, p, a: -learning_rate * (g + strength * (p - a))
+        return jax.tree.map(pull, grads, params, anchor), anchor
+
+      return optax.GradientTransformation(lambda params: params, update)
+
+    opt = anchored_sgd(0.5, 0.1)
+    states, metrics = training.train_seeds(
+      jax.random.split(jax.random.key(7), 2),
+      batch,
+      init_fn=lambda key: params,
+      loss_fn=SOFTMAX_LOSS,
+      optimizer=opt,
+      num_epochs=3,
+    )
+    self.assertFalse(any(leaf.is_deleted() for leaf in jax.tree.leaves(params)))
+    # Oracle: the same run alone (each seed starts from the same params: equal runs).
+    alone, m = training.train_full_batch(
+      training.init_train_state(params, opt),
+      batch,
+      loss_fn=SOFTMAX_LOSS,
+      optimizer=opt,
+      num_steps=3,
+    )
+    for s in range(2):
+      run_s = jax.tree.map(lambda a, s=s: a[s], (states.params, metrics))
+      chex.assert_trees_all_close(run_s, (alone.params, m), rtol=RTOL, atol=RTOL)
+    self.assertLess(float(m["loss"][-1]), float(m["loss"][0]))
 
 
 class ReachesTheOptimumTest(chex.TestCase):
