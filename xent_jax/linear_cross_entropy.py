@@ -613,7 +613,10 @@ def linear_softmax_cross_entropy(
     z_loss: ζ ≥ 0, the coefficient of lse² (PaLM's auxiliary loss).
     logit_softcap: c > 0 for Gemma 2's soft-capping s(u) = c·tanh(u/c), or None.
     chunk_size: tokens per chunk; None picks 2^39 / V², at most 2^24 / V and at least 8
-      (1024 at V = 16384, 512 at V = 32768, 128 at V = 65536).
+      (1024 at V = 16384, 512 at V = 32768, 128 at V = 65536). Where the tokens are split
+      over k devices in the arrays' types (a mesh with explicit axes), it is rounded up to
+      a multiple of k, and each device runs 1/k of every chunk on its own tokens. Any
+      number of tokens: a last, partial chunk is padded.
     vocab_chunk_size: classes per block of the gradient pass; None picks about
       2^19 / ``chunk_size``, at most 2^20 / D, at least 128.
     return_lse: also return lse = log Σ_j e^{z_j} per token (in nats; 0 where excluded).
@@ -730,22 +733,55 @@ def linear_softmax_cross_entropy(
   h = jnp.where(active[:, None], h, 0)
   token_scale = jnp.ones((num_tokens,), dtype) if weights is None else weights.reshape(-1)
   token_scale = jnp.where(active, token_scale, 0)
-  pad = -num_tokens % chunk
+  # Tokens split over `shards` devices in the types (explicit mesh): each device runs
+  # chunk / shards of its own tokens per step (strided chunks), and its piece of the token
+  # axis is padded on its own (no data moves between devices).
+  strided, shards = _token_sharding(h)
+  chunk = -(-chunk // shards) * shards
+  pad = -(num_tokens // shards) % (chunk // shards)
   if pad:  # a last, partial chunk: padded with excluded tokens
-    h = jnp.pad(h, ((0, pad), (0, 0)))
-    y, active = jnp.pad(y, (0, pad)), jnp.pad(active, (0, pad))
-    token_scale = jnp.pad(token_scale, (0, pad))
+    h, y, active, token_scale = (_pad_tokens(x, pad, shards) for x in (h, y, active, token_scale))
   # Inside shard_map, weight and bias vary over the token axes too (their cotangents are
   # then summed over those axes by the transpose of the cast; hidden is not cast to the
   # vocab axis, whose gradient is complete on every device after the psum).
   w, b = _vary_like(w, h), None if b is None else _vary_like(b, h)
-  spec = getattr(jax.typeof(h).sharding, "spec", ())
-  opts = opts._replace(strided=bool(spec) and spec[0] is not None)
+  opts = opts._replace(chunk=chunk, strided=strided)
   loss, lse = _fused(opts, h, w, b, token_scale, y, active)
-  loss = _core.in_base(loss[:num_tokens].reshape(batch_shape), scale)
+  unpad = lambda x: (_unpad_tokens(x, num_tokens, shards) if pad else x).reshape(batch_shape)
+  loss = _core.in_base(unpad(loss), scale)
   if return_lse:
-    return loss, lse[:num_tokens].reshape(batch_shape)
+    return loss, unpad(lse)
   return loss
+
+
+def _token_sharding(x) -> tuple[bool, int]:
+  """Whether the token (first) axis of ``x`` is sharded in its type, and in how many pieces.
+
+  (False, 1) unless ``x`` lives on a mesh with explicit axes and its first axis is split.
+  """
+  sharding = jax.typeof(x).sharding
+  spec = getattr(sharding, "spec", ())
+  if not spec or spec[0] is None:
+    return False, 1
+  axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+  return True, math.prod(sharding.mesh.shape[axis] for axis in axes)
+
+
+def _pad_tokens(x, pad, shards):
+  """``[N, ...]`` with ``pad`` zeros after each of its ``shards`` equal pieces of tokens."""
+  widths = ((0, pad),) + ((0, 0),) * (x.ndim - 1)
+  if shards == 1:
+    return jnp.pad(x, widths)
+  x = x.reshape(shards, -1, *x.shape[1:])  # one row per device: padded where it lives
+  return jnp.pad(x, ((0, 0), *widths)).reshape(-1, *x.shape[2:])
+
+
+def _unpad_tokens(x, num_tokens, shards):
+  """The inverse of :func:`_pad_tokens`: the first ``num_tokens`` tokens of ``x``."""
+  if shards == 1:
+    return x[:num_tokens]
+  x = x.reshape(shards, -1, *x.shape[1:])
+  return x[:, : num_tokens // shards].reshape(-1, *x.shape[2:])
 
 
 def _vary_like(x, like):
