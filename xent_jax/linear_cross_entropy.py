@@ -614,9 +614,10 @@ def linear_softmax_cross_entropy(
     logit_softcap: c > 0 for Gemma 2's soft-capping s(u) = c·tanh(u/c), or None.
     chunk_size: tokens per chunk; None picks 2^39 / V², at most 2^24 / V and at least 8
       (1024 at V = 16384, 512 at V = 32768, 128 at V = 65536). Where the tokens are split
-      over k devices in the arrays' types (a mesh with explicit axes), it is rounded up to
-      a multiple of k, and each device runs 1/k of every chunk on its own tokens. Any
-      number of tokens: a last, partial chunk is padded.
+      over k devices in the arrays' types (a mesh with explicit axes; any batch axes of
+      ``hidden``, e.g. the positions of [B, T, D]), it is rounded up to a multiple of k,
+      and each device runs 1/k of every chunk on its own tokens. Any number of tokens: a
+      last, partial chunk is padded.
     vocab_chunk_size: classes per block of the gradient pass; None picks about
       2^19 / ``chunk_size``, at most 2^20 / D, at least 128.
     return_lse: also return lse = log Σ_j e^{z_j} per token (in nats; 0 where excluded).
@@ -721,6 +722,15 @@ def linear_softmax_cross_entropy(
     loss = jnp.zeros(batch_shape, dtype)
     return (loss, loss) if return_lse else loss
 
+  # Explicit mesh: the batch axes split in the types go first (sequence parallel:
+  # [B, T@axis] as [T@axis, B]), so that the flattened token axis is split in contiguous
+  # pieces, one per device, and no data moves.
+  order = _sharded_axes_first(h)
+  if order is not None:
+    h, labels = h.transpose(*order, h.ndim - 1), labels.transpose(order)
+    mask = None if mask is None else mask.transpose(order)
+    weights = None if weights is None else weights.transpose(order)
+  token_shape = labels.shape
   h = h.reshape(num_tokens, h.shape[-1])
   y = labels.reshape(num_tokens)
   active = jnp.ones((num_tokens,), bool)
@@ -747,11 +757,23 @@ def linear_softmax_cross_entropy(
   w, b = _vary_like(w, h), None if b is None else _vary_like(b, h)
   opts = opts._replace(chunk=chunk, strided=strided)
   loss, lse = _fused(opts, h, w, b, token_scale, y, active)
-  unpad = lambda x: (_unpad_tokens(x, num_tokens, shards) if pad else x).reshape(batch_shape)
-  loss = _core.in_base(unpad(loss), scale)
+
+  def per_token(x):  # [N + padding] back to the batch shape
+    x = (_unpad_tokens(x, num_tokens, shards) if pad else x).reshape(token_shape)
+    return x if order is None else x.transpose([order.index(i) for i in range(len(order))])
+
+  loss = _core.in_base(per_token(loss), scale)
   if return_lse:
-    return loss, unpad(lse)
+    return loss, per_token(lse)
   return loss
+
+
+def _sharded_axes_first(x) -> tuple[int, ...] | None:
+  """The batch axes of ``x`` ``[..., D]``, those split in its type first; None if they are."""
+  spec = tuple(getattr(jax.typeof(x).sharding, "spec", ()))
+  spec += (None,) * (x.ndim - len(spec))
+  order = sorted(range(x.ndim - 1), key=lambda axis: spec[axis] is None)  # stable
+  return None if order == sorted(order) else tuple(order)
 
 
 def _token_sharding(x) -> tuple[bool, int]:

@@ -57,7 +57,7 @@ def _loss_fn(vocab_axis_name=None, vocab_chunk_size=None):
 def _results(loss_fn, args) -> dict[str, np.ndarray]:
   """Per-token losses; gradients of their mean and of a per-token weighted sum (one jit)."""
   h, w, b, y, where = args
-  ct = jnp.linspace(-1, 1, N, dtype=h.dtype)
+  ct = jnp.linspace(-1, 1, N, dtype=h.dtype).reshape(y.shape)
 
   @jax.jit
   def run(h, w, b, y, where):  # (arrays spanning other hosts cannot be closed over)
@@ -104,6 +104,14 @@ def run_mesh() -> dict[str, np.ndarray]:
     jax.device_put(x, NamedSharding(mesh, s)) for x, s in zip(inputs(), data_parallel, strict=True)
   ]
   out.update({f"jit_Explicit_{k}": v for k, v in _results(_loss_fn(), placed).items()})
+  # Sequence parallel: the tokens as [7 sequences, 8 positions], the positions split.
+  seq = (P(None, "tokens", None), P(), P(), P(None, "tokens"), P(None, "tokens"))
+  placed = [
+    jax.device_put(x.reshape(7, 8, *x.shape[1:]) if len(x) == N else x, NamedSharding(mesh, s))
+    for x, s in zip(inputs(), seq, strict=True)
+  ]
+  for k, v in _results(_loss_fn(), placed).items():  # per-token results back to [N, ...]
+    out[f"jit_sequence_{k}"] = v.reshape(N, *v.shape[2:]) if v.shape[:2] == (7, 8) else v
   mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
   placed = [jax.device_put(x, NamedSharding(mesh, s)) for x, s in zip(inputs(), specs, strict=True)]
   out.update({f"jit_Auto_{k}": v for k, v in _results(_loss_fn(), placed).items()})
