@@ -145,10 +145,14 @@ def _stats(opts, z_TxV, y_T):
   else:
     m = lax.pmax(m_local, opts.axis_name)
     top = m_local == m
-    scale = jnp.exp(jnp.where(top, 0, m_local - jnp.where(m == -jnp.inf, 0, m)))
-    s = _psum(s_local * scale, opts)
-    # S < 2: one shard holds the unique maximum (its S_k < 2 too, so it formed r_k).
-    r = _psum(jnp.where(top, r_local, s_local * scale), opts)
+    d = jnp.where(top, 0, m_local - jnp.where(m == -jnp.inf, 0, m))
+    s = _psum(s_local * jnp.exp(d), opts)
+    # S < 2: one shard holds the unique maximum (its S_k < 2 too, so it formed r_k). The
+    # others' masses S_k·e^{m_k - m} are summed in a raised exponent: e^{m_k - m} alone
+    # may be subnormal (flushed to 0 on CPU) where a product, or their sum, is a normal r.
+    rest = _normalizer.raised_terms(d, jnp.where(top, 0, s_local))
+    r_top, rest = _psum((jnp.where(top, r_local, 0), rest), opts)
+    r = r_top + rest * math.exp(-_normalizer.MASS_RAISE)
   lse_rest = jnp.where(s < 2, jnp.log1p(r), jnp.log(s))
   z_y, _, _ = _label_logit(opts, z_TxV, y_T)
   z_y = _psum(z_y, opts)

@@ -75,6 +75,33 @@ def _results(loss_fn, args) -> dict[str, np.ndarray]:
   return {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in out.items()}
 
 
+def far_shard_inputs():
+  """One-hot hidden rows picking rows of ``weight`` as the logits of 4 tokens (labels 0,
+  0, 30, 0), with whole vocab shards of 24 classes one underflow below the maximum 0:
+  e^{m_k - m} = e^{-88.5} is subnormal (float64: e^{-709.5}), their masses are not."""
+  dtype = jnp.result_type(float)
+  far, near = (-709.5, -700.0) if dtype == jnp.float64 else (-88.5, -80.0)
+  w = np.full((4, V), -1e4)
+  w[:, 0] = 0
+  w[0, 1], w[0, 24:48] = near, far  # r = e^near + 24 e^far
+  w[1, 24:48] = far  # r = 24 e^far, normal
+  w[2, 24:48] = far  # the label 30 in the far shard: loss -far
+  w[3, 1], w[3, 24:] = near, far  # three far shards
+  return jnp.eye(4, dtype=dtype), jnp.asarray(w, dtype), np.array([0, 0, 30, 0], np.int32)
+
+
+def far_shard_results(mesh) -> dict[str, np.ndarray]:
+  """Vocab-parallel loss per token and ∂Σℓ/∂W (the logits' gradient) at far_shard_inputs."""
+
+  def loss(h, w, y):
+    return xj.linear_softmax_cross_entropy(h, w, y, chunk_size=2, vocab_axis_name="model")
+
+  specs = (P("data", None), P(None, "model"), P("data"))
+  loss = jax.shard_map(loss, mesh=mesh, in_specs=specs, out_specs=P("data"))
+  out = jax.jit(lambda *a: (loss(*a), jax.grad(lambda *a: loss(*a).sum(), 1)(*a)))
+  return dict(zip(("loss", "dw"), map(np.asarray, out(*far_shard_inputs())), strict=True))
+
+
 def run_single() -> dict[str, np.ndarray]:
   return _results(_loss_fn(), inputs())
 
@@ -120,6 +147,7 @@ def run_mesh() -> dict[str, np.ndarray]:
   # Each device's 24 classes in blocks of 5 (a loop over 4 blocks, then a block of 4): the
   # per-block sums vary over "model" from the start of the loop.
   out.update({f"vpblocks_{k}": v for k, v in vocab_parallel_results(mesh, 5).items()})
+  out.update({f"far_{k}": v for k, v in far_shard_results(mesh).items()})
   out["weight_shard_columns"] = np.asarray(placed[1].addressable_shards[0].data.shape[1])
   return out
 

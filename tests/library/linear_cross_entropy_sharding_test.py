@@ -24,6 +24,7 @@ import numpy as np
 from absl.testing import absltest
 
 from tests.library import _linear_cross_entropy_sharding_worker as worker
+from tests.library import _mp_reference as mp_ref
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -106,6 +107,15 @@ class VocabParallelTest(absltest.TestCase):
     self.assert_equal_to_one_device(
       sharded, ["jit_Explicit_", "jit_sequence_", "jit_Auto_", "vp_", "vpblocks_"]
     )
+    # Vocab shards whose scale e^{m_k - m} is subnormal but whose mass is not: the loss of
+    # a dominant label and its gradient -(1 - p_y), against the 50-digit reference.
+    h, w, y = (np.asarray(x) for x in worker.far_shard_inputs())
+    logits = (h @ w).astype(w.dtype)  # h one-hot: exactly the rows of w
+    want = mp_ref.softmax_cross_entropy_with_integer_labels(logits, y)
+    mp_ref.assert_accurate(sharded["far_loss"], want, w.dtype, name="far-shard loss")
+    targets = mp_ref.one_hot(y, worker.V, w.dtype)
+    want = mp_ref.softmax_cross_entropy_grad(logits, targets, exact_targets=True)
+    mp_ref.assert_accurate(sharded["far_dw"], want, w.dtype, name="far-shard ∂/∂logits")
 
 
 if __name__ == "__main__":
