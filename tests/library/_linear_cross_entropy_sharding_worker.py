@@ -122,23 +122,18 @@ def run_mesh() -> dict[str, np.ndarray]:
   specs = (P("data", None), P(None, "model"), P("model"), P("data"), P("data"))
   out = {}
   # (a) the plain function under jit on sharded inputs. An explicit mesh (sharding in the
-  # types, jax.make_mesh's default) with the tokens split over all 8 devices (data
-  # parallel, weight replicated); an auto mesh with the weight split on V as well, which
-  # XLA partitions.
+  # types, jax.make_mesh's default) with the tokens split over all 8 devices, weight
+  # replicated: the tokens as [7 sequences, 8 positions], the positions split (sequence
+  # parallel; flattened, it is the data-parallel case [56@tokens] with 7 tokens per
+  # device); an auto mesh with the weight split on V as well, which XLA partitions.
   mesh = jax.make_mesh((8,), ("tokens",), axis_types=(AxisType.Explicit,))
-  data_parallel = (P("tokens", None), P(), P(), P("tokens"), P("tokens"))
-  placed = [
-    jax.device_put(x, NamedSharding(mesh, s)) for x, s in zip(inputs(), data_parallel, strict=True)
-  ]
-  out.update({f"jit_Explicit_{k}": v for k, v in _results(_loss_fn(), placed).items()})
-  # Sequence parallel: the tokens as [7 sequences, 8 positions], the positions split.
   seq = (P(None, "tokens", None), P(), P(), P(None, "tokens"), P(None, "tokens"))
   placed = [
     jax.device_put(x.reshape(7, 8, *x.shape[1:]) if len(x) == N else x, NamedSharding(mesh, s))
     for x, s in zip(inputs(), seq, strict=True)
   ]
   for k, v in _results(_loss_fn(), placed).items():  # per-token results back to [N, ...]
-    out[f"jit_sequence_{k}"] = v.reshape(N, *v.shape[2:]) if v.shape[:2] == (7, 8) else v
+    out[f"jit_Explicit_{k}"] = v.reshape(N, *v.shape[2:]) if v.shape[:2] == (7, 8) else v
   mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
   placed = [jax.device_put(x, NamedSharding(mesh, s)) for x, s in zip(inputs(), specs, strict=True)]
   out.update({f"jit_Auto_{k}": v for k, v in _results(_loss_fn(), placed).items()})
