@@ -481,10 +481,11 @@ ad.primitive_transposes[_weight_tangent_p] = _tangent_transpose
 
 
 def _tangent_jvp(primals, tangents, *, opts, has_b):
-  """Derivatives of the tangent map itself (forward over reverse): through the plain map."""
-  tangents = [ad.instantiate_zeros(t) for t in tangents]
+  """Derivatives of the tangent map itself (forward or reverse over forward mode): through
+  the plain map."""
+  tangents = tuple(ad.instantiate_zeros(t) for t in tangents)  # a tuple like the primals
   fn = functools.partial(_tangent_impl, opts=opts, has_b=has_b)
-  return jax.jvp(lambda *args: fn(*args), primals, tangents)
+  return jax.jvp(lambda *args: fn(*args), tuple(primals), tangents)
 
 
 ad.primitive_jvps[_weight_tangent_p] = _tangent_jvp
