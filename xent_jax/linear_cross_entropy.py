@@ -145,10 +145,14 @@ def _stats(opts, z_TxV, y_T):
   else:
     m = lax.pmax(m_local, opts.axis_name)
     top = m_local == m
-    scale = jnp.exp(jnp.where(top, 0, m_local - jnp.where(m == -jnp.inf, 0, m)))
-    s = _psum(s_local * scale, opts)
-    # S < 2: one shard holds the unique maximum (its S_k < 2 too, so it formed r_k).
-    r = _psum(jnp.where(top, r_local, s_local * scale), opts)
+    d = jnp.where(top, 0, m_local - jnp.where(m == -jnp.inf, 0, m))
+    s = _psum(s_local * jnp.exp(d), opts)
+    # S < 2: one shard holds the unique maximum (its S_k < 2 too, so it formed r_k). The
+    # others' masses S_k·e^{m_k - m} are summed in a raised exponent: e^{m_k - m} alone
+    # may be subnormal (flushed to 0 on CPU) where a product, or their sum, is a normal r.
+    rest = _normalizer.raised_terms(d, jnp.where(top, 0, s_local))
+    r_top, rest = _psum((jnp.where(top, r_local, 0), rest), opts)
+    r = r_top + rest * math.exp(-_normalizer.MASS_RAISE)
   lse_rest = jnp.where(s < 2, jnp.log1p(r), jnp.log(s))
   z_y, _, _ = _label_logit(opts, z_TxV, y_T)
   z_y = _psum(z_y, opts)
@@ -477,10 +481,11 @@ ad.primitive_transposes[_weight_tangent_p] = _tangent_transpose
 
 
 def _tangent_jvp(primals, tangents, *, opts, has_b):
-  """Derivatives of the tangent map itself (forward over reverse): through the plain map."""
-  tangents = [ad.instantiate_zeros(t) for t in tangents]
+  """Derivatives of the tangent map itself (forward or reverse over forward mode): through
+  the plain map."""
+  tangents = tuple(ad.instantiate_zeros(t) for t in tangents)  # a tuple like the primals
   fn = functools.partial(_tangent_impl, opts=opts, has_b=has_b)
-  return jax.jvp(lambda *args: fn(*args), primals, tangents)
+  return jax.jvp(lambda *args: fn(*args), tuple(primals), tangents)
 
 
 ad.primitive_jvps[_weight_tangent_p] = _tangent_jvp
@@ -613,7 +618,11 @@ def linear_softmax_cross_entropy(
     z_loss: ζ ≥ 0, the coefficient of lse² (PaLM's auxiliary loss).
     logit_softcap: c > 0 for Gemma 2's soft-capping s(u) = c·tanh(u/c), or None.
     chunk_size: tokens per chunk; None picks 2^39 / V², at most 2^24 / V and at least 8
-      (1024 at V = 16384, 512 at V = 32768, 128 at V = 65536).
+      (1024 at V = 16384, 512 at V = 32768, 128 at V = 65536). Where the tokens are split
+      over k devices in the arrays' types (a mesh with explicit axes; any batch axes of
+      ``hidden``, e.g. the positions of [B, T, D]), it is rounded up to a multiple of k,
+      and each device runs 1/k of every chunk on its own tokens. Any number of tokens: a
+      last, partial chunk is padded.
     vocab_chunk_size: classes per block of the gradient pass; None picks about
       2^19 / ``chunk_size``, at most 2^20 / D, at least 128.
     return_lse: also return lse = log Σ_j e^{z_j} per token (in nats; 0 where excluded).
@@ -718,6 +727,15 @@ def linear_softmax_cross_entropy(
     loss = jnp.zeros(batch_shape, dtype)
     return (loss, loss) if return_lse else loss
 
+  # Explicit mesh: the batch axes split in the types go first (sequence parallel:
+  # [B, T@axis] as [T@axis, B]), so that the flattened token axis is split in contiguous
+  # pieces, one per device, and no data moves.
+  order = _sharded_axes_first(h)
+  if order is not None:
+    h, labels = h.transpose(*order, h.ndim - 1), labels.transpose(order)
+    mask = None if mask is None else mask.transpose(order)
+    weights = None if weights is None else weights.transpose(order)
+  token_shape = labels.shape
   h = h.reshape(num_tokens, h.shape[-1])
   y = labels.reshape(num_tokens)
   active = jnp.ones((num_tokens,), bool)
@@ -730,22 +748,67 @@ def linear_softmax_cross_entropy(
   h = jnp.where(active[:, None], h, 0)
   token_scale = jnp.ones((num_tokens,), dtype) if weights is None else weights.reshape(-1)
   token_scale = jnp.where(active, token_scale, 0)
-  pad = -num_tokens % chunk
+  # Tokens split over `shards` devices in the types (explicit mesh): each device runs
+  # chunk / shards of its own tokens per step (strided chunks), and its piece of the token
+  # axis is padded on its own (no data moves between devices).
+  strided, shards = _token_sharding(h)
+  chunk = -(-chunk // shards) * shards
+  pad = -(num_tokens // shards) % (chunk // shards)
   if pad:  # a last, partial chunk: padded with excluded tokens
-    h = jnp.pad(h, ((0, pad), (0, 0)))
-    y, active = jnp.pad(y, (0, pad)), jnp.pad(active, (0, pad))
-    token_scale = jnp.pad(token_scale, (0, pad))
+    h, y, active, token_scale = (_pad_tokens(x, pad, shards) for x in (h, y, active, token_scale))
   # Inside shard_map, weight and bias vary over the token axes too (their cotangents are
   # then summed over those axes by the transpose of the cast; hidden is not cast to the
   # vocab axis, whose gradient is complete on every device after the psum).
   w, b = _vary_like(w, h), None if b is None else _vary_like(b, h)
-  spec = getattr(jax.typeof(h).sharding, "spec", ())
-  opts = opts._replace(strided=bool(spec) and spec[0] is not None)
+  opts = opts._replace(chunk=chunk, strided=strided)
   loss, lse = _fused(opts, h, w, b, token_scale, y, active)
-  loss = _core.in_base(loss[:num_tokens].reshape(batch_shape), scale)
+
+  def per_token(x):  # [N + padding] back to the batch shape
+    x = (_unpad_tokens(x, num_tokens, shards) if pad else x).reshape(token_shape)
+    return x if order is None else x.transpose([order.index(i) for i in range(len(order))])
+
+  loss = _core.in_base(per_token(loss), scale)
   if return_lse:
-    return loss, lse[:num_tokens].reshape(batch_shape)
+    return loss, per_token(lse)
   return loss
+
+
+def _sharded_axes_first(x) -> tuple[int, ...] | None:
+  """The batch axes of ``x`` ``[..., D]``, those split in its type first; None if they are."""
+  spec = tuple(getattr(jax.typeof(x).sharding, "spec", ()))
+  spec += (None,) * (x.ndim - len(spec))
+  order = sorted(range(x.ndim - 1), key=lambda axis: spec[axis] is None)  # stable
+  return None if order == sorted(order) else tuple(order)
+
+
+def _token_sharding(x) -> tuple[bool, int]:
+  """Whether the token (first) axis of ``x`` is sharded in its type, and in how many pieces.
+
+  (False, 1) unless ``x`` lives on a mesh with explicit axes and its first axis is split.
+  """
+  sharding = jax.typeof(x).sharding
+  spec = getattr(sharding, "spec", ())
+  if not spec or spec[0] is None:
+    return False, 1
+  axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+  return True, math.prod(sharding.mesh.shape[axis] for axis in axes)
+
+
+def _pad_tokens(x, pad, shards):
+  """``[N, ...]`` with ``pad`` zeros after each of its ``shards`` equal pieces of tokens."""
+  widths = ((0, pad),) + ((0, 0),) * (x.ndim - 1)
+  if shards == 1:
+    return jnp.pad(x, widths)
+  x = x.reshape(shards, -1, *x.shape[1:])  # one row per device: padded where it lives
+  return jnp.pad(x, ((0, 0), *widths)).reshape(-1, *x.shape[2:])
+
+
+def _unpad_tokens(x, num_tokens, shards):
+  """The inverse of :func:`_pad_tokens`: the first ``num_tokens`` tokens of ``x``."""
+  if shards == 1:
+    return x[:num_tokens]
+  x = x.reshape(shards, -1, *x.shape[1:])
+  return x[:, : num_tokens // shards].reshape(-1, *x.shape[2:])
 
 
 def _vary_like(x, like):

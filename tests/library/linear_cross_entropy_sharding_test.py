@@ -3,12 +3,13 @@
 The device count must be fixed before JAX initialises, so the sharded runs happen in a
 subprocess (``tests/library/_linear_cross_entropy_sharding_worker.py``) with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``: the plain function under ``jit`` on
-sharded inputs (an explicit mesh with the tokens split, an auto mesh with the weight split
-on V too), and the vocab-parallel path inside ``shard_map`` on a 2 (tokens) × 4 (vocab)
-mesh, one vocab shard of which is all -inf (padding classes). Then the same vocab-parallel
-run across two processes (``jax.distributed.initialize`` on 127.0.0.1, gloo collectives,
-2 processes × 2 devices: the multi-host path). This process runs the same losses and
-gradients on its single device and compares.
+sharded inputs (an explicit mesh with the tokens as [sequences, positions], the positions
+split; an auto mesh with the weight split on V too), and the vocab-parallel path inside
+``shard_map`` on a 2 (tokens) × 4 (vocab) mesh, one vocab shard of which is all -inf
+(padding classes). Then the same vocab-parallel run across two processes
+(``jax.distributed.initialize`` on 127.0.0.1, gloo collectives, 2 processes × 2 devices:
+the multi-host path). This process runs the same losses and gradients on its single device
+and compares; vocab shards far below the maximum are checked against the mpmath reference.
 """
 
 import os
@@ -23,6 +24,7 @@ import numpy as np
 from absl.testing import absltest
 
 from tests.library import _linear_cross_entropy_sharding_worker as worker
+from tests.library import _mp_reference as mp_ref
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -103,6 +105,15 @@ class VocabParallelTest(absltest.TestCase):
         sharded = dict(f)
     self.assertEqual(int(sharded["weight_shard_columns"]), worker.V // 4)  # its slice of V
     self.assert_equal_to_one_device(sharded, ["jit_Explicit_", "jit_Auto_", "vp_", "vpblocks_"])
+    # Vocab shards whose scale e^{m_k - m} is subnormal but whose mass is not: the loss of
+    # a dominant label and its gradient -(1 - p_y), against the 50-digit reference.
+    h, w, y = (np.asarray(x) for x in worker.far_shard_inputs())
+    logits = (h @ w).astype(w.dtype)  # h one-hot: exactly the rows of w
+    want = mp_ref.softmax_cross_entropy_with_integer_labels(logits, y)
+    mp_ref.assert_accurate(sharded["far_loss"], want, w.dtype, name="far-shard loss")
+    targets = mp_ref.one_hot(y, worker.V, w.dtype)
+    want = mp_ref.softmax_cross_entropy_grad(logits, targets, exact_targets=True)
+    mp_ref.assert_accurate(sharded["far_dw"], want, w.dtype, name="far-shard ∂/∂logits")
 
 
 if __name__ == "__main__":

@@ -337,9 +337,10 @@ class ForwardModeTest(chex.TestCase):
 
   def test_second_order_and_linearize_match_the_materialised_loss(self):
     # Forward over reverse (H·v), reverse over reverse (∇‖∇L‖² = 2 H ∇L, for a mean and for
-    # per-token weights) and linearize, against the same
-    # transforms of xent_jax's softmax_cross_entropy_with_integer_labels on the
-    # materialised logits h @ W (same precision: the two agree to rounding).
+    # per-token weights), linearize, forward over forward (vᵀH_t v per token) and reverse
+    # over forward (Σ_t c_t H_t v), against the same transforms of xent_jax's
+    # softmax_cross_entropy_with_integer_labels on the materialised logits h @ W (same
+    # precision: the two agree to rounding).
     h, _, _, y = _inputs(14, 6, 4, 7)
     w = np.random.default_rng(15).standard_normal((4, 7)).astype(DTYPE)
     v = np.random.default_rng(16).standard_normal(w.shape).astype(DTYPE)
@@ -358,12 +359,16 @@ class ForwardModeTest(chex.TestCase):
         mean = lambda w, f=f: f(w).mean()
         weighted = lambda w, f=f: (c * f(w)).sum()
         grad_sq = lambda loss: jax.grad(lambda w: jnp.sum(jax.grad(loss)(w) ** 2))(w)
+        tangent = lambda w, f=f: jax.jvp(f, (w,), (v,))[1]  # per-token ∂ℓ_t/∂W · v
+        weighted_tangent = lambda w, tangent=tangent: (c * tangent(w)).sum()
         out.append(
           {
             "hvp": jax.jvp(jax.grad(mean), (w,), (v,))[1],
             "grad of grad, mean": grad_sq(mean),
             "grad of grad, per-token": grad_sq(weighted),
             "linearize": jax.linearize(f, w)[1](v),
+            "jvp of jvp": jax.jvp(tangent, (w,), (v,))[1],
+            "grad of jvp": jax.grad(weighted_tangent)(w),
           }
         )
       return out
