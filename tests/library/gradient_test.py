@@ -986,6 +986,32 @@ class RegressionTest(chex.TestCase):
       np.testing.assert_allclose(got, exact[oracle], **tol, err_msg=f"{oracle}: {call}")
 
   @parameterized.named_parameters(_grids.dtype_params())
+  def test_sigmoid_cross_entropy_hessian_in_both_tails(self, dtype):
+    # ∂²/∂z² H(y, σ(z)) = σ(z)σ(-z) > 0 whatever the label: autodiff of the tail-exact
+    # gradient's tanh(|z|/2) rounded 1 - tanh² to 0 and left -σ(z)σ(-z) wherever the label
+    # disagreed with the sign of z (z = 20, y = 0: -2.1e-9). ∂²/∂z∂y = -(1 - ε). Oracle:
+    # σ(z)σ(-z) in mpmath, for hard, soft and smoothed labels.
+    big = (20.0, 30.0, 60.0, 87.0) if dtype == np.float32 else (40.0, 100.0, 600.0, 700.0)
+    z = np.array([*big, *(-b for b in big), 0.5, -3.0], dtype)
+    exact = np.array([float(1 / (2 + 2 * mpmath.cosh(mpmath.mpf(float(v))))) for v in z])
+
+    @jax.jit  # one program: every label and smoothing
+    def second_derivatives(z):
+      out = []
+      for y, eps in ((0.0, 0.0), (1.0, 0.0), (0.3, 0.0), (0.0, 0.2)):
+        f = lambda z, y, eps=eps: xj.sigmoid_binary_cross_entropy(z, y, label_smoothing=eps)
+        y = jnp.full_like(z, y)
+        hess = jax.vmap(jax.hessian(f, argnums=(0, 1)))(z, y)
+        out.append((hess[0][0], hess[0][1]))
+      return out
+
+    tol = dict(rtol=4 * ref.RTOL[np.dtype(dtype)], atol=8 * np.finfo(dtype).tiny)
+    labels = ("y = 0", "y = 1", "y = 0.3", "y = 0, ε = 0.2")
+    for (zz, zy), label, eps in zip(second_derivatives(z), labels, (0, 0, 0, 0.2), strict=True):
+      np.testing.assert_allclose(zz, exact, **tol, err_msg=label)
+      np.testing.assert_allclose(zy, np.full(z.shape, -(1 - eps)), rtol=tol["rtol"], err_msg=label)
+
+  @parameterized.named_parameters(_grids.dtype_params())
   def test_second_derivatives_at_small_probabilities(self, dtype):
     # ∂²/∂q² of p·log q is -p/q²: formed by JAX's rule for p/q as -p·q⁻², q⁻² overflowed at
     # q = 1e-20 (float32; 1e-160 in float64) and the Hessians came out ±inf, the entropy's
