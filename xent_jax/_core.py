@@ -267,6 +267,20 @@ def as_weights(weights: ArrayLike | None, shape: tuple[int, ...], dtype, fn: str
     ) from None
 
 
+def weigh(loss: jax.Array, weights: jax.Array | None, included: jax.Array | None) -> jax.Array:
+  """``loss · weights``, where an example not ``included`` (skipped by ``ignore_index`` or
+  fully excluded by ``where``; its loss is 0) costs exactly 0 whatever its weight holds.
+
+  Its weight is replaced by 0 first: 0·inf (a weight 1/length of an empty, padded row)
+  would be NaN in the value, and the same product in the VJP NaN in the gradient.
+  """
+  if weights is None:
+    return loss
+  if included is not None:
+    weights = jnp.where(included, weights, jnp.zeros((), weights.dtype))
+  return loss * weights
+
+
 def check_ignore_index(ignore_index, fn: str) -> int | None:
   """``ignore_index`` must be None or a Python integer (a static label value)."""
   if ignore_index is None:

@@ -121,9 +121,11 @@ def _finish_label_loss(loss: jax.Array, inputs: _LabelInputs) -> jax.Array:
   """0 for the skipped examples, then the per-example weights and the base."""
   if inputs.keep is not None:
     loss = jnp.where(inputs.keep, loss, 0)
-  if inputs.weights is not None:
-    loss = loss * inputs.weights
-  return _core.in_base(loss, inputs.scale)
+  included = inputs.keep
+  if inputs.weights is not None and inputs.mask is not None:  # `where` may exclude rows
+    any_class = jnp.any(inputs.mask, axis=inputs.axis)
+    included = any_class if included is None else included & any_class
+  return _core.in_base(_core.weigh(loss, inputs.weights, included), inputs.scale)
 
 
 # q first: the distribution's shape and class axis are the reference for the labels.
@@ -404,7 +406,7 @@ def softmax_cross_entropy(
     weights: optional per-example weights, broadcastable to the output: the loss of
       example i is multiplied by w_i (torch's weighted mean is ``jnp.sum(loss) /
       jnp.sum(weights)``; to drop examples use ``where``, which also keeps garbage in
-      them out of the gradient).
+      them, their weight included, out of the value and the gradient).
     base: logarithm base; None for nats.
 
   Returns:
@@ -432,7 +434,8 @@ def softmax_cross_entropy(
     # Excluded entries are masked before the custom_jvp: its tangents there are then 0
     # (a NaN tangent on an excluded logit would meet a zero partial: 0·NaN).
     loss = _softmax_xent(axes, eps, *(_core.masked(x, mask) for x in (logits, targets)), mask)
-  return _core.in_base(loss if weights is None else loss * weights, scale)
+  included = None if mask is None or weights is None else jnp.any(mask, axis=axes)
+  return _core.in_base(_core.weigh(loss, weights, included), scale)
 
 
 def _label_terms(logits, labels, axis, mask):
@@ -588,7 +591,8 @@ def softmax_cross_entropy_with_integer_labels(
       i is multiplied by w_i. torch's ``CrossEntropyLoss(reduction="mean")`` with
       ``ignore_index`` is ``jnp.sum(loss) / jnp.sum(labels != ignore_index)``; with
       per-example weights, ``jnp.sum(loss) / jnp.sum(weights * (labels != ignore_index))``
-      (the mean over the included examples).
+      (the mean over the included examples). A skipped example (``ignore_index``, or every
+      class excluded by ``where``) costs 0 whatever its weight holds (inf, NaN).
     base: logarithm base; None for nats.
 
   Returns:

@@ -506,6 +506,44 @@ class IgnoreIndexAndWeightsTest(chex.TestCase):
     np.testing.assert_allclose(np.asarray(dw)[keep], nll, rtol=2 * ref.RTOL[np.dtype(dtype)])
     np.testing.assert_array_equal(np.asarray(dw)[~keep], 0)
 
+  def test_skipped_examples_cost_zero_whatever_their_weight(self):
+    # A weight 1/length is inf on an empty, padded row: the skipped example (ignore_index,
+    # or every class excluded by `where`) once cost 0·inf = NaN, in the value and in the
+    # gradient. It costs exactly 0; the included ones cost w times their unweighted loss.
+    z = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [0.5, -1.0, 2.0]], np.float32)
+    t = np.asarray(jax.nn.softmax(z), np.float32)
+    labels, w = np.array([0, -100, 2]), np.array([2.0, np.inf, 0.5], np.float32)
+    rows = np.array([[True], [False], [True]])
+    calls = {
+      "integer, ignore_index": lambda z, w: xj.softmax_cross_entropy_with_integer_labels(
+        z, labels, ignore_index=-100, weights=w
+      ),
+      "integer, where": lambda z, w: xj.softmax_cross_entropy_with_integer_labels(
+        z, np.maximum(labels, 0), where=rows, weights=w
+      ),
+      "probabilities, ignore_index": lambda q, w: xj.cross_entropy_with_integer_labels(
+        labels, q, ignore_index=-100, weights=w
+      ),
+      "dense, where": lambda z, w: xj.softmax_cross_entropy(z, t, where=rows, weights=w),
+    }
+
+    @jax.jit  # one program: every call's value and gradients
+    def outputs(z, t, w):
+      return {
+        name: jax.value_and_grad(lambda x, w, f=f: f(x, w).sum(), argnums=(0, 1))(
+          t if name.startswith("prob") else z, w
+        )
+        for name, f in calls.items()
+      }
+
+    for name, (total, (dx, dw)) in outputs(z, t, w).items():
+      unweighted = calls[name](t if name.startswith("prob") else z, np.ones(3, np.float32))
+      keep = np.array([True, False, True])
+      np.testing.assert_allclose(total, np.sum(w[keep] * unweighted[keep]), rtol=1e-6, err_msg=name)
+      np.testing.assert_allclose(dw, np.where(keep, unweighted, 0), rtol=1e-6, err_msg=name)
+      np.testing.assert_array_equal(dx[1], 0, err_msg=name)
+      self.assertTrue(np.all(np.isfinite(dx)), name)
+
   @parameterized.named_parameters(_grids.dtype_params())
   def test_dense_weights_scale_each_example(self, dtype):
     z, _, _ = self._batch(dtype)
