@@ -130,7 +130,9 @@ def clip_host_labels(labels: ArrayLike) -> ArrayLike:
 def as_labels(labels: ArrayLike, name: str, fn: str) -> jax.Array:
   """Returns integer class labels; float or bool labels are an error (they would truncate).
 
-  Labels narrower than 32 bits (int8, uint8, int16, uint16) are widened to int32: class
+  Labels narrower than 32 bits (int8, uint8, int16, uint16) are widened to int32, and
+  unsigned ones of 32 or 64 bits made signed (values above the signed maximum clipped, still
+  out of range, never equal to a negative ``ignore_index``): class
   indices are compared with iotas and class counts in the labels' dtype, which would wrap
   (an int8 label 100 against 200 classes, or a uint8 label 5 matching class 261). 64-bit
   host labels with x64 off: see :func:`clip_host_labels`.
@@ -144,6 +146,10 @@ def as_labels(labels: ArrayLike, name: str, fn: str) -> jax.Array:
     )
   if labels.dtype.itemsize < 4:
     labels = labels.astype(jnp.int32)
+  elif jnp.issubdtype(labels.dtype, jnp.unsignedinteger):
+    # Signed, clipped: a uint32 2**32 - 1 compared with ignore_index=-1 equalled it.
+    signed = jnp.int32 if labels.dtype.itemsize == 4 else jnp.int64
+    labels = jnp.minimum(labels, jnp.iinfo(signed).max).astype(signed)
   return labels
 
 
@@ -288,6 +294,12 @@ def check_ignore_index(ignore_index, fn: str) -> int | None:
   if isinstance(ignore_index, bool) or not isinstance(ignore_index, int | np.integer):
     raise TypeError(
       f"{fn}: `ignore_index` must be a Python int or None, got {type(ignore_index).__name__}."
+    )
+  info = np.iinfo(np.int64 if jax.config.jax_enable_x64 else np.int32)
+  if not info.min <= ignore_index <= info.max:
+    raise ValueError(
+      f"{fn}: `ignore_index`={ignore_index} is outside the range of the labels' integer type "
+      f"[{info.min}, {info.max}]" + ("" if jax.config.jax_enable_x64 else " (x64 is off).")
     )
   return int(ignore_index)
 

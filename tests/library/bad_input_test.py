@@ -156,6 +156,10 @@ def _trace_time_cases():
         {"-0.1": -0.1, "1.5": 1.5, "nan": NAN},
         {"str": "0.1", "none": None, "traced": _TRACED},
       ),
+      "ignore_index": (  # beyond int64 (and int32 with x64 off): no label can equal it
+        {"2**70": 2**70, "-2**70": -(2**70)},
+        {"float": 1.5, "str": "1", "bool": True, "array": np.array([1, 2]), "traced": _TRACED},
+      ),
     }
     for option, (bad_values, bad_types) in options.items():
       if not _takes(name, option):

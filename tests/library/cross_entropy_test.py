@@ -218,6 +218,15 @@ class SoftmaxCrossEntropyTest(chex.TestCase):
         self.assertTrue(np.isfinite(got[2]))
       with self.assertRaisesRegex(checkify.JaxRuntimeError, "`labels` must be in"):
         xj.checked(xj.softmax_cross_entropy_with_integer_labels)(z, labels)
+    # A uint32 2**32 - 1 compared with ignore_index=-1 in uint32 equalled it: a label out of
+    # range was skipped (loss 0) instead of giving NaN.
+    wide = jnp.array([2**32 - 1, 0, 1], jnp.uint32)
+    for got in (
+      xj.softmax_cross_entropy_with_integer_labels(z, wide, ignore_index=-1),
+      xj.cross_entropy_with_integer_labels(wide, q, ignore_index=-1),
+    ):
+      self.assertTrue(np.isnan(got[0]), f"uint32: {got}")
+      self.assertTrue(np.all(np.isfinite(got[1:])))
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_label_smoothing_equals_smoothed_dense_targets(self, dtype):
