@@ -97,6 +97,17 @@ def _check_real_scalar_range(value, name, fn, low, high):
     raise ValueError(f"{fn}: `{name}` must be in [{low}, {high}], got {value}.")
 
 
+def _broadcast_option(value, name, fn, logits):
+  """An array option as ``logits``' dtype, broadcast to its shape (else a one-line error)."""
+  value = _core.as_float(value, name, fn).astype(logits.dtype)
+  try:
+    return jnp.broadcast_to(value, logits.shape)
+  except ValueError:
+    raise ValueError(
+      f"{fn}: `{name}` of shape {value.shape} does not broadcast to `logits` {logits.shape}."
+    ) from None
+
+
 @measure(logits=Role.BINARY_LOGITS, labels=Role.PROBABILITY)
 def sigmoid_focal_loss(
   logits: ArrayLike,
@@ -123,8 +134,10 @@ def sigmoid_focal_loss(
   Args:
     logits: any shape.
     labels: probabilities of class 1 in [0, 1] (hard 0/1 or soft), same shape as ``logits``.
-    alpha: optional weight α in [0, 1] of the positive class; None: no weighting.
-    gamma: focusing exponent γ ≥ 0 (γ = 0 is the cross-entropy).
+    alpha: optional weight α in [0, 1] of the positive class, a scalar or an array
+      broadcastable to ``logits``; None: no weighting.
+    gamma: focusing exponent γ ≥ 0 (γ = 0 is the cross-entropy), a scalar or an array
+      broadcastable to ``logits``.
     base: logarithm base; None for nats.
 
   Returns:
@@ -142,12 +155,12 @@ def sigmoid_focal_loss(
   _core.check_same_shape(fn, logits=logits, labels=labels)
   logits, labels = _core.promote(fn, logits=logits, labels=labels)
   _check_real_scalar_range(gamma, "gamma", fn, 0.0, float("inf"))
-  gamma = jnp.broadcast_to(_core.as_float(gamma, "gamma", fn).astype(logits.dtype), logits.shape)
+  gamma = _broadcast_option(gamma, "gamma", fn, logits)
   scale = _core.log_scale(base, fn)
   loss = _focal(logits, labels, gamma)
   if alpha is not None:
     _check_real_scalar_range(alpha, "alpha", fn, 0.0, 1.0)
-    alpha = _core.as_float(alpha, "alpha", fn).astype(logits.dtype)
+    alpha = _broadcast_option(alpha, "alpha", fn, logits)
     loss = (alpha * labels + (1 - alpha) * (1 - labels)) * loss
   return _core.in_base(loss, scale)
 

@@ -156,6 +156,12 @@ def _trace_time_cases():
         {"-0.1": -0.1, "1.5": 1.5, "nan": NAN},
         {"str": "0.1", "none": None, "traced": _TRACED},
       ),
+      # The focal loss's options: scalars or arrays broadcastable to the logits.
+      "gamma": (
+        {"-1": -1.0, "nan": NAN, "shape_2": np.array([1.0, 2.0])},
+        {"str": "2", "none": None},
+      ),
+      "alpha": ({"-0.1": -0.1, "1.5": 1.5, "shape_2": np.array([0.2, 0.3])}, {"str": "0.25"}),
       "ignore_index": (  # beyond int64 (and int32 with x64 off): no label can equal it
         {"2**70": 2**70, "-2**70": -(2**70)},
         {"float": 1.5, "str": "1", "bool": True, "array": np.array([1, 2]), "traced": _TRACED},
