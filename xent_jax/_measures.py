@@ -41,8 +41,12 @@ class Role(enum.Enum):
   DISTRIBUTION = enum.auto()  # in [0, 1], summing to 1 along `axis` over the `where` support
   LOGITS = enum.auto()  # softmax logits: no NaN, no +inf, a finite logit in every example
   BINARY_LOGITS = enum.auto()  # sigmoid logits: no NaN (±inf are the certain classes 0 and 1)
-  LABELS = enum.auto()  # integer classes in [0, C) of the class axis of the primary argument
+  LABELS = enum.auto()  # integer classes in [0, C), C the primary's class axis or `num_classes`
   MEASURE = enum.auto()  # unnormalised non-negative masses: ≥ 0, no NaN
+  # The roles of a measure whose class axis is implicit (see `measure`'s `num_classes`):
+  FEATURES = enum.auto()  # per example, trailing feature axes (hidden states): finite
+  PARAMETER = enum.auto()  # shared by every example (an output projection, a bias): finite
+  WEIGHTS = enum.auto()  # per example loss weights: finite, ≥ 0
 
 
 # Roles whose argument has a class axis (`axis`) that must not be empty.
@@ -56,6 +60,8 @@ class MeasureSpec(NamedTuple):
   exported: Callable[..., jax.Array]  # fn with its checks inside `checked`: what xent_jax exports
   roles: Mapping[str, Role]  # its array arguments, the primary one (shapes, class axis) first
   allow_padding: bool  # whether an example that `where` excludes entirely is valid
+  # C from the bound arguments where no argument holds a class axis (the fused loss), else None
+  num_classes: Callable[[Mapping[str, Any]], int] | None = None
 
   @property
   def name(self) -> str:
@@ -67,7 +73,8 @@ class MeasureSpec(NamedTuple):
     return next(iter(self.roles))
 
 
-# Every public measure by name, in the order their modules define them.
+# Every public measure of SPEC §1 by name, in the order their modules define them (a
+# measure with `num_classes`, whose arguments the roles alone do not describe, is not here).
 REGISTRY: dict[str, MeasureSpec] = {}
 # The spec of each defined function and of its checkable wrapper.
 _SPEC_OF: dict[Callable[..., Any], MeasureSpec] = {}
@@ -77,12 +84,23 @@ _SPEC_OF: dict[Callable[..., Any], MeasureSpec] = {}
 CHECKING = jax.make_user_context(default_value=False)
 
 
-def measure(*, allow_padding: bool = False, **roles: Role):
+def measure(
+  *,
+  allow_padding: bool = False,
+  num_classes: Callable[[Mapping[str, Any]], int] | None = None,
+  **roles: Role,
+):
   """Defines a public measure: records the ``roles`` of its array arguments.
 
   Args:
     allow_padding: whether an example that ``where`` excludes entirely is valid (a padding
       example of an integer-label loss) rather than an error.
+    num_classes: for a measure whose class axis is implicit (the fused loss: its logits
+      ``hidden @ weight`` are never formed), the number of classes C as a function of the
+      bound arguments. Its examples are then the entries of its ``LABELS`` argument,
+      ``where`` and ``ignore_index`` exclude examples, and its other arguments are per
+      example (``FEATURES``, ``WEIGHTS``) or shared by all (``PARAMETER``). Such a measure
+      is checkable but not in :data:`REGISTRY`.
     **roles: the :class:`Role` of each array argument, by parameter name. The first is the
       primary argument: the others' shapes and the labels' class axis refer to it.
 
@@ -113,8 +131,10 @@ def measure(*, allow_padding: bool = False, **roles: Role):
       add_checks(spec, bound.arguments)
       return out
 
-    spec = MeasureSpec(fn, checkable, dict(roles), allow_padding)
-    REGISTRY[fn.__name__] = _SPEC_OF[fn] = _SPEC_OF[checkable] = spec
+    spec = MeasureSpec(fn, checkable, dict(roles), allow_padding, num_classes)
+    if num_classes is None:
+      REGISTRY[fn.__name__] = spec
+    _SPEC_OF[fn] = _SPEC_OF[checkable] = spec
     return checkable
 
   return define
@@ -135,6 +155,9 @@ def spec_of(fn: Any) -> MeasureSpec | None:
 
 def add_checks(spec: MeasureSpec, arguments: Mapping[str, Any]) -> None:
   """The checkify checks of a call on its bound ``arguments`` (inside a checkify trace)."""
+  if spec.num_classes is not None:
+    check_example_values(spec, arguments)
+    return
   check_has_classes(spec, arguments)
   arrays = {k: jnp.asarray(arguments[k]) for k in spec.roles}
   where = arguments.get("where")
@@ -221,18 +244,12 @@ def check_values(spec: MeasureSpec, axes, axis, arrays, where, ignore=None) -> N
   for arg, role in spec.roles.items():
     x = arrays[arg]
     if role is Role.LABELS:
-      _check_labels(name, x, arrays[primary].shape[axes[0]], mask, axes[0], ignore)
+      rows = None if mask is None else jnp.any(mask, axis=axes[0])
+      _check_labels(name, x, arrays[primary].shape[axes[0]], rows, ignore, mask, axes[0])
       continue
     input_dtype = x.dtype
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-      x = x.astype(jnp.float32)  # 0/1 integer labels of sigmoid_binary_cross_entropy
-    x = _core.as_float(x, arg, name)
     included = jnp.ones(x.shape, bool) if mask is None else mask
-    _check(name, included & jnp.isnan(x), x, f"`{arg}` must not contain NaN")
-    if role in (Role.PROBABILITY, Role.DISTRIBUTION):
-      _check(name, included & ~((x >= 0) & (x <= 1)), x, f"`{arg}` must lie in [0, 1]")
-    if role is Role.MEASURE:
-      _check(name, included & (x < 0), x, f"`{arg}` must be ≥ 0")
+    x = _check_entries(name, arg, role, x, included)
     # Examples that `where` excludes entirely are padding where the spec allows it.
     required = jnp.any(mask, axis=axes) if mask is not None and spec.allow_padding else True
     if role is Role.DISTRIBUTION:
@@ -265,10 +282,61 @@ def check_values(spec: MeasureSpec, axes, axis, arrays, where, ignore=None) -> N
       )
 
 
-def _check_labels(name, labels, num_classes, mask, axis, ignore=None) -> None:
-  """Labels in [0, C) naming an included class, except in examples fully excluded (by
-  ``where``, or by the label ``ignore``, the ``ignore_index`` of the integer-label loss)."""
-  row_included = jnp.ones(labels.shape, bool) if mask is None else jnp.any(mask, axis=axis)
+def check_example_values(spec: MeasureSpec, arguments: Mapping[str, Any]) -> None:
+  """The checks of a measure whose class axis is implicit (``spec.num_classes``).
+
+  Its examples are the entries of its labels. An example that ``where`` excludes, or that
+  is labelled ``ignore_index``, is never inspected: its label, features and weight do not
+  enter the result. ``PARAMETER`` arguments are inspected whole: each entry enters every
+  included example's logits, and the gradient even when every example is excluded.
+  Nothing of the size examples × classes is formed.
+  """
+  name = spec.name
+  label_arg = next(a for a, role in spec.roles.items() if role is Role.LABELS)
+  labels = _core.as_labels(arguments[label_arg], label_arg, name)
+  where, ignore = arguments.get("where"), arguments.get("ignore_index")
+  rows = None if where is None else jnp.broadcast_to(jnp.asarray(where), labels.shape)
+  included = jnp.ones(labels.shape, bool) if rows is None else rows
+  if ignore is not None:
+    included = included & (labels != ignore)
+  for arg, role in spec.roles.items():
+    if arguments[arg] is None:  # an optional argument not given (a bias, token weights)
+      continue
+    if role is Role.LABELS:
+      _check_labels(name, labels, spec.num_classes(arguments), rows, ignore)
+      continue
+    x = jnp.asarray(arguments[arg])
+    if role is Role.PARAMETER:
+      mask = jnp.ones(x.shape, bool)
+    else:  # per example, [...] or [..., D]: an example's entries share its inclusion
+      x = jnp.broadcast_to(x, labels.shape + x.shape[labels.ndim :])
+      mask = jnp.expand_dims(included, tuple(range(labels.ndim, x.ndim)))
+      mask = jnp.broadcast_to(mask, x.shape)
+    _check_entries(name, arg, role, x, mask)
+
+
+def _check_entries(name, arg, role, x, included) -> jax.Array:
+  """The rules of ``role`` on each entry of ``x`` where ``included``; returns ``x`` as
+  the measures compute with it (float32 at least)."""
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(jnp.float32)  # 0/1 integer labels of sigmoid_binary_cross_entropy
+  x = _core.as_float(x, arg, name)
+  _check(name, included & jnp.isnan(x), x, f"`{arg}` must not contain NaN")
+  if role in (Role.PROBABILITY, Role.DISTRIBUTION):
+    _check(name, included & ~((x >= 0) & (x <= 1)), x, f"`{arg}` must lie in [0, 1]")
+  if role in (Role.MEASURE, Role.WEIGHTS):
+    _check(name, included & (x < 0), x, f"`{arg}` must be ≥ 0")
+  if role in (Role.FEATURES, Role.PARAMETER, Role.WEIGHTS):
+    _check(name, included & jnp.isinf(x), x, f"`{arg}` must be finite")
+  return x
+
+
+def _check_labels(name, labels, num_classes, rows, ignore=None, mask=None, axis=None) -> None:
+  """Labels in [0, C) naming an included class, except in the examples skipped: those
+  where ``rows`` is False (excluded entirely by ``where``) and those labelled ``ignore``
+  (the ``ignore_index`` of an integer-label loss). ``mask``: ``where`` over the classes,
+  along ``axis``, or None."""
+  row_included = jnp.ones(labels.shape, bool) if rows is None else rows
   skipped = "fully excluded by `where`"
   if ignore is not None:
     row_included &= labels != ignore

@@ -66,6 +66,10 @@ def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
   - integer labels lie in ``[0, C)`` (negative ones included) and name a class included by
     ``where``, except in examples that ``where`` excludes entirely (padding);
   - ``where`` includes at least one class of every example (distribution functions);
+  - :func:`linear_softmax_cross_entropy`: labels in ``[0, V)`` (V = ``weight.shape[1]``),
+    finite ``hidden`` rows and finite, non-negative ``weights`` for the tokens included
+    (an excluded or ``ignore_index`` token is never inspected, as it never enters the
+    result); ``weight`` and ``bias`` finite throughout. Nothing of size N × V is formed;
   - ``base`` > 0 and != 1, shapes, dtypes and ``axis``: checked by ``fn`` at trace time.
 
   Entries excluded by ``where`` are never inspected, as they do not enter the result. The
@@ -90,8 +94,8 @@ def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
 
   Args:
     fn: one of the public measures of xent_jax (entropies, cross-entropies, divergences,
-      ``log_softmax``, ``sigmoid``, ``log_sigmoid``, ``tanh_probability``), or any
-      function that calls them.
+      ``log_softmax``, ``sigmoid``, ``log_sigmoid``, ``tanh_probability``,
+      ``linear_softmax_cross_entropy``), or any function that calls them.
 
   Returns:
     A function with the signature and docstring of ``fn`` that validates the values.
@@ -235,15 +239,12 @@ def _run(fn, options, arrays) -> tuple[checkify.Error, jax.Array]:
   """fn and its value checks, compiled together: one program per shape and dtype."""
   options = dict(options)
   out = fn(**arrays, **options)  # every trace-time check (shapes, dtypes, base, ...) runs here
-  where = arrays.pop("where", None)
-  axis = options.get("axis")
-  spec = _measures.spec_of(fn)  # (jit hands `arrays` back with its keys sorted)
-  ndim = arrays[spec.primary].ndim
-  axes = None if axis is None else _core.normalize_axis(axis, ndim, spec.primary, "")
-  run = functools.partial(
-    _measures.check_values, spec, axes, axis, ignore=options.get("ignore_index")
-  )
-  err, _ = checkify.checkify(run, errors=checkify.user_checks)(arrays, where)
+  spec = _measures.spec_of(fn)
+
+  def checks(arrays):  # the options stay static: only the arrays are traced by checkify
+    _measures.add_checks(spec, {**arrays, **options})
+
+  err, _ = checkify.checkify(checks, errors=checkify.user_checks)(arrays)
   return err, out
 
 

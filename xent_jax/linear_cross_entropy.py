@@ -35,6 +35,7 @@ from jax.interpreters import ad, batching, mlir
 from jax.typing import ArrayLike
 
 from xent_jax import _core, _normalizer
+from xent_jax._measures import Role, measure
 
 _FN = "linear_softmax_cross_entropy"
 _LOG2 = math.log(2.0)
@@ -550,6 +551,24 @@ _fused.defjvp(_fused_jvp, symbolic_zeros=True)
 # ------------------------------------------------------------------------- public API
 
 
+def _num_classes(arguments) -> int:
+  """V of the whole vocabulary, for ``checked``: weight's classes times the vocab shards."""
+  num_local = jnp.shape(arguments["weight"])[1]
+  axis_name = arguments["vocab_axis_name"]
+  return num_local if axis_name is None else num_local * lax.axis_size(axis_name)
+
+
+# Under `checked`: labels in [0, V) and finite hidden rows and token weights ≥ 0, for the
+# tokens included; finite weight and bias. The class axis is implicit: nothing [N, V].
+@measure(
+  hidden=Role.FEATURES,
+  weight=Role.PARAMETER,
+  labels=Role.LABELS,
+  bias=Role.PARAMETER,
+  weights=Role.WEIGHTS,
+  allow_padding=True,
+  num_classes=_num_classes,
+)
 def linear_softmax_cross_entropy(
   hidden: ArrayLike,
   weight: ArrayLike,

@@ -183,6 +183,11 @@ class MeasureRegistryTest(chex.TestCase):
     for name, spec in _measures.REGISTRY.items():
       self.assertIs(getattr(xj, name), spec.exported, name)
       self.assertIs(_measures.spec_of(spec.fn), spec, name)
+    # The fused loss is checkable too; its class axis is implicit (V = weight.shape[1]), so
+    # the tests that build a call from the roles alone do not list it.
+    fused = _measures.spec_of(xj.linear_softmax_cross_entropy)
+    self.assertIs(fused.exported, xj.linear_softmax_cross_entropy)
+    self.assertIsNotNone(fused.num_classes)
 
   def test_roles_must_name_parameters(self):
     def toy(p):
@@ -356,6 +361,134 @@ class CheckedRejectsTest(chex.TestCase):
     for base in (0, -2.0, 1, 1.0):
       with self.assertRaisesRegex(ValueError, r"entropy: `base` must be finite, > 0 and != 1"):
         xj.checked(xj.entropy)(self._P, base=base)
+
+
+def _lm_loss(hidden, weight, labels, bias, weights, where):
+  """A language model's per-token loss: its output layer fused with the loss, -100 ignored."""
+  return xj.linear_softmax_cross_entropy(
+    hidden, weight, labels, bias=bias, weights=weights, where=where, ignore_index=-100
+  )
+
+
+def _largest_value(jaxpr) -> int:
+  """The number of elements of the largest value in ``jaxpr``, sub-jaxprs included."""
+  sizes = [0]
+  for eqn in jaxpr.eqns:
+    sizes += [int(np.prod(v.aval.shape)) for v in eqn.outvars if hasattr(v.aval, "shape")]
+    for param in eqn.params.values():
+      for p in param if isinstance(param, (tuple, list)) else (param,):
+        inner = getattr(p, "jaxpr", p)
+        if hasattr(inner, "eqns"):
+          sizes.append(_largest_value(inner))
+  return max(sizes)
+
+
+_LABEL_RULE = (
+  "must be in [0, 5) except in examples fully excluded by `where` or labelled ignore_index=-100"
+)
+
+
+class CheckedLinearCrossEntropyTest(chex.TestCase):
+  """checked(linear_softmax_cross_entropy) and of a loss calling it: labels, hidden rows and
+  token weights of the included tokens, the whole weight and bias; never [N, V]."""
+
+  def _valid(self):
+    """Tokens [2, 3], D = 4, V = 5: token (0, 2) ignored, token (1, 1) excluded by `where`,
+    both holding values that the checks must not inspect."""
+    rng = np.random.default_rng(7)
+    hidden = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    weight = rng.normal(size=(4, 5)).astype(np.float32)
+    bias = rng.normal(size=5).astype(np.float32)
+    weights = rng.uniform(0.5, 2.0, size=(2, 3)).astype(np.float32)
+    labels = np.array([[0, 4, -100], [2, 7, 1]])
+    where = np.array([[True, True, True], [True, False, True]])
+    hidden[0, 2], weights[0, 2] = np.inf, np.nan  # ignored token
+    hidden[1, 1], weights[1, 1] = np.nan, -3.0  # excluded token, whose label 7 ≥ V
+    return dict(
+      hidden=hidden, weight=weight, labels=labels, bias=bias, weights=weights, where=where
+    )
+
+  def test_valid_inputs_give_the_unchecked_result(self):
+    arrays = self._valid()
+    expected = jax.jit(_lm_loss)(**arrays)
+    self.assertTrue(np.all(np.isfinite(expected)))
+    np.testing.assert_array_equal(expected[[0, 1], [2, 1]], [0.0, 0.0])
+    np.testing.assert_array_equal(xj.checked(jax.jit(_lm_loss))(**arrays), expected)
+    hidden, weight, labels = arrays.pop("hidden"), arrays.pop("weight"), arrays.pop("labels")
+    fn = xj.checked(xj.linear_softmax_cross_entropy)
+    got = fn(hidden, weight, labels, **arrays, ignore_index=-100)
+    np.testing.assert_array_equal(got, expected)
+
+  def test_valid_gradients_give_the_unchecked_result(self):
+    grad = jax.jit(jax.grad(lambda *a: _lm_loss(*a).mean(), argnums=(0, 1, 3)))
+    arrays = self._valid()
+    expected = grad(*arrays.values())
+    chex.assert_trees_all_equal(xj.checked(grad)(*arrays.values()), expected)
+    np.testing.assert_array_equal(expected[0][[0, 1], [2, 1]], 0.0)  # ignored, excluded rows
+
+  @parameterized.named_parameters(
+    ("label_too_large", "labels", (1, 2), 5, _LABEL_RULE),
+    ("label_negative", "labels", (0, 0), -1, _LABEL_RULE),
+    ("hidden_nan", "hidden", (1, 2, 3), np.nan, "must not contain NaN"),
+    ("hidden_inf", "hidden", (0, 1, 0), -np.inf, "must be finite"),
+    ("weight_nan", "weight", (3, 4), np.nan, "must not contain NaN"),
+    ("weight_inf", "weight", (0, 2), np.inf, "must be finite"),
+    ("bias_inf", "bias", (2,), -np.inf, "must be finite"),
+    ("weights_negative", "weights", (1, 0), -0.5, "must be ≥ 0"),
+    ("weights_inf", "weights", (0, 1), np.inf, "must be finite"),
+    ("weights_nan", "weights", (1, 2), np.nan, "must not contain NaN"),
+  )
+  def test_each_invalid_value_raises_one_line(self, arg, index, bad, rule):
+    arrays = self._valid()
+    arrays[arg][index] = bad
+    with self.assertRaises(EAGER_ERROR) as raised:
+      xj.checked(jax.jit(_lm_loss))(**arrays)
+    at = f"({index[0]},)" if len(index) == 1 else str(index)
+    kind, value = ("example", "label") if arg == "labels" else ("entry", "value")
+    self.assertEqual(
+      str(raised.exception),
+      f"linear_softmax_cross_entropy: `{arg}` {rule}; first offending {kind} at index {at}: "
+      f"{value} = {bad:.8g} (inside _lm_loss)",
+    )
+
+  def test_the_fused_loss_itself_also_under_an_outer_jit(self):
+    hidden, weight = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    fn = xj.checked(xj.linear_softmax_cross_entropy)
+    np.testing.assert_allclose(fn(hidden, weight, np.array([0, 3])), [np.log(4)] * 2, rtol=1e-6)
+    label_rule = _error_text(
+      "linear_softmax_cross_entropy: `labels` must be in [0, 4)", "(1,)", "4"
+    )
+    self._raises_also_under_jit(fn, (hidden, weight, np.array([0, 4])), label_rule)
+    hidden[0, 0] = np.nan
+    nan_rule = _error_text(
+      "linear_softmax_cross_entropy: `hidden` must not contain NaN", "(0, 0)", "nan"
+    )
+    self._raises_also_under_jit(fn, (hidden, weight, np.array([0, 1])), nan_rule)
+
+  def _raises_also_under_jit(self, fn, args, pattern):
+    with self.assertRaisesRegex(EAGER_ERROR, "^" + pattern + "$"):
+      fn(*args)
+    with self.assertRaisesRegex(JIT_ERROR, pattern):
+      jax.block_until_ready(jax.jit(fn)(*args))
+
+  def test_checks_form_nothing_of_size_tokens_times_classes(self):
+    num_tokens, dim, num_classes = 64, 8, 32
+    loss = lambda h, w, y: xj.linear_softmax_cross_entropy(h, w, y, chunk_size=16).mean()
+    args = (jnp.ones((num_tokens, dim)), jnp.ones((dim, num_classes)), jnp.zeros(num_tokens, int))
+    traced = jax.make_jaxpr(xj.checked(jax.value_and_grad(loss, argnums=(0, 1))))(*args)
+    self.assertLess(_largest_value(traced.jaxpr), num_tokens * num_classes)
+    self.assertGreaterEqual(_largest_value(traced.jaxpr), 16 * num_classes)  # a chunk's logits
+
+  def test_unchecked_program_is_the_undecorated_function(self):
+    """Outside `checked` the decorator adds nothing: the program of the function as written."""
+    spec = _measures.spec_of(xj.linear_softmax_cross_entropy)
+    hidden, weight, labels = jnp.ones((8, 4)), jnp.ones((4, 16)), jnp.arange(8)
+
+    def program(fn):
+      loss = lambda h, w: fn(h, w, labels, where=labels < 6).mean()
+      return str(jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(hidden, weight))
+
+    self.assertEqual(program(xj.linear_softmax_cross_entropy), program(spec.fn))
 
 
 class AcceleratorOnlyTest(chex.TestCase):
