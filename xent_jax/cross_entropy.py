@@ -747,8 +747,8 @@ def _pos_weighted_sigmoid_xent_parts(logits, labels, pos_weight):
   wy = w * y
   tail = z > _core.EXP_TAIL
 
-  def times_tail(x, f):  # x·f(-z), f = softplus or σ
-    return jnp.where(tail, _core.times_exp_neg(z, x), _core.mul0(x, f(-z)))
+  def times_tail(x, f):  # x·f(-z), f = softplus or σ (double where: no e^{-z} overflow)
+    return jnp.where(tail, _core.times_exp_neg(jnp.where(tail, z, 0), x), _core.mul0(x, f(-z)))
 
   loss = times_tail(wy, jax.nn.softplus) + _core.mul0(1 - y, sp_pos)
   grad_z = (1 - y) * _sigmoid(z) - times_tail(wy, _sigmoid)
