@@ -745,15 +745,34 @@ def _pos_weighted_sigmoid_xent_parts(logits, labels, pos_weight):
   z, y, w = logits, labels, pos_weight
   sp_neg, sp_pos = jax.nn.softplus(-z), jax.nn.softplus(z)
   wy = w * y
-  tail = z > _core.EXP_TAIL
-
-  def times_tail(x, f):  # x·f(-z), f = softplus or σ (double where: no e^{-z} overflow)
-    return jnp.where(tail, _core.times_exp_neg(jnp.where(tail, z, 0), x), _core.mul0(x, f(-z)))
-
-  loss = times_tail(wy, jax.nn.softplus) + _core.mul0(1 - y, sp_pos)
-  grad_z = (1 - y) * _sigmoid(z) - times_tail(wy, _sigmoid)
-  grad_y = times_tail(w, jax.nn.softplus) - sp_pos
+  loss = _times_tail(z, wy, jax.nn.softplus) + _core.mul0(1 - y, sp_pos)
+  grad_z = (1 - y) * _sigmoid(z) - _times_sigmoid_neg(z, wy)
+  grad_y = _times_tail(z, w, jax.nn.softplus) - sp_pos
   return loss, (grad_z, grad_y, _core.mul0(y, sp_neg)), ()
+
+
+def _times_tail(z, x, f):
+  """x·f(-z), f = softplus or σ, x ≥ 0: lifted by times_exp_neg beyond z = 64 (double where:
+  no e^{-z} formed, and overflowing, at z < 0)."""
+  tail = z > _core.EXP_TAIL
+  return jnp.where(tail, _core.times_exp_neg(jnp.where(tail, z, 0), x), _core.mul0(x, f(-z)))
+
+
+@jax.custom_jvp
+def _times_sigmoid_neg(z, x):
+  """x·σ(-z) (:func:`_times_tail`), whose z-derivative -x·σ(z)σ(-z) is formed lifted too."""
+  return _times_tail(z, x, _sigmoid)
+
+
+@_times_sigmoid_neg.defjvp
+def _times_sigmoid_neg_jvp(primals, tangents):
+  # -x·σ(z)σ(-z) = -x·e/(1 + e)², e = e^{-|z|}: with x = w·y = 1e10 at z = -100, σ(z)σ(-z)
+  # alone is subnormal (flushed) while the product is 1.9e-34.
+  (z, x), (dz, dx) = primals, tangents
+  a = jnp.abs(z)
+  slope = _core.times_exp_neg(a, x) / jnp.square(1 + jnp.exp(-a))
+  out, d_x = jax.jvp(lambda x: _times_tail(z, x, _sigmoid), (x,), (dx,))  # linear in dx
+  return out, d_x - slope * dz
 
 
 _pos_weighted_sigmoid_xent = _normalizer.custom_jvp_from_partials(
