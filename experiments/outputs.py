@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -113,12 +114,32 @@ _DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 @contextlib.contextmanager
 def _signals_deferred():
-  """Blocks SIGINT and SIGTERM for this thread; pending ones are delivered on exit."""
-  previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
+  """Holds SIGINT and SIGTERM back; the ones that arrived are delivered on exit.
+
+  In the main thread their Python handlers are swapped for one that records them: the
+  process may receive a signal on any thread (XLA's among them), and Python then runs its
+  handler in the main thread at once, so blocking the signal for this thread alone left a
+  gap (a temp file of ``log.txt`` once survived a SIGINT). Elsewhere (no handlers can be
+  set there) the signals are blocked for this thread.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
+    try:
+      yield
+    finally:
+      signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return
+  arrived = []
+  handlers = {
+    s: signal.signal(s, lambda signum, _: arrived.append(signum)) for s in _DEFERRED_SIGNALS
+  }
   try:
     yield
   finally:
-    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    for s, handler in handlers.items():
+      signal.signal(s, signal.SIG_DFL if handler is None else handler)
+    for s in arrived:
+      signal.raise_signal(s)
 
 
 def write_json(path: Path | str, obj: Any) -> Path:
