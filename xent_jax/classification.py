@@ -60,6 +60,9 @@ def _focal_parts(logits, labels, gamma):
   log_m = jnp.logaddexp(jnp.log(y) + log_sig_neg, jnp.log1p(-y) + log_sig)
   alive = log_m > -jnp.inf  # m = 0: an infinite logit with the matching hard label
   lm = jnp.where(alive, log_m, 0)
+  # log m with no tangent where m = 0: there logaddexp(-inf, -inf)'s derivative is NaN, and
+  # the second derivatives at z = ±inf (all 0) came out NaN through m^γ = exp(γ log m).
+  log_m = jnp.where(alive, log_m, -jnp.inf)
   power = _core.mul0(gamma - 1, lm)
 
   def from_logs(log_x):  # γ·m^(γ-1)·x in one exponent: no huge m^(γ-1) times a tiny x
@@ -71,22 +74,50 @@ def _focal_parts(logits, labels, gamma):
   # linear regime m^γ is factored out: w·(∂ce + ce·γ·(∂m)/m), so that a small second term
   # is added before the product with w, not lost as a subnormal after it.
   r_z = _ratio(s_pos * s_neg, m_safe)
+  # ce is inf only at z = ±inf, where σ(z)σ(-z) = 0 multiplies it: that product's limit is
+  # 0 (|z|·e^{-|z|}), not inf·0.
+  ce_fin = jnp.minimum(ce, jnp.finfo(ce.dtype).max)
   r_y = _ratio(s_neg - s_pos, m_safe)
   grad_z = jnp.where(
     linear,
-    weight * (ce_z + ce * (1 - 2 * y) * gamma * r_z),
-    ce_z * weight + ce * (1 - 2 * y) * from_logs(log_sig + log_sig_neg),
+    weight * (ce_z + ce_fin * r_z * ((1 - 2 * y) * gamma)),
+    ce_z * weight + ce_fin * from_logs(log_sig + log_sig_neg) * (1 - 2 * y),
   )
   grad_y = jnp.where(
     linear,
     _core.mul0(weight, ce_y + ce * gamma * r_y),
     _core.mul0(weight, ce_y) + ce * (from_logs(log_sig_neg) - from_logs(log_sig)),
   )
-  grad_gamma = ce * _core.mul0(weight, log_m)  # ∂/∂γ = ce · m^γ · log m
+  # ∂/∂γ = ce · m^γ · log m. At z = ±inf, ce = inf where σ(∓z) = 0 multiplies it: the
+  # products with ce are 0 there (their limits, e.g. |z|·e^{-|z|} at m = 1), not inf·0.
+  grad_gamma = _core.mul0(weight * lm, ce)
   return loss, (grad_z, grad_y, grad_gamma), ()
 
 
 _focal = _normalizer.custom_jvp_from_partials(lambda *args: _focal_parts(*args)[0], _focal_parts)
+
+
+def _weighted_focal_parts(logits, labels, gamma, alpha):
+  # α_t·FL with α_t = α y + (1 - α)(1 - y); α_t = 0 gives 0 whatever FL is (inf at z = ±inf).
+  z, y = logits, labels
+  fl, (fl_z, fl_y, fl_gamma), _ = _focal_parts(z, y, gamma)
+  a_t = alpha * y + (1 - alpha) * (1 - y)
+  # ∂/∂y = α_t ∂FL/∂y + (2α - 1) FL. At z = ±inf both terms may be infinite with opposite
+  # signs; there FL ≈ |z| m^(γ+1) and ∂FL/∂y ≈ -sign(z) (1 + γ) |z| m^γ (m = 1 - p_t, the
+  # limit y or 1 - y), so the sum is |z| m^γ · b, b = (2α - 1) m - sign(z) (1 + γ) α_t:
+  # ±inf by the sign of b, 0 if b = 0.
+  grad_y = _core.mul0(a_t, fl_y) + (2 * alpha - 1) * fl
+  m = jnp.where(z > 0, 1 - y, y)
+  b = (2 * alpha - 1) * m - jnp.sign(z) * (1 + gamma) * a_t
+  limit = _core.mul0(m**gamma * b, jnp.abs(z))  # its derivatives are the limits' too
+  grad_y = jnp.where(jnp.isinf(z) & jnp.isnan(grad_y), limit, grad_y)
+  partials = (_core.mul0(a_t, fl_z), grad_y, _core.mul0(a_t, fl_gamma), _core.mul0(2 * y - 1, fl))
+  return _core.mul0(a_t, fl), partials, ()
+
+
+_weighted_focal = _normalizer.custom_jvp_from_partials(
+  lambda *args: _weighted_focal_parts(*args)[0], _weighted_focal_parts
+)
 
 
 def _check_real_scalar_range(value, name, fn, low, high):
@@ -157,11 +188,12 @@ def sigmoid_focal_loss(
   _check_real_scalar_range(gamma, "gamma", fn, 0.0, float("inf"))
   gamma = _broadcast_option(gamma, "gamma", fn, logits)
   scale = _core.log_scale(base, fn)
-  loss = _focal(logits, labels, gamma)
-  if alpha is not None:
+  if alpha is None:
+    loss = _focal(logits, labels, gamma)
+  else:
     _check_real_scalar_range(alpha, "alpha", fn, 0.0, 1.0)
     alpha = _broadcast_option(alpha, "alpha", fn, logits)
-    loss = (alpha * labels + (1 - alpha) * (1 - labels)) * loss
+    loss = _weighted_focal(logits, labels, gamma, alpha)
   return _core.in_base(loss, scale)
 
 

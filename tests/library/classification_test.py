@@ -184,6 +184,42 @@ class SigmoidFocalLossTest(chex.TestCase):
     ]
     np.testing.assert_allclose(np.diag(hess), second, rtol=1e-4)
 
+  @parameterized.named_parameters(_grids.dtype_params(alpha=(None, 0.25, 0.0)))
+  def test_infinite_logits_have_the_limits_as_derivatives(self, dtype, alpha):
+    # At z = ±inf the value is 0 or inf and each first derivative has a limit: finite in z
+    # (-1 at z = -inf, y = 1), ±inf in y where the loss is infinite. The oracle is the
+    # closed form at z = ±1e400, where e^{-|z|} is below any float. They were NaN (inf·0,
+    # and inf - inf in ∂/∂y with α).
+    rows = [(s * np.inf, y) for s in (-1, 1) for y in (0.0, 1.0, 0.3)]
+    z, y = (np.array(c, dtype) for c in zip(*rows, strict=True))
+    g, a = np.full_like(z, 2.0), np.full_like(z, 0.5 if alpha is None else alpha)
+
+    def loss(z, y, g, a):
+      return xj.sigmoid_focal_loss(z, y, gamma=g, alpha=None if alpha is None else a)
+
+    value = jax.jit(loss)(z, y, g, a)
+    grads = jax.jit(jax.grad(lambda *x: jnp.sum(loss(*x)), argnums=(0, 1, 2, 3)))(z, y, g, a)
+    ones = np.ones_like(z)
+    _, tangent = jax.jit(lambda: jax.jvp(lambda z, y: loss(z, y, g, a), (z, y), (ones, ones)))()
+    hess = jax.jit(jax.vmap(jax.hessian(lambda z, y: loss(z, y, 2.0, a[0]))))(z, y)
+    exact = []
+    for zi, yi in rows:
+      zm, ym = mpmath.mpf("1e400") * int(np.sign(zi)), mpmath.mpf(yi)
+      fl, fl_z, fl_y, fl_g = _mp_focal_partials(zm, ym, 2)
+      a_t = 1 if alpha is None else alpha * ym + (1 - alpha) * (1 - ym)
+      d_alpha = 0 if alpha is None else _mul0(2 * ym - 1, fl)
+      d_y = fl_y if alpha is None else (2 * alpha - 1) * fl + a_t * fl_y
+      exact.append([_mul0(a_t, fl), a_t * fl_z, d_y, _mul0(a_t, fl_g), d_alpha])
+    exact = np.array(exact, np.float64).astype(dtype).T
+    rtol = 4 * ref.RTOL[np.dtype(dtype)]
+    for got, want, name in zip(
+      (value, *grads), exact, ("value", "z", "y", "gamma", "alpha"), strict=True
+    ):
+      np.testing.assert_allclose(got, want, rtol=rtol, err_msg=name)
+    np.testing.assert_allclose(tangent, exact[1] + exact[2], rtol=rtol, err_msg="jvp")
+    # FL - |z| m^(γ+1) and its derivatives decay like |z| e^{-|z|}: ∂²/∂z² → 0.
+    np.testing.assert_array_equal(hess, 0.0)
+
   def test_matches_optax_where_optax_is_accurate(self):
     rng = np.random.default_rng(0)
     z = rng.normal(size=64).astype(np.float32) * 3
