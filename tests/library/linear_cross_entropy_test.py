@@ -454,6 +454,38 @@ class MemoryTest(chex.TestCase):
     # 3N more tokens add [N, D]-sized arrays (per-token gradients, statistics), not [N, V].
     self.assertLess(large - small, 4 * (3 * n) * d * 4)
 
+  def test_second_derivatives_hold_no_tokens_by_vocab_temporary(self):
+    # Hessian-vector products three ways (grad of grad, jvp of grad, grad of jvp) w.r.t.
+    # hidden and weight. 3N more tokens may add [N, D]-sized arrays, never an [N, V] one:
+    # grad of grad kept every chunk's logits (7x N·V·4 bytes at N, D, V = 16384, 32, 8192).
+    d, v = 16, 4096
+
+    def loss(h, w, y):
+      return xj.linear_softmax_cross_entropy(h, w, y, chunk_size=64).mean()
+
+    grad = jax.grad(loss, (0, 1))
+    products = {
+      "grad of grad": lambda h, w, y: jax.grad(
+        lambda h, w: sum(jnp.vdot(g, t) for g, t in zip(grad(h, w, y), (h, w), strict=True)),
+        (0, 1),
+      )(h, w),
+      "jvp of grad": lambda h, w, y: jax.jvp(lambda h, w: grad(h, w, y), (h, w), (h, w))[1],
+      "grad of jvp": lambda h, w, y: jax.grad(
+        lambda h, w: jax.jvp(lambda h, w: loss(h, w, y), (h, w), (h, w))[1], (0, 1)
+      )(h, w),
+    }
+
+    def temp_bytes(fn, n):
+      h = jax.ShapeDtypeStruct((n, d), jnp.float32)
+      w = jax.ShapeDtypeStruct((d, v), jnp.float32)
+      y = jax.ShapeDtypeStruct((n,), jnp.int32)
+      return jax.jit(fn).lower(h, w, y).compile().memory_analysis().temp_size_in_bytes
+
+    n = 1024
+    for name, fn in products.items():
+      growth = temp_bytes(fn, 4 * n) - temp_bytes(fn, n)
+      self.assertLess(growth, (3 * n) * v * 4 / 16, name)
+
   def test_weight_gradient_is_accumulated_in_its_output(self):
     # No [D, V] temporary: ∂/∂W is summed in its output buffer (not a loop carry copied
     # out), and W's gradient-pass slices are not hoisted into a blocked copy of W.
