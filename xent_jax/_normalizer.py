@@ -237,13 +237,35 @@ def raised_terms(d: jax.Array, x: jax.Array) -> jax.Array:
   return jnp.exp(d + MASS_RAISE * s) * (s + (1 - s) * _E_MASS) * x
 
 
-def frac_mass(d: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-  """Σ_{j: d_j < 0} e^{d_j}: the non-maximal mass of a row shifted by its strict maximum.
-
-  e^{-64}·Σ_j :func:`raised_terms` (d_j, min(ceil(-d_j), 1)): the indicator of d_j < 0 in
-  arithmetic only, the maximum's term exactly 0, the terms that are each subnormal kept.
+def _raised_mass(d: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """e^{-64}·Σ_j :func:`raised_terms` (d_j, min(ceil(-d_j), 1)): the indicator of d_j < 0
+  in arithmetic only, the maximum's term exactly 0, the terms that are each subnormal kept.
   """
   return row_sum(raised_terms(d, jnp.minimum(jnp.ceil(-d), 1)), axes) * math.exp(-MASS_RAISE)
+
+
+def frac_mass(d_fn: Callable, axes: tuple[int, ...], total=None, *, branch_free=False):
+  """Σ_{j: d_j < 0} e^{d_j}: the non-maximal mass of a row shifted by its strict maximum.
+
+  ``d_fn()`` forms the shifted rows d; it is called inside each pass, so that d is never a
+  [B, C] operand. First the plain Σ_j (e_j - floor(e_j)), e = e^{d} (floor is 1 at the
+  maximum only), one fused pass. It flushes the terms that are each subnormal; where a row
+  that uses its mass (``total`` < 2; every row if None) has a plain mass below C·tiny/eps,
+  they may matter (z = [90, 5, 0, ..., 0] in float32), and the mass of every row is
+  recomputed in a raised exponent (:func:`raised_terms`), which keeps them. That pass costs
+  5-10x the plain one on XLA:CPU (its switch and indicator; measured at [128, 65536]), so
+  it is not the default: as the default it made the fused linear loss 1.6x slower.
+  ``branch_free``: the raised mass alone (for the few rows of :func:`fix_rows`).
+  """
+  if branch_free:
+    return _raised_mass(d_fn(), axes)
+  e = jnp.exp(d_fn())
+  plain = row_sum(e - jnp.floor(e), axes)
+  num_terms = math.prod(e.shape[a] for a in axes)
+  low = plain < flush_bound(num_terms, plain.dtype)
+  if total is not None:
+    low = low & (total < 2)
+  return jax.lax.cond(jnp.any(low), lambda: _raised_mass(d_fn(), axes), lambda: plain)
 
 
 def flush_bound(num_classes: int, dtype, weight: float = 1.0) -> float:
@@ -282,7 +304,7 @@ def _general_body(z, m, axes, branch_free=False):
   total = row_sum(jnp.exp(shift(z, m)), axes)
 
   def mass():
-    return frac_mass(shift(z, m), axes)
+    return frac_mass(lambda: shift(z, m), axes, total, branch_free=branch_free)
 
   if branch_free:
     return log_total(total, mass())
@@ -321,7 +343,7 @@ def max_stats(z_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
 
   def mass():
     (z2,) = separate(z_BxC, 1)
-    return frac_mass(z2 - row_max(z2, (1,)), (1,))
+    return frac_mass(lambda: z2 - row_max(z2, (1,)), (1,), total)
 
   # log(total) has an absolute error of about eps/2, so the log1p of the mass is needed
   # only where L itself is small (L < 1/16): from one more pass over all rows when such
@@ -357,7 +379,7 @@ def label_stats(z_BxC: jax.Array, y_B: jax.Array) -> tuple[jax.Array, jax.Array]
   many = jnp.sum(dominant) > num_rows // 8
 
   def mass():
-    return frac_mass(label_shifted(), (1,))[:, 0]
+    return frac_mass(label_shifted, (1,), total[:, None])[:, 0]
 
   small = jax.lax.cond(many, mass, lambda: jnp.zeros_like(total))
   lse = jnp.where(many & dominant, jnp.log1p(small), jnp.log(total))

@@ -137,8 +137,8 @@ def _stats(opts, z_TxV, y_T):
   shift = jnp.where(m_local == -jnp.inf, 0, m_local)[:, None]  # all -inf: e = 0, not NaN
   s_local = jnp.sum(jnp.exp(z_TxV - shift), axis=1)
 
-  def frac_mass():  # in a raised exponent: subnormal terms can add up to a normal mass
-    return _normalizer.frac_mass(z_TxV - shift, (1,))[:, 0]
+  def frac_mass():  # subnormal terms kept where they can add up to a normal mass
+    return _normalizer.frac_mass(lambda: z_TxV - shift, (1,), s_local[:, None])[:, 0]
 
   r_local = lax.cond(jnp.any(s_local < 2), frac_mass, lambda: jnp.zeros_like(s_local))
   if opts.axis_name is None:
