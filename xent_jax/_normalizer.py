@@ -244,25 +244,37 @@ def _raised_mass(d: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   return row_sum(raised_terms(d, jnp.minimum(jnp.ceil(-d), 1)), axes) * math.exp(-MASS_RAISE)
 
 
+def plain_mass(d: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """Σ_j (e_j - floor(e_j)), e = e^{d}: the non-maximal mass in one fused pass (floor is 1
+  at the maximum only). Terms that are each subnormal are flushed: where it is below
+  :func:`flush_bound` they may matter (z = [90, 5, 0, ..., 0] in float32), and the caller
+  hands the row to the exact statistics (:func:`_raised_mass`)."""
+  e = jnp.exp(d)
+  return row_sum(e - jnp.floor(e), axes)
+
+
+def mass_flushed(mass: jax.Array, num_terms: int) -> jax.Array:
+  """Whether a :func:`plain_mass` of ``num_terms`` terms may have lost flushed terms."""
+  return mass < flush_bound(num_terms, mass.dtype)
+
+
 def frac_mass(d_fn: Callable, axes: tuple[int, ...], total=None, *, branch_free=False):
   """Σ_{j: d_j < 0} e^{d_j}: the non-maximal mass of a row shifted by its strict maximum.
 
   ``d_fn()`` forms the shifted rows d; it is called inside each pass, so that d is never a
-  [B, C] operand. First the plain Σ_j (e_j - floor(e_j)), e = e^{d} (floor is 1 at the
-  maximum only), one fused pass. It flushes the terms that are each subnormal; where a row
-  that uses its mass (``total`` < 2; every row if None) has a plain mass below C·tiny/eps,
-  they may matter (z = [90, 5, 0, ..., 0] in float32), and the mass of every row is
-  recomputed in a raised exponent (:func:`raised_terms`), which keeps them. That pass costs
+  [B, C] operand. First :func:`plain_mass`, one fused pass; where a row that uses its mass
+  (``total`` < 2; every row if None) may have lost flushed terms, the mass of every row is
+  recomputed in a raised exponent (:func:`_raised_mass`), which keeps them. That pass costs
   5-10x the plain one on XLA:CPU (its switch and indicator; measured at [128, 65536]), so
-  it is not the default: as the default it made the fused linear loss 1.6x slower.
-  ``branch_free``: the raised mass alone (for the few rows of :func:`fix_rows`).
+  it is not the default: as the default it made the fused linear loss 1.6x slower. The
+  fast paths use :func:`plain_mass` and hand such rows to :func:`fix_rows` instead (no
+  second branch to compile). ``branch_free``: the raised mass alone.
   """
   if branch_free:
     return _raised_mass(d_fn(), axes)
-  e = jnp.exp(d_fn())
-  plain = row_sum(e - jnp.floor(e), axes)
-  num_terms = math.prod(e.shape[a] for a in axes)
-  low = plain < flush_bound(num_terms, plain.dtype)
+  d = d_fn()
+  plain = plain_mass(d, axes)
+  low = mass_flushed(plain, math.prod(d.shape[a] for a in axes))
   if total is not None:
     low = low & (total < 2)
   return jax.lax.cond(jnp.any(low), lambda: _raised_mass(d_fn(), axes), lambda: plain)
@@ -343,7 +355,7 @@ def max_stats(z_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
 
   def mass():
     (z2,) = separate(z_BxC, 1)
-    return frac_mass(lambda: z2 - row_max(z2, (1,)), (1,), total)
+    return plain_mass(z2 - row_max(z2, (1,)), (1,))
 
   # log(total) has an absolute error of about eps/2, so the log1p of the mass is needed
   # only where L itself is small (L < 1/16): from one more pass over all rows when such
@@ -352,7 +364,9 @@ def max_stats(z_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
   many = jnp.sum(need) > num_rows // 8
   small = jax.lax.cond(many, mass, lambda: jnp.zeros_like(total))
   lse = jnp.where(many & need, jnp.log1p(small), jnp.log(total))
-  bad = ~(total < jnp.inf) | (need & ~many)  # the raised mass keeps terms down to e^-151
+  # Rows with a small mass (flushed terms may matter) get the exact statistics, whose
+  # raised mass keeps terms down to e^-151.
+  bad = ~(total < jnp.inf) | (need & (~many | mass_flushed(small, num_classes)))
   m, lse = fix_rows(bad[:, 0], exact_stats, (m[:, 0], lse[:, 0]), z_BxC, row_size=num_classes)
   return m[:, None], lse[:, None]
 
@@ -379,12 +393,12 @@ def label_stats(z_BxC: jax.Array, y_B: jax.Array) -> tuple[jax.Array, jax.Array]
   many = jnp.sum(dominant) > num_rows // 8
 
   def mass():
-    return frac_mass(label_shifted, (1,), total[:, None])[:, 0]
+    return plain_mass(label_shifted(), (1,))[:, 0]
 
   small = jax.lax.cond(many, mass, lambda: jnp.zeros_like(total))
   lse = jnp.where(many & dominant, jnp.log1p(small), jnp.log(total))
   c = jnp.take_along_axis(z_BxC, y_clipped, axis=1)[:, 0]
-  flagged = ~(total < jnp.inf) | (dominant & ~many)
+  flagged = ~(total < jnp.inf) | (dominant & (~many | mass_flushed(small, num_classes)))
   c, lse = fix_rows(flagged, exact_stats, (c, lse), z_BxC, row_size=num_classes)
   return c[:, None], lse[:, None]
 

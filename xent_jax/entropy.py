@@ -133,7 +133,7 @@ def _entropy_fast_stats_impl(z_BxC):
 
   def exact_lse():
     (z3,) = _normalizer.separate(z_BxC, 1)
-    mass = _normalizer.frac_mass(lambda: z3 - _normalizer.row_max(z3, (1,)), (1,), total)
+    mass = _normalizer.plain_mass(z3 - _normalizer.row_max(z3, (1,)), (1,))
     return _normalizer.log_total(total, mass)
 
   lse = jax.lax.cond(many, exact_lse, lambda: jnp.log(total))

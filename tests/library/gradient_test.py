@@ -883,6 +883,20 @@ class RegressionTest(chex.TestCase):
     # Only the fast path of the entropy: on the general one a JVP with a random tangent
     # contracts 38 products q_j·r_j·t_j that are each subnormal (README, "Subnormal").
     self._check("entropy_from_logits", [z], dtype)
+    # A batch of such rows only (a confident batch): the fast paths' log1p pass runs for
+    # every row, and each row whose plain mass may have lost flushed terms must go to the
+    # exact statistics. Oracle: row 0's exact value.
+    tiled = np.tile(z[:1], (8 * ROWS, 1)).astype(dtype)
+    top = np.zeros(len(tiled), np.int32)
+    rtol = 4 * ref.RTOL[np.dtype(dtype)]
+    int_ce = jax.jit(xj.softmax_cross_entropy_with_integer_labels)(tiled, top)
+    np.testing.assert_allclose(int_ce, exact.value[0], rtol=rtol, err_msg="integer labels")
+    one_hot = np.eye(c, dtype=dtype)[top]
+    dense_ce = jax.jit(xj.softmax_cross_entropy)(tiled, one_hot)
+    np.testing.assert_allclose(dense_ce, exact.value[0], rtol=rtol, err_msg="dense targets")
+    entropy = ref.value_ref("entropy_from_logits", {"logits": z[:1].astype(dtype)})
+    got = jax.jit(xj.entropy_from_logits)(tiled)
+    np.testing.assert_allclose(got, entropy.value[0], rtol=rtol, err_msg="entropy")
 
   def test_garbage_tangents_of_excluded_entries(self):
     # SPEC §2: an excluded entry contributes exactly 0 to the JVP whatever it holds, its
