@@ -53,7 +53,7 @@ def cross_entropy(
   """
   p, q, axes, mask, scale = _core.distribution_pair("cross_entropy", p, q, axis, where, base)
   p, q = _core.masked_pair(p, q, mask)
-  terms = _core.masked(-_core.xlogy(p, q), mask)
+  terms = _core.masked(0.0 - _core.xlogy(p, q), mask)  # 0.0 - …: +0, not -0, where q = 1
   return _core.in_base(jnp.sum(terms, axis=axes), scale)
 
 
@@ -460,7 +460,7 @@ def _int_xent_parts(axis, eps, logits, labels, mask):
   # H = L - d_y: L ≥ 0 and -d_y ≥ 0, so the loss keeps full relative precision also when
   # the label wins by a large margin (H = log1p(Σ e^{d_j}) ≈ Σ e^{d_j} ≪ 1).
   log_q_label = _normalizer.label_log_prob(z, index, c, lse, axis)
-  nll = -log_q_label
+  nll = 0.0 - log_q_label  # +0, not -0, where q_y = 1
   loss = (1 - eps) * nll if eps < 1 else jnp.zeros_like(nll)  # ε = 1: no 0·inf
   if eps:  # + (ε/K) Σ_j (L - d_j) over the support: every term ≥ 0
     loss = loss + eps / k * jnp.sum(_core.masked(-log_q, mask), axis=axis, keepdims=True)
@@ -502,7 +502,8 @@ _int_xent = _normalizer.custom_jvp_from_partials(
 def _int_xent_fast_loss(z_BxC, y_B, c, lse):
   num_classes = z_BxC.shape[1]
   index = jnp.clip(y_B, 0, num_classes - 1)[:, None]
-  loss = -_normalizer.label_log_prob(z_BxC, index, c, lse, 1)[:, 0]  # (tail-exact derivative)
+  # 0.0 - log q_y: +0, not -0, where q_y = 1 (the other classes -inf); tail-exact derivative
+  loss = 0.0 - _normalizer.label_log_prob(z_BxC, index, c, lse, 1)[:, 0]
   return jnp.where((y_B >= 0) & (y_B < num_classes), loss, jnp.nan)
 
 
@@ -655,7 +656,7 @@ def binary_cross_entropy(
   p, q = _core.promote(fn, p=p, q=q)
   p = _smoothed_labels(p, _core.check_smoothing(label_smoothing, fn))
   scale = _core.log_scale(base, fn)
-  return _core.in_base(-(_core.xlogy(p, q) + _core.xlog1my(1 - p, q)), scale)
+  return _core.in_base(0.0 - (_core.xlogy(p, q) + _core.xlog1my(1 - p, q)), scale)
 
 
 def _sigmoid_xent_value(logits, labels):

@@ -54,7 +54,7 @@ def entropy(
   mask = _core.as_mask(where, probs.shape, fn)
   scale = _core.log_scale(base, fn)
   probs = _core.masked(probs, mask)  # excluded entries never reach the log (double where)
-  terms = _core.masked(-_core.xlogy(probs, probs), mask)
+  terms = _core.masked(0.0 - _core.xlogy(probs, probs), mask)  # +0, not -0, at p = 1
   return _core.in_base(jnp.sum(terms, axis=axes), scale)
 
 

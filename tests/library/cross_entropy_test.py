@@ -597,6 +597,28 @@ class CrossEntropyTest(chex.TestCase):
     ref.assert_accurate(got, ref.cross_entropy(p, q, where, base=2), dtype, name="cross_entropy")
 
   @parameterized.named_parameters(_grids.dtype_params())
+  def test_a_certain_prediction_costs_plus_zero(self, dtype):
+    # H(p, p) = 0 for a point mass, and it prints as 0.0, not -0.0 (a sum over one class
+    # returned -(1·log 1) = -0; so did -log q_y with the other classes at -inf).
+    one = np.ones((2, 1), dtype)
+    logits = np.array([[0.0, -np.inf], [0.0, -np.inf]], dtype)
+    label = np.zeros(2, np.int32)
+    int_ce = xj.softmax_cross_entropy_with_integer_labels
+    values = {
+      "entropy": jax.jit(xj.entropy)(one),
+      "cross_entropy": jax.jit(xj.cross_entropy)(one, one),
+      "binary_cross_entropy": jax.jit(xj.binary_cross_entropy)(one, one),
+      "integer labels, one class": jax.jit(int_ce)(one * 0, label),
+      "integer labels, others -inf": jax.jit(int_ce)(logits, label),
+      "integer labels, general path": jax.jit(
+        lambda z, y: int_ce(z, y, where=np.ones(z.shape, bool))
+      )(logits, label),
+    }
+    for name, value in values.items():
+      np.testing.assert_array_equal(value, 0.0, err_msg=name)
+      self.assertFalse(np.any(np.signbit(value)), name)
+
+  @parameterized.named_parameters(_grids.dtype_params())
   def test_zero_q_under_positive_p_is_infinite(self, dtype):
     p = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]], dtype)
     q = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]], dtype)
