@@ -242,7 +242,8 @@ def _raised_mass(d: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   """e^{-64}·Σ_j :func:`raised_terms` (d_j, min(ceil(-d_j), 1)): the indicator of d_j < 0
   in arithmetic only, the maximum's term exactly 0, the terms that are each subnormal kept.
   """
-  return row_sum(raised_terms(d, jnp.minimum(jnp.ceil(-d), 1)), axes) * math.exp(-MASS_RAISE)
+  # ceil(0.0 - d): the maximum's indicator is +0, not -0 (a one-class row's L = log1p(-0))
+  return row_sum(raised_terms(d, jnp.minimum(jnp.ceil(0.0 - d), 1)), axes) * math.exp(-MASS_RAISE)
 
 
 def plain_mass(d: jax.Array, axes: tuple[int, ...]) -> jax.Array:

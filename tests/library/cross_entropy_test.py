@@ -606,6 +606,10 @@ class CrossEntropyTest(chex.TestCase):
     int_ce = xj.softmax_cross_entropy_with_integer_labels
     values = {
       "entropy": jax.jit(xj.entropy)(one),
+      "entropy_from_logits, one class": jax.jit(xj.entropy_from_logits)(one),
+      "entropy_from_logits, general path": jax.jit(
+        lambda z: xj.entropy_from_logits(z, where=np.ones(z.shape, bool))
+      )(one),
       "cross_entropy": jax.jit(xj.cross_entropy)(one, one),
       "binary_cross_entropy": jax.jit(xj.binary_cross_entropy)(one, one),
       "integer labels, one class": jax.jit(int_ce)(one * 0, label),
