@@ -260,7 +260,7 @@ def mass_flushed(mass: jax.Array, num_terms: int) -> jax.Array:
   return mass < flush_bound(num_terms, mass.dtype)
 
 
-def frac_mass(d_fn: Callable, axes: tuple[int, ...], total=None, *, branch_free=False):
+def frac_mass(d_fn: Callable, axes: tuple[int, ...], total=None) -> jax.Array:
   """Σ_{j: d_j < 0} e^{d_j}: the non-maximal mass of a row shifted by its strict maximum.
 
   ``d_fn()`` forms the shifted rows d; it is called inside each pass, so that d is never a
@@ -270,10 +270,8 @@ def frac_mass(d_fn: Callable, axes: tuple[int, ...], total=None, *, branch_free=
   5-10x the plain one on XLA:CPU (its switch and indicator; measured at [128, 65536]), so
   it is not the default: as the default it made the fused linear loss 1.7x slower. The
   fast paths use :func:`plain_mass` and hand such rows to :func:`fix_rows` instead (no
-  second branch to compile). ``branch_free``: the raised mass alone.
+  second branch to compile).
   """
-  if branch_free:
-    return _raised_mass(d_fn(), axes)
   d = d_fn()
   plain = plain_mass(d, axes)
   low = mass_flushed(plain, math.prod(d.shape[a] for a in axes))
@@ -311,17 +309,17 @@ def log_total(total: jax.Array, mass: jax.Array) -> jax.Array:
 def _general_body(z, m, axes, branch_free=False):
   """L = log Σ e^{z - m}; the log1p pass runs only when some row needs it.
 
-  Its non-maximal mass is summed in a raised exponent, so that terms that are each below
-  the underflow threshold still add up (see :func:`raised_terms`). Where the total is < 2
-  the maximum is unique (d = 0 there only).
+  Its non-maximal mass is :func:`frac_mass` (``branch_free``: the raised mass, which keeps
+  the terms that are each below the underflow threshold). Where the total is < 2 the
+  maximum is unique (d = 0 there only).
   """
   total = row_sum(jnp.exp(shift(z, m)), axes)
+  if branch_free:
+    return log_total(total, _raised_mass(shift(z, m), axes))
 
   def mass():
-    return frac_mass(lambda: shift(z, m), axes, total, branch_free=branch_free)
+    return frac_mass(lambda: shift(z, m), axes, total)
 
-  if branch_free:
-    return log_total(total, mass())
   return log_total(total, jax.lax.cond(jnp.any(total < 2), mass, lambda: jnp.zeros_like(total)))
 
 

@@ -70,6 +70,13 @@ def entropy(
 # the rows whose H is small enough for them to matter to it.
 
 
+def _entropy_flushed(h: jax.Array, num_classes: int) -> jax.Array:
+  """Whether H is so small that terms q_j·|d_j| of subnormal q_j (each < 87.3·tiny in
+  float32, flushed in a plain pass) could matter: z = [90, 5, 0, ..., 0] in float32."""
+  weight = -math.log(float(jnp.finfo(h.dtype).tiny))
+  return h < _normalizer.flush_bound(num_classes, h.dtype, weight)
+
+
 def _mean_shift(z, m, lse, axes, branch_free=False):
   """d̄ = Σ_j q_j d_j (kept as size 1) from the statistics.
 
@@ -95,8 +102,7 @@ def _mean_shift(z, m, lse, axes, branch_free=False):
   d = _normalizer.shift(z, m)
   plain = _normalizer.row_sum(jnp.exp(d - lse) * _normalizer.clamp_neg_inf(d, m), axes)
   num_terms = math.prod(z.shape[a] for a in axes)
-  weight = -math.log(float(jnp.finfo(z.dtype).tiny))
-  low = lse - plain < _normalizer.flush_bound(num_terms, z.dtype, weight)
+  low = _entropy_flushed(lse - plain, num_terms)
   return jax.lax.cond(jnp.any(low), split, lambda: plain)
 
 
@@ -152,10 +158,7 @@ def _entropy_fast_stats_impl(z_BxC):
 
   lse = jax.lax.cond(many, exact_lse, lambda: jnp.log(total))
   bad = ~jnp.isfinite((lse - d_bar)[:, 0]) | (dominant & ~many)  # also ±inf logits, NaN
-  # H so small that terms q_j·|d_j| of subnormal q_j (each < 87.3·tiny in float32, flushed
-  # in the pass above) could matter: z = [90, 5, 0, ..., 0] in float32.
-  weight = -math.log(float(jnp.finfo(z_BxC.dtype).tiny))
-  bad = bad | (lse - d_bar < _normalizer.flush_bound(num_classes, z_BxC.dtype, weight))[:, 0]
+  bad = bad | _entropy_flushed(lse - d_bar, num_classes)[:, 0]
   out = (m[:, 0], lse[:, 0], d_bar[:, 0])
   out = _normalizer.fix_rows(bad, _exact_entropy_stats, out, z_BxC, row_size=num_classes)
   return tuple(x[:, None] for x in out)
