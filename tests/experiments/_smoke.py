@@ -9,7 +9,8 @@ A test class names its experiment and reads what the run wrote::
       self.results["models"]  # as written to self.workdir / "results.json"
 
 ``setUpClass`` loads ``configs/<experiment>.py:smoke``, validates it as ``make run`` does (the
-module's ``validate``, or the bounds its config file declares) and runs ``experiments/<experiment>.run`` into a fresh temporary workdir, once
+module's ``validate``, or the bounds its config file declares) and runs
+``experiments/<experiment>.run`` into a fresh temporary workdir (removed after the class), once
 for the class, with rank promotion raising (an implicit broadcast in an experiment is a bug).
 A subclass that needs more (an independent dataset, the problem redone) extends
 ``setUpClass`` after calling ``super().setUpClass()``.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -40,7 +42,9 @@ class SmokeRun(chex.TestCase):
       raise TypeError(f"{cls.__name__}: set `experiment` to the experiment's module name")
     cls.module = importlib.import_module(f"experiments.{cls.experiment}")
     cls.config = _common.load_config(cls.experiment, "smoke")
-    cls.workdir = Path(tempfile.mkdtemp(prefix=f"{cls.experiment}-")) / "run"
+    root = tempfile.mkdtemp(prefix=f"{cls.experiment}-")
+    cls.addClassCleanup(shutil.rmtree, root, ignore_errors=True)
+    cls.workdir = Path(root) / "run"
     with jax.numpy_rank_promotion("raise"):
       _common.run_experiment(
         cls.experiment,

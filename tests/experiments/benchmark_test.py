@@ -8,6 +8,7 @@ float64 optimum.
 
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -180,7 +181,9 @@ class GpuVariantTest(chex.TestCase):
       config.fused_shapes = ((64, 16, 512),)
       config.fused_memory_bounds = (1.0,)
       config.warmup, config.repeats, config.save_hlo = 0, 1, False
-    workdir = Path(tempfile.mkdtemp()) / "bench"
+    root = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+    workdir = Path(root) / "bench"
     _common.run_experiment("benchmark", benchmark.run, config, workdir, validate=benchmark.validate)
     rows = json.loads((workdir / "results.json").read_text("utf-8"))["rows"]
     self.assertEqual([r["pass"] for r in rows], ["mean", "per-token", "memory"])
