@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from xent_jax import _normalizer
@@ -368,7 +369,32 @@ def times_exp_neg(a: jax.Array, x: jax.Array) -> jax.Array:
 def mul0(a: jax.Array, b: jax.Array) -> jax.Array:
   """a * b with 0 * anything = 0 (the 0·log 0 = 0 convention, also for 0 · inf)."""
   a = jnp.asarray(a)
+  return _mul0(a, jnp.asarray(b))
+
+
+@jax.custom_jvp
+def _mul0(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.where(a == 0, jnp.zeros((), a.dtype), a * b)
+
+
+def _mul0_jvp(primals, tangents):
+  # d(a·b) = b·da + a·db, with 0·db = 0 at a = 0 (db may be inf there: d log q at q = 0) and
+  # the coefficient of da taken as 0 only where a = 0 and b is infinite (the convention's
+  # own point). The guard's select alone would drop b·da at a = 0, where b·da is the
+  # derivative: ∂²/∂p∂q of p·log q at p = 0 is 1/q, and it came out 0 (an asymmetric Hessian).
+  # A zero tangent adds no term (b = -inf times it would be NaN), as in JAX's own product.
+  (a, b), (da, db) = primals, tangents
+  out = _mul0(a, b)
+  zero = jnp.zeros((), out.dtype)
+  terms = []
+  if not isinstance(da, SymbolicZero):
+    terms.append(jnp.where((a == 0) & ~jnp.isfinite(b), zero, b) * da)
+  if not isinstance(db, SymbolicZero):
+    terms.append(jnp.where(a == 0, zero, a * db))
+  return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+
+_mul0.defjvp(_mul0_jvp, symbolic_zeros=True)
 
 
 @jax.custom_jvp
@@ -396,7 +422,8 @@ def _xlogy_parts(x, y):
   # can underflow at y = tiny): ∂/∂x = log y, ∂/∂y = x/y (0 where x = 0, +inf at y = 0 < x).
   safe_y = jnp.where((x == 0) & (y == 0), jnp.ones((), y.dtype), y)
   log_y = log_accurate(safe_y)
-  d_y = jnp.where(x == 0, jnp.zeros((), x.dtype), ratio(x, jnp.where(x == 0, 1, y)))
+  # (x/y is 0 at x = 0 < y, with the x-derivative 1/y: no select on x, which would drop it)
+  d_y = jnp.where((x == 0) & (y == 0), jnp.zeros((), x.dtype), ratio(x, safe_y))
   return x * log_y, (log_y, d_y), ()
 
 
@@ -404,7 +431,7 @@ def _xlog1my_parts(x, y):
   # x · log(1 - y), the same convention at y = 1; ∂/∂x = log(1 - y), ∂/∂y = -x/(1 - y).
   safe_y = jnp.where((x == 0) & (y == 1), jnp.zeros((), y.dtype), y)
   log_1my = log1m_accurate(safe_y)
-  d_y = jnp.where(x == 0, jnp.zeros((), x.dtype), -ratio(x, jnp.where(x == 0, 1, 1 - y)))
+  d_y = jnp.where((x == 0) & (y == 1), jnp.zeros((), x.dtype), -ratio(x, 1 - safe_y))
   return x * log_1my, (log_1my, d_y), ()
 
 

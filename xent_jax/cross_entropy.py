@@ -198,9 +198,10 @@ def cross_entropy_with_integer_labels(
   # finite partials) instead of whatever they hold.
   keep = valid if mask is None else valid & jnp.any(mask, axis=axis)
   q_label = jnp.where(keep, q_label, 1)
-  # -log q_y as log1p(q_y - 1) above 1/2 (q_y - 1 is exact there); its derivative -1/q_y
-  # is what autodiff forms from either branch, -inf at q_y = 0.
-  loss = -_core.log_accurate(q_label)
+  # -log q_y as log1p(q_y - 1) above 1/2 (q_y - 1 is exact there), +0 at q_y = 1; its
+  # derivative -1/q_y (-inf at q_y = 0) from xlogy's rule, whose own derivative 1/q_y² is
+  # formed without q_y² (underflowed: an HVP at q_y = 1e-20 was NaN).
+  loss = 0.0 - _core.xlogy(jnp.ones_like(q_label), q_label)
   loss = jnp.where(valid, loss, jnp.nan)
   if mask is not None:
     loss = jnp.where(jnp.any(mask, axis=axis), loss, 0)  # a fully masked example costs 0

@@ -122,8 +122,23 @@ def _sigmoid(x: jax.Array) -> jax.Array:
 @_sigmoid.defjvp
 def _sigmoid_jvp(primals, tangents):
   (x,), (dx,) = primals, tangents
+  return _sigmoid(x), _sigmoid_slope(x) * dx
+
+
+@jax.custom_jvp
+def _sigmoid_slope(x: jax.Array) -> jax.Array:
+  """σ'(x) = σ(x) σ(-x) = e / (1 + e)², e = e^{-|x|}: no 1 - σ."""
   e = jnp.exp(-jnp.abs(x))
-  return _sigmoid(x), e / jnp.square(1 + e) * dx  # σ(x) σ(-x), no 1 - σ
+  return e / jnp.square(1 + e)
+
+
+@_sigmoid_slope.defjvp
+def _sigmoid_slope_jvp(primals, tangents):
+  # σ'' = σ'·(1 - 2σ) = -σ'·tanh(x/2): tanh keeps its digits near 0, where 1 - 2σ (or the
+  # autodiff of e^{-|x|}, whose kink at 0 has derivative 0) cancels or is wrong.
+  (x,), (dx,) = primals, tangents
+  slope = _sigmoid_slope(x)
+  return slope, -slope * jnp.tanh(x / 2) * dx
 
 
 @measure(x=Role.BINARY_LOGITS)
@@ -146,9 +161,22 @@ def log_sigmoid(x: ArrayLike) -> jax.Array:
   -9.357...e-14
   """
   x = _core.as_float(x, "x", "log_sigmoid")
-  # -softplus(-x) = -(max(-x, 0) + log1p(e^{-|x|})), with JAX's logaddexp rules: the same
-  # two non-negative terms, and the derivative σ(-x) also at the kink x = 0.
+  return _log_sigmoid(x)
+
+
+@jax.custom_jvp
+def _log_sigmoid(x: jax.Array) -> jax.Array:
+  # -softplus(-x) = -(max(-x, 0) + log1p(e^{-|x|})): the same two non-positive terms.
   return -jax.nn.softplus(-x)
+
+
+@_log_sigmoid.defjvp
+def _log_sigmoid_jvp(primals, tangents):
+  # d log σ(x) = σ(-x) dx, also at the kink x = 0, and σ(-x) from its own exact rule: the
+  # second derivative -σ(x)σ(-x) keeps the tail (JAX's softplus rule rounds its slope to 1,
+  # so d²/dx² log σ was 0 from x = -15 in float32).
+  (x,), (dx,) = primals, tangents
+  return _log_sigmoid(x), _sigmoid(-x) * dx
 
 
 @measure(x=Role.BINARY_LOGITS)
@@ -183,10 +211,25 @@ def _tanh_probability(x: jax.Array) -> jax.Array:
 @_tanh_probability.defjvp
 def _tanh_probability_jvp(primals, tangents):
   (x,), (dx,) = primals, tangents
-  # d/dx σ(2x) = 2 e / (1 + e)^2 with e = e^{-2|x|}. In float32 e is subnormal (flushed to 0
-  # on CPU) from 2|x| ≈ 87.3 while 2e is still normal up to 88.0: there the factor 2 goes
-  # into the exponent, e^{log 2 - 2|x|}.
+  return _tanh_probability(x), _tanh_probability_slope(x) * dx
+
+
+@jax.custom_jvp
+def _tanh_probability_slope(x: jax.Array) -> jax.Array:
+  """d/dx σ(2x) = 2 e / (1 + e)² with e = e^{-2|x|}.
+
+  In float32 e is subnormal (flushed to 0 on CPU) from 2|x| ≈ 87.3 while 2e is still normal
+  up to 88.0: there the factor 2 goes into the exponent, e^{log 2 - 2|x|}.
+  """
   a = 2 * jnp.abs(x)
   e = jnp.exp(-a)
   two_e = jnp.where(a > 80, jnp.exp(_LOG2 - a), 2 * e)
-  return _tanh_probability(x), two_e / jnp.square(1 + e) * dx
+  return two_e / jnp.square(1 + e)
+
+
+@_tanh_probability_slope.defjvp
+def _tanh_probability_slope_jvp(primals, tangents):
+  # d/dx 2σ'(2x) = 4σ''(2x) = -2·(2σ'(2x))·tanh(x): see _sigmoid_slope.
+  (x,), (dx,) = primals, tangents
+  slope = _tanh_probability_slope(x)
+  return slope, -2 * slope * jnp.tanh(x) * dx
