@@ -277,7 +277,7 @@ def frac_mass(d_fn: Callable, axes: tuple[int, ...], total=None) -> jax.Array:
   low = mass_flushed(plain, math.prod(d.shape[a] for a in axes))
   if total is not None:
     low = low & (total < 2)
-  return jax.lax.cond(jnp.any(low), lambda: _raised_mass(d_fn(), axes), lambda: plain)
+  return jax.lax.cond(is_any(low), lambda: _raised_mass(d_fn(), axes), lambda: plain)
 
 
 def flush_bound(num_classes: int, dtype, weight: float = 1.0) -> float:
@@ -320,7 +320,7 @@ def _general_body(z, m, axes, branch_free=False):
   def mass():
     return frac_mass(lambda: shift(z, m), axes, total)
 
-  return log_total(total, jax.lax.cond(jnp.any(total < 2), mass, lambda: jnp.zeros_like(total)))
+  return log_total(total, jax.lax.cond(is_any(total < 2), mass, lambda: jnp.zeros_like(total)))
 
 
 def general_stats(z: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
@@ -342,13 +342,25 @@ def exact_stats(z_KxC: jax.Array) -> tuple[jax.Array, jax.Array]:
   return m[:, 0], _general_body(z_KxC, m, (1,), branch_free=True)[:, 0]
 
 
+def is_any(flags: jax.Array) -> jax.Array:
+  """``jnp.any(flags)`` as a float sum: see :func:`is_many`."""
+  return jnp.sum(flags, dtype=jnp.float32) > 0
+
+
+def is_many(flags_B: jax.Array) -> jax.Array:
+  """Whether more than 1/8 of the rows are flagged: a float sum (XLA:CPU compiles an integer
+  sum as a cascade of four reduce-window fusions; its rounding beyond 2^24 rows does not
+  matter to a threshold that only picks the faster of two exact passes)."""
+  return jnp.sum(flags_B, dtype=jnp.float32) > flags_B.size // 8
+
+
 # Totals below this take the log1p of the non-maximal mass (L < log(17/16) ≈ 1/16).
 _NEEDS_MASS = 1.0625
 
 
 def max_stats(z_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(m, L) of ``[B, C]`` rows in fused passes: max + Σe in one, the log1p mass if needed."""
-  num_rows, num_classes = z_BxC.shape
+  num_classes = z_BxC.shape[1]
   (z1,) = separate(z_BxC, 1)
   m = row_max(z1, (1,))
   total = row_sum(jnp.exp(z1 - m), (1,))
@@ -361,7 +373,7 @@ def max_stats(z_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
   # only where L itself is small (L < 1/16): from one more pass over all rows when such
   # rows are many (a confident model), else row by row.
   need = total < _NEEDS_MASS
-  many = jnp.sum(need) > num_rows // 8
+  many = is_many(need)
   small = jax.lax.cond(many, mass, lambda: jnp.zeros_like(total))
   lse = jnp.where(many & need, jnp.log1p(small), jnp.log(total))
   # Rows with a small mass (flushed terms may matter) get the exact statistics, whose
@@ -382,7 +394,7 @@ def label_stats(z_BxC: jax.Array, y_B: jax.Array) -> tuple[jax.Array, jax.Array]
   logits) get the general statistics, c = max. Out-of-range labels are clipped here (their
   loss is made NaN by the caller).
   """
-  num_rows, num_classes = z_BxC.shape
+  num_classes = z_BxC.shape[1]
   y_clipped = jnp.clip(y_B, 0, num_classes - 1)[:, None]
 
   def label_shifted():  # recomputed inside each pass: never a [B, C] operand
@@ -390,7 +402,7 @@ def label_stats(z_BxC: jax.Array, y_B: jax.Array) -> tuple[jax.Array, jax.Array]
 
   total = row_sum(jnp.exp(label_shifted()), (1,))[:, 0]
   dominant = total < _NEEDS_MASS  # NaN compares False; see max_stats
-  many = jnp.sum(dominant) > num_rows // 8
+  many = is_many(dominant)
 
   def mass():
     return plain_mass(label_shifted(), (1,))[:, 0]

@@ -258,7 +258,7 @@ def _dense_partials(z, t, m, lse, t_sum, axes, eps, mask):
     d = _normalizer.shift(z_rest, m)
     return _normalizer.row_sum(t * (1 - jnp.floor(jnp.exp(d))), axes)
 
-  t_rest = jax.lax.cond(jnp.any(lse < _LOG2), t_rest_fn, lambda: t_sum)
+  t_rest = jax.lax.cond(_normalizer.is_any(lse < _LOG2), t_rest_fn, lambda: t_sum)
   (z,) = _normalizer.separate(z, 1)
   d = _normalizer.shift(z, m)
   log_q = d - lse
@@ -355,7 +355,7 @@ def _softmax_xent_fast_tangent(z_BxC, t_BxC, m, lse, t_sum, loss, dz_BxC, dt_BxC
       at_k = jnp.floor(jnp.exp(_normalizer.shift(z, m))) * dz_BxC
       return _normalizer.row_sum(at_k, (1,)) * (lse < _LOG2).astype(lse.dtype)
 
-    delta = jax.lax.cond(jnp.any(lse < _LOG2), at_max, lambda: jnp.zeros_like(lse))
+    delta = jax.lax.cond(_normalizer.is_any(lse < _LOG2), at_max, lambda: jnp.zeros_like(lse))
     coef = t_sum * jnp.exp(z_BxC - m - (lse - _normalizer.RAISE)) - t_BxC * _E_RAISE
     raised = coef * (dz_BxC - delta)
   if dt_BxC is not None:

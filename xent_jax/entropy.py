@@ -103,7 +103,7 @@ def _mean_shift(z, m, lse, axes, branch_free=False):
   plain = _normalizer.row_sum(jnp.exp(d - lse) * _normalizer.clamp_neg_inf(d, m), axes)
   num_terms = math.prod(z.shape[a] for a in axes)
   low = _entropy_flushed(lse - plain, num_terms)
-  return jax.lax.cond(jnp.any(low), split, lambda: plain)
+  return jax.lax.cond(_normalizer.is_any(low), split, lambda: plain)
 
 
 def _entropy_partials(z, m, lse, d_bar):
@@ -141,7 +141,7 @@ def _exact_entropy_stats(z_KxC):
 
 
 def _entropy_fast_stats_impl(z_BxC):
-  num_rows, num_classes = z_BxC.shape
+  num_classes = z_BxC.shape[1]
   z1, z2 = _normalizer.separate(z_BxC, 2)  # each pass fuses its own row max
   m = _normalizer.row_max(z1, (1,))
   total = _normalizer.row_sum(jnp.exp(z1 - m), (1,))
@@ -149,7 +149,7 @@ def _entropy_fast_stats_impl(z_BxC):
   d_bar = _normalizer.row_sum(jnp.exp(d) * _normalizer.clamp_neg_inf(d, total), (1,)) / total
   h = jnp.log(total) - d_bar
   dominant = ((total < 2) & (h < 0.25))[:, 0]
-  many = jnp.sum(dominant) > num_rows // 8
+  many = _normalizer.is_many(dominant)
 
   def exact_lse():
     (z3,) = _normalizer.separate(z_BxC, 1)

@@ -140,7 +140,7 @@ def _stats(opts, z_TxV, y_T):
   def frac_mass():  # subnormal terms kept where they can add up to a normal mass
     return _normalizer.frac_mass(lambda: z_TxV - shift, (1,), s_local[:, None])[:, 0]
 
-  r_local = lax.cond(jnp.any(s_local < 2), frac_mass, lambda: jnp.zeros_like(s_local))
+  r_local = lax.cond(_normalizer.is_any(s_local < 2), frac_mass, lambda: jnp.zeros_like(s_local))
   if opts.axis_name is None:
     m, s, r = m_local, s_local, r_local
   else:

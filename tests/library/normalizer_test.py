@@ -15,6 +15,7 @@ import numpy as np
 from absl.testing import absltest
 
 import xent_jax as xj
+from xent_jax import _normalizer
 
 _B, _C = 300, 4096
 _RTOL = {jnp.float32: 1e-6, jnp.float64: 1e-13}  # SPEC §2
@@ -70,6 +71,25 @@ class RowRepairTest(chex.TestCase):
     others = np.where(not_label, np.exp(z64 - zy[:, None]), 0.0).sum(axis=1)
     np.testing.assert_allclose(loss[dom], np.log1p(others), rtol=_RTOL[dtype])
     self.assertTrue(np.all(loss[dom] > 0))
+
+  def test_every_flag_count_around_the_chunk_size(self):
+    # K = 2^18 / row_size = 8 rows per chunk: no flag, one, a partial chunk, exactly one
+    # and two full chunks, one more, all.
+    # Each flagged row gets exact_fn's value, every other row keeps its own.
+    rows = jnp.asarray(np.random.default_rng(0).normal(size=(50, 3)), jnp.float32)
+    keep = jnp.arange(50, dtype=jnp.float32) - 100
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)  # flags are an argument: one program for every count
+    def repaired(flags):
+      return _normalizer.fix_rows(flags, lambda r: r.sum(1) + 1, keep, rows, row_size=2**15)
+
+    rng = np.random.default_rng(1)
+    for count in (0, 1, 7, 8, 9, 16, 17, 50):
+      flags = np.zeros(50, bool)
+      flags[rng.choice(50, count, replace=False)] = True
+      want = np.where(flags, np.asarray(rows).sum(1) + 1, np.asarray(keep))
+      np.testing.assert_allclose(repaired(flags), want, rtol=1e-6, err_msg=f"{count} flagged")
 
 
 if __name__ == "__main__":
