@@ -241,7 +241,7 @@ def _poly_parts(axes, logits, targets, epsilon, mask):
   c, lse = _normalizer.stats(z, axes)
   log_q = _normalizer.log_shift(z, c) - lse
   q = _normalizer.softmax_from_log(log_q)
-  v = -jnp.expm1(log_q)  # 1 - q_j as the sum of the other classes
+  v = -_core.expm1(log_q)  # 1 - q_j as the sum of the other classes
   eps = epsilon  # broadcast over the classes: ∂L/∂ε sums ∂L/∂ε_j = t_j v_j
   per_class = _neg_log1m_minus(v, log_q) + (1 + eps) * v  # = -log q_j + ε v_j
   loss = jnp.sum(_core.mul0(t, per_class), axis=axes, keepdims=True)

@@ -267,7 +267,7 @@ def _dense_partials(z, t, m, lse, t_sum, axes, eps, mask):
   # rows without a dominant class, where ties may floor to 1), so that a JVP's reduction
   # Σ partial·tangent stays one fused pass.
   at_max = jnp.floor(jnp.exp(d)) * (lse < _LOG2).astype(d.dtype)
-  at_max_value = t_sum * jnp.expm1(-lse) + t_rest
+  at_max_value = t_sum * _core.expm1(-lse) + t_rest
   # The row value misses dz_k in its derivative (m is held constant; d_k = z_k - m is 0 only
   # in value): a term of value 0 restores it, T·q_k·(d_k - stop_gradient(d_k)).
   d_fin = _normalizer.clamp_neg_inf(d, m)
@@ -475,12 +475,12 @@ def _int_xent_parts(axis, eps, logits, labels, mask):
   if eps:
     at_label = jnp.where(
       log_q_label > -_LOG2,
-      jnp.expm1(log_q_label) + (eps - eps / k),
+      _core.expm1(log_q_label) + (eps - eps / k),
       jnp.exp(log_q_label) - (1 - eps + eps / k),
     )
     grad = jnp.where(is_label, at_label, q - _core.masked(jnp.broadcast_to(eps / k, z.shape), mask))
   else:
-    grad = jnp.where(is_label, jnp.expm1(log_q_label), q)
+    grad = jnp.where(is_label, _core.expm1(log_q_label), q)
   keep = valid if has_support is None else valid & has_support
   grad = _core.masked(jnp.where(keep, grad, 0), mask)
   loss = jnp.where(valid, loss, jnp.nan)
@@ -523,7 +523,7 @@ def _int_xent_fast_parts(z_BxC, y_B):
   # Σ partial·tangent stays one fused pass). Rows with an invalid label get 0.
   dtype = z_BxC.dtype
   valid = ((y_B >= 0) & (y_B < z_BxC.shape[1]))[:, None]
-  at_label_row = jnp.where(valid, jnp.expm1(-loss)[:, None], 0)
+  at_label_row = jnp.where(valid, _core.expm1(-loss)[:, None], 0)
   j = jax.lax.broadcasted_iota(dtype, z_BxC.shape, 1)
   is_label = jnp.maximum(0, 1 - jnp.abs(j - y_B[:, None].astype(dtype)))
   grad = ((1 - is_label) * q + is_label * at_label_row) * valid.astype(dtype)

@@ -168,7 +168,7 @@ def _kl_from_logits_parts(axes, p_logits, q_logits, mask):
   # ∂/∂z^q = q - p (Σp = 1). Where either is dominant (> 1/2) the difference is formed as
   # expm1(log q) - expm1(log p) = (1 - p) - (1 - q): no 1 - q rounded next to 1.
   dominant = (log_q > -_LOG2) | (log_p > -_LOG2)
-  grad_q = jnp.where(dominant, jnp.expm1(log_q) - jnp.expm1(log_p), q - p)
+  grad_q = jnp.where(dominant, _core.expm1(log_q) - _core.expm1(log_p), q - p)
   # ∂/∂z^p = p_j (r_j - KL), r = log p - log q. For the dominant p_j, r_j - KL cancels; it
   # is (1 - p_j) r_j - Σ_{k≠j} p_k r_k with 1 - p_j = -expm1(log p_j). Where r_j = +inf
   # (q_j = 0 < p_j) the limit is +inf; where only KL is +inf, -inf.
@@ -176,7 +176,7 @@ def _kl_from_logits_parts(axes, p_logits, q_logits, mask):
   finite = log_ratio < jnp.inf
   r = jnp.where(finite, log_ratio, 0)
   rest = sum_axes(jnp.where(p_dominant, 0, terms))
-  r_minus_kl = jnp.where(p_dominant, -jnp.expm1(log_p) * r - rest, r - kl)
+  r_minus_kl = jnp.where(p_dominant, -_core.expm1(log_p) * r - rest, r - kl)
   r_minus_kl = jnp.where(finite, r_minus_kl, jnp.inf)
   # p_j·(r_j - KL): the product can be a normal number where p_j alone is subnormal
   # (log p_j < -87 in float32, r_j ≈ 88).

@@ -191,7 +191,7 @@ def _grad_logits(opts, u, z, offset, y_T, lse, nll, a_T, b_T):
   safe_nll = jnp.where(dominant, nll, 0)  # double where: no expm1 of a NaN or inf nll
   at_label = jnp.where(
     dominant,
-    kappa * jnp.expm1(-safe_nll) + (kappa - 1) + (opts.eps - eps_k),
+    kappa * _core.expm1(-safe_nll) + (kappa - 1) + (opts.eps - eps_k),
     kappa * jnp.exp(-nll) - (1 - opts.eps + eps_k),
   )
   g = (a_T * kappa)[:, None] * p

@@ -45,7 +45,7 @@ def _log_softmax_jvp(axes, primals, tangents):
   g = sum_axes(jnp.where(dominant, dz, 0))
   p_max = sum_axes(jnp.where(dominant, p, 0))
   rest = sum_axes(jnp.where(dominant, 0, p) * dz)
-  tangent = jnp.where(dominant, -jnp.expm1(log_p) * g, dz - p_max * g) - rest
+  tangent = jnp.where(dominant, -_core.expm1(log_p) * g, dz - p_max * g) - rest
   return log_p, _core.masked(tangent, mask)
 
 

@@ -1188,6 +1188,50 @@ class SecondDerivativeTest(chex.TestCase):
       )
 
   @parameterized.named_parameters(_grids.dtype_params())
+  def test_softmax_family_hessian_at_a_misclassified_label(self, dtype):
+    # Two classes, z = [M, s] at s = 0: the Hessian in s of the integer-label CE is
+    # q_1 q_0 = σ(M)σ(-M) whatever the label, of KL(p‖softmax([s, 0])) at s = -M with
+    # p = softmax([M, 0]) the same, and of the poly-1 loss in closed form. The partial at a
+    # label that is not the top class is expm1(log q_y); JAX's rule for expm1 forms its
+    # derivative as expm1 + 1, 0 once q_y < 6e-8 (the Hessians were 0 or 6% off).
+    _f32_or_skip(self, dtype)
+    margins = (16.0, 20.0, 30.0) if dtype == np.float32 else (30.0, 40.0, 300.0)
+
+    @jax.jit
+    def second_derivatives(m):
+      def at(s, f):
+        return jax.hessian(f)(jnp.zeros((), dtype) + s)
+
+      out = {}
+      for label in (0, 1):
+        f = lambda s, label=label: xj.softmax_cross_entropy_with_integer_labels(
+          jnp.stack([m, s]), label
+        )
+        out[f"int label {label}"] = at(0.0, f)
+      p_logits = jnp.stack([m, jnp.zeros((), dtype)])
+      kl = lambda s: xj.kl_divergence_from_logits(p_logits, jnp.stack([s, jnp.zeros((), dtype)]))
+      out["kl"] = at(-m, kl)
+      for t0, eps in ((0.0, 2.0), (1.0, 2.0), (0.3, 1.0)):
+        t = jnp.asarray([t0, 1 - t0], dtype)
+        f = lambda s, t=t, eps=eps: xj.poly_loss_cross_entropy(jnp.stack([m, s]), t, epsilon=eps)
+        out[f"poly t0={t0} eps={eps}"] = at(0.0, f)
+      return out
+
+    rtol = 4 * ref.RTOL[np.dtype(dtype)]
+    for m in margins:
+      mm = mpmath.mpf(m)
+      curvature = float(_mp_sigmoid(mm) * _mp_sigmoid(-mm))
+      want = {"int label 0": curvature, "int label 1": curvature, "kl": curvature}
+      # poly-1 = CE + ε(1 - p_t), p_t = t_0 q_0 + t_1 q_1: its second derivative in s is
+      # q_0 q_1 (1 - ε (t_1 - t_0)(q_0 - q_1)), with q_0 = σ(M), q_1 = σ(-M).
+      q0, q1 = _mp_sigmoid(mm), _mp_sigmoid(-mm)
+      for t0, eps in ((0.0, 2.0), (1.0, 2.0), (0.3, 1.0)):
+        t1 = 1 - mpmath.mpf(t0)
+        want[f"poly t0={t0} eps={eps}"] = float(q0 * q1 * (1 - eps * (t1 - t0) * (q0 - q1)))
+      for name, got in second_derivatives(dtype(m)).items():
+        np.testing.assert_allclose(got, want[name], rtol=rtol, err_msg=f"{name} at M = {m}")
+
+  @parameterized.named_parameters(_grids.dtype_params())
   def test_integer_label_hvp_at_a_tiny_probability(self, dtype):
     # -log q_y at q_y = 1e-20 (float32; 1e-200 in float64): the HVP along a class other
     # than the label is exactly 0 (it was NaN: q_y² underflowed), along the label 1/q_y².
