@@ -301,6 +301,35 @@ def _poly_rows(dtype):
 
 
 class PolyLossTest(chex.TestCase):
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_gradient_next_to_a_dominant_soft_target(self, dtype):
+    # t = [1 - r, r] with a small r: ∂L/∂z_0 involves r_0 = Σt - t_0 = r, which the
+    # rounded Σt lost (4e-4 relative in float32). Oracle: mpmath's derivative of
+    # Σ_j t_j (-log q_j + ε (1 - q_j)) at the targets as stored.
+    r = 8.238849e-05 if dtype == np.float32 else 3.3e-13
+    t = np.array([1 - r, r], dtype)
+    zs = np.array([[0.0, -20.0], [0.0, -80.0], [3.0, 1.0]], dtype)
+
+    @jax.jit
+    def grads(z):
+      f = lambda z, eps: jnp.sum(xj.poly_loss_cross_entropy(z, t[None], epsilon=eps))
+      return jnp.stack([jax.grad(f)(z, eps) for eps in (1.0, 0.0, -1.0)])
+
+    t0, t1 = (mpmath.mpf(float(v)) for v in t)
+
+    def loss(z0, z1, eps):
+      q0 = 1 / (1 + mpmath.exp(z1 - z0))
+      q1 = 1 / (1 + mpmath.exp(z0 - z1))
+      return -t0 * mpmath.log(q0) - t1 * mpmath.log(q1) + eps * (t0 * q1 + t1 * q0)
+
+    for z in zs:
+      z0, z1 = (mpmath.mpf(float(v)) for v in z)
+      want = [
+        [float(mpmath.diff(lambda a, e=eps, b=z1: loss(a, b, e), z0))] for eps in (1.0, 0.0, -1.0)
+      ]
+      got = grads(jnp.asarray(z[None]))[:, 0, :1]
+      np.testing.assert_allclose(got, want, rtol=4 * ref.RTOL[np.dtype(dtype)], err_msg=str(z))
+
   @parameterized.named_parameters(_grids.dtype_params(epsilon=(2.0, -1.0)))
   def test_value_and_gradient_match_mpmath(self, dtype, epsilon):
     z, t = _poly_rows(dtype)
