@@ -403,12 +403,12 @@ def _mul0_jvp(primals, tangents):
   (a, b), (da, db) = primals, tangents
   out = _mul0(a, b)
   zero = jnp.zeros((), out.dtype)
-  terms = []
+  tangent = jnp.zeros_like(out)
   if not isinstance(da, SymbolicZero):
-    terms.append(jnp.where((a == 0) & ~jnp.isfinite(b), zero, b) * da)
+    tangent = tangent + jnp.where((a == 0) & ~jnp.isfinite(b), zero, b) * da
   if not isinstance(db, SymbolicZero):
-    terms.append(jnp.where(a == 0, zero, a * db))
-  return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+    tangent = tangent + jnp.where(a == 0, zero, a * db)
+  return out, tangent
 
 
 _mul0.defjvp(_mul0_jvp, symbolic_zeros=True)
