@@ -37,15 +37,17 @@ NaN, overflow) with the general, exact statistics, K rows at a time.
 Derivatives. :func:`log_normalizer` is a ``custom_jvp``: dc is the tangent of the logit c
 is (:func:`shift_tangent`) and dL = Σ_j softmax_j (dz_j - dc), so that d(z_k - c - L) of the
 class c is keeps its tail (the measures depend on z - c - L only, which any dc leaves
-exact in first derivatives; this dc keeps the second ones exact too). Each
-measure is then a ``custom_jvp`` made by :func:`custom_jvp_from_partials` from its
-closed-form partial derivatives, written from the statistics with the precision of the
-tails (1 - q of a dominant class as the sum of the others, never as 1 - q): forward mode
-contracts them with the tangents, reverse mode is the transpose (the cotangent times the
-same arrays, one elementwise pass), and higher orders differentiate the closed forms, whose
-only non-elementary part is L again. A fast path may also give a one-pass formula for the
-JVP applied forward (:func:`_contract`); it is only ever evaluated. No derivative ever goes
-through the fast passes, their ``lax.cond`` or the ``while_loop`` of :func:`fix_rows`.
+exact in first derivatives; this dc keeps the second ones exact too, and
+:func:`zero_at_shift` makes d(z_k - c) an exact 0 at that class, so that their transpose,
+reverse over reverse, keeps them as well). Each measure is then a ``custom_jvp`` made by
+:func:`custom_jvp_from_partials` from its closed-form partial derivatives, written from the
+statistics with the precision of the tails (1 - q of a dominant class as the sum of the
+others, never as 1 - q): forward mode contracts them with the tangents, reverse mode is the
+transpose (the cotangent times the same arrays, one elementwise pass), and higher orders
+differentiate the closed forms, whose only non-elementary part is L again. A fast path may
+also give a one-pass formula for the JVP applied forward (:func:`_contract`); it is only
+ever evaluated. No derivative ever goes through the fast passes, their ``lax.cond`` or the
+``while_loop`` of :func:`fix_rows`.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def row_max(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   return jnp.where(m == -jnp.inf, jnp.zeros((), z.dtype), m)
 
 
-def shift(z: jax.Array, c: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def shift(z: jax.Array, c: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   """d = z - c for probabilities e^{d - L}: arithmetic only, no NaN at z = c = +inf.
 
   Both are clamped to fmax first: in a row whose maximum c is +inf the +inf logits get
@@ -87,10 +90,33 @@ def shift(z: jax.Array, c: jax.Array) -> jax.Array:
   elsewhere the clamp changes nothing. No compare or select, so the passes that use it
   stay fused. For log-probabilities use :func:`log_shift`. (The constant comes through a
   barrier: XLA would otherwise share its broadcast between passes by writing it out as a
-  [B, C] temporary.)
+  [B, C] temporary.) ``axes``, the class axes, serve the derivative (:func:`zero_at_shift`).
   """
   fmax = row_constant(c, jnp.finfo(z.dtype).max)
   return jnp.minimum(z, fmax) - jnp.minimum(c, fmax)
+
+
+@shift.defjvp
+def _shift_jvp(axes, primals, tangents):
+  out, tangent = jax.jvp(functools.partial(shift.fun, axes=axes), primals, tangents)
+  return out, zero_at_shift(*primals, tangent, axes)
+
+
+def zero_at_shift(z: jax.Array, c: jax.Array, tangent: jax.Array, axes) -> jax.Array:
+  """A tangent of z - c (c with the tangent :func:`shift_tangent` gives it), set to an exact
+  0 at the class c is where that class is the only one (it is 0 there in value).
+
+  Forward mode is unchanged. Reverse mode is the point: transposed, dz - dc sends the
+  class c its own cotangent g_c directly and -Σ_j g_j through dc, and g_c - Σ_j g_j
+  rounds away the tail Σ_{j≠c} g_j next to g_c ≈ 1 (grad of grad at a class winning by
+  17+ nats was 0). With the zero it receives -Σ_{j≠c} g_j only. Tied maxima keep
+  dz - dc (dc is their mean; no class dominates there). ``axes=None``: no zero.
+  """
+  if axes is None:
+    return tangent
+  at_c = z == c
+  count = jnp.sum(at_c.astype(tangent.dtype), axis=axes, keepdims=True)
+  return jnp.where(at_c & (count == 1), jnp.zeros((), tangent.dtype), tangent)
 
 
 def row_constant(row: jax.Array, value: float) -> jax.Array:
@@ -103,20 +129,21 @@ def row_constant(row: jax.Array, value: float) -> jax.Array:
   return jnp.sign(row) * 0 + jnp.asarray(value, row.dtype)
 
 
-@jax.custom_jvp
-def log_shift(z: jax.Array, c: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def log_shift(z: jax.Array, c: jax.Array, axes: tuple[int, ...] | None) -> jax.Array:
   """d = z - c for log-probabilities: 0 where z = c = ±inf, -inf for a finite z when c = +inf.
 
   A compare and a select (for values and the few rows the fast paths hand over); its
-  derivative is dz - dc everywhere, the maximum included.
+  derivative is dz - dc everywhere, the maximum included, with the exact zero of
+  :func:`zero_at_shift` over the class ``axes`` (None: ``z`` is not the whole row).
   """
   return jnp.where(z == c, jnp.zeros((), z.dtype), z - c)
 
 
 @log_shift.defjvp
-def _log_shift_jvp(primals, tangents):
+def _log_shift_jvp(axes, primals, tangents):
   (z, c), (dz, dc) = primals, tangents
-  return log_shift(z, c), dz - dc
+  return log_shift(z, c, axes), zero_at_shift(z, c, dz - dc, axes)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
@@ -128,17 +155,20 @@ def label_log_prob(z: jax.Array, index: jax.Array, c: jax.Array, lse: jax.Array,
   plain dz_y - Σ_j q_j dz_j rounds it to 0 (the second derivatives of the integer-label
   losses differentiate it: their Hessian at the label was 0 for a label winning by 20).
   """
-  return log_shift(jnp.take_along_axis(z, index, axis=axis), c) - lse
+  return log_shift(jnp.take_along_axis(z, index, axis=axis), c, None) - lse
 
 
 @label_log_prob.defjvp
 def _label_log_prob_jvp(axis, primals, tangents):
   z, index, c, lse = primals
   dz = tangents[0]
-  q = softmax_from_log(shift(z, c) - lse)
+  # The label's own term is 0; leaving it out of the sum (q_rest) makes the transpose exact
+  # too: the label gets ct·Σ_{j≠y} q_j, not ct·Σ_j q_j - ct·q_y, which cancels (grad of grad).
+  is_label = jax.lax.broadcasted_iota(index.dtype, z.shape, axis) == index
+  q_rest = jnp.where(is_label, jnp.zeros((), z.dtype), softmax_from_log(shift(z, c, (axis,)) - lse))
   dz_label = jnp.take_along_axis(dz, index, axis=axis)
   out = label_log_prob(z, index, c, lse, axis)
-  return out, jnp.sum(q * (dz_label - dz), axis=axis, keepdims=True)
+  return out, jnp.sum(q_rest * (dz_label - dz), axis=axis, keepdims=True)
 
 
 def separate(x: jax.Array, n: int) -> tuple[jax.Array, ...]:
@@ -313,12 +343,12 @@ def _general_body(z, m, axes, branch_free=False):
   the terms that are each below the underflow threshold). Where the total is < 2 the
   maximum is unique (d = 0 there only).
   """
-  total = row_sum(jnp.exp(shift(z, m)), axes)
+  total = row_sum(jnp.exp(shift(z, m, axes)), axes)
   if branch_free:
-    return log_total(total, _raised_mass(shift(z, m), axes))
+    return log_total(total, _raised_mass(shift(z, m, axes), axes))
 
   def mass():
-    return frac_mass(lambda: shift(z, m), axes, total)
+    return frac_mass(lambda: shift(z, m, axes), axes, total)
 
   return log_total(total, jax.lax.cond(is_any(total < 2), mass, lambda: jnp.zeros_like(total)))
 
@@ -430,9 +460,10 @@ def log_normalizer(stats_fn: Callable, axes: tuple[int, ...], z: jax.Array, *ext
 def _log_normalizer_jvp(stats_fn, axes, primals, tangents):
   z, dz = primals[0], tangents[0]
   c, lse = log_normalizer(stats_fn, axes, *primals)
-  q = jnp.exp(shift(z, c) - lse)
+  q = jnp.exp(shift(z, c, axes) - lse)
   dc = shift_tangent(z, c, dz, axes)
-  return (c, lse), (dc, jnp.sum(q * (dz - dc), axis=axes, keepdims=True))
+  d_lse = jnp.sum(q * zero_at_shift(z, c, dz - dc, axes), axis=axes, keepdims=True)
+  return (c, lse), (dc, d_lse)
 
 
 def shift_tangent(z: jax.Array, c: jax.Array, dz: jax.Array, axes: tuple[int, ...]):

@@ -236,7 +236,7 @@ def _dense_value(z, t, m, lse, t_sum, axes):
   inf·[t > 0]), in arithmetic only (XLA:CPU fuses it with the pass); that 0-or-inf term
   has no derivative.
   """
-  neg_d = -_normalizer.log_shift(z, m)
+  neg_d = -_normalizer.log_shift(z, m, axes)
   neg_d_fin = jnp.minimum(neg_d, jnp.finfo(z.dtype).max)
   inf_term = jax.lax.stop_gradient(jnp.minimum(neg_d - neg_d_fin, _inf_where_positive(t)))
   return lse * t_sum + _normalizer.row_sum(t * neg_d_fin + inf_term, axes)
@@ -255,28 +255,26 @@ def _dense_partials(z, t, m, lse, t_sum, axes, eps, mask):
   # pass fuses (see _normalizer.py). It reads its own reference to z (no shared [B, C] d).
   def t_rest_fn():
     (z_rest,) = _normalizer.separate(z, 1)
-    d = _normalizer.shift(z_rest, m)
+    d = _normalizer.shift(z_rest, m, axes)
     return _normalizer.row_sum(t * (1 - jnp.floor(jnp.exp(d))), axes)
 
   t_rest = jax.lax.cond(_normalizer.is_any(lse < _LOG2), t_rest_fn, lambda: t_sum)
   (z,) = _normalizer.separate(z, 1)
-  d = _normalizer.shift(z, m)
+  d = _normalizer.shift(z, m, axes)
   log_q = d - lse
   # The dominant class is a maximum (d = 0, log q = -L): its partial is a row value, put in
   # place with the arithmetic indicator floor(e^d)·[L < log 2] (1 there, 0 elsewhere; 0 in
   # rows without a dominant class, where ties may floor to 1), so that a JVP's reduction
   # Σ partial·tangent stays one fused pass.
   at_max = jnp.floor(jnp.exp(d)) * (lse < _LOG2).astype(d.dtype)
+  # Its derivative -T·e^{-L}·dL is all of d(T·q_k): d log q_k = dz_k - dm - dL, and the
+  # tangent of m is dz_k at the class it is (a dominant class is the unique maximum).
   at_max_value = t_sum * _core.expm1(-lse) + t_rest
-  # The row value misses dz_k in its derivative (m is held constant; d_k = z_k - m is 0 only
-  # in value): a term of value 0 restores it, T·q_k·(d_k - stop_gradient(d_k)).
-  d_fin = _normalizer.clamp_neg_inf(d, m)
-  at_max_value = at_max_value + (t_sum * jnp.exp(-lse)) * (d_fin - jax.lax.stop_gradient(d_fin))
   q = _normalizer.softmax_from_log(log_q)
   grad_z = (1 - at_max) * (t_sum * q - t) + at_max * at_max_value
   # -log q = L - d is +inf on an impossible class; where t = 0 there the term is the
   # constant 0·log 0 = 0 (a one-sided derivative), never 0·inf. ε = 1: t is a constant.
-  log_d = _normalizer.log_shift(z, m)
+  log_d = _normalizer.log_shift(z, m, axes)
   impossible = (t == 0) & (log_d == -jnp.inf)
   neg_log_q = jnp.where(impossible, 0, lse - jnp.where(impossible, 0, log_d))
   grad_t = None if eps == 1 else _core.masked((1 - eps) * neg_log_q, mask)
@@ -352,7 +350,7 @@ def _softmax_xent_fast_tangent(z_BxC, t_BxC, m, lse, t_sum, loss, dz_BxC, dt_BxC
 
     def at_max():  # dz at the dominant class (floor(e^d) is 1 there, 0 elsewhere)
       (z,) = _normalizer.separate(z_BxC, 1)
-      at_k = jnp.floor(jnp.exp(_normalizer.shift(z, m))) * dz_BxC
+      at_k = jnp.floor(jnp.exp(_normalizer.shift(z, m, (1,)))) * dz_BxC
       return _normalizer.row_sum(at_k, (1,)) * (lse < _LOG2).astype(lse.dtype)
 
     delta = jax.lax.cond(_normalizer.is_any(lse < _LOG2), at_max, lambda: jnp.zeros_like(lse))
@@ -454,7 +452,7 @@ def _int_xent_parts(axis, eps, logits, labels, mask):
   z = _normalizer.masked_logits(logits, mask)
   labels_e, valid, k, has_support = _label_terms(logits, labels, axis, mask)
   c, lse = _normalizer.stats(z, (axis,))
-  log_q = _normalizer.log_shift(z, c) - lse
+  log_q = _normalizer.log_shift(z, c, (axis,)) - lse
   # The label's log-probability is gathered (one element per example); out-of-range labels
   # are clipped here and turned into NaN below, never wrapped.
   index = jnp.clip(labels_e, 0, logits.shape[axis] - 1)
@@ -517,7 +515,7 @@ def _int_xent_fast_parts(z_BxC, y_B):
   # log q_j = (z_j - z_y) - L would subtract two large numbers and lose the digits of q_j.
   c, lse = _normalizer.log_normalizer(_normalizer.max_stats, (1,), z_BxC)
   loss = _int_xent_fast_loss(z_BxC, y_B, c, lse)
-  q = _normalizer.softmax_from_log(_normalizer.shift(z_BxC, c) - lse)
+  q = _normalizer.softmax_from_log(_normalizer.shift(z_BxC, c, (1,)) - lse)
   # At the label, log q = -loss: its partial expm1(-loss) is a row value, put in place with
   # the arithmetic indicator max(0, 1 - |j - y|) (no compare or select: a JVP's reduction
   # Σ partial·tangent stays one fused pass). Rows with an invalid label get 0.

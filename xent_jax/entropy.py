@@ -90,7 +90,7 @@ def _mean_shift(z, m, lse, axes, branch_free=False):
   """
 
   def split():
-    d = _normalizer.shift(z, m)
+    d = _normalizer.shift(z, m, axes)
     log_q, x = d - lse, _normalizer.clamp_neg_inf(d, m)
     s = _normalizer.raise_switch(log_q)
     plain = _normalizer.row_sum(jnp.exp(log_q) * x * (1 - s), axes)
@@ -99,15 +99,15 @@ def _mean_shift(z, m, lse, axes, branch_free=False):
 
   if branch_free:
     return split()
-  d = _normalizer.shift(z, m)
+  d = _normalizer.shift(z, m, axes)
   plain = _normalizer.row_sum(jnp.exp(d - lse) * _normalizer.clamp_neg_inf(d, m), axes)
   num_terms = math.prod(z.shape[a] for a in axes)
   low = _entropy_flushed(lse - plain, num_terms)
   return jax.lax.cond(_normalizer.is_any(low), split, lambda: plain)
 
 
-def _entropy_partials(z, m, lse, d_bar):
-  d = _normalizer.shift(z, m)
+def _entropy_partials(z, m, lse, d_bar, axes):
+  d = _normalizer.shift(z, m, axes)
   r = _normalizer.clamp_neg_inf(d, m) - d_bar  # finite where d = -inf (q = 0)
   # -q·r, with no underflow of q where q·|r| is still normal, and no select.
   return -_normalizer.times_prob(d - lse, r)
@@ -117,7 +117,7 @@ def _entropy_parts(axes, logits, mask):
   z = _normalizer.masked_logits(logits, mask)
   m, lse = _normalizer.stats(z, axes)
   d_bar = _mean_shift(z, m, lse, axes)
-  grad = _core.masked(_entropy_partials(z, m, lse, d_bar), mask)
+  grad = _core.masked(_entropy_partials(z, m, lse, d_bar, axes), mask)
   return jnp.squeeze(lse - d_bar, axes), (grad, None), axes
 
 
@@ -175,12 +175,13 @@ def _entropy_fast_stats(z_BxC):
 def _entropy_fast_stats_jvp(primals, tangents):
   (z,), (dz,) = primals, tangents
   m, lse, d_bar = _entropy_fast_stats(z)
-  d = _normalizer.shift(z, m)
+  d = _normalizer.shift(z, m, (1,))
   q = jnp.exp(d - lse)
   dm = _normalizer.shift_tangent(z, m, dz, (1,))
-  d_lse = jnp.sum(q * (dz - dm), axis=1, keepdims=True)
+  dz_shifted = _normalizer.zero_at_shift(z, m, dz - dm, (1,))  # exact transpose too
+  d_lse = jnp.sum(q * dz_shifted, axis=1, keepdims=True)
   r = _normalizer.clamp_neg_inf(d, m) - d_bar
-  terms = _normalizer.times_prob_switched(d - lse, (1 + r) * (dz - dm))  # q·r normal, q not
+  terms = _normalizer.times_prob_switched(d - lse, (1 + r) * dz_shifted)  # q·r normal, q not
   d_d_bar = jnp.sum(terms, axis=1, keepdims=True)
   return (m, lse, d_bar), (dm, d_lse, d_d_bar)
 
@@ -193,7 +194,7 @@ def _entropy_fast_value(z_BxC):
 def _entropy_fast_parts(z_BxC):
   m, lse, d_bar = _entropy_fast_stats(z_BxC)
   h = (lse - d_bar)[:, 0]
-  partials = (_entropy_partials(z_BxC, m, lse, d_bar),)
+  partials = (_entropy_partials(z_BxC, m, lse, d_bar, (1,)),)
   return h, partials, (1,), (_entropy_fast_tangent, (z_BxC, m, lse, d_bar, h))
 
 

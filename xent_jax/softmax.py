@@ -25,7 +25,7 @@ _LOG2 = math.log(2.0)
 def _log_softmax(logits, axes, mask):
   z = _normalizer.masked_logits(logits, mask)
   m, lse = _normalizer.stats(z, axes)
-  return _normalizer.log_shift(z, m) - lse
+  return _normalizer.log_shift(z, m, axes) - lse
 
 
 @_log_softmax.defjvp

@@ -991,13 +991,22 @@ class RegressionTest(chex.TestCase):
       ("poly", "where"): lambda z: xj.poly_loss_cross_entropy(z, hard[0], where=everywhere),
     }
 
-    @jax.jit  # one program: every call's Hessian of every row
+    # Forward over reverse (jax.hessian) and reverse over reverse (jacrev of grad, as
+    # double backprop and MAML take it): the transpose of d(z_k - c) sent the class k its
+    # own cotangent and minus the sum of all of them, g_k - Σ_j g_j, which rounded the tail
+    # Σ_{j≠k} g_j away (0 at a class winning by 20 nats) until the shift's tangent was
+    # made an exact 0 there.
+    transforms = {"hessian": jax.hessian, "jacrev(grad)": lambda f: jax.jacrev(jax.grad(f))}
+
+    @jax.jit  # one program: every call's Hessians of every row
     def hessians(z_RxC):
-      return [jax.vmap(jax.hessian(f))(z_RxC) for f in calls.values()]
+      return [[jax.vmap(t(f))(z_RxC) for t in transforms.values()] for f in calls.values()]
 
     tol = dict(rtol=4 * ref.RTOL[np.dtype(dtype)], atol=8 * np.finfo(dtype).tiny)  # README
     for got, (oracle, call) in zip(hessians(rows), calls, strict=True):
-      np.testing.assert_allclose(got, exact[oracle], **tol, err_msg=f"{oracle}: {call}")
+      for got_t, transform in zip(got, transforms, strict=True):
+        msg = f"{oracle}: {call}, {transform}"
+        np.testing.assert_allclose(got_t, exact[oracle], **tol, err_msg=msg)
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_sigmoid_cross_entropy_hessian_in_both_tails(self, dtype):
@@ -1230,6 +1239,50 @@ class SecondDerivativeTest(chex.TestCase):
         want[f"poly t0={t0} eps={eps}"] = float(q0 * q1 * (1 - eps * (t1 - t0) * (q0 - q1)))
       for name, got in second_derivatives(dtype(m)).items():
         np.testing.assert_allclose(got, want[name], rtol=rtol, err_msg=f"{name} at M = {m}")
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_poly_mixed_derivative_in_logits_and_epsilon(self, dtype):
+    # ∂²L/∂z_k∂ε of the poly-1 loss is q_k (p_t - t_k). With soft targets and a class k
+    # winning by a large margin, r_k - (1 - p_t) (r_k = Σ_{j≠k} t_j) cancelled in the
+    # partial ∂L/∂z_k: ∂/∂ε of it was 0 (exact -2.7e-10 at z = [20, 0], t = [0.57, 0.43]).
+    # Both orders, forward over reverse and reverse over reverse, against mpmath.
+    _f32_or_skip(self, dtype)
+    margins = (17.0, 20.0, 40.0) if dtype == np.float32 else (40.0, 100.0, 300.0)
+    rows = [[m, 0.0, -1.0] for m in margins] + [[-1.0, m, 0.5] for m in margins]
+    z_RxC = np.asarray(rows, dtype)
+    t = np.asarray([0.57, 0.3, 0.13], dtype)
+
+    def loss(z, eps):
+      return xj.poly_loss_cross_entropy(z, t, epsilon=eps)
+
+    @jax.jit
+    def mixed(z_RxC):
+      eps = jnp.ones((z_RxC.shape[0],), dtype)
+      fwd = jax.vmap(jax.hessian(loss, argnums=(0, 1)))(z_RxC, eps)
+      rev = jax.vmap(jax.jacrev(jax.grad(loss, argnums=(0, 1)), argnums=(0, 1)))(z_RxC, eps)
+      return {
+        "hessian ∂ε∂z": fwd[0][1],
+        "hessian ∂z∂ε": fwd[1][0],
+        "jacrev(grad) ∂ε∂z": rev[0][1],
+        "jacrev(grad) ∂z∂ε": rev[1][0],
+      }
+
+    want = []
+    with mpmath.workdps(400):  # p_t - t_k ≈ e^{-300} next to t_k: 130+ digits cancel
+      for z in z_RxC:
+        zm = [mpmath.mpf(float(v)) for v in z]
+        log_norm = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in zm))
+        q = [mpmath.exp(v - log_norm) for v in zm]
+        tm = [mpmath.mpf(float(v)) for v in t]
+        p_t = mpmath.fsum(a * b for a, b in zip(tm, q, strict=True))
+        want.append([float(qk * (p_t - tk)) for qk, tk in zip(q, tm, strict=True)])
+    for name, got in mixed(z_RxC).items():
+      # Only the dominant classes (k = 0 on the first rows, k = 1 on the others): at the
+      # other classes p_t - t_k cancels in the exact value too (ill-conditioned in t).
+      for r, k in enumerate([0] * len(margins) + [1] * len(margins)):
+        np.testing.assert_allclose(
+          got[r, k], want[r][k], rtol=4 * ref.RTOL[np.dtype(dtype)], err_msg=f"{name}, row {r}"
+        )
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_integer_label_hvp_at_a_tiny_probability(self, dtype):
