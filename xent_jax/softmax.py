@@ -44,7 +44,12 @@ def _log_softmax_jvp(axes, primals, tangents):
   sum_axes = functools.partial(jnp.sum, axis=axes, keepdims=True)
   g = sum_axes(jnp.where(dominant, dz, 0))
   p_max = sum_axes(jnp.where(dominant, p, 0))
-  rest = sum_axes(jnp.where(dominant, 0, p) * dz)
+  # Σ_{j≠k} p_j dz_j, the terms of p_j below e^{-80} (float32; e^{-700} in float64)
+  # formed as e^{log p_j + 16}·dz_j and summed on their own before the e^{-16}: each may be
+  # subnormal (flushed on the CPU) while their sum is normal.
+  s = _normalizer.raise_switch(log_p)
+  raised = jnp.exp(log_p + _normalizer.RAISE * s) * jnp.where(dominant, 0, dz)
+  rest = sum_axes(raised * (1 - s)) + sum_axes(raised * s) * math.exp(-_normalizer.RAISE)
   tangent = jnp.where(dominant, -_core.expm1(log_p) * g, dz - p_max * g) - rest
   return log_p, _core.masked(tangent, mask)
 
