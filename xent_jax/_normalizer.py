@@ -257,15 +257,17 @@ MASS_RAISE = 64.0
 _E_MASS = math.exp(MASS_RAISE)
 
 
-def raised_terms(d: jax.Array, x: jax.Array) -> jax.Array:
-  """e^{d}·x·e^{64} for d ≤ 0, normal also where e^{d} alone is subnormal.
+def raised_terms(d: jax.Array, x: jax.Array, by: float = MASS_RAISE) -> jax.Array:
+  """e^{d}·x·e^{64} (e^{by}) for d ≤ 0, normal also where e^{d} alone is subnormal.
 
   e^{d + 64} below d = -80 (float32; -700 in float64), where d + 64 is exact; e^{d} times
-  the constant e^{64} above, where adding 64 would round away digits of d. Arithmetic only
-  (the pass stays fused). Their sum times e^{-64} is Σ e^{d}·x to two roundings.
+  the constant e^{64} above, where adding 64 would round away digits of d (up to 1e-6
+  relative in float32 near d = 0). Arithmetic only (the pass stays fused). Their sum times
+  e^{-64} is Σ e^{d}·x to two roundings. The tangents' sums take ``by`` = :data:`RAISE`
+  (a tangent up to fmax·e^{-16} does not overflow).
   """
   s = raise_switch(d)
-  return jnp.exp(d + MASS_RAISE * s) * (s + (1 - s) * _E_MASS) * x
+  return jnp.exp(d + by * s) * (s + (1 - s) * math.exp(by)) * x
 
 
 def _raised_mass(d: jax.Array, axes: tuple[int, ...]) -> jax.Array:
@@ -604,7 +606,8 @@ def _fast_apply(tangent_fn, present, aux, dxs):
 
 
 def raised_row_sum(raised_BxC: jax.Array) -> jax.Array:
-  """Σ_j of terms formed with e^{... + 16}, scaled back by e^{-16}: ``[B, C]`` → ``[B]``."""
+  """Σ_j of terms formed ×e^{16} (:func:`raised_terms` with ``by=RAISE``), scaled back by
+  e^{-16}: ``[B, C]`` → ``[B]``."""
   return row_sum(raised_BxC, (1,))[:, 0] * math.exp(-RAISE)
 
 
@@ -673,14 +676,25 @@ def _contract_jvp(primals, tangents, *, axes, fast, n, m):
 
 
 def _contract_batch(args, dims, *, axes, fast, n, m):
-  """vmap: the plain contraction, vmapped."""
-  del fast
+  """vmap: the same primitive on the rows of every example together.
 
-  def plain(*args):
-    value, partials, _, dxs = _split(args, n, m)
-    return _plain_contract(value, partials, dxs, axes=axes)
+  Every operand of a fast path's contraction is a stack of independent rows ([B] values,
+  [B, C] partials and tangents, [B, ...] statistics), so a batch of V examples is one
+  contraction over V·B rows: the one-pass formula still applies (the plain contraction of
+  the partials is several times slower, and flushes terms the raised exponent keeps).
+  """
+  size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
 
-  return jax.vmap(plain, in_axes=dims)(*args), 0
+  def merge(a, d):
+    a = jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0)
+    return a.reshape((a.shape[0] * a.shape[1], *a.shape[2:]))
+
+  value_shape = list(args[0].shape)
+  if dims[0] is not None:
+    del value_shape[dims[0]]
+  merged = [merge(a, d) for a, d in zip(args, dims, strict=True)]
+  out = _contract_p.bind(*merged, axes=axes, fast=fast, n=n, m=m)
+  return out.reshape((size, *value_shape)), 0
 
 
 _contract_p = Primitive("xent_jax_contract")

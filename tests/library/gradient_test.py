@@ -923,6 +923,79 @@ class RegressionTest(chex.TestCase):
       )
       np.testing.assert_allclose(f(z, v)[1], want, rtol=4 * ref.RTOL[np.dtype(dtype)])
 
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_vmapped_jvp_keeps_subnormal_terms(self, dtype):
+    # jax.vmap of a per-example JVP (per-example HVPs, influence functions) contracted the
+    # partials plainly: at z = [80, -5, -10, -10, -10] (float32; 700 in float64) each
+    # q_j = e^{-90} is flushed, and the cross-entropies' tangent -2.4e-37 came out 0.7%
+    # off (the unbatched JVP was right). A batch now runs the fast paths' one-pass formula
+    # on all its rows. Oracle: mpmath; tangents batched along axis 0 and along axis 1.
+    _f32_or_skip(self, dtype)
+    top = 80.0 if dtype == np.float32 else 700.0
+    z = np.array([[top, -5.0, -10.0, -10.0, -10.0], [0.5, -0.25, 0.125, 1.0, -2.0]], dtype)
+    v = np.array([[1.0, -1.0, 0.5, 2.0, -0.3], [0.3, 2.0, -1.0, 0.25, 1.5]], dtype)
+    one_hot = np.eye(5, dtype=dtype)[[0, 0]]
+    calls = {
+      "integer labels": lambda z, v: jax.jvp(
+        lambda z: xj.softmax_cross_entropy_with_integer_labels(z, 0), (z,), (v,)
+      )[1],
+      "dense": lambda z, v: jax.jvp(lambda z: xj.softmax_cross_entropy(z, one_hot[0]), (z,), (v,))[
+        1
+      ],
+      "entropy": lambda z, v: jax.jvp(xj.entropy_from_logits, (z,), (v,))[1],
+    }
+    with mpmath.workdps(400):  # ∂H/∂z_0 = -q_0 (log q_0 + H): 300+ digits cancel in float64
+      want = {"integer labels": [], "entropy": []}
+      for row, tangent in zip(z, v, strict=True):
+        zm = [mpmath.mpf(float(x)) for x in row]
+        vm = [mpmath.mpf(float(x)) for x in tangent]
+        log_norm = mpmath.log(mpmath.fsum(mpmath.exp(x) for x in zm))
+        log_q = [x - log_norm for x in zm]
+        q = [mpmath.exp(x) for x in log_q]
+        h = -mpmath.fsum(a * b for a, b in zip(q, log_q, strict=True))
+        # d(-log q_0) = Σ_j q_j v_j - v_0 = Σ_{j≠0} q_j (v_j - v_0)
+        ce = mpmath.fsum(q[j] * (vm[j] - vm[0]) for j in range(1, 5))
+        ent = -mpmath.fsum(q[j] * (log_q[j] + h) * vm[j] for j in range(5))
+        want["integer labels"].append(float(ce))
+        want["entropy"].append(float(ent))
+    want["dense"] = want["integer labels"]
+    self.assertLess(-want["integer labels"][0], 1e-30)  # the tail row's tangent is tiny...
+    self.assertGreater(-want["integer labels"][0], np.finfo(dtype).tiny)  # ...and normal
+
+    @jax.jit
+    def batched(z, v):
+      return {
+        name: (jax.vmap(f)(z, v), jax.vmap(f, in_axes=(0, 1))(z, v.T)) for name, f in calls.items()
+      }
+
+    rtol = 4 * ref.RTOL[np.dtype(dtype)]
+    for name, (got, got_t) in batched(z, v).items():
+      np.testing.assert_allclose(got, want[name], rtol=rtol, err_msg=name)
+      np.testing.assert_allclose(got_t, want[name], rtol=rtol, err_msg=f"{name}, in_axes=(0, 1)")
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_fast_jvp_where_the_gradient_is_zero(self, dtype):
+    # The dense cross-entropy at equal logits with uniform targets: ∂H/∂z = q - t = 0, so
+    # the JVP along any tangent is 0. The fast path's one-pass JVP formed q_j ×e^{16} as
+    # e^{d_j - L + 16}, and adding 16 rounded away the low digits of d_j - L (up to 1e-6
+    # relative in float32): -2.8e-7 along e_0 at C = 2. Unbatched and under vmap.
+    _f32_or_skip(self, dtype)
+    for num_classes in (2, 4):
+      z = np.zeros((3, num_classes), dtype)
+      t = np.full((3, num_classes), 1 / num_classes, dtype)
+      tangents = np.eye(num_classes, dtype=dtype)
+
+      def jvp(v, z=z, t=t):
+        return jax.jvp(
+          lambda z: xj.softmax_cross_entropy(z, t), (z,), (jnp.broadcast_to(v, z.shape),)
+        )[1]
+
+      got = jax.jit(jax.vmap(jvp))(tangents)
+      atol = np.finfo(dtype).eps / 2  # the rounding of one partial of size 1/C
+      np.testing.assert_allclose(got, 0, atol=atol, err_msg=f"C = {num_classes}, vmap")
+      for v in tangents:
+        np.testing.assert_allclose(jvp(v), 0, atol=atol, err_msg=f"C = {num_classes}, {v}")
+
   def test_garbage_tangents_of_excluded_entries(self):
     # SPEC §2: an excluded entry contributes exactly 0 to the JVP whatever it holds, its
     # tangent included (a NaN tangent met a zero partial: 0·NaN = NaN on the paths that
