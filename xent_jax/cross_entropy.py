@@ -310,6 +310,7 @@ def _exact_dense_rows(z_KxC, t_KxC):
   return _dense_value(z_KxC, t_KxC, m[:, None], lse[:, None], t_sum, (1,))[:, 0]
 
 
+@_normalizer.row_batched
 def _softmax_xent_fast_value(z_BxC, t_BxC):
   d = z_BxC - jnp.max(z_BxC, axis=1, keepdims=True)
   e = jnp.exp(d)
@@ -508,6 +509,7 @@ def _int_xent_fast_loss(z_BxC, y_B, c, lse):
   return jnp.where((y_B >= 0) & (y_B < num_classes), loss, jnp.nan)
 
 
+@_normalizer.row_batched
 def _int_xent_fast_value(z_BxC, y_B):
   return _int_xent_fast_loss(z_BxC, y_B, *_normalizer.label_stats(z_BxC, y_B))
 

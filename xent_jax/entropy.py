@@ -140,6 +140,7 @@ def _exact_entropy_stats(z_KxC):
   return m[:, 0], lse[:, 0], _mean_shift(z_KxC, m, lse, (1,), branch_free=True)[:, 0]
 
 
+@_normalizer.row_batched
 def _entropy_fast_stats_impl(z_BxC):
   num_classes = z_BxC.shape[1]
   z1, z2 = _normalizer.separate(z_BxC, 2)  # each pass fuses its own row max
@@ -186,6 +187,7 @@ def _entropy_fast_stats_jvp(primals, tangents):
   return (m, lse, d_bar), (dm, d_lse, d_d_bar)
 
 
+@_normalizer.row_batched
 def _entropy_fast_value(z_BxC):
   _, lse, d_bar = _entropy_fast_stats_impl(z_BxC)
   return (lse - d_bar)[:, 0]

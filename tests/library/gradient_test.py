@@ -974,6 +974,44 @@ class RegressionTest(chex.TestCase):
       np.testing.assert_allclose(got_t, want[name], rtol=rtol, err_msg=f"{name}, in_axes=(0, 1)")
 
   @parameterized.named_parameters(_grids.dtype_params())
+  def test_vmap_of_a_per_example_call_is_the_batched_call(self, dtype):
+    # A per-example loss under jax.vmap ran the fast paths one example at a time: their
+    # lax.cond became a select of both branches and fix_rows' while_loop ran per example
+    # (5x the batched time), and the statistics took other branches than the batched call
+    # (the integer-label loss and the entropy differed in the last bits). The fused passes
+    # now batch as one call on all rows: value and JVP equal the batched call bit for bit,
+    # on a batch with confident rows, a +inf logit and a row with one finite class.
+    _f32_or_skip(self, dtype)
+    rng = np.random.default_rng(0)
+    rows = 64
+    z = 3 * rng.normal(size=(rows, CLASSES[-1]))
+    z[::4, 0] += 40.0
+    z[5, 3] = np.inf
+    z[6, :] = -np.inf
+    z[6, 2] = 0.0
+    z = z.astype(dtype)
+    labels = np.arange(rows, dtype=np.int32) % CLASSES[-1]
+    t = _grids.softmax64(rng.normal(size=z.shape)).astype(dtype)
+    v = rng.normal(size=z.shape).astype(dtype)
+    calls = {
+      "integer labels": lambda z, y, t: xj.softmax_cross_entropy_with_integer_labels(z, y),
+      "dense": lambda z, y, t: xj.softmax_cross_entropy(z, t),
+      "entropy": lambda z, y, t: xj.entropy_from_logits(z),
+    }
+
+    @jax.jit
+    def both(z, y, t, v):
+      out = {}
+      for name, f in calls.items():
+        jvp = lambda z, v, y, t, f=f: jax.jvp(lambda z: f(z, y, t), (z,), (v,))[1]
+        out[name] = (f(z, y, t), jax.vmap(f)(z, y, t), jvp(z, v, y, t), jax.vmap(jvp)(z, v, y, t))
+      return out
+
+    for name, (value, vmapped, tangent, vmapped_tangent) in both(z, labels, t, v).items():
+      np.testing.assert_array_equal(vmapped, value, err_msg=f"{name}: value")
+      np.testing.assert_array_equal(vmapped_tangent, tangent, err_msg=f"{name}: jvp")
+
+  @parameterized.named_parameters(_grids.dtype_params())
   def test_fast_jvp_where_the_gradient_is_zero(self, dtype):
     # The dense cross-entropy at equal logits with uniform targets: ∂H/∂z = q - t = 0, so
     # the JVP along any tangent is 0. The fast path's one-pass JVP formed q_j ×e^{16} as
