@@ -249,20 +249,17 @@ def _poly_parts(axes, logits, targets, epsilon, mask):
   # ∂L/∂z_k = (1+ε) q_k (r_k - u) + (q_k u - t_k v_k), r_k = Σ_{j≠k} t_j. The bracket is
   # formed as Σ_{j≠k} t_j v_j - v_k u where q_k is dominant (v_k < 1/2): e.g. -v_y² at the
   # label of a one-hot target, where -v_y + q_y v_y would cancel to 0.
-  t_sum = jnp.sum(t, axis=axes, keepdims=True)
-  # r_k = Σt - t_k loses the digits of a small r_k next to a dominant target (t_k > Σt/2,
-  # one class at most): there it is the sum of the other targets (t = [1 - 8e-5, 8e-5]:
-  # the gradient was 4e-4 off).
-  big = t > t_sum / 2
-  rest = jnp.where(big, jnp.sum(jnp.where(big, 0, t), axis=axes, keepdims=True), t_sum - t)
+  dominant = v < 0.5  # one class per row at most
   u_rest = u - t * v
-  bracket = jnp.where(v < 0.5, u_rest - v * u, q * u - t * v)
+  bracket = jnp.where(dominant, u_rest - v * u, q * u - t * v)
   # r_k - u = p_t - t_k, formed at a dominant class as Σ_{j≠k} t_j q_j - t_k v_k: with soft
   # targets r_k ≈ u there, and r_k - u cancelled (∂²/∂z_k∂ε was 0 at a class winning by 20,
-  # exact q_k (p_t - t_k) = -2.7e-10 for t = [0.57, 0.43]).
-  dominant = v < 0.5  # one class per row at most
+  # exact q_k (p_t - t_k) = -2.7e-10 for t = [0.57, 0.43]; and Σt - t_k rounded a small r_k
+  # next to a dominant target, t = [1 - 8e-5, 8e-5]: the gradient was 4e-4 off). Elsewhere
+  # q_k ≤ 1/2 and r_k - u = Σt - t_k - u keeps its precision.
+  t_sum = jnp.sum(t, axis=axes, keepdims=True)
   tq_rest = jnp.sum(jnp.where(dominant, 0, t * q), axis=axes, keepdims=True)
-  r_minus_u = jnp.where(dominant, tq_rest - t * v, rest - u)
+  r_minus_u = jnp.where(dominant, tq_rest - t * v, t_sum - t - u)
   grad_z = _core.masked((1 + eps) * q * r_minus_u + bracket, mask)
   # ∂L/∂t_j = -log q_j + ε v_j; on an impossible class (q_j = 0) with t_j = 0 the first
   # part is that of 0·log 0 = 0, a constant (as in softmax_cross_entropy): ε, not +inf.
