@@ -218,7 +218,10 @@ def _log_ratio(axes, p_logits, q_logits, mask, log_p, log_q):
   # A non-finite logit where p or q has mass makes d_j = ±inf or NaN: S is then not finite
   # or at least ½ (the row is not near), or u_j = -inf (p_j = 0), its limit. A class with
   # p_j > 0 = q_j (KL = +inf) counts as S = +inf; classes with p_j = q_j = 0 not at all.
-  d = shifted(zp) - shifted(zq)
+  # d is recomputed where it is used (from references XLA keeps apart): shared, it would
+  # be written out as a [B, C] temporary (453 against 359 ms at 65536×1000).
+  (zp1, zp2), (zq1, zq2) = _normalizer.separate(zp, 2), _normalizer.separate(zq, 2)
+  d = shifted(zp1) - shifted(zq1)
   q_present = log_q > -jnp.inf
   dq = jnp.where(q_present, d, 0)  # double where: NaN and ±inf stay out of the derivatives
   # S = Σ_j q_j expm1(d_j): the terms as q_j expm1(d_j), and where d_j ≥ 1 as
@@ -232,7 +235,7 @@ def _log_ratio(axes, p_logits, q_logits, mask, log_p, log_q):
   # Far apart (|S| ≥ ½) nothing cancels: log p - log q there (log1p(S) would lose
   # digits as S → -1, and e^{log q_j + d_j} its own as d_j grows).
   near = jnp.abs(s) < 0.5
-  exact = d - jnp.log1p(jnp.where(near, s, 0))
+  exact = (shifted(zp2) - shifted(zq2)) - jnp.log1p(jnp.where(near, s, 0))
   present = (log_p > -jnp.inf) | (log_q > -jnp.inf)
   plain = jnp.where(present, log_p, 0) - jnp.where(present, log_q, 0)
   return jnp.where(near, exact, plain), near
