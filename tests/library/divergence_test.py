@@ -225,6 +225,8 @@ class DivergenceGradientTest(chex.TestCase):
       ([0.0, -25.0, -3.0], [0.0, -25.1, -3.0]),
       ([40.0, -40.0, 10.0], [40.0, -39.5, 10.0]),
       ([1.0, 2.0, 3.0], [1.001, 2.0, 3.0]),
+      ([30.0, 0.0, -10.0], [30.0, 0.001, -10.0]),  # a large top logit: z - max rounds
+      ([5.0, 5.0, -3.0], [5.0, 5.0, -3.01]),  # tied maxima
     ]
     rng = np.random.default_rng(17)
     for delta in (1e-1, 1e-2, 1e-3):
