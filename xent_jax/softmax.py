@@ -32,25 +32,42 @@ def _log_softmax(logits, axes, mask):
 def _log_softmax_jvp(axes, primals, tangents):
   logits, mask = primals
   dz = _core.masked(tangents[0], mask)
+  z = _normalizer.masked_logits(logits, mask)
   log_p = _log_softmax(logits, axes, mask)
-  p = jnp.exp(log_p)
-  # d log p_i = dz_i - Σ_j p_j dz_j. For the dominant class k (p_k > 1/2, at most one per
-  # row) dz_k - p_k dz_k cancels, so p_k's share is taken apart: with g = dz_k,
-  #   d log p_k = (1 - p_k) g - Σ_{j≠k} p_j dz_j,   1 - p_k = -expm1(log p_k) exact,
-  #   d log p_i = dz_i - p_k g - Σ_{j≠k} p_j dz_j   (i ≠ k).
-  # Its transpose (reverse mode) is then g_i - p_i Σg, and g_k (1 - p_k) - p_k Σ_{i≠k} g_i
-  # at k: exact in both modes.
-  dominant = log_p > -_LOG2
+  # d log p_i = dz_i - Σ_j p_j dz_j. With k a unique maximum (none where the maximum is
+  # tied), g = dz at the maximum and r = Σ_{j≠k} p_j = 1 - p_k:
+  #   d log p_i = (dz_i - g) - Σ_{j≠k} p_j dz_j + r g   (i ≠ k),
+  #   d log p_k = -Σ_{j≠k} p_j dz_j + r g,
+  # the dominant class's 1 - p_k as the sum of the others. Its transpose (reverse mode) is
+  # v_j - p_j Σv, and at k r Σv - Σ_{j≠k} v_j = r v_k - p_k Σ_{j≠k} v_j: no v_k - p_k Σv
+  # that cancels, in either mode.
   sum_axes = functools.partial(jnp.sum, axis=axes, keepdims=True)
-  g = sum_axes(jnp.where(dominant, dz, 0))
-  p_max = sum_axes(jnp.where(dominant, p, 0))
-  # Σ_{j≠k} p_j dz_j, the terms of p_j below e^{-80} (float32; e^{-700} in float64)
-  # formed as e^{log p_j + 16}·dz_j and summed on their own before the e^{-16}: each may be
-  # subnormal (flushed on the CPU) while their sum is normal.
-  s = _normalizer.raise_switch(log_p)
-  raised = jnp.exp(log_p + _normalizer.RAISE * s) * jnp.where(dominant, 0, dz)
-  rest = sum_axes(raised * (1 - s)) + sum_axes(raised * s) * math.exp(-_normalizer.RAISE)
-  tangent = jnp.where(dominant, -_core.expm1(log_p) * g, dz - p_max * g) - rest
+  at_max = z == _normalizer.row_max(z, axes)
+  count = sum_axes(at_max.astype(z.dtype))
+  g = sum_axes(jnp.where(at_max, dz, 0)) / jnp.maximum(count, 1)
+  at_k = at_max & (count == 1)
+  others = jnp.where(at_k, 0, log_p)  # double where: log p_k is not summed
+
+  def plain(others, dz):
+    p = jnp.exp(others) * (1 - at_k)
+    return sum_axes(p * dz), sum_axes(p)
+
+  def raised(others, dz):
+    # The terms of p_j below e^{-80} (float32; e^{-700} in float64) formed as
+    # e^{log p_j + 16}·dz_j and summed on their own before the e^{-16}: each may be
+    # subnormal (flushed on the CPU) while their sum, or their product with a cotangent
+    # in reverse mode, is normal.
+    s = _normalizer.raise_switch(others)
+    p = jnp.exp(others + _normalizer.RAISE * s) * (1 - at_k)
+    low = math.exp(-_normalizer.RAISE)
+    split = lambda x: sum_axes(x * (1 - s)) + sum_axes(x * s) * low
+    return split(p * dz), split(p)
+
+  # Only rows with such probabilities need the raised sums (they cost several plain passes).
+  deepest = jnp.min(jnp.where(log_p > -jnp.inf, log_p, 0), axis=axes)
+  deep = _normalizer.is_any(_normalizer.raise_switch(deepest) > 0)
+  rest, r = jax.lax.cond(deep, raised, plain, others, dz)
+  tangent = jnp.where(at_k, 0, dz - g) - rest + r * g
   return log_p, _core.masked(tangent, mask)
 
 
