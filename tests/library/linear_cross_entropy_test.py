@@ -297,6 +297,43 @@ class GradientTest(chex.TestCase):
         self.assertEqual(got_i.dtype, DTYPE)
         _assert_sum_close(self, got_i, bound, want_i, RTOL, f"{name} d{arg}")
 
+  def test_one_hidden_feature(self):
+    # D = 1 (a contraction over one element, which XLA:CPU rewrote into fused multiplies):
+    # the compiled loss of a dominant label was 8.7e-4 relative off (second row) and the
+    # gradient of a dominant class that is not the label 2.4e-5 (first row).
+    h = np.array([[0.7506786], [-0.5749987]], DTYPE)
+    w = np.array([[969.0776, 484.5388, -12.97659, 47.987095, -72.911545]], DTYPE)
+    y = np.array([1, 4], np.int32)
+    # The materialised logits (one rounding of h·W), then the loss exactly in float64,
+    # the label's tail with log1p.
+    z = (np.asarray(h, np.float64) @ np.asarray(w, np.float64)).astype(DTYPE).astype(np.float64)
+    rest = np.exp(z - z[np.arange(2), y][:, None])
+    rest[np.arange(2), y] = 0
+    top = z.max(axis=1)
+    want = np.where(z[np.arange(2), y] == top, np.log1p(rest.sum(axis=1)), top - z[np.arange(2), y])
+    others = np.exp(z - top[:, None])
+    others[z == top[:, None]] = 0  # the maximum is unique in both rows
+    want[0] += np.log1p(others[0].sum())
+    got = jax.jit(lambda h, w: xj.linear_softmax_cross_entropy(h, w, y))(h, w)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=0)
+    # ∂/∂u = p - onehot(y) of those logits, at the label minus the others' mass.
+    lse = top + np.log1p(others.sum(axis=1))
+    g = np.exp(z - lse[:, None])
+    label = np.arange(5) == y[:, None]
+    g[label] = -np.where(label, 0, g).sum(axis=1)
+    grads = jax.jit(jax.grad(lambda h, w: xj.linear_softmax_cross_entropy(h, w, y).sum(), (0, 1)))(
+      h, w
+    )
+    want_grads, bounds = _reference_grads(h, w, g)
+    # Besides the sums' rounding, the inherent change of p_j = e^{z_j - lse} when the
+    # float logit z_j moves by half an ulp: |z_j|·eps relative (the tails at z ≈ -70).
+    _, inherent = _reference_grads(h, w, np.abs(g) * np.abs(z))
+    eps = float(np.finfo(DTYPE).eps)
+    for got_i, want_i, bound, extra, arg in zip(
+      grads, want_grads[:2], bounds[:2], inherent[:2], "hW", strict=True
+    ):
+      _assert_sum_close(self, got_i, bound + 4 * eps / RTOL * extra, want_i, RTOL, f"d{arg}")
+
   def test_lse_cotangent(self):
     h, w, b, y = _inputs(10, N, D, V)
     ct_loss, ct_lse = np.random.default_rng(11).standard_normal((2, N))
