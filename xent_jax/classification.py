@@ -43,7 +43,13 @@ def _log_one_minus_pt_jvp(primals, tangents):
   lm = jnp.where(alive, log_m, 0)
   log_sig, log_sig_neg = _log_sigmoid(z), _log_sigmoid(-z)
   d_z = (1 - 2 * y) * jnp.exp(log_sig + log_sig_neg - lm)
-  d_y = jnp.exp(log_sig_neg - lm) - jnp.exp(log_sig - lm)
+  # (σ(-z) - σ(z))/m: as -tanh(z/2)/m near z = 0, where the two terms cancel.
+  near = jnp.abs(z) < 1
+  d_y = jnp.where(
+    near,
+    -jnp.tanh(jnp.where(near, z, 0) / 2) * jnp.exp(-lm),
+    jnp.exp(log_sig_neg - lm) - jnp.exp(log_sig - lm),
+  )
   return log_m, jnp.where(alive, d_z * dz + d_y * dy, 0)
 
 
@@ -96,7 +102,9 @@ def _focal_parts(logits, labels, gamma):
   # ce is inf only at z = ±inf, where σ(z)σ(-z) = 0 multiplies it: that product's limit is
   # 0 (|z|·e^{-|z|}), not inf·0.
   ce_fin = jnp.minimum(ce, jnp.finfo(ce.dtype).max)
-  r_y = _core.ratio(s_neg - s_pos, m_safe)
+  # σ(-z) - σ(z) = -tanh(z/2): the difference of two rounded sigmoids cancels near z = 0
+  # (0 for |z| below an ulp of ½; ∂FL/∂y at z = 1e-8 was 58% off).
+  r_y = _core.ratio(-jnp.tanh(z / 2), m_safe)
   grad_z = jnp.where(
     linear,
     weight * (ce_z + ce_fin * r_z * ((1 - 2 * y) * gamma)),

@@ -1286,6 +1286,23 @@ class SecondDerivativeTest(chex.TestCase):
       np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-30, err_msg=f"Hessian at {x}")
 
   @parameterized.named_parameters(_grids.dtype_params())
+  def test_focal_label_gradient_next_to_zero(self, dtype):
+    # ∂FL/∂y holds γ m^(γ-1) (σ(-z) - σ(z)) ce: the difference of two rounded sigmoids was 0
+    # for |z| below an ulp of ½ and 58% off at z = 1e-8 (found by an independent probe);
+    # it is -tanh(z/2).
+    _f32_or_skip(self, dtype)
+    # No α (with α the term is dwarfed by ∂α_t/∂y·FL); _mp_focal's α = ½ halves the loss.
+    points = [(z, y, g) for z in (1e-8, -1e-6, 1e-3) for y in (1.0, 0.3) for g in (0.5, 2.0)]
+    loss = lambda z, y, g: xj.sigmoid_focal_loss(z, y, gamma=g)
+    grad_y = jax.jit(jax.vmap(jax.grad(loss, argnums=1)))(*np.array(points, dtype).T)
+    rtol = 4 * ref.RTOL[np.dtype(dtype)]
+    for got, x in zip(grad_y, points, strict=True):
+      x = tuple(float(np.asarray(v, dtype)) for v in x)
+      fl = lambda y, x=x: 2 * _mp_focal(x[0], y, x[2], 0.5)
+      want = float(mpmath.diff(fl, mpmath.mpf(x[1])))
+      np.testing.assert_allclose(got, want, rtol=rtol, err_msg=f"∂/∂y at {x}")
+
+  @parameterized.named_parameters(_grids.dtype_params())
   def test_mixed_second_derivatives_at_zero_probability(self, dtype):
     # ∂²/∂p_j∂q_j of Σ p log(p/q) (and of H(p, q)) is -1/q_j, also where p_j = 0: the guard
     # of 0·log 0 dropped it in one order of differentiation. Binary CE at p = 0:
