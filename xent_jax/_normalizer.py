@@ -727,3 +727,89 @@ mlir.register_lowering(_contract_p, mlir.lower_fun(_contract_impl, multiple_resu
 ad.primitive_transposes[_contract_p] = _contract_transpose
 ad.primitive_jvps[_contract_p] = _contract_jvp
 batching.primitive_batchers[_contract_p] = _contract_batch
+
+
+# ------------------------------------------- a linear map, fast in both directions
+#
+# A custom_jvp's tangent is a linear map of dx; JAX transposes it into the VJP. Written as
+# jnp code that keeps every tail exact in forward mode (a lax.cond between plain and raised
+# sums, selects at the maximum), its transpose runs at several times the cost of the plain
+# VJP: [B, C] residuals cross the cond, selects split the fused reductions. ``linear_map``
+# makes the map a primitive and its transpose a second one, each evaluated by its own fast
+# formula; derivatives in the residual arrays come from the plain formula (and from its
+# transpose, by JAX), so every higher order is exactly what autodiff of the plain formula
+# gives, while first-order forward and reverse mode each run one fast formula.
+
+
+def linear_map(name: str, plain: Callable, fast_transpose: Callable) -> Callable:
+  """``apply(*res, x, axes=axes)``: the map x ↦ ``plain(*res, x, axes=axes)``, linear in x.
+
+  Args:
+    name: the primitive's name (its transpose is ``name + "_transpose"``).
+    plain: ``plain(*res, x, axes=axes)``, jnp code linear in ``x``: the forward formula and
+      the source of every derivative in ``res``.
+    fast_transpose: ``fast_transpose(*res, ct, axes=axes)``, the transposed map (the VJP),
+      only ever evaluated. It must equal JAX's transpose of ``plain`` to the accuracy of
+      the measure.
+
+  ``x``, the output and the cotangent share a shape and dtype; ``axes`` (static, the class
+  axes) are the only axes the map mixes, so a ``vmap`` is one call with a leading axis.
+  """
+  forward, backward = Primitive(name), Primitive(name + "_transpose")
+
+  def plain_transpose(*args, axes):
+    *res, ct = args
+    return jax.linear_transpose(lambda x: plain(*res, x, axes=axes), ct)(ct)[0]
+
+  for prim, impl, exact, other in (
+    (forward, plain, plain, backward),
+    (backward, fast_transpose, plain_transpose, forward),
+  ):
+    prim.def_impl(impl)
+    prim.def_abstract_eval(_linear_abstract_eval)
+    mlir.register_lowering(prim, mlir.lower_fun(impl, multiple_results=False))
+    ad.primitive_jvps[prim] = functools.partial(_linear_jvp, prim, exact)
+    ad.primitive_transposes[prim] = functools.partial(_linear_transpose, other)
+    batching.primitive_batchers[prim] = functools.partial(_linear_batch, prim)
+  return lambda *args, axes: forward.bind(*args, axes=axes)
+
+
+def _linear_abstract_eval(*avals, axes):
+  del axes
+  x = avals[-1]  # the output has x's type; inside shard_map, varying as all inputs
+  varying = frozenset().union(*(a.manual_axis_type.varying for a in avals))
+  return x.update(manual_axis_type=type(x.manual_axis_type)(varying=varying))
+
+
+def _linear_jvp(prim, exact, primals, tangents, *, axes):
+  """In the residuals, the derivative of the exact formula; in x, the map itself."""
+  *res, x = primals
+  *d_res, dx = tangents
+  out = prim.bind(*primals, axes=axes)
+  d_out = None
+  if any(type(d) is not ad.Zero for d in d_res):
+    d_res = [ad.instantiate_zeros(d) for d in d_res]
+    _, d_out = jax.jvp(lambda *r: exact(*r, x, axes=axes), tuple(res), tuple(d_res))
+  if type(dx) is not ad.Zero:
+    term = prim.bind(*res, ad.instantiate_zeros(dx), axes=axes)
+    d_out = term if d_out is None else d_out + term
+  return out, jnp.zeros_like(out) if d_out is None else d_out
+
+
+def _linear_transpose(other, ct, *args, axes):
+  *res, x = args
+  if any(ad.is_undefined_primal(r) for r in res):
+    raise NotImplementedError("linear_map is linear in its last operand only")
+  if type(ct) is ad.Zero:
+    return [None] * len(res) + [ad.Zero(x.aval)]
+  return [None] * len(res) + [other.bind(*res, ct, axes=axes)]
+
+
+def _linear_batch(prim, args, dims, *, axes):
+  """vmap: the batch as a leading axis of every operand (the map mixes ``axes`` only)."""
+  size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+  args = [
+    jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0)
+    for a, d in zip(args, dims, strict=True)
+  ]
+  return prim.bind(*args, axes=tuple(a + 1 for a in axes)), 0

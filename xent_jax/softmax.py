@@ -34,13 +34,21 @@ def _log_softmax_jvp(axes, primals, tangents):
   dz = _core.masked(tangents[0], mask)
   z = _normalizer.masked_logits(logits, mask)
   log_p = _log_softmax(logits, axes, mask)
-  # d log p_i = dz_i - Σ_j p_j dz_j. With k a unique maximum (none where the maximum is
-  # tied), g = dz at the maximum and r = Σ_{j≠k} p_j = 1 - p_k:
-  #   d log p_i = (dz_i - g) - Σ_{j≠k} p_j dz_j + r g   (i ≠ k),
-  #   d log p_k = -Σ_{j≠k} p_j dz_j + r g,
-  # the dominant class's 1 - p_k as the sum of the others. Its transpose (reverse mode) is
-  # v_j - p_j Σv, and at k r Σv - Σ_{j≠k} v_j = r v_k - p_k Σ_{j≠k} v_j: no v_k - p_k Σv
-  # that cancels, in either mode.
+  return log_p, _core.masked(_log_softmax_linear(z, log_p, dz, axes=axes), mask)
+
+
+def _log_softmax_tangent(z, log_p, dz, *, axes):
+  """d log p = dz - Σ_j p_j dz_j, exact at a dominant class: the JVP (forward mode).
+
+  With k a unique maximum (none where the maximum is tied), g = dz at the maximum and
+  r = Σ_{j≠k} p_j = 1 - p_k:
+    d log p_i = (dz_i - g) - Σ_{j≠k} p_j dz_j + r g   (i ≠ k),
+    d log p_k = -Σ_{j≠k} p_j dz_j + r g,
+  the dominant class's 1 - p_k as the sum of the others. JAX's transpose of this formula
+  (the exact VJP, v_j - p_j Σv with r v_k - p_k Σ_{j≠k} v_j at k) is what every higher
+  derivative differentiates; first-order reverse mode evaluates
+  :func:`_log_softmax_cotangent`.
+  """
   sum_axes = functools.partial(jnp.sum, axis=axes, keepdims=True)
   at_max = z == _normalizer.row_max(z, axes)
   count = sum_axes(at_max.astype(z.dtype))
@@ -67,8 +75,34 @@ def _log_softmax_jvp(axes, primals, tangents):
   deepest = jnp.min(jnp.where(log_p > -jnp.inf, log_p, 0), axis=axes)
   deep = _normalizer.is_any(_normalizer.raise_switch(deepest) > 0)
   rest, r = jax.lax.cond(deep, raised, plain, others, dz)
-  tangent = jnp.where(at_k, 0, dz - g) - rest + r * g
-  return log_p, _core.masked(tangent, mask)
+  return jnp.where(at_k, 0, dz - g) - rest + r * g
+
+
+def _log_softmax_cotangent(z, log_p, v, *, axes):
+  """The VJP v - p·Σv in two passes over v, as ``jax.nn``'s, exact at a dominant class.
+
+  Where L < log 2 (p_k > 1/2: the maximum k is unique, and log p_k = -L is the row's
+  largest log-probability) the class k gets r v_k - p_k Σ_{j≠k} v_j with
+  r = 1 - p_k = -expm1(-L), no v_k - p_k Σv that cancels; that sum runs only when some row
+  has such a class. p_j·Σv keeps its tail where p_j alone is subnormal
+  (:func:`_normalizer.times_prob_switched`).
+  """
+  del z
+  sum_axes = functools.partial(jnp.sum, axis=axes, keepdims=True)
+  neg_lse = jnp.max(log_p, axis=axes, keepdims=True)  # log p of the maximum, -L
+  total = sum_axes(v)
+  dominant = neg_lse > -_LOG2
+  at_k = (log_p == neg_lse) & dominant
+  rest = jax.lax.cond(
+    _normalizer.is_any(dominant), lambda: sum_axes(jnp.where(at_k, 0, v)), lambda: total
+  )
+  at_k_value = -_core.expm1(neg_lse) * v - jnp.exp(neg_lse) * rest
+  return jnp.where(at_k, at_k_value, v - _normalizer.times_prob_switched(log_p, total))
+
+
+_log_softmax_linear = _normalizer.linear_map(
+  "xent_jax_log_softmax_tangent", _log_softmax_tangent, _log_softmax_cotangent
+)
 
 
 @measure(logits=Role.LOGITS)

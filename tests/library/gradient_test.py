@@ -622,6 +622,19 @@ class LogSoftmaxDerivativesTest(chex.TestCase):
 
     prop()
 
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_vjp_keeps_the_tail_of_a_dominant_class(self, dtype):
+    # A cotangent concentrated on a class that wins by 20+ nats (the CE of a confident row
+    # with smoothed targets): its gradient r v_k - p_k Σ_{j≠k} v_j, r = 1 - p_k, is of the
+    # order of r; v_k - p_k Σv rounds p_k to 1 and cancels to 0. Reverse mode evaluates its
+    # own formula (not the transpose of the JVP's), so it is checked on its own, with no
+    # allowance for the contraction's rounding.
+    z = np.array([[0.0, -20.0, -25.0], [3.0, -30.0, 1.0], [0.0, -20.0, -25.0]], dtype)
+    v = np.array([[1.0, 1e-9, 0.0], [1.0, 0.0, 0.0], [-1.0, 3e-10, 7e-10]], dtype)
+    grad = jax.jit(lambda z, v: jax.vjp(xj.log_softmax, z)[1](v)[0])(z, v)
+    want = ref.log_softmax_vjp(z, v).ref.value
+    np.testing.assert_allclose(grad, want, rtol=4 * ref.RTOL[np.dtype(dtype)])
+
 
 # ----------------------------------------------------------------------------------------------
 # The fast paths' tails as users compile them.
