@@ -206,11 +206,15 @@ _UNDERFLOW = {jnp.dtype(jnp.float32): 80.0, jnp.dtype(jnp.float64): 700.0}
 def softmax_from_log(log_q: jax.Array) -> jax.Array:
   """q = e^{log q} for log q ≤ 0, normal wherever the exact q is.
 
-  Below log q = -80 (float32; -700 in float64) it is e^{log q + 16}·e^{-16}; above, the
-  plain e^{log q}, bit for bit. The switch s ∈ {0, 1} is arithmetic (floor, min, max), so
-  the passes that use it stay fused.
+  Below log q = -81 (float32; -701 in float64; where :func:`raise_switch` is 1) it is
+  e^{log q + 16}·e^{-16}; above, the plain e^{log q}, bit for bit. For elementwise passes
+  (partial derivatives): the switch is a compare and two selects, half the operations of
+  :func:`times_prob_switched`'s arithmetic one, which a reduction needs to stay fused.
   """
-  return times_prob_switched(log_q, 1.0)
+  dtype = log_q.dtype
+  deep = log_q <= -(_UNDERFLOW[dtype] + 1)
+  raised = jnp.exp(log_q + jnp.where(deep, jnp.asarray(RAISE, dtype), jnp.asarray(0, dtype)))
+  return raised * jnp.where(deep, jnp.asarray(math.exp(-RAISE), dtype), jnp.asarray(1, dtype))
 
 
 def raise_switch(log_q: jax.Array) -> jax.Array:

@@ -262,16 +262,15 @@ def _dense_partials(z, t, m, lse, t_sum, axes, eps, mask):
   (z,) = _normalizer.separate(z, 1)
   d = _normalizer.shift(z, m, axes)
   log_q = d - lse
-  # The dominant class is a maximum (d = 0, log q = -L): its partial is a row value, put in
-  # place with the arithmetic indicator floor(e^d)·[L < log 2] (1 there, 0 elsewhere; 0 in
-  # rows without a dominant class, where ties may floor to 1), so that a JVP's reduction
-  # Σ partial·tangent stays one fused pass.
-  at_max = jnp.floor(jnp.exp(d)) * (lse < _LOG2).astype(d.dtype)
+  # The dominant class is the maximum (d = 0, log q = -L) of a row with L < log 2: its
+  # partial is a row value, put in place with a select (a JVP applied forward does not
+  # form the partials: it runs _softmax_xent_fast_tangent; the VJP is elementwise).
+  at_max = (d == 0) & (lse < _LOG2)
   # Its derivative -T·e^{-L}·dL is all of d(T·q_k): d log q_k = dz_k - dm - dL, and the
   # tangent of m is dz_k at the class it is (a dominant class is the unique maximum).
   at_max_value = t_sum * _core.expm1(-lse) + t_rest
   q = _normalizer.softmax_from_log(log_q)
-  grad_z = (1 - at_max) * (t_sum * q - t) + at_max * at_max_value
+  grad_z = jnp.where(at_max, at_max_value, t_sum * q - t)
   # -log q = L - d is +inf on an impossible class; where t = 0 there the term is the
   # constant 0·log 0 = 0 (a one-sided derivative), never 0·inf. ε = 1: t is a constant.
   log_d = _normalizer.log_shift(z, m, axes)
@@ -521,14 +520,13 @@ def _int_xent_fast_parts(z_BxC, y_B):
   loss = _int_xent_fast_loss(z_BxC, y_B, c, lse)
   q = _normalizer.softmax_from_log(_normalizer.shift(z_BxC, c, (1,)) - lse)
   # At the label, log q = -loss: its partial expm1(-loss) is a row value, put in place with
-  # the arithmetic indicator max(0, 1 - |j - y|) (no compare or select: a JVP's reduction
-  # Σ partial·tangent stays one fused pass). Rows with an invalid label get 0.
+  # a select (a JVP applied forward runs _int_xent_fast_tangent instead; the VJP is this
+  # elementwise pass). Rows with an invalid label get 0.
   dtype = z_BxC.dtype
   valid = ((y_B >= 0) & (y_B < z_BxC.shape[1]))[:, None]
   at_label_row = jnp.where(valid, _core.expm1(-loss)[:, None], 0)
-  j = jax.lax.broadcasted_iota(dtype, z_BxC.shape, 1)
-  is_label = jnp.maximum(0, 1 - jnp.abs(j - y_B[:, None].astype(dtype)))
-  grad = ((1 - is_label) * q + is_label * at_label_row) * valid.astype(dtype)
+  is_label = jax.lax.broadcasted_iota(y_B.dtype, z_BxC.shape, 1) == y_B[:, None]
+  grad = jnp.where(is_label, at_label_row, q) * valid.astype(dtype)
   return loss, (grad, None), (1,), (_int_xent_fast_tangent, (z_BxC, y_B, c, lse, loss))
 
 
