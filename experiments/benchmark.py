@@ -391,6 +391,19 @@ def _softmax_rows(config, workdir, hlo_dir) -> list[dict]:
       lambda z, t: optax.softmax_cross_entropy(z, t).mean(),
       (logits, targets),
     )
+    # log_softmax inside a loss a user writes by hand (no SPEC §6 target): its VJP is
+    # v - p·Σv at every entry, against jax.nn's.
+    rows += _kernel_rows(
+      config,
+      workdir,
+      hlo_dir,
+      "log_softmax",
+      f"{b}x{c}",
+      "jax.nn",
+      lambda z, t: -jnp.mean(jnp.sum(t * xent_jax.log_softmax(z), axis=-1)),
+      lambda z, t: -jnp.mean(jnp.sum(t * jax.nn.log_softmax(z), axis=-1)),
+      (logits, targets),
+    )
   return rows
 
 

@@ -260,7 +260,7 @@ def _dense_partials(z, t, m, lse, t_sum, axes, eps, mask):
 
   t_rest = jax.lax.cond(_normalizer.is_any(lse < _LOG2), t_rest_fn, lambda: t_sum)
   (z,) = _normalizer.separate(z, 1)
-  d = _normalizer.shift(z, m, axes)
+  d = _normalizer.log_shift(z, m, axes)  # an elementwise pass: the select costs less
   log_q = d - lse
   # The dominant class is the maximum (d = 0, log q = -L) of a row with L < log 2: its
   # partial is a row value, put in place with a select (a JVP applied forward does not
@@ -273,9 +273,8 @@ def _dense_partials(z, t, m, lse, t_sum, axes, eps, mask):
   grad_z = jnp.where(at_max, at_max_value, t_sum * q - t)
   # -log q = L - d is +inf on an impossible class; where t = 0 there the term is the
   # constant 0·log 0 = 0 (a one-sided derivative), never 0·inf. ε = 1: t is a constant.
-  log_d = _normalizer.log_shift(z, m, axes)
-  impossible = (t == 0) & (log_d == -jnp.inf)
-  neg_log_q = jnp.where(impossible, 0, lse - jnp.where(impossible, 0, log_d))
+  impossible = (t == 0) & (d == -jnp.inf)
+  neg_log_q = jnp.where(impossible, 0, lse - jnp.where(impossible, 0, d))
   grad_t = None if eps == 1 else _core.masked((1 - eps) * neg_log_q, mask)
   return _core.masked(grad_z, mask), grad_t
 
@@ -518,7 +517,7 @@ def _int_xent_fast_parts(z_BxC, y_B):
   # log q_j = (z_j - z_y) - L would subtract two large numbers and lose the digits of q_j.
   c, lse = _normalizer.log_normalizer(_normalizer.max_stats, (1,), z_BxC)
   loss = _int_xent_fast_loss(z_BxC, y_B, c, lse)
-  q = _normalizer.softmax_from_log(_normalizer.shift(z_BxC, c, (1,)) - lse)
+  q = _normalizer.softmax_from_log(_normalizer.log_shift(z_BxC, c, (1,)) - lse)
   # At the label, log q = -loss: its partial expm1(-loss) is a row value, put in place with
   # a select (a JVP applied forward runs _int_xent_fast_tangent instead; the VJP is this
   # elementwise pass). Rows with an invalid label get 0.

@@ -27,7 +27,7 @@ def _expected_rows(config) -> list[tuple[str, str]]:
   kernel = [("fwd",), ("fwd+bwd",), ("jvp",)]
   rows = [(op, p) for op in ("sigmoid", "focal") for (p,) in kernel]
   for _ in config.softmax_shapes:
-    rows += [(op, p) for op in ("softmax_int", "softmax_dense") for (p,) in kernel]
+    rows += [(op, p) for op in ("softmax_int", "softmax_dense", "log_softmax") for (p,) in kernel]
   rows += [("poly", p) for _ in config.softmax_shapes for (p,) in kernel]
   rows += [("entropy", p) for _ in config.softmax_shapes for (p,) in kernel]
   rows += [("train_step", "step")] * len(config.train_step_sizes)
