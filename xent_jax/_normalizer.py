@@ -411,8 +411,11 @@ def is_many(flags_B: jax.Array) -> jax.Array:
   return jnp.sum(flags_B, dtype=jnp.float32) > flags_B.size // 8
 
 
-# Totals below this take the log1p of the non-maximal mass (L < log(17/16) ≈ 1/16).
-_NEEDS_MASS = 1.0625
+# Totals below this take the log1p of the non-maximal mass (L < log 2), as log_total does.
+# log(total) has an absolute error of about eps/2 from rounding 1 + mass, plus the sum's
+# own: 1.5e-7 in float32 at total = 1.089 (L = 0.085, 1.8e-6 relative), so it is accurate
+# to SPEC §2 only where L is not small; the threshold was 17/16 (L < 1/16).
+_NEEDS_MASS = 2.0
 
 
 @row_batched
@@ -428,8 +431,8 @@ def max_stats(z_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
     return plain_mass(z2 - row_max(z2, (1,)), (1,))
 
   # log(total) has an absolute error of about eps/2, so the log1p of the mass is needed
-  # only where L itself is small (L < 1/16): from one more pass over all rows when such
-  # rows are many (a confident model), else row by row.
+  # where L itself is small (L < log 2): from one more pass over all rows when such rows
+  # are many (a confident model), else row by row.
   need = total < _NEEDS_MASS
   many = is_many(need)
   small = jax.lax.cond(many, mass, lambda: jnp.zeros_like(total))
@@ -446,7 +449,7 @@ def label_stats(z_BxC: jax.Array, y_B: jax.Array) -> tuple[jax.Array, jax.Array]
   """(c, L) of ``[B, C]`` rows shifted by the label's own logit, c = z_y, in fused passes.
 
   S = Σ_j e^{z_j - z_y} needs no max pass. L = log S has an absolute error of about eps/2,
-  which is accurate enough unless L < 1/16; where S < 17/16 the label is the strict maximum
+  which is accurate enough unless L < log 2; where S < 2 the label is the strict maximum
   and L = log1p of the non-label mass: from one
   more pass over all rows when such rows are many (a confident model), else row by row.
   Rows where S is not finite (a class 88 nats above the label in float32, ±inf or NaN
