@@ -114,9 +114,13 @@ def zero_at_shift(z: jax.Array, c: jax.Array, tangent: jax.Array, axes) -> jax.A
   """
   if axes is None:
     return tangent
+  return jnp.where(unique_shift(z, c, axes), jnp.zeros((), tangent.dtype), tangent)
+
+
+def unique_shift(z: jax.Array, c: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """Where z is c and no other class of its row is (a maximum that is not tied)."""
   at_c = z == c
-  count = jnp.sum(at_c.astype(tangent.dtype), axis=axes, keepdims=True)
-  return jnp.where(at_c & (count == 1), jnp.zeros((), tangent.dtype), tangent)
+  return at_c & (jnp.sum(at_c, axis=axes, keepdims=True) == 1)
 
 
 def row_constant(row: jax.Array, value: float) -> jax.Array:

@@ -64,10 +64,9 @@ def _log_softmax_tangent(z, log_p, dz, *, axes):
   :func:`_log_softmax_cotangent`.
   """
   sum_axes = functools.partial(jnp.sum, axis=axes, keepdims=True)
-  at_max = z == _normalizer.row_max(z, axes)
-  count = sum_axes(at_max.astype(z.dtype))
-  g = sum_axes(jnp.where(at_max, dz, 0)) / jnp.maximum(count, 1)
-  at_k = at_max & (count == 1)
+  m = _normalizer.row_max(z, axes)
+  g = _normalizer.shift_tangent(z, m, dz, axes)
+  at_k = _normalizer.unique_shift(z, m, axes)
   others = jnp.where(at_k, 0, log_p)  # double where: log p_k is not summed
 
   def plain(others, dz):
