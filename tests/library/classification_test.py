@@ -120,9 +120,12 @@ def _focal_grid(dtype):
 
 @functools.cache
 def _focal_refs(dtype):
+  return _focal_refs_at(*_focal_grid(dtype), dtype)
+
+
+def _focal_refs_at(z, y, g, dtype):
   """Closed-form values and partials; conditions from mpmath derivatives of them in z (and
   in y inside (0, 1): at y = 0 or 1 a central difference would leave the domain)."""
-  z, y, g = _focal_grid(dtype)
   out = [([], []) for _ in range(4)]
   for zi, yi, gi in zip(z, y, g, strict=True):
     zm, ym, gm = (mpmath.mpf(float(a)) for a in (zi, yi, gi))
@@ -153,6 +156,36 @@ class SigmoidFocalLossTest(chex.TestCase):
       ref.assert_accurate(grads[i], refs[i + 1], dtype, name=f"d focal / d {name}")
     _, tangent = jax.jit(lambda z: jax.jvp(lambda z: f(z, y, g), (z,), (jnp.ones_like(z),)))(z)
     ref.assert_accurate(tangent, refs[1], dtype, name="jvp focal")
+
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_products_of_a_weight_below_the_normal_range(self, dtype):
+    # (1 - p_t)^γ below the normal range where its products are not: at z = 44, y = 1,
+    # γ = 2 in float32, m^γ = 6e-39 (flushed to 0 on the CPU) and ∂FL/∂y = -44·m^γ... =
+    # -2.8e-37 came out 0, as did ∂²FL/∂z∂y (5.5e-37) one way round.
+    if dtype == np.float32:
+      rows = [(44.0, 1.0, 2.0), (-44.0, 0.0, 2.0), (18.0, 1.0, 5.0), (30.0, 1.0, 3.0)]
+    else:
+      rows = [(355.0, 1.0, 2.0), (-355.0, 0.0, 2.0), (142.0, 1.0, 5.0), (237.0, 1.0, 3.0)]
+    z, y, g = (np.array(c, dtype) for c in zip(*rows, strict=True))
+    refs = _focal_refs_at(z, y, g, dtype)
+    f = jax.jit(lambda z, y, g: xj.sigmoid_focal_loss(z, y, gamma=g))
+    grads = jax.jit(jax.grad(lambda *a: jnp.sum(f(*a)), argnums=(0, 1, 2)))(z, y, g)
+    for i, name in enumerate(("logits", "labels", "gamma")):
+      ref.assert_accurate(grads[i], refs[i + 1], dtype, name=f"d focal / d {name}")
+    _, tangent = jax.jit(lambda y: jax.jvp(lambda y: f(z, y, g), (y,), (jnp.ones_like(y),)))(y)
+    ref.assert_accurate(tangent, refs[2], dtype, name="jvp focal / d labels")
+    # The mixed second derivative, both ways round: ∂/∂z of the closed-form ∂FL/∂y (a
+    # difference in y would leave the domain at y = 1).
+    mixed = jax.jit(jax.vmap(jax.hessian(f, argnums=(0, 1))))(z, y, g)
+    exact = []
+    for a, b, c in rows:
+      b, c = mpmath.mpf(b), mpmath.mpf(c)
+      exact.append(float(mpmath.diff(lambda t, b=b, c=c: _mp_focal_partials(t, b, c)[2], a)))
+    # Terms of the sum below the normal range are flushed (SPEC §2): an absolute error of
+    # the smallest normal float is allowed, not the 0 (float64) or 93% (float32) it was.
+    tiny = np.finfo(dtype).tiny
+    np.testing.assert_allclose(mixed[0][1], exact, rtol=1e-4, atol=tiny)
+    np.testing.assert_allclose(mixed[1][0], exact, rtol=1e-4, atol=tiny)
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_alpha_weights_and_hessian(self, dtype):
