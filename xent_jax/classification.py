@@ -160,10 +160,17 @@ def _focal_parts(logits, labels, gamma):
   log_m = _log_one_minus_pt(z, y)
   alive = log_m > -jnp.inf  # m = 0: an infinite logit with the matching hard label
   lm = jnp.where(alive, log_m, 0)
+  power = _core.mul0(gamma - 1, lm)
+
+  def from_logs(log_x):  # γ·m^(γ-1)·x in one exponent: no huge m^(γ-1) times a tiny x
+    return jnp.where(alive, gamma * jnp.exp(power + log_x), 0)
+
   weight = jnp.where(linear, _power(m_safe, lm, gamma), jnp.exp(_core.mul0(gamma, log_m)))  # m^γ
   # Where m^γ alone is below the normal range (flushed to 0 on the CPU), its products are
   # formed without it: ∂FL/∂y = m^γ·(-z + ...) at z = 44, y = 1, γ = 2 is -2.8e-37.
-  scaled = alive & (weight < jnp.finfo(weight.dtype).tiny)
+  # Not below m = 2^-100: there d log m = dm/m nears the float range (e^88 at m = σ(-88) in
+  # float32) and a scaled JVP's x·γ·d log m overflowed (inf and NaN in Hessians).
+  scaled = alive & linear & (weight < jnp.finfo(weight.dtype).tiny)
 
   def times_weight(x, product=jnp.multiply):  # m^γ·x, at the cost of an exp
     power_x = _power_times(lm, gamma, jnp.where(scaled, x, 0))
@@ -193,15 +200,10 @@ def _focal_parts(logits, labels, gamma):
     _weight_times(weight, lm, gamma, scaled_f, ce_z + ce_fin * r_z * ((1 - 2 * y) * gamma)),
     _weight_times(weight, lm, gamma, scaled_f, ce_z + ce_fin * r_z_log * ((1 - 2 * y) * gamma)),
   )
-  # (σ(-z) - σ(z))/m, |z| large: up to e^80 on SPEC §2's grid (float32), fmax beyond, where
-  # ce·γ·r ≈ -γ is already below the normal range; m^γ is factored out (a term
-  # γ·ce·m^(γ-1)·σ(z) = 2e^-710 of ∂FL/∂y at z = 355 in float64 was flushed, 0.6% of it).
-  big = jnp.finfo(z.dtype).max
-  r_y_log = jnp.clip(jnp.exp(log_sig_neg - lm) - jnp.exp(log_sig - lm), -big, big)
   grad_y = jnp.where(
     linear,
     times_weight(ce_y + ce * gamma * r_y, _core.mul0),
-    times_weight(ce_y + ce * gamma * r_y_log, _core.mul0),
+    _core.mul0(weight, ce_y) + ce * (from_logs(log_sig_neg) - from_logs(log_sig)),
   )
   # ∂/∂γ = ce · m^γ · log m. At z = ±inf, ce = inf where σ(∓z) = 0 multiplies it: the
   # products with ce are 0 there (their limits, e.g. |z|·e^{-|z|} at m = 1), not inf·0.

@@ -165,7 +165,7 @@ class SigmoidFocalLossTest(chex.TestCase):
     if dtype == np.float32:
       rows = [(44.0, 1.0, 2.0), (-44.0, 0.0, 2.0), (18.0, 1.0, 5.0), (30.0, 1.0, 3.0)]
     else:
-      rows = [(355.0, 1.0, 2.0), (-355.0, 0.0, 2.0), (142.0, 1.0, 5.0), (237.0, 1.0, 3.0)]
+      rows = [(60.0, 1.0, 11.83), (-60.0, 0.0, 11.83), (50.0, 1.0, 14.2), (65.0, 1.0, 10.92)]
     z, y, g = (np.array(c, dtype) for c in zip(*rows, strict=True))
     refs = _focal_refs_at(z, y, g, dtype)
     f = jax.jit(lambda z, y, g: xj.sigmoid_focal_loss(z, y, gamma=g))
@@ -186,6 +186,13 @@ class SigmoidFocalLossTest(chex.TestCase):
     tiny = np.finfo(dtype).tiny
     np.testing.assert_allclose(mixed[0][1], exact, rtol=1e-4, atol=tiny)
     np.testing.assert_allclose(mixed[1][0], exact, rtol=1e-4, atol=tiny)
+    # Where 1 - p_t is below 2^-100, d log(1 - p_t) nears the float range; the second
+    # derivatives there stay finite (a scaled JVP overflowed to inf at z = 355 in float64).
+    big = _grids.MAX_LOGIT[np.dtype(dtype)]
+    zb = np.array([big / 2, big, -big / 2, -big, big], dtype)
+    yb = np.array([1.0, 1.0, 0.0, 0.0, 0.5], dtype)
+    hess = jax.jit(jax.vmap(jax.hessian(f, argnums=(0, 1))))(zb, yb, np.full_like(zb, 2.0))
+    self.assertTrue(np.all(np.isfinite(np.array(hess))), hess)
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_alpha_weights_and_hessian(self, dtype):
