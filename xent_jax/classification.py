@@ -47,10 +47,13 @@ def _log_one_minus_pt_jvp(primals, tangents):
   d_z = (1 - 2 * y) * jnp.exp(log_sig + log_sig_neg - lm)
   # (σ(-z) - σ(z))/m: as -tanh(z/2)/m near z = 0, where the two terms cancel.
   near = jnp.abs(z) < 1
+  # (σ(-z) - σ(z))/m overflows where m < 1/fmax (z > 88 in float32, y = 1): capped, or a
+  # zero tangent dy times inf made every derivative of the loss NaN there.
+  big = jnp.finfo(z.dtype).max
   d_y = jnp.where(
     near,
     -jnp.tanh(jnp.where(near, z, 0) / 2) * jnp.exp(-lm),
-    jnp.exp(log_sig_neg - lm) - jnp.exp(log_sig - lm),
+    jnp.clip(jnp.exp(log_sig_neg - lm) - jnp.exp(log_sig - lm), -big, big),
   )
   return log_m, jnp.where(alive, d_z * dz + d_y * dy, 0)
 

@@ -193,6 +193,13 @@ class SigmoidFocalLossTest(chex.TestCase):
     yb = np.array([1.0, 1.0, 0.0, 0.0, 0.5], dtype)
     hess = jax.jit(jax.vmap(jax.hessian(f, argnums=(0, 1))))(zb, yb, np.full_like(zb, 2.0))
     self.assertTrue(np.all(np.isfinite(np.array(hess))), hess)
+    # Beyond the grid, where d log(1 - p_t)/dy overflows in float32, the logits' second
+    # derivative is still right, not NaN (it was NaN: a zero tangent times that inf).
+    far = np.array([100.0, 355.0, 1e6], dtype)
+    hess_z = jax.jit(jax.vmap(jax.hessian(f)))(far, np.ones_like(far), np.full_like(far, 2.0))
+    one, two = mpmath.mpf(1), mpmath.mpf(2)
+    exact_z = [float(mpmath.diff(lambda t: _mp_focal_partials(t, one, two)[1], a)) for a in far]
+    np.testing.assert_allclose(hess_z, exact_z, rtol=1e-4, atol=tiny)
 
   @parameterized.named_parameters(_grids.dtype_params())
   def test_alpha_weights_and_hessian(self, dtype):
