@@ -136,8 +136,9 @@ def _weight_times(weight, log_m, gamma, scaled, x):
 def _weight_times_jvp(primals, tangents):
   (weight, log_m, gamma, scaled, x), (d_weight, d_log_m, d_gamma, _, dx) = primals, tangents
   use = scaled > 0
-  u = jnp.where(use, x * (gamma * d_log_m + log_m * d_gamma) + dx, 0)
-  tangent = jnp.where(use, _power_times(log_m, gamma, u), d_weight * x + weight * dx)
+  power_tangents = (d_log_m, d_gamma, dx)
+  _, power_tangent = _power_times_jvp((log_m, gamma, jnp.where(use, x, 0)), power_tangents)
+  tangent = jnp.where(use, power_tangent, d_weight * x + weight * dx)
   return weight * x, tangent
 
 
