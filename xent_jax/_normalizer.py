@@ -430,9 +430,9 @@ def max_stats(z_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
   m = row_max(z1, (1,))
   total = row_sum(jnp.exp(z1 - m), (1,))
 
-  def mass():
+  def mass():  # the max is a [B, 1] operand: no second max pass
     (z2,) = separate(z_BxC, 1)
-    return plain_mass(z2 - row_max(z2, (1,)), (1,))
+    return plain_mass(z2 - m, (1,))
 
   # log(total) has an absolute error of about eps/2, so the log1p of the mass is needed
   # where L itself is small (L < log 2): from one more pass over all rows when such rows
