@@ -425,19 +425,38 @@ _NEEDS_MASS = 2.0
 @row_batched
 def max_stats(z_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(m, L) of ``[B, C]`` rows in fused passes: max + Σe in one, the log1p mass if needed."""
+  return _max_stats(z_BxC, None)
+
+
+@row_batched
+def max_stats_for_labels(z_BxC: jax.Array, y_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """:func:`max_stats` for the integer-label loss L + m - z_y and its partials.
+
+  L needs the relative precision of the log1p mass only in rows whose label is the
+  maximum: in the others the loss is L + (m - z_y) ≥ log(1 + e^{z_y - m}) + (m - z_y) ≥
+  log 2, and the partials q_j = e^{z_j - m - L} need L to its absolute precision only,
+  which log(total) has. An untrained model's rows then skip the mass pass.
+  """
+  return _max_stats(z_BxC, y_B)
+
+
+def _max_stats(z_BxC, y_B):
   num_classes = z_BxC.shape[1]
   (z1,) = separate(z_BxC, 1)
   m = row_max(z1, (1,))
   total = row_sum(jnp.exp(z1 - m), (1,))
 
-  def mass():
+  def mass():  # the max is a [B, 1] operand: no second max pass
     (z2,) = separate(z_BxC, 1)
-    return plain_mass(z2 - row_max(z2, (1,)), (1,))
+    return plain_mass(z2 - m, (1,))
 
   # log(total) has an absolute error of about eps/2, so the log1p of the mass is needed
   # where L itself is small (L < log 2): from one more pass over all rows when such rows
   # are many (a confident model), else row by row.
   need = total < _NEEDS_MASS
+  if y_B is not None:
+    y_clipped = jnp.clip(y_B, 0, num_classes - 1)[:, None]
+    need = need & (jnp.take_along_axis(z_BxC, y_clipped, axis=1) == m)
   many = is_many(need)
   small = jax.lax.cond(many, mass, lambda: jnp.zeros_like(total))
   lse = jnp.where(many & need, jnp.log1p(small), jnp.log(total))
@@ -487,7 +506,8 @@ def log_normalizer(stats_fn: Callable, axes: tuple[int, ...], z: jax.Array, *ext
   dL = Σ_j softmax_j (dz_j - dc).
 
   ``stats_fn`` is one of :func:`general_stats` (with ``extra = ()``; bind ``axes`` in),
-  :func:`max_stats` or :func:`label_stats`; ``axes`` are the class axes of ``z``.
+  :func:`max_stats`, :func:`max_stats_for_labels` or :func:`label_stats`; ``axes`` are the
+  class axes of ``z``.
   """
   return stats_fn(z, *extra)
 

@@ -515,7 +515,7 @@ def _int_xent_fast_value(z_BxC, y_B):
 def _int_xent_fast_parts(z_BxC, y_B):
   # The partials take the max shift: with the label's own logit far below the maximum,
   # log q_j = (z_j - z_y) - L would subtract two large numbers and lose the digits of q_j.
-  c, lse = _normalizer.log_normalizer(_normalizer.max_stats, (1,), z_BxC)
+  c, lse = _normalizer.log_normalizer(_normalizer.max_stats_for_labels, (1,), z_BxC, y_B)
   loss = _int_xent_fast_loss(z_BxC, y_B, c, lse)
   q = _normalizer.softmax_from_log(_normalizer.log_shift(z_BxC, c, (1,)) - lse)
   # At the label, log q = -loss: its partial expm1(-loss) is a row value, put in place with

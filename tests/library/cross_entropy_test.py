@@ -316,6 +316,30 @@ class SoftmaxCrossEntropyGradientTest(chex.TestCase):
     exact = ref.softmax_cross_entropy_grad(z, ref.one_hot(labels, c, dtype), exact_targets=True)
     ref.assert_accurate(grad, exact, dtype, name="grad softmax_cross_entropy_with_integer_labels")
 
+  @parameterized.named_parameters(_grids.dtype_params())
+  def test_a_few_dominant_labels_in_an_untrained_batch(self, dtype):
+    # Under differentiation the fast path takes log1p of the non-maximal mass only in rows
+    # whose label is the maximum, and here too few rows are such for a pass over all of
+    # them: each goes to the exact row fallback. log(total) would round the loss
+    # 7·e^{-margin} to 0 (float32) or to 1e-8 relative (float64), and ∂/∂z_label with it.
+    rng = np.random.default_rng(3)
+    z = (3 * rng.normal(size=(64, 8))).astype(dtype)
+    labels = (np.argmax(z, axis=1) + rng.integers(1, 8, 64)) % 8  # never the maximum
+    margin = {np.dtype(np.float32): 20.0, np.dtype(np.float64): 40.0}[np.dtype(dtype)]
+    for row, label in ((5, 2), (40, 7)):
+      z[row] = 0
+      z[row, label], labels[row] = margin, label
+    loss = lambda z: _grids.JIT.softmax_cross_entropy_with_integer_labels(z, labels)
+    grad = jax.grad(lambda z: jnp.sum(loss(z)))(z)
+    values, vjp = jax.vjp(loss, z)  # the values as value_and_grad computes them
+    exact = ref.softmax_cross_entropy_with_integer_labels(z, labels)
+    ref.assert_accurate(values, exact, dtype, name="loss under jax.vjp")
+    one_hot = ref.one_hot(labels, 8, dtype)
+    exact_grad = ref.softmax_cross_entropy_grad(z, one_hot, exact_targets=True)
+    ref.assert_accurate(grad, exact_grad, dtype, name="grad")
+    ref.assert_accurate(vjp(np.ones(64, dtype))[0], exact_grad, dtype, name="vjp")
+    self.assertLess(grad[5, 2], 0)  # -(1 - q_y) = -7e^{-margin}: a normal number, not 0
+
   @parameterized.named_parameters(_grids.dtype_params(c=(2, 3, 10), masked=(False, True)))
   def test_dense_gradient_is_softmax_minus_targets(self, dtype, c, masked):
     z, t = _grids.logits(c, dtype), _exactly_normalized_targets(c, dtype)
