@@ -21,10 +21,16 @@ from xent_jax._measures import Role, measure
 from xent_jax.cross_entropy import _sigmoid_xent, _sigmoid_xent_parts
 from xent_jax.softmax import _log_sigmoid, _sigmoid
 
+
 # Where 1 - p_t is at least this, it is formed and raised to γ in linear space (pow is
 # correctly rounded); below (an underflowing σ), in log space. exp(γ·log m) alone would
-# multiply the rounding of log m by γ·|log m| (8e-6 relative at m = 1e-6, γ = 5).
-_LINEAR_MIN = 2.0**-100
+# multiply the rounding of log m by γ·|log m| (8e-6 relative at m = 1e-6, γ = 5). The
+# bound is fmax/4096 of 1/m: the derivatives in the labels divide by m (d log m = dm/m, ×γ
+# and ×|z| in a JVP), which must not overflow. It lies past the logit grid (|z| ≤ 80 in
+# float32, m = e^-80.4; |z| ≤ 700 in float64, e^-701.5), whose second derivatives in the
+# labels were NaN, -inf or half their value in the log-space formulas (from z = 69).
+def _linear_min(dtype) -> float:
+  return 4096 / float(jnp.finfo(dtype).max)
 
 
 @jax.custom_jvp
@@ -158,7 +164,7 @@ def _focal_parts(logits, labels, gamma):
   # 1 - σ(z) rounded to 0).
   s_pos, s_neg = _sigmoid(z), _sigmoid(-z)
   m = y * s_neg + (1 - y) * s_pos
-  linear = m >= _LINEAR_MIN
+  linear = m >= _linear_min(m.dtype)
   m_safe = jnp.where(linear, m, 1)  # double where: no 0 ** (γ-1) in any derivative
   log_sig, log_sig_neg = _log_sigmoid(z), _log_sigmoid(-z)
   log_m = _log_one_minus_pt(z, y)
@@ -172,8 +178,9 @@ def _focal_parts(logits, labels, gamma):
   weight = jnp.where(linear, _power(m_safe, lm, gamma), jnp.exp(_core.mul0(gamma, log_m)))  # m^γ
   # Where m^γ alone is below the normal range (flushed to 0 on the CPU), its products are
   # formed without it: ∂FL/∂y = m^γ·(-z + ...) at z = 44, y = 1, γ = 2 is -2.8e-37.
-  # Not below m = 2^-100: there d log m = dm/m nears the float range (e^88 at m = σ(-88) in
-  # float32) and a scaled JVP's x·γ·d log m overflowed (inf and NaN in Hessians).
+  # Not below the linear regime: there d log m = dm/m nears the float range (e^88 at
+  # m = σ(-88) in float32) and a scaled JVP's x·γ·d log m overflowed (inf and NaN in
+  # Hessians).
   scaled = alive & linear & (weight < jnp.finfo(weight.dtype).tiny)
 
   def times_weight(x, product=jnp.multiply):  # m^γ·x, at the cost of an exp
@@ -189,11 +196,13 @@ def _focal_parts(logits, labels, gamma):
   # 0 (|z|·e^{-|z|}), not inf·0.
   ce_fin = jnp.minimum(ce, jnp.finfo(ce.dtype).max)
   # σ(-z) - σ(z) = -tanh(z/2): the difference of two rounded sigmoids cancels near z = 0
-  # (0 for |z| below an ulp of ½; ∂FL/∂y at z = 1e-8 was 58% off).
-  r_y = _core.ratio(-jnp.tanh(z / 2), m_safe)
-  # σ(z)σ(-z)/m ≤ 1 (m ≥ σ(z)σ(-z)): below m = 2^-100 it is formed in log space, and m^γ is
-  # factored out there too (float64, z = 355, y = 1: the term γ·ce·m^(γ-1)·σ(z)σ(-z) alone
-  # was 2e^-710, flushed, and ∂²FL/∂y∂z came out 0).
+  # (0 for |z| below an ulp of ½; ∂FL/∂y at z = 1e-8 was 58% off). ce·(σ(-z) - σ(z))/m is
+  # one ratio: ce/m ≤ |z| + 1, while the derivative of 1/m alone, 1/m², overflows from
+  # m = 5e-20 (float32, z = 44; ∂²FL/∂y² was -inf at z = 45-69 with y = 1).
+  ce_r_y = _core.ratio(-ce * jnp.tanh(z / 2), m_safe)
+  # σ(z)σ(-z)/m ≤ 1 (m ≥ σ(z)σ(-z)): below the linear regime in log space, and m^γ is
+  # factored out there too (the term γ·ce·m^(γ-1)·σ(z)σ(-z) alone is about m^(γ+1), below
+  # the normal range where the sum is not: ∂²FL/∂y∂z came out 0 at z = 355 in float64).
   r_z_log = jnp.exp(log_sig + log_sig_neg - lm)
   # |∂FL/∂z| ≤ 2(1 + γ)(|z| + 1)·m^(γ+1) (and FL ≤ 2(|z| + 1)·m^(γ+1)): below the normal
   # range with m^γ unless |z| is of the order of 1/m (a soft label next to 1 at logits
@@ -206,7 +215,7 @@ def _focal_parts(logits, labels, gamma):
   )
   grad_y = jnp.where(
     linear,
-    times_weight(ce_y + ce * gamma * r_y, _core.mul0),
+    times_weight(ce_y + gamma * ce_r_y, _core.mul0),
     _core.mul0(weight, ce_y) + ce * (from_logs(log_sig_neg) - from_logs(log_sig)),
   )
   # ∂/∂γ = ce · m^γ · log m. At z = ±inf, ce = inf where σ(∓z) = 0 multiplies it: the
@@ -228,10 +237,13 @@ def _weighted_focal_parts(logits, labels, gamma, alpha):
   # limit y or 1 - y), so the sum is |z| m^γ · b, b = (2α - 1) m - sign(z) (1 + γ) α_t:
   # ±inf by the sign of b, 0 if b = 0.
   grad_y = _core.mul0(a_t, fl_y) + (2 * alpha - 1) * fl
-  m = jnp.where(z > 0, 1 - y, y)
+  at_limit = jnp.isinf(z) & jnp.isnan(grad_y)
+  # double where: at a finite z with a hard label, m = 0 and 0^γ has an infinite derivative
+  # for γ < 1, which reverse over reverse multiplied by the zero cotangent (NaN)
+  m = jnp.where(at_limit, jnp.where(z > 0, 1 - y, y), 1)
   b = (2 * alpha - 1) * m - jnp.sign(z) * (1 + gamma) * a_t
   limit = _core.mul0(m**gamma * b, jnp.abs(z))  # its derivatives are the limits' too
-  grad_y = jnp.where(jnp.isinf(z) & jnp.isnan(grad_y), limit, grad_y)
+  grad_y = jnp.where(at_limit, limit, grad_y)
   partials = (_core.mul0(a_t, fl_z), grad_y, _core.mul0(a_t, fl_gamma), _core.mul0(2 * y - 1, fl))
   return _core.mul0(a_t, fl), partials, ()
 

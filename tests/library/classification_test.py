@@ -201,6 +201,58 @@ class SigmoidFocalLossTest(chex.TestCase):
     exact_z = [float(mpmath.diff(lambda t: _mp_focal_partials(t, one, two)[1], a)) for a in far]
     np.testing.assert_allclose(hess_z, exact_z, rtol=1e-4, atol=tiny)
 
+  @parameterized.named_parameters(_grids.dtype_params(alpha=(None, 0.25)))
+  def test_second_derivatives_in_the_labels_at_hard_labels(self, dtype, alpha):
+    # A confident, correct prediction (z > 0 with y = 1, z < 0 with y = 0): 1 - p_t = σ(-|z|)
+    # is small, and the label derivatives divide by it. ∂²FL/∂y² was -inf at z = 45-69
+    # (float32; the derivative of 1/m alone, 1/m², overflowed), NaN or -inf for γ < 1 and
+    # half its value for γ = 2 in the log-space formulas (z > 69, and float64 z ≥ 355), and
+    # with α, reverse over reverse was NaN for γ < 1 at every such point (0^γ's derivative
+    # in a branch not taken).
+    big = _grids.MAX_LOGIT[np.dtype(dtype)]
+    zs = [1.0, 20.0, 50.0, 60.0, 75.0, big] if dtype == np.float32 else [1.0, 50.0, 355.0, big]
+    rows = [(s * a, (1 + s) / 2, g) for a in zs for s in (1, -1) for g in (0.0, 0.5, 1.0, 2.0)]
+    z, y, g = (np.array(c, dtype) for c in zip(*rows, strict=True))
+
+    def loss(z, y, g):
+      return xj.sigmoid_focal_loss(z, y, gamma=g, alpha=alpha)
+
+    hess = jax.jit(jax.vmap(jax.hessian(loss, argnums=(0, 1))))(z, y, g)
+    al = None if alpha is None else mpmath.mpf(alpha)
+
+    def d_y(zm, ym, gm):  # ∂(α_t FL)/∂y in closed form
+      fl, _, fl_y, _ = _mp_focal_partials(zm, ym, gm)
+      return fl_y if al is None else (al * ym + (1 - al) * (1 - ym)) * fl_y + (2 * al - 1) * fl
+
+    def d_yy(zm, ym, gm):  # ∂²/∂y²: m and ce are linear in y
+      s, sn = _mp_sigmoid(zm), _mp_sigmoid(-zm)
+      ce = ym * mpmath.log1p(mpmath.exp(-zm)) + (1 - ym) * mpmath.log1p(mpmath.exp(zm))
+      m, m_y = ym * sn + (1 - ym) * s, sn - s
+      fl_yy = gm * (gm - 1) * m ** (gm - 2) * m_y**2 * ce + 2 * gm * m ** (gm - 1) * m_y * -zm
+      if al is None:
+        return fl_yy
+      a_t = al * ym + (1 - al) * (1 - ym)
+      return a_t * fl_yy + 2 * (2 * al - 1) * _mp_focal_partials(zm, ym, gm)[2]
+
+    refs = {"yy": ([], []), "zy": ([], [])}
+    for zi, yi, gi in rows:
+      zm, ym, gm = (mpmath.mpf(float(a)) for a in (zi, yi, gi))
+      for key, fn in (("yy", d_yy), ("zy", lambda t, y, g: mpmath.diff(lambda u: d_y(u, y, g), t))):
+        refs[key][0].append(float(fn(zm, ym, gm)))
+        # the inherent change: z rounded by one ulp (y and γ are exact)
+        slope = mpmath.diff(lambda t, fn=fn, ym=ym, gm=gm: fn(t, ym, gm), zm)
+        refs[key][1].append(float(abs(slope)) * _ulp(zi, dtype))
+    yy, zy = (ref.Ref(np.array(v), np.array(c)) for v, c in refs.values())
+    ref.assert_accurate(hess[1][1], yy, dtype, name="d2 focal / d labels2")
+    ref.assert_accurate(hess[0][1], zy, dtype, name="d2 focal / d logits d labels")
+    ref.assert_accurate(hess[1][0], zy, dtype, name="d2 focal / d labels d logits")
+    # Reverse over reverse: finite everywhere, and ∂²/∂y² exact where it keeps every term
+    # (see the README): the small margins, and γ ≤ 1 everywhere on the grid.
+    rev = jax.jit(jax.vmap(jax.jacrev(jax.grad(loss, argnums=(0, 1)), argnums=(0, 1))))(z, y, g)
+    self.assertTrue(np.all(np.isfinite(np.array(rev))), rev)
+    keep = (np.abs(z) <= 1) | (g <= 1)
+    ref.assert_accurate(rev[1][1][keep], ref.Ref(*(a[keep] for a in yy)), dtype, name="rev yy")
+
   @parameterized.named_parameters(_grids.dtype_params())
   def test_alpha_weights_and_hessian(self, dtype):
     z = np.array([-4.0, 0.5, 20.0, 3.0], dtype)
