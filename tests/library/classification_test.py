@@ -186,8 +186,8 @@ class SigmoidFocalLossTest(chex.TestCase):
     tiny = np.finfo(dtype).tiny
     np.testing.assert_allclose(mixed[0][1], exact, rtol=1e-4, atol=tiny)
     np.testing.assert_allclose(mixed[1][0], exact, rtol=1e-4, atol=tiny)
-    # Where 1 - p_t is below 2^-100, d log(1 - p_t) nears the float range; the second
-    # derivatives there stay finite (a scaled JVP overflowed to inf at z = 355 in float64).
+    # Where 1 - p_t is small, d log(1 - p_t) nears the float range; the second derivatives
+    # there stay finite (a scaled JVP overflowed to inf at z = 355 in float64).
     big = _grids.MAX_LOGIT[np.dtype(dtype)]
     zb = np.array([big / 2, big, -big / 2, -big, big], dtype)
     yb = np.array([1.0, 1.0, 0.0, 0.0, 0.5], dtype)
