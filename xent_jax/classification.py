@@ -50,16 +50,30 @@ def _log_one_minus_pt_jvp(primals, tangents):
   alive = log_m > -jnp.inf
   lm = jnp.where(alive, log_m, 0)
   log_sig, log_sig_neg = _log_sigmoid(z), _log_sigmoid(-z)
-  d_z = (1 - 2 * y) * jnp.exp(log_sig + log_sig_neg - lm)
+  # Where m is a normal float of the linear regime, the ratios divide by m itself: e^{x - log m}
+  # would multiply the rounding of log m (3.8e-6 at log m = -69 in float32) into them,
+  # which a soft label next to 0 or 1 does not excuse (∂²FL/∂y² at z = -80, y = 1e-30 was
+  # 2.9e-6 off).
+  s_pos, s_neg = _sigmoid(z), _sigmoid(-z)
+  m = y * s_neg + (1 - y) * s_pos
+  linear = m >= _linear_min(m.dtype)
+  m_safe = jnp.where(linear, m, 1)
+  d_z = (1 - 2 * y) * jnp.where(
+    linear, _core.ratio(s_pos * s_neg, m_safe), jnp.exp(log_sig + log_sig_neg - lm)
+  )
   # (σ(-z) - σ(z))/m: as -tanh(z/2)/m near z = 0, where the two terms cancel.
   near = jnp.abs(z) < 1
   # (σ(-z) - σ(z))/m overflows where m < 1/fmax (z > 88 in float32, y = 1): capped, or a
   # zero tangent dy times inf made every derivative of the loss NaN there.
   big = jnp.finfo(z.dtype).max
   d_y = jnp.where(
-    near,
-    -jnp.tanh(jnp.where(near, z, 0) / 2) * jnp.exp(-lm),
-    jnp.clip(jnp.exp(log_sig_neg - lm) - jnp.exp(log_sig - lm), -big, big),
+    linear,
+    _core.ratio(-jnp.tanh(z / 2), m_safe),
+    jnp.where(
+      near,
+      -jnp.tanh(jnp.where(near, z, 0) / 2) * jnp.exp(-lm),
+      jnp.clip(jnp.exp(log_sig_neg - lm) - jnp.exp(log_sig - lm), -big, big),
+    ),
   )
   return log_m, jnp.where(alive, d_z * dz + d_y * dy, 0)
 
@@ -91,23 +105,27 @@ def _pow2(k: jax.Array, dtype) -> jax.Array:
 
 
 @jax.custom_jvp
-def _power_times(log_m, gamma, x):
-  """m^γ·x from log m, with no m^γ formed alone: it may be below the normal range (flushed
-  to 0 on the CPU) where the product is not (m = σ(-44), γ = 2: m^γ = 6e-39, m^γ·44 normal).
+def _power_times(m, log_m, gamma, x):
+  """m^γ·x for a normal float m, with no m^γ formed alone: it may be below the normal range
+  (flushed to 0 on the CPU) where the product is not (m = σ(-44), γ = 2: m^γ = 6e-39,
+  m^γ·44 normal).
 
-  m^γ = e^{γ r}·2^{eγ} with e = round(log₂ m) and r = log m - e·log 2 (|r| ≤ 0.35, the log 2
-  in two parts). γ = g + h, g on a grid of 1/256 so that e·g is exact, is split into an
+  m = f·2^e exactly (frexp), and m^γ = e^{γ log f}·2^{eγ} with log f in [-0.7, 0): the
+  error is a few roundings, not γ times the rounding of log m (which, at log m = -46 and
+  γ = 2, was 2e-6 relative where a soft label next to 0 or 1 leaves the problem well
+  conditioned). γ = g + h, g on a grid of 1/256 so that e·g is exact, is split into an
   integer n = ceil(e·g) and the rest; 2^n is applied last from its bits, in three steps
-  (it may lie far outside the exponent range while the product does not). The error is
-  that of log m times γ (the input's own) plus a few roundings: the log-space
-  exp(γ log m + log|x|) rounds an argument of 90 and up (2.6e-6 relative and more).
-  Its JVP is m^γ·(x·(γ d log m + log m dγ) + dx), again in this form: autodiff of the
-  product with 2^n would form 2^n alone.
+  (it may lie far outside the exponent range while the product does not). ``log_m`` is
+  log m, for the derivative only: the JVP is m^γ·(x·(γ d log m + log m dγ) + dx), again in
+  this form (autodiff of the product with 2^n would form 2^n alone; the tangent of m is
+  taken as m·d log m).
   """
+  del log_m
   dtype = x.dtype
   info = jnp.finfo(dtype)
-  e = jax.lax.stop_gradient(jnp.round(log_m / _LN2_HI))
-  r = (log_m - e * _LN2_HI) - e * _LN2_LO
+  f, e = jnp.frexp(m)
+  e = jax.lax.stop_gradient(e.astype(dtype))
+  r = jnp.log(f)
   g = jax.lax.stop_gradient(jnp.round(gamma * 256) / 256)
   eg = e * g
   n = jnp.ceil(eg)
@@ -122,35 +140,32 @@ def _power_times(log_m, gamma, x):
 
 @_power_times.defjvp
 def _power_times_jvp(primals, tangents):
-  (log_m, gamma, x), (d_log_m, d_gamma, dx) = primals, tangents
+  (m, log_m, gamma, x), (_, d_log_m, d_gamma, dx) = primals, tangents
   # One product with m^γ: the terms m^γ·x·d log m and m^γ·dx may each be below the normal
   # range where their sum is not (∂²FL/∂z∂y at z = 44, y = 1, γ = 2 in float32 was 7% off
   # as two products). Its transpose (reverse over reverse) forms m^γ·ct first, which may not.
-  tangent = _power_times(log_m, gamma, x * (gamma * d_log_m + log_m * d_gamma) + dx)
-  return _power_times(log_m, gamma, x), tangent
+  tangent = _power_times(m, log_m, gamma, x * (gamma * d_log_m + log_m * d_gamma) + dx)
+  return _power_times(m, log_m, gamma, x), tangent
 
 
 @jax.custom_jvp
-def _weight_times(weight, log_m, gamma, scaled, x):
+def _weight_times(weight, m, log_m, gamma, scaled, x):
   """weight·x (weight = m^γ), whose JVP is formed by :func:`_power_times` where ``scaled``
   (m^γ below the normal range): the product rule would multiply by the flushed m^γ."""
-  del log_m, gamma, scaled
+  del m, log_m, gamma, scaled
   return weight * x
 
 
 @_weight_times.defjvp
 def _weight_times_jvp(primals, tangents):
-  (weight, log_m, gamma, scaled, x), (d_weight, d_log_m, d_gamma, _, dx) = primals, tangents
+  (weight, m, log_m, gamma, scaled, x) = primals
+  (d_weight, dm, d_log_m, d_gamma, _, dx) = tangents
   use = scaled > 0
-  power_tangents = (d_log_m, d_gamma, dx)
-  _, power_tangent = _power_times_jvp((log_m, gamma, jnp.where(use, x, 0)), power_tangents)
+  power_tangents = (dm, d_log_m, d_gamma, dx)
+  power_primals = (m, log_m, gamma, jnp.where(use, x, 0))
+  _, power_tangent = _power_times_jvp(power_primals, power_tangents)
   tangent = jnp.where(use, power_tangent, d_weight * x + weight * dx)
   return weight * x, tangent
-
-
-# log 2 in two parts (Cody and Waite): e·_LN2_HI is exact for |e| < 2^11.
-_LN2_HI = 0.693145751953125  # 726816 / 2^20: 15 significant bits
-_LN2_LO = math.log(2) - _LN2_HI
 
 
 def _focal_parts(logits, labels, gamma):
@@ -184,7 +199,7 @@ def _focal_parts(logits, labels, gamma):
   scaled = alive & linear & (weight < jnp.finfo(weight.dtype).tiny)
 
   def times_weight(x, product=jnp.multiply):  # m^γ·x, at the cost of an exp
-    power_x = _power_times(lm, gamma, jnp.where(scaled, x, 0))
+    power_x = _power_times(m_safe, lm, gamma, jnp.where(scaled, x, 0))
     return jnp.where(scaled, power_x, product(weight, x))
 
   loss = ce * weight
@@ -210,8 +225,10 @@ def _focal_parts(logits, labels, gamma):
   scaled_f = scaled.astype(weight.dtype)
   grad_z = jnp.where(
     linear,
-    _weight_times(weight, lm, gamma, scaled_f, ce_z + ce_fin * r_z * ((1 - 2 * y) * gamma)),
-    _weight_times(weight, lm, gamma, scaled_f, ce_z + ce_fin * r_z_log * ((1 - 2 * y) * gamma)),
+    _weight_times(weight, m_safe, lm, gamma, scaled_f, ce_z + ce_fin * r_z * ((1 - 2 * y) * gamma)),
+    _weight_times(
+      weight, m_safe, lm, gamma, scaled_f, ce_z + ce_fin * r_z_log * ((1 - 2 * y) * gamma)
+    ),
   )
   grad_y = jnp.where(
     linear,

@@ -254,6 +254,44 @@ class SigmoidFocalLossTest(chex.TestCase):
     ref.assert_accurate(rev[1][1][keep], ref.Ref(*(a[keep] for a in yy)), dtype, name="rev yy")
 
   @parameterized.named_parameters(_grids.dtype_params())
+  def test_soft_labels_next_to_zero_at_large_margins(self, dtype):
+    # A soft label next to 0 at a large margin: m = 1 - p_t ≈ y is well conditioned, while
+    # log m (-46 to -69) rounds by up to 3.8e-6 in float32. Products m^γ·x formed from log m
+    # (∂FL/∂y at z = -60.9, y = 1e-20, γ = 2: 1.83e-38, a normal float) and the ratios
+    # (σ(-z) - σ(z))/m formed as e^{x - log m} (∂²FL/∂y² at z = -80, y = 1e-30) were 2-3e-6
+    # off; each now takes m itself.
+    if dtype == np.float32:
+      rows = [(-60.877686, 1e-20), (-45.071754, 1e-20), (-80.0, 1e-30), (-75.0, 1e-30)]
+    else:
+      rows = [(-150.0, 1e-62), (-500.0, 1e-200), (-700.0, 1e-290)]
+    z, y = (np.array(c, dtype) for c in zip(*rows, strict=True))
+    g = np.full_like(z, 2.0)
+    f = lambda z, y, g: xj.sigmoid_focal_loss(z, y, gamma=g)
+    grads = jax.jit(jax.grad(lambda *a: jnp.sum(f(*a)), argnums=(0, 1, 2)))(z, y, g)
+    hess_yy = jax.jit(jax.vmap(jax.hessian(f, argnums=1)))(z, y, g)
+
+    def d_yy(zm, ym, gm):  # ∂²FL/∂y² in closed form (m and ce are linear in y)
+      s, sn = _mp_sigmoid(zm), _mp_sigmoid(-zm)
+      ce = ym * mpmath.log1p(mpmath.exp(-zm)) + (1 - ym) * mpmath.log1p(mpmath.exp(zm))
+      m, m_y = ym * sn + (1 - ym) * s, sn - s
+      return gm * (gm - 1) * m ** (gm - 2) * m_y**2 * ce + 2 * gm * m ** (gm - 1) * m_y * -zm
+
+    fns = [lambda *a, k=k: _mp_focal_partials(*a)[k] for k in (1, 2, 3)] + [d_yy]
+    refs = [([], []) for _ in fns]
+    for zi, yi in rows:
+      zm, ym, gm = mpmath.mpf(float(dtype(zi))), mpmath.mpf(float(dtype(yi))), mpmath.mpf(2)
+      for (values, conds), fn in zip(refs, fns, strict=True):
+        values.append(float(fn(zm, ym, gm)))
+        slope_z = mpmath.diff(lambda t, fn=fn, y=ym, g=gm: fn(t, y, g), zm)
+        step = ym * mpmath.mpf(10) ** -20  # y > 0 is tiny: a step relative to it
+        slope_y = mpmath.diff(lambda u, fn=fn, z=zm, g=gm: fn(z, u, g), ym, h=step)
+        conds.append(float(abs(slope_z) * _ulp(zi, dtype) + abs(slope_y) * _ulp(yi, dtype)))
+    refs = [ref.Ref(np.array(v), np.array(c)) for v, c in refs]
+    names = ("d/d logits", "d/d labels", "d/d gamma", "d2/d labels2")
+    for got, want, name in zip((*grads, hess_yy), refs, names, strict=True):
+      ref.assert_accurate(got, want, dtype, name=f"focal {name}")
+
+  @parameterized.named_parameters(_grids.dtype_params())
   def test_alpha_weights_and_hessian(self, dtype):
     z = np.array([-4.0, 0.5, 20.0, 3.0], dtype)
     y = np.array([1.0, 0.0, 1.0, 0.7], dtype)
