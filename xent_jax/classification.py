@@ -33,6 +33,17 @@ def _linear_min(dtype) -> float:
   return 4096 / float(jnp.finfo(dtype).max)
 
 
+def _one_minus_pt(z, y):
+  """(σ(z), σ(-z), m, linear, m_safe): m = 1 - p_t = y·σ(-z) + (1-y)·σ(z) in linear space
+  (two non-negative terms, σ(-z) for y = 1: no 1 - σ(z) rounded to 0), whether it lies in
+  the linear regime, and m there, 1 elsewhere (double where: no 0 ** (γ-1) or 1/0 in any
+  derivative)."""
+  s_pos, s_neg = _sigmoid(z), _sigmoid(-z)
+  m = y * s_neg + (1 - y) * s_pos
+  linear = m >= _linear_min(m.dtype)
+  return s_pos, s_neg, m, linear, jnp.where(linear, m, 1)
+
+
 @jax.custom_jvp
 def _log_one_minus_pt(z, y):
   """log m, m = 1 - p_t = y·σ(-z) + (1-y)·σ(z), in log space (-inf where m = 0)."""
@@ -53,27 +64,20 @@ def _log_one_minus_pt_jvp(primals, tangents):
   # Where m is a normal float of the linear regime, the ratios divide by m itself: e^{x - log m}
   # would multiply the rounding of log m (3.8e-6 at log m = -69 in float32) into them,
   # which a soft label next to 0 or 1 does not excuse (∂²FL/∂y² at z = -80, y = 1e-30 was
-  # 2.9e-6 off).
-  s_pos, s_neg = _sigmoid(z), _sigmoid(-z)
-  m = y * s_neg + (1 - y) * s_pos
-  linear = m >= _linear_min(m.dtype)
-  m_safe = jnp.where(linear, m, 1)
+  # 2.9e-6 off). Outside the linear regime |z| > 80 (float32), where σ(-z) - σ(z) does not
+  # cancel.
+  s_pos, s_neg, _, linear, m_safe = _one_minus_pt(z, y)
   d_z = (1 - 2 * y) * jnp.where(
     linear, _core.ratio(s_pos * s_neg, m_safe), jnp.exp(log_sig + log_sig_neg - lm)
   )
-  # (σ(-z) - σ(z))/m: as -tanh(z/2)/m near z = 0, where the two terms cancel.
-  near = jnp.abs(z) < 1
-  # (σ(-z) - σ(z))/m overflows where m < 1/fmax (z > 88 in float32, y = 1): capped, or a
-  # zero tangent dy times inf made every derivative of the loss NaN there.
+  # (σ(-z) - σ(z))/m as -tanh(z/2)/m, whose two terms cancel near z = 0. In log space it
+  # overflows where m < 1/fmax (z > 88 in float32, y = 1): capped, or a zero tangent dy
+  # times inf made every derivative of the loss NaN there.
   big = jnp.finfo(z.dtype).max
   d_y = jnp.where(
     linear,
     _core.ratio(-jnp.tanh(z / 2), m_safe),
-    jnp.where(
-      near,
-      -jnp.tanh(jnp.where(near, z, 0) / 2) * jnp.exp(-lm),
-      jnp.clip(jnp.exp(log_sig_neg - lm) - jnp.exp(log_sig - lm), -big, big),
-    ),
+    jnp.clip(jnp.exp(log_sig_neg - lm) - jnp.exp(log_sig - lm), -big, big),
   )
   return log_m, jnp.where(alive, d_z * dz + d_y * dy, 0)
 
@@ -175,12 +179,7 @@ def _focal_parts(logits, labels, gamma):
   # derivatives, and autodiff of the value's |z| formula gives ∂ce/∂z = 0 at z = 0 (the
   # Hessian at z = 0, a zero-initialised model, was 63% off).
   ce = _sigmoid_xent(0.0, z, y)
-  # m = 1 - p_t = y·σ(-z) + (1-y)·σ(z): two non-negative terms, σ(-z) for y = 1 (no
-  # 1 - σ(z) rounded to 0).
-  s_pos, s_neg = _sigmoid(z), _sigmoid(-z)
-  m = y * s_neg + (1 - y) * s_pos
-  linear = m >= _linear_min(m.dtype)
-  m_safe = jnp.where(linear, m, 1)  # double where: no 0 ** (γ-1) in any derivative
+  s_pos, s_neg, _, linear, m_safe = _one_minus_pt(z, y)
   log_sig, log_sig_neg = _log_sigmoid(z), _log_sigmoid(-z)
   log_m = _log_one_minus_pt(z, y)
   alive = log_m > -jnp.inf  # m = 0: an infinite logit with the matching hard label
