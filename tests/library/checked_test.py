@@ -97,6 +97,9 @@ class CheckedPassThroughTest(chex.TestCase):
     self.assertEqual(wrapped.__doc__, xj.entropy.__doc__)
 
 
+_SCALE = 1.0  # read by a lambda of a test: a script's sweep variable
+
+
 def _user_loss(logits, targets):
   """A user's loss: the mean softmax cross-entropy, written with the library's measures."""
   return jnp.mean(xj.cross_entropy(targets, jnp.exp(xj.log_softmax(logits))))
@@ -127,6 +130,14 @@ class CheckedAnyFunctionTest(chex.TestCase):
       "cross_entropy: `p` must lie in [0, 1]; first offending entry at index (1, 0): "
       f"value = 1.5 (inside {name})",
     )
+
+  def test_a_new_function_reading_a_changed_global_sees_its_value(self):
+    global _SCALE
+    for scale in (1.0, 2.0):
+      _SCALE = scale
+      # a new lambda each time, reading the global (not a loop variable)
+      wrapped = xj.checked(lambda z, t: _SCALE * _user_loss(z, t))  # noqa: B023
+      np.testing.assert_allclose(wrapped(self._Z, self._T), scale * _user_loss(self._Z, self._T))
 
   def test_one_line_and_nothing_logged_also_from_a_jitted_step(self):
     step = xj.checked(jax.jit(jax.value_and_grad(_user_loss)))

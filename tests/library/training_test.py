@@ -54,6 +54,18 @@ def _train_synthetic():
   )
 
 
+# Read by the loss _reads_a_global() makes, as a loss defined in a script's sweep loop reads
+# the loop variable (a module global there).
+_SWEEP_PENALTY = 0.0
+
+
+def _reads_a_global():
+  def loss(params, x, y):
+    return LOGISTIC_LOSS(params, x, y) + _SWEEP_PENALTY * jnp.sum(jnp.square(params["w"]))
+
+  return loss
+
+
 def _rel_gap(value, reference):
   return (value - reference) / abs(reference)
 
@@ -237,6 +249,38 @@ class SweepTest(chex.TestCase):
       state, (data.feature_major(batch.x), batch.y), loss_fn=squared_error, optimizer=opt
     )
     np.testing.assert_allclose(m["loss"], first, rtol=10 * RTOL)
+
+  def test_a_loss_sees_the_values_it_reads_at_each_call(self):
+    """A new loss object that reads a module global, a list or a numpy array changed since
+    the last call trains with their values now: compared by value where it can be (the
+    global), by identity where it cannot (a list, read through len), as jax.jit does."""
+    global _SWEEP_PENALTY
+    batch, opt = _synthetic().train, training.sgd(0.5)
+    params = models.init_logistic_regression(5, key=jax.random.key(3), scale=0.5)
+    objective = optimum.logistic_regression_objective(params, *batch)
+    square = float(np.sum(np.square(np.asarray(params["w"], np.float64))))
+    log, scales = [], np.ones(100)
+
+    def run(loss_fn):
+      state = training.init_train_state(params, opt)
+      return training.train_full_batch(state, batch, loss_fn=loss_fn, optimizer=opt, num_steps=2)
+
+    with mock.patch.object(models, "_l2_penalty", wraps=models._l2_penalty) as traces:
+      for penalty in (0.0, 1.0, 0.0):
+        _SWEEP_PENALTY = penalty
+        _, m = run(_reads_a_global())
+        # Oracle: the float64 objective at the initial parameters, plus the penalty.
+        np.testing.assert_allclose(m["loss"][0], objective + penalty * square, rtol=RTOL)
+      self.assertEqual(traces.call_count, 2)  # the third value is the first one's program
+    for n in (1, 2):
+      log.append(n)
+      scales[0] = n
+      for loss_fn in (
+        lambda p, x, y: LOGISTIC_LOSS(p, x, y) * len(log),
+        lambda p, x, y: LOGISTIC_LOSS(p, x, y) * scales[0],
+      ):
+        _, m = run(loss_fn)
+        np.testing.assert_allclose(m["loss"][0], n * objective, rtol=RTOL)
 
   def test_equal_optax_optimisers_share_a_compilation(self):
     batch, params, traces = _small_softmax().train, models.init_softmax_regression(4, 3), []
