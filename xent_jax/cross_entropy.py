@@ -153,7 +153,8 @@ def cross_entropy_with_integer_labels(
   with q_y = 1 - 1e-7 costs 1e-7, not a rounded 0. q_y = 0 gives +inf and the gradient
   -inf at the label (0 elsewhere), never NaN. Same labels, ``where``, ``ignore_index`` and
   ``weights`` as :func:`softmax_cross_entropy_with_integer_labels`: out-of-range labels
-  give NaN unless the example is excluded by ``where`` (then 0, e.g. padding); a label on a
+  give NaN with zero partials unless the example is excluded by ``where`` (then 0, e.g.
+  padding); a label on a
   class excluded by ``where`` has probability 0 (+inf).
 
   Args:
@@ -575,8 +576,10 @@ def softmax_cross_entropy_with_integer_labels(
 
   Equal to :func:`softmax_cross_entropy` with one-hot targets. For logits ``[0, -30]`` and
   label 0 it returns 9.36e-14 (optax: 0). Labels outside ``[0, C)`` (negative included)
-  give NaN for that example instead of wrapping around, unless the whole example is
-  excluded by ``where`` (then the loss and its gradient are 0, e.g. for padding). With
+  give NaN for that example instead of wrapping around, with zero partial derivatives (so
+  that a ``jnp.where`` applied to the loss afterwards, e.g. over padding labelled -1,
+  leaves a finite gradient), unless the whole example is excluded by ``where`` (then the
+  loss and its gradient are 0). With
   ``label_smoothing=ε`` the target is (1-ε)·onehot + ε/K. Relative error ≤ 1e-6 (float32)
   / 1e-13 (float64) where the value is normal; gradient softmax(z) - onehot.
 

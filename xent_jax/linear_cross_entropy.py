@@ -632,7 +632,8 @@ def linear_softmax_cross_entropy(
     weight: ``[D, V]`` output projection (a tied embedding ``[V, D]`` is passed as
       ``emb.T``).
     labels: integer ``[...]`` (``hidden.shape[:-1]``); a label outside ``[0, V)`` gives a
-      NaN loss unless the token is excluded.
+      NaN loss unless the token is excluded, and no gradient (a ``jnp.where`` applied to
+      the loss afterwards masks it).
     bias: optional ``[V]``.
     where: optional boolean ``[...]``; False excludes the token (padding, prompt): its loss
       and every gradient from it are exactly 0, whatever its hidden row holds.

@@ -29,8 +29,10 @@ range (logistic regression: 0/1 labels or probabilities in [0, 1]; softmax regre
 integer classes in ``[0, K)``); errors name the function and the argument (``x_NxD``,
 ``y_N``, ``params``, ``l2``, ``precision``). Under ``jax.jit`` the labels cannot be checked
 before computing: an out-of-range label makes the loss NaN and every entry of the gradient
-NaN, as the library's cross-entropies do, and inside :func:`xent_jax.checked` it raises an
-error naming ``y_N``, the first offending index and its value. The trainers of
+NaN (the library's integer-label cross-entropies give such an example a NaN loss and
+zero partials, which a ``jnp.where`` after them masks), and inside
+:func:`xent_jax.checked` it raises an error naming ``y_N``, the first offending index and
+its value. The trainers of
 :mod:`xent_jax.training` check the data at their entry, where it is concrete.
 """
 
@@ -553,6 +555,12 @@ def softmax_regression_loss(
   """
   fn = "softmax_regression_loss"
   z_NxK, inputs = _softmax_logits(fn, params, x_NxD, y_N, l2, precision=precision)
+  # NaN added to the logits in the rows of out-of-range traced labels: the cross-entropy's
+  # partials are 0 in such a row (a NaN loss that a `where` after it masks), so without it
+  # the loss was NaN while its gradient was finite and a jitted step trained on. (Added,
+  # not selected: a select passes no cotangent to the logits it replaces.)
+  if inputs.y_in_range_N is not None:
+    z_NxK = z_NxK + jnp.where(inputs.y_in_range_N, 0, jnp.nan).astype(z_NxK.dtype)[:, None]
   loss_N = softmax_cross_entropy_with_integer_labels(z_NxK, inputs.y_N)
   return jnp.mean(loss_N) + _l2_penalty(params["w"], l2)
 

@@ -275,6 +275,26 @@ class SoftmaxCrossEntropyTest(chex.TestCase):
     np.testing.assert_array_equal(_grids.JIT.softmax_cross_entropy(z, np.abs(z), where=nothing), 0)
 
   @parameterized.named_parameters(_grids.dtype_params())
+  def test_padding_labelled_minus_one_masked_after_the_loss(self, dtype):
+    """A NaN loss with zero partials: a where after the loss leaves the gradient of the
+    kept examples alone, finite (the usual padding idiom)."""
+    z = _grids.logits(3, dtype)[:4]
+    labels = np.array([1, -1, 2, 3])
+    keep = labels >= 0
+
+    def masked_loss(z):
+      loss = xj.softmax_cross_entropy_with_integer_labels(z, labels)
+      return jnp.sum(jnp.where(keep, loss, 0))
+
+    grad = np.asarray(jax.jit(jax.grad(masked_loss))(z))
+    # Oracle: the gradient of the kept examples alone, computed without the padded ones.
+    kept = jax.grad(
+      lambda z: jnp.sum(xj.softmax_cross_entropy_with_integer_labels(z, labels[keep]))
+    )(z[keep])
+    np.testing.assert_array_equal(grad[~keep], 0)
+    np.testing.assert_allclose(grad[keep], kept, rtol=ref.RTOL[np.dtype(dtype)])
+
+  @parameterized.named_parameters(_grids.dtype_params())
   def test_base_2(self, dtype):
     z, labels = _grids.logits(10, dtype), _labels(10, dtype)
     exact = ref.softmax_cross_entropy_with_integer_labels(z, labels, base=2)

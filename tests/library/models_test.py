@@ -307,11 +307,17 @@ class SoftmaxRegressionTest(chex.TestCase):
         fn(params, np.ones((2, 3)), y)
 
   def test_out_of_range_labels_under_jit_give_nan_not_wrapped(self):
-    """Loss and closed-form gradient alike: NaN, not a zero one-hot row or a wrapped label."""
+    """Loss, closed-form gradient and autodiff gradient alike: NaN, not a zero one-hot row
+    or a wrapped label (the autodiff gradient was finite: a jitted step trained on)."""
     params, x, y = _random_problem(10, num_examples=3, num_classes=4)
     labels_SxN = jnp.stack([y, y.at[1].set(4), y.at[1].set(-1)])
-    functions = (models.softmax_regression_loss, models.softmax_regression_grad)
-    reference = _np_softmax_loss_and_grad(params, x, y, 0.0)
+    functions = (
+      models.softmax_regression_loss,
+      models.softmax_regression_grad,
+      jax.grad(models.softmax_regression_loss),
+    )
+    loss, grad = _np_softmax_loss_and_grad(params, x, y, 0.0)
+    reference = (loss, grad, grad)
     for fn, want in zip(functions, reference, strict=True):
       out = jax.jit(jax.vmap(fn, in_axes=(None, None, 0)))(params, x, labels_SxN)
       valid, bad = jax.tree.map(lambda a: a[0], out), jax.tree.map(lambda a: a[1:], out)
