@@ -61,6 +61,19 @@ class FitLogisticRegressionTest(chex.TestCase):
       value = optimum.logistic_regression_objective(result.params, x * np.float32(scale), y)
       self.assertBetween((value - reference.value) / reference.value, -1e-9, GAP_RTOL)
 
+  def test_uncentred_features_reach_the_optimum(self):
+    # J(w, b) on X + c is J(w, b + c·Σw) on X: the same optimum value. Features on a grid
+    # of 2^-10, so that X + 1000 is exact in float32 too. (Uncentred, the fit stopped
+    # "converged" 1.3e-3 above it: each weight was tied to the bias.)
+    x, y = _logistic_problem(5, 2000, 8)
+    x = np.round(x * 1024) / np.float32(1024)
+    reference = optimum.logistic_regression_optimum(x, y, l2=1e-3)
+    result = fit.fit_logistic_regression(x + np.float32(1000), y, l2=1e-3)
+    self.assertTrue(result.converged)
+    value = optimum.logistic_regression_objective(result.params, x + np.float32(1000), y, l2=1e-3)
+    self.assertBetween((value - reference.value) / reference.value, -1e-9, GAP_RTOL)
+    np.testing.assert_allclose(result.params["w"], reference.params["w"], atol=2e-3)
+
   def test_misaligned_numpy_rows_equal_an_aligned_copy(self):
     # A float32 array whose data starts 4 bytes past a 64-byte boundary: the first rows are
     # split off and summed on the host, the rest is read in place by XLA.
@@ -149,6 +162,17 @@ class FitSoftmaxRegressionTest(chex.TestCase):
       self.assertTrue(result.converged)
       value = optimum.softmax_regression_objective(result.params, x * scale, y)
       self.assertBetween((value - reference.value) / reference.value, -1e-9, 1e-6)
+
+  def test_uncentred_features_reach_the_optimum(self):
+    # As for the logistic fit: an offset moves only b. (Uncentred by 100, the fit ran out
+    # of its 500 steps 5.6e-5 above the optimum.)
+    x, y = data.make_softmax_data(0, 3000, 10, 5, 4).train
+    x = np.round(np.asarray(x) * 1024) / np.float32(1024)
+    reference = optimum.softmax_regression_optimum(x, y, 5, l2=1e-3)
+    result = fit.fit_softmax_regression(x + np.float32(100), y, 5, l2=1e-3)
+    self.assertTrue(result.converged)
+    value = optimum.softmax_regression_objective(result.params, x + np.float32(100), y, l2=1e-3)
+    self.assertBetween((value - reference.value) / reference.value, -1e-9, 1e-6)
 
   def test_bad_inputs_raise_naming_the_argument(self):
     x, y = np.ones((4, 2)), np.array([0, 1, 2, 1])
