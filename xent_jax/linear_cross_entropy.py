@@ -197,10 +197,10 @@ def _token_loss(opts, m, lse_rest, gap_y, gap_mean):
 def _grad_logits(opts, u, t, offset, y_T, lse, nll, a_T, b_T):
   """∂(Σ_t a_t ℓ_t + b_t lse_t)/∂u for a block of logits whose first class is ``offset``.
 
-  u are the logits before the soft-cap, z = c·t after (:func:`_logits`). ∂ℓ/∂z_j = κ p_j - ε/V - (1-ε)[j = y] with
-  κ = 1 + 2ζ·lse, and ∂lse/∂z_j = p_j. At the label p_y - 1 = expm1(-nll): minus the mass
-  of the other classes, exact when the label dominates (p_y = 1 - 1e-7 gives -1e-7, not a
-  rounded 0). ``b_T`` may be None.
+  u are the logits before the soft-cap, z = c·t after (:func:`_logits`). ∂ℓ/∂z_j =
+  κ p_j - ε/V - (1-ε)[j = y] with κ = 1 + 2ζ·lse, and ∂lse/∂z_j = p_j. At the label
+  p_y - 1 = expm1(-nll): minus the mass of the other classes, exact when the label
+  dominates (p_y = 1 - 1e-7 gives -1e-7, not a rounded 0). ``b_T`` may be None.
   """
   p = jnp.exp(_capped(opts, t) - lse[:, None])
   kappa = 1 + 2 * opts.z_loss * lse if opts.z_loss else jnp.ones_like(lse)
