@@ -91,12 +91,24 @@ def _matmul(a, b, opts, contract, like=None):
 
 
 def _logits(opts, h_TxD, w_DxV, b_V):
-  """(u, z): u = h·W + b, and the (soft-capped) logits z = c·tanh(u/c)."""
+  """(u, t): u = h·W + b, and t = tanh(u/c) with ``logit_softcap=c`` (else t = u).
+
+  The soft-capped logits are z = c·t (:func:`_capped`). Differences of logits that must
+  cancel exactly (z - max z at the maximum, m - z_y for a dominant label) are formed as
+  c·(t - t'), never as c·t - c·t': XLA:CPU contracts c·t - m into a fused multiply-add in
+  some passes and not in others, so that c·t rounded in the row max and unrounded in the
+  mass pass missed by an ulp: the maximum's own term was counted as mass (0.69 nats off
+  under vmap) and a dominant label's loss came out -1.5e-6 (exact 1.1e-21).
+  """
   u = _matmul(h_TxD, w_DxV, opts, ((1,), (0,)))
   if b_V is not None:
     u = u + b_V[None, :]
-  z = u if opts.softcap is None else opts.softcap * jnp.tanh(u / opts.softcap)
-  return u, z
+  return u, (u if opts.softcap is None else jnp.tanh(u / opts.softcap))
+
+
+def _capped(opts, t):
+  """z = c·t for values t of the tanh scale (logits, or differences of them)."""
+  return t if opts.softcap is None else opts.softcap * t
 
 
 def _vocab_offset(opts, v_local):
@@ -111,7 +123,8 @@ def _psum(x, opts):
 
 
 def _label_logit(opts, z_TxV, y_T):
-  """z_y (0 on devices that do not hold the label) and whether this device holds it."""
+  """z_y (0 on devices that do not hold the label), the label's index on this device and
+  whether this device holds it (``z_TxV`` on any scale: logits, or t of :func:`_logits`)."""
   v_local = z_TxV.shape[1]
   local = y_T - _vocab_offset(opts, v_local)
   here = (local >= 0) & (local < v_local)
@@ -119,8 +132,9 @@ def _label_logit(opts, z_TxV, y_T):
   return jnp.where(here, z_y, 0), local, here
 
 
-def _stats(opts, z_TxV, y_T):
-  """Row statistics of the logits: (m, L, z_y, Σz) with lse = m + L, exact in the tails.
+def _stats(opts, t_TxV, y_T):
+  """Row statistics of the logits z = c·t (:func:`_logits`): (m, L, m - z_y, m - mean z)
+  with lse = m + L, exact in the tails (the last None without label smoothing).
 
   m is the row max and L = log S, S = Σ_j e^{z_j - m} = 1 + r with r the non-maximal mass.
   Where S < 2 the maximum is unique (a tie would add exactly 1) and L = log1p(r) with
@@ -133,12 +147,14 @@ def _stats(opts, z_TxV, y_T):
   it (Megatron's vocab-parallel cross-entropy); a shard whose logits are all -inf
   contributes 0.
   """
-  m_local = jnp.max(z_TxV, axis=1)
+  # (maxima and differences on the scale of t: see _logits)
+  m_local = jnp.max(t_TxV, axis=1)
   shift = jnp.where(m_local == -jnp.inf, 0, m_local)[:, None]  # all -inf: e = 0, not NaN
-  s_local = jnp.sum(jnp.exp(z_TxV - shift), axis=1)
+  s_local = jnp.sum(jnp.exp(_capped(opts, t_TxV - shift)), axis=1)
 
   def frac_mass():  # subnormal terms kept where they can add up to a normal mass
-    return _normalizer.frac_mass(lambda: z_TxV - shift, (1,), s_local[:, None])[:, 0]
+    d_fn = lambda: _capped(opts, t_TxV - shift)
+    return _normalizer.frac_mass(d_fn, (1,), s_local[:, None])[:, 0]
 
   r_local = lax.cond(_normalizer.is_any(s_local < 2), frac_mass, lambda: jnp.zeros_like(s_local))
   if opts.axis_name is None:
@@ -146,7 +162,7 @@ def _stats(opts, z_TxV, y_T):
   else:
     m = lax.pmax(m_local, opts.axis_name)
     top = m_local == m
-    d = jnp.where(top, 0, m_local - jnp.where(m == -jnp.inf, 0, m))
+    d = jnp.where(top, 0, _capped(opts, m_local - jnp.where(m == -jnp.inf, 0, m)))
     s = _psum(s_local * jnp.exp(d), opts)
     # S < 2: one shard holds the unique maximum (its S_k < 2 too, so it formed r_k). The
     # others' masses S_k·e^{m_k - m} are summed in a raised exponent: e^{m_k - m} alone
@@ -155,36 +171,38 @@ def _stats(opts, z_TxV, y_T):
     r_top, rest = _psum((jnp.where(top, r_local, 0), rest), opts)
     r = r_top + rest * math.exp(-_normalizer.MASS_RAISE)
   lse_rest = jnp.where(s < 2, jnp.log1p(r), jnp.log(s))
-  z_y, _, _ = _label_logit(opts, z_TxV, y_T)
-  z_y = _psum(z_y, opts)
-  z_sum = _psum(jnp.sum(z_TxV, axis=1), opts) if opts.eps else None
-  return m, lse_rest, z_y, z_sum
+  t_y, _, _ = _label_logit(opts, t_TxV, y_T)
+  gap_y = _capped(opts, m - _psum(t_y, opts))
+  gap_mean = None
+  if opts.eps:
+    gap_mean = _capped(opts, m - _psum(jnp.sum(t_TxV, axis=1), opts) / opts.num_classes)
+  return _capped(opts, m), lse_rest, gap_y, gap_mean
 
 
-def _token_loss(opts, m, lse_rest, z_y, z_sum):
+def _token_loss(opts, m, lse_rest, gap_y, gap_mean):
   """(ℓ, nll, lse) per token, unit weight: every term of ℓ is ≥ 0 (nothing cancels).
 
   nll = -log p_y = L + (m - z_y); the smoothing term ε·(lse - mean z) = ε·(L + (m - mean z)).
   """
-  nll = lse_rest + (m - z_y)
+  nll = lse_rest + gap_y
   loss = (1 - opts.eps) * nll if opts.eps < 1 else jnp.zeros_like(nll)
   if opts.eps:
-    loss = loss + opts.eps * (lse_rest + (m - z_sum / opts.num_classes))
+    loss = loss + opts.eps * (lse_rest + gap_mean)
   lse = m + lse_rest
   if opts.z_loss:
     loss = loss + opts.z_loss * lse**2
   return loss, nll, lse
 
 
-def _grad_logits(opts, u, z, offset, y_T, lse, nll, a_T, b_T):
+def _grad_logits(opts, u, t, offset, y_T, lse, nll, a_T, b_T):
   """∂(Σ_t a_t ℓ_t + b_t lse_t)/∂u for a block of logits whose first class is ``offset``.
 
-  u are the logits before the soft-cap, z after. ∂ℓ/∂z_j = κ p_j - ε/V - (1-ε)[j = y] with
-  κ = 1 + 2ζ·lse, and ∂lse/∂z_j = p_j. At the label p_y - 1 = expm1(-nll): minus the mass
-  of the other classes, exact when the label dominates (p_y = 1 - 1e-7 gives -1e-7, not a
-  rounded 0). ``b_T`` may be None.
+  u are the logits before the soft-cap, z = c·t after (:func:`_logits`). ∂ℓ/∂z_j =
+  κ p_j - ε/V - (1-ε)[j = y] with κ = 1 + 2ζ·lse, and ∂lse/∂z_j = p_j. At the label
+  p_y - 1 = expm1(-nll): minus the mass of the other classes, exact when the label
+  dominates (p_y = 1 - 1e-7 gives -1e-7, not a rounded 0). ``b_T`` may be None.
   """
-  p = jnp.exp(z - lse[:, None])
+  p = jnp.exp(_capped(opts, t) - lse[:, None])
   kappa = 1 + 2 * opts.z_loss * lse if opts.z_loss else jnp.ones_like(lse)
   eps_k = opts.eps / opts.num_classes
   dominant = nll < _LOG2
@@ -201,7 +219,7 @@ def _grad_logits(opts, u, z, offset, y_T, lse, nll, a_T, b_T):
   if b_T is not None:
     g = g + b_T[:, None] * p
     label_g = label_g + b_T * jnp.exp(-nll)
-  is_label = lax.broadcasted_iota(y_T.dtype, z.shape, 1) == (y_T - offset)[:, None]
+  is_label = lax.broadcasted_iota(y_T.dtype, t.shape, 1) == (y_T - offset)[:, None]
   g = jnp.where(is_label, label_g[:, None], g)
   if opts.softcap is not None:
     # d/du c·tanh(u/c) = 1/cosh²(u/c): no 1 - tanh² that cancels for large |u|.
@@ -300,8 +318,7 @@ def _forward(opts, h, w, b, y, a=None):
   def body(carry, xs):
     h_c, y_c, a_c = xs
     u, z = _logits(opts, h_c, w, b)
-    m, lse_rest, z_y, z_sum = _stats(opts, z, y_c)
-    loss, nll, lse = _token_loss(opts, m, lse_rest, z_y, z_sum)
+    loss, nll, lse = _token_loss(opts, *_stats(opts, z, y_c))
     if not with_grads:
       return carry, (loss, nll, lse, None)
     w_c, z = _tied(w, z)

@@ -168,6 +168,40 @@ class ValueTest(chex.TestCase):
         float(optax.softmax_cross_entropy_with_integer_labels(z, np.array([3]))[0]), 0.0
       )
 
+  def test_soft_capped_logits_under_jit_and_vmap(self):
+    # Logits up to ±60 capped at 30 (Gemma's cap), half the labels the row maximum. XLA:CPU
+    # fused c·t - m into a multiply-add in some passes only: a dominant label's loss came
+    # out -4.8e-7 (exact 9.2e-12) under jit, and under vmap the maximum's own term was
+    # counted as mass (0.69 nats off). The oracle caps the same inputs in mpmath; float32
+    # rounding of the capped logits (|Δz| ≤ eps·c) moves the loss by 2·eps·c relative.
+    cap, d, v = 30.0, 8, 24
+    rng = np.random.default_rng(7)
+    h = np.eye(d, dtype=DTYPE)  # u = the rows of W, exactly
+    w = np.asarray(rng.normal(0, 20, (d, v)), DTYPE)
+    w[0, :3] = 40.0, 0.0, 0.0  # a dominant label by 27 nats after the cap
+    y = np.where(np.arange(d) % 2 == 0, np.argmax(w, axis=1), rng.integers(0, v, d))
+    _, _, g = _reference(h, w, y, cap=cap)
+    (_, want_w, _), (_, bound_w, _) = _reference_grads(h, w, g)
+    with mpmath.workdps(40):  # the loss of a dominant label cancels in lse - z_y: mpmath
+      z = [[cap * mpmath.tanh(mpmath.mpf(float(u)) / cap) for u in row] for row in w]
+      want = [
+        float(mpmath.log(sum(mpmath.exp(zj - zi[yi]) for zj in zi)))
+        for zi, yi in zip(z, y, strict=True)
+      ]
+    rtol = RTOL + 4 * float(np.finfo(DTYPE).eps) * cap
+    f = lambda h, w: xj.linear_softmax_cross_entropy(h, w, y, logit_softcap=cap)
+    loss_and_grad = jax.value_and_grad(lambda w, h: f(h, w).sum(), has_aux=False)
+    runs = {
+      "jit": jax.jit(lambda h, w: (f(h, w), loss_and_grad(w, h)[1]))(h, w),
+      "vmap": jax.tree.map(
+        lambda x: x[0],
+        jax.jit(jax.vmap(lambda h, w: (f(h, w), loss_and_grad(w, h)[1])))(h[None], w[None]),
+      ),
+    }
+    for name, (loss, grad_w) in runs.items():
+      np.testing.assert_allclose(loss, want, rtol=rtol, atol=0, err_msg=name)
+      _assert_sum_close(self, grad_w, bound_w, want_w, rtol, f"{name}: d/dW")
+
   def test_subnormal_terms_of_a_dominant_label(self):
     # The label wins by 85 nats over one class and by 90 over 38 others (float32; 700 and
     # 712 in float64): each e^{-90} is subnormal, flushed on the CPU, and together they are
