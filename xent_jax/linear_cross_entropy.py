@@ -465,6 +465,23 @@ def _recompute_unless_jvp(opts, primals, tangents):
   return lax.cond(skip, keep, recompute, operands, d_operands, sums, d_sums)
 
 
+@jax.custom_batching.custom_vmap
+def _for_every_example(flag):
+  """``flag``, a bool scalar; under vmap, whether it holds for every example (unbatched).
+
+  The conditional of :func:`_recompute_unless` then keeps an unbatched predicate: a
+  batched one turns it into a select of both branches whose operands JAX wraps in
+  stop_gradient, which reverse mode cannot transpose (jacrev of jacrev raised).
+  """
+  return flag
+
+
+@_for_every_example.def_vmap
+def _for_every_example_vmap(axis_size, in_batched, flag):
+  del axis_size
+  return (jnp.all(flag) if in_batched[0] else flag), False
+
+
 def _tangent_transpose(cts, *args, opts, has_b):
   """Reverse mode: the cotangents of (dW, [db], [dh]) from those of (dℓ, [dlse]).
 
@@ -482,7 +499,7 @@ def _tangent_transpose(cts, *args, opts, has_b):
     lo = jnp.min(jnp.where(counts, ct_loss, jnp.inf))
 
     c = jnp.where(jnp.any(counts), hi, 0)
-    uniform = (hi == lo) | ~jnp.any(counts)
+    uniform = _for_every_example(lax.stop_gradient((hi == lo) | ~jnp.any(counts)))
     sums = jax.tree.map(lambda x: c * x, (gw, gb))  # scaled in place
     operands = (h, w, b, y, lse, nll, ct_loss * a)
     ct_w, ct_b = _recompute_unless(uniform, opts, operands, sums)

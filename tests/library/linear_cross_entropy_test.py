@@ -409,9 +409,9 @@ class ForwardModeTest(chex.TestCase):
   def test_second_order_and_linearize_match_the_materialised_loss(self):
     # Forward over reverse (H·v), reverse over reverse (∇‖∇L‖² = 2 H ∇L, for a mean and for
     # per-token weights), linearize, forward over forward (vᵀH_t v per token) and reverse
-    # over forward (Σ_t c_t H_t v), against the same transforms of xent_jax's
-    # softmax_cross_entropy_with_integer_labels on the materialised logits h @ W (same
-    # precision: the two agree to rounding).
+    # over forward (Σ_t c_t H_t v), the per-token Hessians (jacrev and jacfwd of jacrev),
+    # against the same transforms of xent_jax's softmax_cross_entropy_with_integer_labels
+    # on the materialised logits h @ W (same precision: the two agree to rounding).
     h, _, _, y = _inputs(14, 6, 4, 7)
     w = np.random.default_rng(15).standard_normal((4, 7)).astype(DTYPE)
     v = np.random.default_rng(16).standard_normal(w.shape).astype(DTYPE)
@@ -440,6 +440,10 @@ class ForwardModeTest(chex.TestCase):
             "linearize": jax.linearize(f, w)[1](v),
             "jvp of jvp": jax.jvp(tangent, (w,), (v,))[1],
             "grad of jvp": jax.grad(weighted_tangent)(w),
+            # per-token Jacobians: the inner VJP is vmapped (raised: a batched
+            # conditional's stop_gradient met reverse mode)
+            "jacrev of jacrev": jax.jacrev(jax.jacrev(f))(w),
+            "jacfwd of jacrev": jax.jacfwd(jax.jacrev(f))(w),
           }
         )
       return out
