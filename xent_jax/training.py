@@ -502,7 +502,9 @@ def train_full_batch(
   _check_state(fn, state, optimizer)
   _check_batch(fn, batch, loss_fn, state.params)
   state = _with_hyperparams_of(optimizer, state)
-  run = _full_batch_donating if _donate(fn, donate) else _full_batch_jit
+  run = _full_batch_jit
+  if _donate(fn, donate):
+    run, state = _full_batch_donating, _unaliased(state)
   return _run_with_loss(
     run,
     loss_fn,
@@ -659,7 +661,9 @@ def train_minibatch(
   _check_batch_size(fn, batch_size, _num_examples(batch))
   _validate.prng_key(fn, "key", key, ndim=0)
   state = _with_hyperparams_of(optimizer, state)
-  run = _minibatch_donating if _donate(fn, donate) else _minibatch_jit
+  run = _minibatch_jit
+  if _donate(fn, donate):
+    run, state = _minibatch_donating, _unaliased(state)
   return _run_with_loss(
     run,
     loss_fn,
@@ -841,6 +845,21 @@ def _donate(fn: str, donate) -> bool:
   return donate
 
 
+def _unaliased(state):
+  """``state`` with each array leaf in a buffer of its own, for donation: a leaf that
+  appears twice (tied weights, an optimiser state that holds the params) is copied, since
+  XLA cannot donate one buffer twice ("Attempt to donate the same buffer twice")."""
+  seen = set()
+
+  def own(leaf):
+    if isinstance(leaf, jax.Array) and id(leaf) in seen:
+      return jnp.copy(leaf)
+    seen.add(id(leaf))
+    return leaf
+
+  return jax.tree.map(own, state)
+
+
 def _progress(fn: str, log_every, hook) -> Static | None:
   """The static (log_every, hook) of a run that reports progress, or None."""
   if log_every is None:
@@ -891,6 +910,8 @@ def _check_batch(fn: str, batch, loss_fn, params) -> None:
   sizes = set()
   for name, leaf in leaves:
     feature_major = isinstance(leaf, FeatureMajor)
+    if feature_major:  # its values are checked as [D, N]: named so (and indexed so)
+      name = f"{name}.x_DxN"
     leaf = _validate.array(fn, name, leaf.x_DxN if feature_major else leaf)
     if leaf.ndim == 0:
       raise ValueError(f"{fn}: `{name}` must have an example axis; got a scalar.")

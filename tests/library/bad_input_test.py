@@ -499,6 +499,8 @@ def _user_loss_cases():
   y = _Y2.astype(np.float32)
   t = "train_full_batch"
   yield f"{t}__user_loss_x_nan", lambda: run((_with(_XT, 0, np.nan), y)), ValueError, t, "x_NxD"
+  fm_nan = data.feature_major(_with(_XT, (1, 2), np.nan))  # found at x_DxN[2, 1]
+  yield f"{t}__user_loss_fm_x_nan", lambda: run((fm_nan, y)), ValueError, t, "x_NxD.x_DxN"
   yield f"{t}__user_loss_y_inf", lambda: run((_XT, _with(y, 0, np.inf))), ValueError, t, "y_N"
   yield f"{t}__user_loss_y_string", lambda: run((_XT, y.astype(str))), TypeError, t, "y_N"
   yield f"{t}__user_loss_sizes", lambda: run((_XT, y[:5])), ValueError, t, "batch"
