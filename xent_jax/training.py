@@ -660,6 +660,11 @@ def train_minibatch(
   _check_batch(fn, batch, loss_fn, state.params)
   _check_batch_size(fn, batch_size, _num_examples(batch))
   _validate.prng_key(fn, "key", key, ndim=0)
+  if batch_sharding is not None and not isinstance(batch_sharding, NamedSharding):
+    raise TypeError(
+      f"{fn}: `batch_sharding` must be a jax.sharding.NamedSharding (e.g. "
+      f"data_sharding(make_data_mesh())) or None; got {batch_sharding!r:.80}."
+    )
   state = _with_hyperparams_of(optimizer, state)
   run = _minibatch_jit
   if _donate(fn, donate):
@@ -913,6 +918,8 @@ def _check_batch(fn: str, batch, loss_fn, params) -> None:
     if feature_major:  # its values are checked as [D, N]: named so (and indexed so)
       name = f"{name}.x_DxN"
     leaf = _validate.array(fn, name, leaf.x_DxN if feature_major else leaf)
+    if feature_major and leaf.ndim != 2:
+      raise ValueError(f"{fn}: `{name}` must be a [D, N] array; got shape {leaf.shape}.")
     if leaf.ndim == 0:
       raise ValueError(f"{fn}: `{name}` must have an example axis; got a scalar.")
     sizes.add(leaf.shape[1 if feature_major else 0])
@@ -977,6 +984,7 @@ def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
   >>> shard_batch((jnp.ones((4, 2)), jnp.zeros(4)), make_data_mesh())[0].shape
   (4, 2)
   """
+  _check_mesh("shard_batch", mesh)
   sharding = data_sharding(mesh)
   num_local = len(mesh.local_devices)
 
@@ -1012,4 +1020,13 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   >>> replicate({"w": jnp.zeros(2)}, make_data_mesh())["w"].sharding.spec
   P()
   """
+  _check_mesh("replicate", mesh)
   return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def _check_mesh(fn: str, mesh) -> None:
+  if not isinstance(mesh, Mesh) or not mesh.axis_names:
+    raise TypeError(
+      f"{fn}: `mesh` must be a jax.sharding.Mesh with at least one axis (e.g. "
+      f"make_data_mesh()); got {mesh!r:.80}."
+    )
