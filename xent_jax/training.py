@@ -229,6 +229,21 @@ def _with_hyperparams_of(optimizer, state: TrainState) -> TrainState:
   return state._replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
 
 
+def _check_hyperparams(fn: str, state: TrainState) -> None:
+  """The η, μ, ... an ``optax.inject_hyperparams`` state holds (the ones the run will use),
+  finite where they are concrete: NaN trained silently to NaN parameters."""
+  held = getattr(state.opt_state, "hyperparams", None)
+  if not isinstance(held, dict):
+    return
+  for k, v in held.items():
+    if not _validate.is_concrete(v) or not jnp.issubdtype(jnp.result_type(v), jnp.floating):
+      continue
+    if not np.all(np.isfinite(np.asarray(v))):
+      raise ValueError(
+        f"{fn}: `state.opt_state.hyperparams['{k}']` must be finite; got {np.asarray(v)}."
+      )
+
+
 def _float_dtype(x) -> np.dtype | None:
   """The dtype of ``x`` if it is floating, else None (the default float): a float η is never
   truncated to an integer state's dtype."""
@@ -273,6 +288,7 @@ def train_step(
   _check_state("train_step", state, optimizer)
   _check_batch("train_step", batch, loss_fn, state.params)
   state = _with_hyperparams_of(optimizer, state)
+  _check_hyperparams("train_step", state)
   return _step(state, batch, _on_rows_unless_ours(loss_fn), optimizer.update)
 
 
@@ -502,6 +518,7 @@ def train_full_batch(
   _check_state(fn, state, optimizer)
   _check_batch(fn, batch, loss_fn, state.params)
   state = _with_hyperparams_of(optimizer, state)
+  _check_hyperparams(fn, state)
   run = _full_batch_jit
   if _donate(fn, donate):
     run, state = _full_batch_donating, _unaliased(state)
@@ -666,6 +683,7 @@ def train_minibatch(
       f"data_sharding(make_data_mesh())) or None; got {batch_sharding!r:.80}."
     )
   state = _with_hyperparams_of(optimizer, state)
+  _check_hyperparams(fn, state)
   run = _minibatch_jit
   if _donate(fn, donate):
     run, state = _minibatch_donating, _unaliased(state)

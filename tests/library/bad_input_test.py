@@ -29,6 +29,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl.testing import absltest, parameterized
 from jax.experimental import checkify
 
@@ -646,6 +647,20 @@ def _setting_cases():
     arg, value = list(kwargs.items())[-1]
     case = f"{fn}__{arg}_{re.sub(r'[^0-9A-Za-z.]+', '_', str(value)[:12])}"
     yield case, functools.partial(call, **kwargs), error, fn, arg
+  # An optax.inject_hyperparams state holding a NaN rate (it trained to NaN parameters).
+  injected = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+  state = training.init_train_state(_LOGISTIC, injected)
+  hyperparams = {**state.opt_state.hyperparams, "learning_rate": jnp.asarray(np.nan)}
+  state = state._replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+  run = functools.partial(training.train_full_batch, state, batch, loss_fn=loss, num_steps=1)
+  arg = "state.opt_state.hyperparams['learning_rate']"
+  yield (
+    "train_full_batch__injected_nan",
+    functools.partial(run, optimizer=injected),
+    V,
+    "train_full_batch",
+    arg,
+  )
 
 
 def _training_cases():
