@@ -22,12 +22,14 @@ def is_concrete(x: Any) -> bool:
   return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
 
 
-def count(fn: str, name: str, value: Any, *, minimum: int = 1) -> int:
-  """An integer (not a bool) ``>= minimum``."""
+def count(fn: str, name: str, value: Any, *, minimum: int = 1, maximum: int | None = None) -> int:
+  """An integer (not a bool) ``>= minimum`` (and ``<= maximum``)."""
   if isinstance(value, bool) or not isinstance(value, int | np.integer):
     raise TypeError(f"{fn}: `{name}` must be an integer; got {name}={value!r}.")
   if value < minimum:
     raise ValueError(f"{fn}: `{name}` must be >= {minimum}; got {name}={value}.")
+  if maximum is not None and value > maximum:
+    raise ValueError(f"{fn}: `{name}` must be <= {maximum}; got {name}={value}.")
   return int(value)
 
 
@@ -128,6 +130,11 @@ def _first_violation(x, low, high):
 def regression_data(fn: str, x_NxD: Any, y_N: Any, num_classes: int | None = None):
   """(x, y) of a regression solver, checked: a non-empty ``[N, D]`` x of finite reals; y of
   shape ``[N]``, in [0, 1] (``num_classes`` None) or integer classes in ``[0, K)``."""
+  if hasattr(x_NxD, "x_DxN"):  # data.FeatureMajor (not imported here: data imports us)
+    raise TypeError(
+      f"{fn}: `x_NxD` must be an [N, D] array; got a FeatureMajor (pass its x_DxN.T: the "
+      "solvers read rows)."
+    )
   x = array(fn, "x_NxD", x_NxD, ndim=2, what=" [N, D]")
   y = array(fn, "y_N", y_N)
   if x.shape[0] == 0:

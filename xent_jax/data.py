@@ -143,7 +143,7 @@ def standardize(x_train_NxD: np.ndarray, x_test_MxD: np.ndarray):
 
 
 def _check_split(fn, test_fraction, seed) -> None:
-  _validate.count(fn, "seed", seed, minimum=0)
+  _validate.count(fn, "seed", seed, minimum=0, maximum=2**32 - 1)  # scikit-learn's range
   _validate.real(
     fn, "test_fraction", test_fraction, low=0.0, high=1.0, open_low=True, open_high=True
   )
@@ -179,7 +179,7 @@ def load_breast_cancer(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
 
   Args:
     test_fraction: fraction of examples held out, in (0, 1).
-    seed: seed of the split (an integer >= 0).
+    seed: seed of the split (an integer in [0, 2^32)).
 
   Returns:
     A :class:`Dataset`: ``train.x [455, 30]``, ``test.x [114, 30]`` by default.
@@ -207,7 +207,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
 
   Args:
     test_fraction: fraction of examples held out, in (0, 1).
-    seed: seed of the split (an integer >= 0).
+    seed: seed of the split (an integer in [0, 2^32)).
 
   Returns:
     A :class:`Dataset`: ``train.x [1437, 64]``, ``test.x [360, 64]`` by default.

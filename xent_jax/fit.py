@@ -278,7 +278,8 @@ def fit_softmax_regression(
   fn = "fit_softmax_regression"
   y = _validate.array(fn, "y_N", y_N)
   if num_classes is None:  # a float y_N is reported by _check
-    num_classes = int(np.max(y)) + 1 if y.dtype.kind in "iu" and y.size else 1
+    # (at least 1: negative labels are then reported as labels, not as num_classes)
+    num_classes = max(int(np.max(y)) + 1, 1) if y.dtype.kind in "iu" and y.size else 1
   _validate.count(fn, "num_classes", num_classes)
   _check(fn, x_NxD, y, l2=l2, tol=tol, max_iter=max_iter, memory=memory, num_classes=num_classes)
   num_examples, num_features = np.shape(x_NxD)

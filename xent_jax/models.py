@@ -42,6 +42,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
@@ -79,7 +80,11 @@ __all__ = [
 def _float_dtype(fn: str, dtype=None):
   if dtype is None:
     return jnp.zeros(()).dtype
-  if not jnp.issubdtype(dtype, jnp.floating):
+  try:
+    floating = jnp.issubdtype(dtype, jnp.floating)
+  except TypeError:  # not a dtype at all ("bogus")
+    floating = False
+  if not floating:
     raise TypeError(f"{fn}: `dtype` must be a float dtype; got dtype={dtype!r}.")
   return jnp.dtype(dtype)
 
@@ -136,6 +141,11 @@ def _check_labels(
 def _check_params(fn: str, params: Params, ndim: int) -> None:
   if not isinstance(params, dict) or set(params) != {"w", "b"}:
     raise ValueError(f"{fn}: `params` must be a dict with keys 'w' and 'b'; got {params!r:.80}.")
+  for k in ("w", "b"):  # (arrays, or shapes and dtypes under eval_shape)
+    dtype = getattr(params[k], "dtype", None)
+    dtype = np.asarray(params[k]).dtype if dtype is None else jnp.dtype(dtype)
+    if dtype.kind not in "biuf" and dtype != jnp.bfloat16:
+      raise TypeError(f"{fn}: `params` must hold real arrays; got params['{k}'].dtype={dtype}.")
   w_shape, b_shape = jnp.shape(params["w"]), jnp.shape(params["b"])
   if len(w_shape) != ndim or b_shape != w_shape[1:]:
     want = "w [D], b []" if ndim == 1 else "w [D, K], b [K]"

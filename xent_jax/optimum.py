@@ -143,9 +143,12 @@ def softmax_regression_objective(params, x_NxD, y_N, *, l2: float = 0.0) -> floa
   1.386294
   """
   fn = "softmax_regression_objective"
-  w_shape = np.shape(params.get("w")) if isinstance(params, dict) else ()
-  num_classes = w_shape[1] if len(w_shape) == 2 else 1
-  x, y = _data(fn, x_NxD, y_N, l2=l2, num_classes=num_classes)
+  # K comes from w: its shape is checked before the labels are checked against it.
+  w_shape = np.shape(params["w"]) if isinstance(params, dict) and "w" in params else None
+  if w_shape is None or len(w_shape) != 2:
+    got = f"params {params!r:.80}" if w_shape is None else f"params['w'].shape={w_shape}"
+    raise ValueError(f"{fn}: `params` must be a dict with w [D, K] and b [K]; got {got}.")
+  x, y = _data(fn, x_NxD, y_N, l2=l2, num_classes=w_shape[1])
   return float(_softmax_value_and_grad(_as_f64(fn, params, 2, x.shape[1]), x, y, l2)[0])
 
 

@@ -229,6 +229,21 @@ def _with_hyperparams_of(optimizer, state: TrainState) -> TrainState:
   return state._replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
 
 
+def _check_hyperparams(fn: str, state: TrainState) -> None:
+  """The η, μ, ... an ``optax.inject_hyperparams`` state holds (the ones the run will use),
+  finite where they are concrete: NaN trained silently to NaN parameters."""
+  held = getattr(state.opt_state, "hyperparams", None)
+  if not isinstance(held, dict):
+    return
+  for k, v in held.items():
+    if not _validate.is_concrete(v) or not jnp.issubdtype(jnp.result_type(v), jnp.floating):
+      continue
+    if not np.all(np.isfinite(np.asarray(v))):
+      raise ValueError(
+        f"{fn}: `state.opt_state.hyperparams['{k}']` must be finite; got {np.asarray(v)}."
+      )
+
+
 def _float_dtype(x) -> np.dtype | None:
   """The dtype of ``x`` if it is floating, else None (the default float): a float η is never
   truncated to an integer state's dtype."""
@@ -273,6 +288,7 @@ def train_step(
   _check_state("train_step", state, optimizer)
   _check_batch("train_step", batch, loss_fn, state.params)
   state = _with_hyperparams_of(optimizer, state)
+  _check_hyperparams("train_step", state)
   return _step(state, batch, _on_rows_unless_ours(loss_fn), optimizer.update)
 
 
@@ -502,7 +518,10 @@ def train_full_batch(
   _check_state(fn, state, optimizer)
   _check_batch(fn, batch, loss_fn, state.params)
   state = _with_hyperparams_of(optimizer, state)
-  run = _full_batch_donating if _donate(fn, donate) else _full_batch_jit
+  _check_hyperparams(fn, state)
+  run = _full_batch_jit
+  if _donate(fn, donate):
+    run, state = _full_batch_donating, _unaliased(state)
   return _run_with_loss(
     run,
     loss_fn,
@@ -658,8 +677,16 @@ def train_minibatch(
   _check_batch(fn, batch, loss_fn, state.params)
   _check_batch_size(fn, batch_size, _num_examples(batch))
   _validate.prng_key(fn, "key", key, ndim=0)
+  if batch_sharding is not None and not isinstance(batch_sharding, NamedSharding):
+    raise TypeError(
+      f"{fn}: `batch_sharding` must be a jax.sharding.NamedSharding (e.g. "
+      f"data_sharding(make_data_mesh())) or None; got {batch_sharding!r:.80}."
+    )
   state = _with_hyperparams_of(optimizer, state)
-  run = _minibatch_donating if _donate(fn, donate) else _minibatch_jit
+  _check_hyperparams(fn, state)
+  run = _minibatch_jit
+  if _donate(fn, donate):
+    run, state = _minibatch_donating, _unaliased(state)
   return _run_with_loss(
     run,
     loss_fn,
@@ -841,6 +868,21 @@ def _donate(fn: str, donate) -> bool:
   return donate
 
 
+def _unaliased(state):
+  """``state`` with each array leaf in a buffer of its own, for donation: a leaf that
+  appears twice (tied weights, an optimiser state that holds the params) is copied, since
+  XLA cannot donate one buffer twice ("Attempt to donate the same buffer twice")."""
+  seen = set()
+
+  def own(leaf):
+    if isinstance(leaf, jax.Array) and id(leaf) in seen:
+      return jnp.copy(leaf)
+    seen.add(id(leaf))
+    return leaf
+
+  return jax.tree.map(own, state)
+
+
 def _progress(fn: str, log_every, hook) -> Static | None:
   """The static (log_every, hook) of a run that reports progress, or None."""
   if log_every is None:
@@ -891,7 +933,11 @@ def _check_batch(fn: str, batch, loss_fn, params) -> None:
   sizes = set()
   for name, leaf in leaves:
     feature_major = isinstance(leaf, FeatureMajor)
+    if feature_major:  # its values are checked as [D, N]: named so (and indexed so)
+      name = f"{name}.x_DxN"
     leaf = _validate.array(fn, name, leaf.x_DxN if feature_major else leaf)
+    if feature_major and leaf.ndim != 2:
+      raise ValueError(f"{fn}: `{name}` must be a [D, N] array; got shape {leaf.shape}.")
     if leaf.ndim == 0:
       raise ValueError(f"{fn}: `{name}` must have an example axis; got a scalar.")
     sizes.add(leaf.shape[1 if feature_major else 0])
@@ -956,6 +1002,7 @@ def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
   >>> shard_batch((jnp.ones((4, 2)), jnp.zeros(4)), make_data_mesh())[0].shape
   (4, 2)
   """
+  _check_mesh("shard_batch", mesh)
   sharding = data_sharding(mesh)
   num_local = len(mesh.local_devices)
 
@@ -991,4 +1038,13 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   >>> replicate({"w": jnp.zeros(2)}, make_data_mesh())["w"].sharding.spec
   P()
   """
+  _check_mesh("replicate", mesh)
   return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def _check_mesh(fn: str, mesh) -> None:
+  if not isinstance(mesh, Mesh) or not mesh.axis_names:
+    raise TypeError(
+      f"{fn}: `mesh` must be a jax.sharding.Mesh with at least one axis (e.g. "
+      f"make_data_mesh()); got {mesh!r:.80}."
+    )

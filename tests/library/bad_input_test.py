@@ -29,6 +29,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl.testing import absltest, parameterized
 from jax.experimental import checkify
 
@@ -499,6 +500,10 @@ def _user_loss_cases():
   y = _Y2.astype(np.float32)
   t = "train_full_batch"
   yield f"{t}__user_loss_x_nan", lambda: run((_with(_XT, 0, np.nan), y)), ValueError, t, "x_NxD"
+  fm_1d = data.FeatureMajor(jnp.ones(len(y)))
+  yield f"{t}__user_loss_fm_1d", lambda: run((fm_1d, y)), ValueError, t, "x_NxD.x_DxN"
+  fm_nan = data.feature_major(_with(_XT, (1, 2), np.nan))  # found at x_DxN[2, 1]
+  yield f"{t}__user_loss_fm_x_nan", lambda: run((fm_nan, y)), ValueError, t, "x_NxD.x_DxN"
   yield f"{t}__user_loss_y_inf", lambda: run((_XT, _with(y, 0, np.inf))), ValueError, t, "y_N"
   yield f"{t}__user_loss_y_string", lambda: run((_XT, y.astype(str))), TypeError, t, "y_N"
   yield f"{t}__user_loss_sizes", lambda: run((_XT, y[:5])), ValueError, t, "batch"
@@ -558,6 +563,9 @@ def _setting_cases():
     ("train_minibatch", mini, dict(batch_size=2.0), T),
     ("train_minibatch", mini, dict(batch_size=2, num_epochs=0), V),
     ("train_minibatch", mini, dict(batch_size=2, key=0), T),
+    ("train_minibatch", mini, dict(batch_size=2, batch_sharding="batch"), T),
+    ("shard_batch", functools.partial(training.shard_batch, batch), dict(mesh="batch"), T),
+    ("replicate", functools.partial(training.replicate, {"w": _XT}), dict(mesh=None), T),
     ("train_seeds", seeds, dict(num_epochs=1, keys_S=_KEY), T),
     ("train_seeds", seeds, dict(num_epochs=0), V),
     ("train_seeds", seeds, dict(num_epochs=1, batch_size=0), V),
@@ -575,6 +583,30 @@ def _setting_cases():
     ("softmax_regression_grad", grad_s, dict(l2=np.nan), V),
     ("logistic_regression_logits", logits_l, dict(params=_SOFTMAX), V),
     ("softmax_regression_probs", probs_s, dict(params={"w": 1}), V),
+    (
+      "fit_logistic_regression",
+      fit.fit_logistic_regression,
+      dict(y_N=_Y2, x_NxD=data.feature_major(_XT)),
+      T,
+    ),
+    (
+      "fit_softmax_regression",
+      fit.fit_softmax_regression,
+      dict(x_NxD=_XT, y_N=-np.ones(len(_Y3), int)),
+      V,
+    ),
+    (
+      "softmax_regression_objective",
+      functools.partial(optimum.softmax_regression_objective, x_NxD=_XT, y_N=_Y3),
+      dict(params={"w": np.zeros(3), "b": np.zeros(())}),
+      V,
+    ),
+    (
+      "logistic_regression_loss",
+      functools.partial(models.logistic_regression_loss, x_NxD=_XT, y_N=_Y2),
+      dict(params={"w": np.array(["a", "b", "c"]), "b": 0.0}),
+      T,
+    ),
     ("fit_logistic_regression", fit_l, dict(tol=-1.0), V),
     ("fit_logistic_regression", fit_l, dict(tol=0.0), V),
     ("fit_logistic_regression", fit_l, dict(l2=-1.0), V),
@@ -603,6 +635,7 @@ def _setting_cases():
     ("load_breast_cancer", cancer, dict(test_fraction=0.001), V),  # a class missing
     ("load_breast_cancer", cancer, dict(test_fraction="0.2"), T),
     ("load_breast_cancer", cancer, dict(seed=-1), V),
+    ("load_breast_cancer", cancer, dict(seed=2**40), V),
     ("load_digits", digits, dict(test_fraction=1.0), V),
     ("standardize", standardize, dict(x_test_MxD=_XT, x_train_NxD=nan_x), V),
     ("standardize", standardize, dict(x_train_NxD=_XT, x_test_MxD=_XT.astype(complex)), T),
@@ -614,6 +647,20 @@ def _setting_cases():
     arg, value = list(kwargs.items())[-1]
     case = f"{fn}__{arg}_{re.sub(r'[^0-9A-Za-z.]+', '_', str(value)[:12])}"
     yield case, functools.partial(call, **kwargs), error, fn, arg
+  # An optax.inject_hyperparams state holding a NaN rate (it trained to NaN parameters).
+  injected = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+  state = training.init_train_state(_LOGISTIC, injected)
+  hyperparams = {**state.opt_state.hyperparams, "learning_rate": jnp.asarray(np.nan)}
+  state = state._replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+  run = functools.partial(training.train_full_batch, state, batch, loss_fn=loss, num_steps=1)
+  arg = "state.opt_state.hyperparams['learning_rate']"
+  yield (
+    "train_full_batch__injected_nan",
+    functools.partial(run, optimizer=injected),
+    V,
+    "train_full_batch",
+    arg,
+  )
 
 
 def _training_cases():

@@ -117,6 +117,23 @@ class TrainStepTest(chex.TestCase):
     self.assertTrue(state.params["w"].is_deleted())
     chex.assert_trees_all_equal(kept.params, donated.params)
 
+  def test_donating_a_state_that_holds_one_array_twice(self):
+    # Tied weights: one array under two names ("Attempt to donate the same buffer twice").
+    dtype = jnp.zeros(()).dtype
+    w = jnp.full((5,), 0.1, dtype)
+    opt, batch = training.sgd(0.5), _synthetic().train
+
+    def tied_loss(params, x, y):
+      return LOGISTIC_LOSS({"w": params["enc"] + params["dec"], "b": params["b"]}, x, y)
+
+    runs = []
+    for donate in (False, True):
+      state = training.init_train_state({"enc": w, "dec": w, "b": jnp.zeros((), dtype)}, opt)
+      run = training.train_full_batch
+      runs.append(run(state, batch, loss_fn=tied_loss, optimizer=opt, num_steps=3, donate=donate))
+    # Oracle: the run that donates nothing.
+    chex.assert_trees_all_equal(runs[0], runs[1])
+
 
 class SweepTest(chex.TestCase):
   """SPEC §8: the caller's arrays survive every call; equal settings compile once."""
