@@ -691,7 +691,8 @@ def linear_softmax_cross_entropy(
     precision: of every matmul (forward and gradients), a ``jax.lax.Precision`` or its
       name; None means ``HIGHEST`` (true float32 on accelerators, SPEC §9).
     vocab_axis_name: the mesh axis over which ``weight`` is split on V (inside
-      ``shard_map``), or None.
+      ``shard_map``), or None. With None, a ``weight`` (and ``bias``) split on V in its type
+      (a mesh with explicit axes) is gathered whole on every device first.
 
   Returns:
     The loss per token, shape ``labels.shape``, float32 (float64 for float64 inputs); with
