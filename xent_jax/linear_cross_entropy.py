@@ -255,7 +255,7 @@ def _unchunk(x, opts):
   """The inverse of :func:`_chunks`: ``[N / chunk, chunk, ...]`` back to ``[N, ...]``."""
   if opts.strided:
     x = x.swapaxes(0, 1)
-  return x.reshape(-1, *x.shape[2:])
+  return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])  # (not -1: D = 0 is ambiguous)
 
 
 def _vocab_blocks(opts, num_local, fn, carry):
