@@ -32,6 +32,8 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from xent_jax import _core, _normalizer
@@ -253,7 +255,7 @@ def _unchunk(x, opts):
   """The inverse of :func:`_chunks`: ``[N / chunk, chunk, ...]`` back to ``[N, ...]``."""
   if opts.strided:
     x = x.swapaxes(0, 1)
-  return x.reshape(-1, *x.shape[2:])
+  return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])  # (not -1: D = 0 is ambiguous)
 
 
 def _vocab_blocks(opts, num_local, fn, carry):
@@ -689,7 +691,8 @@ def linear_softmax_cross_entropy(
     precision: of every matmul (forward and gradients), a ``jax.lax.Precision`` or its
       name; None means ``HIGHEST`` (true float32 on accelerators, SPEC §9).
     vocab_axis_name: the mesh axis over which ``weight`` is split on V (inside
-      ``shard_map``), or None.
+      ``shard_map``), or None. With None, a ``weight`` (and ``bias``) split on V in its type
+      (a mesh with explicit axes) is gathered whole on every device first.
 
   Returns:
     The loss per token, shape ``labels.shape``, float32 (float64 for float64 inputs); with
@@ -727,6 +730,8 @@ def linear_softmax_cross_entropy(
   promoted = _core.promote(fn, **arrays)
   h, w = promoted[:2]
   b = promoted[2] if bias is not None else None
+  if vocab_axis_name is None:  # (vocab parallelism outside shard_map: gathered, see below)
+    w, b = _vocab_replicated(w, 1), None if b is None else _vocab_replicated(b, 0)
   dtype = h.dtype
   labels = _core.as_labels(labels, "labels", fn)
   batch_shape = h.shape[:-1]
@@ -836,6 +841,20 @@ def linear_softmax_cross_entropy(
   if return_lse:
     return loss, per_token(lse)
   return loss
+
+
+def _vocab_replicated(x, axis: int):
+  """``x`` with its vocabulary ``axis`` whole on every device, if its type (a mesh with
+  explicit axes) splits it: outside shard_map the chunked passes read whole rows of logits
+  (XLA's gather of the label logit raised a sharding error). Vocabulary parallelism
+  without that all-gather is :func:`linear_softmax_cross_entropy` inside ``shard_map``
+  with ``vocab_axis_name``."""
+  sharding = jax.typeof(x).sharding
+  spec = tuple(getattr(sharding, "spec", ()))
+  if axis >= len(spec) or spec[axis] is None:
+    return x
+  spec = P(*(None if i == axis else a for i, a in enumerate(spec)))
+  return jax.sharding.reshard(x, NamedSharding(sharding.mesh, spec))
 
 
 def _sharded_axes_first(x) -> tuple[int, ...] | None:

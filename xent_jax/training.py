@@ -757,7 +757,8 @@ def train_seeds(
   Run ``s`` splits ``keys_S[s]`` into an init key (``params = init_fn(k_init)``) and a
   shuffle key, then trains exactly like :func:`train_full_batch` (``batch_size=None``,
   ``num_epochs`` steps) or :func:`train_minibatch`. Each run equals the same run done
-  alone. Equal ``init_fn``, ``loss_fn`` and ``optimizer`` objects built again (a lambda
+  alone up to float rounding (batched, XLA may sum in another order: about 1e-7 relative
+  in float32). Equal ``init_fn``, ``loss_fn`` and ``optimizer`` objects built again (a lambda
   re-created per call) share the compilation; the initial states are built outside the
   compiled run (``optimizer.init`` under ``jax.vmap``), so the hyperparameters of
   :func:`sgd` are traced here too. The run reuses (donates) only buffers it made: the

@@ -104,7 +104,9 @@ class VocabParallelTest(absltest.TestCase):
       with np.load(out) as f:
         sharded = dict(f)
     self.assertEqual(int(sharded["weight_shard_columns"]), worker.V // 4)  # its slice of V
-    self.assert_equal_to_one_device(sharded, ["jit_Explicit_", "jit_Auto_", "vp_", "vpblocks_"])
+    self.assert_equal_to_one_device(
+      sharded, ["jit_Explicit_", "jit_ExplicitV_", "jit_Auto_", "vp_", "vpblocks_"]
+    )
     # Vocab shards whose scale e^{m_k - m} is subnormal but whose mass is not: the loss of
     # a dominant label and its gradient -(1 - p_y), against the 50-digit reference.
     h, w, y = (np.asarray(x) for x in worker.far_shard_inputs())

@@ -202,6 +202,16 @@ class ValueTest(chex.TestCase):
       np.testing.assert_allclose(loss, want, rtol=rtol, atol=0, err_msg=name)
       _assert_sum_close(self, grad_w, bound_w, want_w, rtol, f"{name}: d/dW")
 
+  def test_no_features(self):
+    # D = 0: every logit is the bias, a uniform loss over V = 7 classes (its gradient raised
+    # ZeroDivisionError). ∂/∂b = Σ_t (softmax(b) - onehot(y_t)).
+    h, w, b, y = np.zeros((4, 0), DTYPE), np.zeros((0, 7), DTYPE), np.zeros(7, DTYPE), np.arange(4)
+    f = lambda h, w, b: xj.linear_softmax_cross_entropy(h, w, y, bias=b)
+    np.testing.assert_allclose(f(h, w, b), np.full(4, math.log(7)), rtol=RTOL)
+    grads = jax.grad(lambda *a: f(*a).sum(), argnums=(0, 1, 2))(h, w, b)
+    self.assertEqual([g.shape for g in grads], [(4, 0), (0, 7), (7,)])
+    np.testing.assert_allclose(grads[2], 4 / 7 - (np.arange(7) < 4), rtol=RTOL)
+
   def test_subnormal_terms_of_a_dominant_label(self):
     # The label wins by 85 nats over one class and by 90 over 38 others (float32; 700 and
     # 712 in float64): each e^{-90} is subnormal, flushed on the CPU, and together they are
