@@ -165,6 +165,19 @@ class _Keys:
     return tuple((name, key(g[name])) for name in sorted(names) if name in g)
 
 
+def holds_nan(obj: Any) -> bool:
+  """Whether a float NaN is among the values ``obj`` is keyed by (a setting in a closure:
+  ``optax.sgd(float("nan"))`` trains silently to NaN parameters)."""
+  todo = [value_key(obj)]
+  while todo:
+    key = todo.pop()
+    if isinstance(key, tuple):
+      if len(key) == 2 and key[0] is float and key[1] == "nan":
+        return True
+      todo.extend(key)
+  return False
+
+
 _EMPTY_CELL = object()
 
 

@@ -149,12 +149,22 @@ def _host(spec: _measures.MeasureSpec, name: str, value: Any) -> Any:
   return _core.clip_host_labels(value) if spec.roles.get(name) is Role.LABELS else value
 
 
+def _name(fn: Callable[..., Any]) -> str:
+  """The name of the function under wrappers and partials (``jax.jit(partial(step, ...))``
+  is ``step``; its repr was the whole partial, with every keyword)."""
+  inner = fn
+  for _ in range(16):
+    inner = inspect.unwrap(inner)
+    if not isinstance(inner, functools.partial):
+      break
+    inner = inner.func
+  return getattr(inner, "__name__", None) or type(fn).__name__
+
+
 def _checked_any(fn: Callable[..., Any]) -> Callable[..., Any]:
   """``checked`` of a function that is not a measure: checkify of it, traced with the flag."""
   static_fn = Static(fn)
-  name = getattr(
-    inspect.unwrap(fn.func if isinstance(fn, functools.partial) else fn), "__name__", repr(fn)
-  )
+  name = _name(fn)
 
   @functools.wraps(fn)
   def checked_fn(*args, **kwargs):

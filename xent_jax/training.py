@@ -80,7 +80,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from xent_jax import _core, _validate, models
-from xent_jax._static import Static
+from xent_jax._static import Static, holds_nan
 from xent_jax.data import FeatureMajor
 
 Params = Any  # A pytree of arrays, e.g. {"w": [D], "b": []}.
@@ -831,6 +831,11 @@ def _check_optimizer(fn: str, optimizer) -> None:
     raise TypeError(
       f"{fn}: `optimizer` must be an optax GradientTransformation (with init and update); "
       f"got {optimizer!r:.80}."
+    )
+  if holds_nan(optimizer.update):
+    raise ValueError(
+      f"{fn}: `optimizer` holds a NaN setting (e.g. optax.sgd(float('nan'))), which would "
+      "train to NaN parameters."
     )
 
 

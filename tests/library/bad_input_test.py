@@ -557,6 +557,8 @@ def _setting_cases():
     ("train_full_batch", full, dict(num_steps=2, donate="yes"), T),
     ("train_full_batch", full, dict(num_steps=2, optimizer=0.1), T),
     ("train_full_batch", full, dict(num_steps=2, loss_fn="mse"), T),
+    ("train_full_batch", full, dict(num_steps=2, optimizer=optax.sgd(np.nan)), V),
+    ("train_full_batch", full, dict(num_steps=2, optimizer=optax.adam(1e-3, b1=np.nan)), V),
     ("train_step", training.train_step, dict(batch=batch, **run, state=_LOGISTIC), T),
     ("train_minibatch", mini, dict(batch_size=0), V),
     ("train_minibatch", mini, dict(batch_size=9), V),

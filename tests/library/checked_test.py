@@ -116,6 +116,7 @@ class CheckedAnyFunctionTest(chex.TestCase):
     ("partial", functools.partial(_user_loss), "_user_loss"),
     ("lambda", lambda z, t: _user_loss(z, t), "<lambda>"),
     ("jitted", jax.jit(_user_loss), "_user_loss"),
+    ("jitted_partial", jax.jit(functools.partial(_user_loss)), "_user_loss"),  # was its repr
   )
   def test_user_functions(self, fn, name):
     wrapped = xj.checked(fn)
