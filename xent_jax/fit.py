@@ -361,9 +361,8 @@ class _Coordinates(NamedTuple):
 
     def in_psi(psi):
       g = gradient(self._theta(psi / self.root_h))
-      return np.concatenate([g[: -self.num_classes] - self._outer(g), g[-self.num_classes :]]) / (
-        self.root_h
-      )
+      g_w, g_b = g[: -self.num_classes], g[-self.num_classes :]
+      return np.concatenate([g_w - self._outer(g), g_b]) / self.root_h
 
     return in_psi
 
