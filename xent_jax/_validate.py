@@ -69,6 +69,12 @@ def _range_text(low, high, open_low, open_high) -> str:
   return f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
 
 
+def is_real_dtype(dtype) -> bool:
+  """Bool, integer or floating (bfloat16 included): a dtype the training layer computes with."""
+  dtype = np.dtype(dtype)
+  return dtype.kind in "biuf" or dtype == jnp.bfloat16
+
+
 def array(fn: str, name: str, x: Any, *, ndim: int | None = None, what: str = "") -> Any:
   """``x`` as an array (numpy stays numpy, JAX stays JAX) of real or bool dtype, rank ``ndim``."""
   if not isinstance(x, np.ndarray | jax.Array):
@@ -76,7 +82,7 @@ def array(fn: str, name: str, x: Any, *, ndim: int | None = None, what: str = ""
       x = np.asarray(x)
     except (TypeError, ValueError) as e:
       raise TypeError(f"{fn}: `{name}` must be an array{what}; got {type(x).__name__}.") from e
-  if x.dtype.kind not in "biuf" and x.dtype != jnp.bfloat16:
+  if not is_real_dtype(x.dtype):
     raise TypeError(f"{fn}: `{name}` must hold real numbers{what}; got {name}.dtype={x.dtype}.")
   if ndim is not None and x.ndim != ndim:
     raise ValueError(f"{fn}: `{name}` must have rank {ndim}{what}; got {name}.shape={x.shape}.")

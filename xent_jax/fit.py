@@ -177,11 +177,7 @@ def fit_logistic_regression(
   num_examples, num_features = np.shape(x_NxD)
   x_dev, y_dev, x_head, y_head = _device_data(x_NxD, y_N)
   penalty = np.append(np.full(num_features, float(l2)), 0.0)
-  # L-BFGS runs in φ = (w, c), b = c - μ·w (centred features), scaled by √h, h the
-  # curvature of J at 0 per coordinate (σ(1-σ) = 1/4).
-  sample = _sample(x_NxD)
-  mean_D = np.mean(sample, axis=0)
-  root_h = np.sqrt(_curvature_at_zero(sample, mean_D, 0.25, l2, 1))
+  coords = _coordinates(x_NxD, 0.25, l2, 1)  # σ(1-σ) = 1/4 at 0
   theta = np.zeros(num_features + 1)
   counter = [0]
 
@@ -202,23 +198,13 @@ def fit_logistic_regression(
       sub_gradient = lambda t: _host_gradient_sums(t, x_sub, y_sub) / len(y_sub) + penalty * t
       with optimum.single_threaded_blas():  # the other core compiles
         theta, _, history, _, _ = _lbfgs(
-          _scaled(_centred(sub_gradient, mean_D, 1), root_h),
-          theta,
-          [],
-          tol=tol,
-          max_iter=max_iter,
-          memory=memory,
+          coords.gradient(sub_gradient), theta, [], tol=tol, max_iter=max_iter, memory=memory
         )
     gradient_sums = compiled.result()
   theta, g, _, iterations, gap = _lbfgs(
-    _scaled(_centred(gradient, mean_D, 1), root_h),
-    theta,
-    history,
-    tol=tol,
-    max_iter=max_iter,
-    memory=memory,
+    coords.gradient(gradient), theta, history, tol=tol, max_iter=max_iter, memory=memory
   )
-  theta, g = _uncentred(theta / root_h, g * root_h, mean_D, 1)
+  theta, g = coords.theta(theta, g)
   params = {"w": theta[:-1], "b": np.asarray(theta[-1])}
   return Fit(params, float(np.linalg.norm(g)), float(gap), iterations, counter[0], bool(gap <= tol))
 
@@ -287,11 +273,8 @@ def fit_softmax_regression(
   y_dev = jnp.asarray(y, jnp.int32)
   size_w = num_features * num_classes
   penalty = np.append(np.full(size_w, float(l2)), np.zeros(num_classes))
-  # L-BFGS in φ = (W, c), b = c - μW (centred features), scaled by √h, h the curvature at
-  # 0 (1/K off the all-ones direction of the logits).
-  sample = _sample(x_NxD)
-  mean_D = np.mean(sample, axis=0)
-  root_h = np.sqrt(_curvature_at_zero(sample, mean_D, 1 / num_classes, l2, num_classes))
+  # (the curvature at 0 is 1/K off the all-ones direction of the logits)
+  coords = _coordinates(x_NxD, 1 / num_classes, l2, num_classes)
   counter = [0]
 
   def gradient(theta):
@@ -300,14 +283,14 @@ def fit_softmax_regression(
     return np.asarray(sums, np.float64) / num_examples + penalty * theta
 
   theta, g, _, iterations, gap = _lbfgs(
-    _scaled(_centred(gradient, mean_D, num_classes), root_h),
+    coords.gradient(gradient),
     np.zeros(size_w + num_classes),
     [],
     tol=tol,
     max_iter=max_iter,
     memory=memory,
   )
-  theta, g = _uncentred(theta / root_h, g * root_h, mean_D, num_classes)
+  theta, g = coords.theta(theta, g)
   params = {"w": theta[:size_w].reshape(num_features, num_classes), "b": theta[size_w:]}
   return Fit(params, float(np.linalg.norm(g)), float(gap), iterations, counter[0], bool(gap <= tol))
 
@@ -334,7 +317,7 @@ def _sample(x_NxD) -> np.ndarray:
 def _curvature_at_zero(
   sample: np.ndarray, mean_D: np.ndarray, per_logit: float, l2: float, num_classes: int
 ) -> np.ndarray:
-  """The diagonal of ∇²J at θ = 0 in the centred coordinates φ (:func:`_centred`),
+  """The diagonal of ∇²J at θ = 0 in the centred coordinates φ (:class:`_Coordinates`),
   flattened like θ: per_logit·mean_n (x_nj - μ_j)² + λ for each weight (repeated over the
   K classes), per_logit for each bias.
 
@@ -351,39 +334,50 @@ def _curvature_at_zero(
   return np.concatenate([np.repeat(w, num_classes), np.full(num_classes, per_logit)])
 
 
-def _centred(gradient, mean_D: np.ndarray, num_classes: int):
-  """The gradient in φ = (W, c) with b = c - μᵀW: ∇_W = ∇_W J - μ ⊗ ∇_b J, ∇_c = ∇_b J.
+class _Coordinates(NamedTuple):
+  """The coordinates L-BFGS runs in: ψ = φ·√h, φ = (W, c) with b = c - μᵀW.
 
-  The same J, with each feature centred by μ: uncentred features (an offset of 1000 on
-  unit noise) tie each weight to the bias, and L-BFGS's estimate of J - J* in such a
-  valley was 1e5 times too small (the fit stopped "converged" 4e-3 above the optimum).
+  The same J, with each feature centred by μ and each coordinate scaled by the curvature
+  at 0, h (:func:`_curvature_at_zero`): features of any offset and scale look standardised.
+  Uncentred features (an offset of 1000 on unit noise) tie each weight to the bias, and
+  L-BFGS's estimate of J - J* in such a valley was 1e5 times too small (the fit stopped
+  "converged" 4e-3 above the optimum).
   """
-  size_w = mean_D.size * num_classes
 
-  def to_theta(phi):
-    w = phi[:size_w].reshape(mean_D.size, num_classes)
-    return np.concatenate([phi[:size_w], phi[size_w:] - mean_D @ w])
+  mean_D: np.ndarray
+  root_h: np.ndarray
+  num_classes: int
 
-  def centred(phi):
-    g = gradient(to_theta(phi))
-    g_b = g[size_w:]
-    return np.concatenate([g[:size_w] - np.outer(mean_D, g_b).ravel(), g_b])
+  def _theta(self, phi):  # (W, c) → (W, b)
+    size_w = self.mean_D.size * self.num_classes
+    w = phi[:size_w].reshape(self.mean_D.size, self.num_classes)
+    return np.concatenate([phi[:size_w], phi[size_w:] - self.mean_D @ w])
 
-  return centred
+  def _outer(self, g_phi):  # μ ⊗ ∇_b J, flattened like W
+    return np.outer(self.mean_D, g_phi[self.mean_D.size * self.num_classes :]).ravel()
+
+  def gradient(self, gradient):
+    """The gradient in ψ: ∇_W = ∇_W J - μ ⊗ ∇_b J, ∇_c = ∇_b J, each divided by √h."""
+
+    def in_psi(psi):
+      g = gradient(self._theta(psi / self.root_h))
+      g_w, g_b = g[: -self.num_classes], g[-self.num_classes :]
+      return np.concatenate([g_w - self._outer(g), g_b]) / self.root_h
+
+    return in_psi
+
+  def theta(self, psi, g_psi):
+    """(θ, ∇_θ J) from ψ and the gradient in ψ."""
+    g_phi = g_psi * self.root_h
+    g_w = g_phi[: -self.num_classes] + self._outer(g_phi)
+    return self._theta(psi / self.root_h), np.concatenate([g_w, g_phi[-self.num_classes :]])
 
 
-def _uncentred(phi, g_phi, mean_D: np.ndarray, num_classes: int):
-  """(θ, ∇_θ J) from φ and the gradient in φ (:func:`_centred`)."""
-  size_w = mean_D.size * num_classes
-  w = phi[:size_w].reshape(mean_D.size, num_classes)
-  g_b = g_phi[size_w:]
-  theta = np.concatenate([phi[:size_w], phi[size_w:] - mean_D @ w])
-  return theta, np.concatenate([g_phi[:size_w] + np.outer(mean_D, g_b).ravel(), g_b])
-
-
-def _scaled(gradient, root_h):
-  """The gradient in θ' = θ·√h: ∇'(θ') = ∇(θ'/√h)/√h."""
-  return lambda theta: gradient(theta / root_h) / root_h
+def _coordinates(x_NxD, per_logit: float, l2: float, num_classes: int) -> _Coordinates:
+  sample = _sample(x_NxD)
+  mean_D = np.mean(sample, axis=0)
+  root_h = np.sqrt(_curvature_at_zero(sample, mean_D, per_logit, l2, num_classes))
+  return _Coordinates(mean_D, root_h, num_classes)
 
 
 def _lbfgs(gradient, theta, history, *, tol, max_iter, memory):

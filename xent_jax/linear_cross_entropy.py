@@ -229,13 +229,13 @@ def _grad_logits(opts, u, t, offset, y_T, lse, nll, a_T, b_T):
   return g
 
 
-def _tied(w, z):
-  """(W, z) behind an optimisation barrier: W tied to this chunk's logits z.
+def _tied(w, t):
+  """(W, t) behind an optimisation barrier: W tied to this chunk's logits t (:func:`_logits`).
 
   Otherwise XLA hoists the gradient's ``[D, block]`` slices of W out of the token loop,
   and a blocked copy of W (``[D, V]``) stays live through the whole pass.
   """
-  return lax.optimization_barrier((w, z))
+  return lax.optimization_barrier((w, t))
 
 
 def _chunks(x, opts):
@@ -277,7 +277,7 @@ def _vocab_blocks(opts, num_local, fn, carry):
   return carry
 
 
-def _chunk_grads(opts, h_c, u, z, w, b, y_c, lse, nll, a, bcoef, carry, need_h):
+def _chunk_grads(opts, h_c, u, t, w, b, y_c, lse, nll, a, bcoef, carry, need_h):
   """Adds one token chunk's Σ_t ∂/∂W and Σ_t ∂/∂b to ``carry = (gw, gb)``; returns
   (gw, gb, gh) with gh the chunk's per-token ∂/∂h (None unless ``need_h``)."""
   offset = _vocab_offset(opts, w.shape[1])
@@ -285,7 +285,7 @@ def _chunk_grads(opts, h_c, u, z, w, b, y_c, lse, nll, a, bcoef, carry, need_h):
   def block(start, size, carry):
     gw, gb, gh = carry
     cols = lambda x: lax.dynamic_slice_in_dim(x, start, size, axis=x.ndim - 1)
-    g = _grad_logits(opts, cols(u), cols(z), offset + start, y_c, lse, nll, a, bcoef)
+    g = _grad_logits(opts, cols(u), cols(t), offset + start, y_c, lse, nll, a, bcoef)
     gw_block = cols(gw)
     gw_block = gw_block + _matmul(h_c, g, opts, ((0,), (0,)), like=gw_block)
     gw = lax.dynamic_update_slice_in_dim(gw, gw_block, start, axis=1)
@@ -319,12 +319,12 @@ def _forward(opts, h, w, b, y, a=None):
 
   def body(carry, xs):
     h_c, y_c, a_c = xs
-    u, z = _logits(opts, h_c, w, b)
-    loss, nll, lse = _token_loss(opts, *_stats(opts, z, y_c))
+    u, t = _logits(opts, h_c, w, b)
+    loss, nll, lse = _token_loss(opts, *_stats(opts, t, y_c))
     if not with_grads:
       return carry, (loss, nll, lse, None)
-    w_c, z = _tied(w, z)
-    gw, gb, gh = _chunk_grads(opts, h_c, u, z, w_c, b, y_c, lse, nll, a_c, None, carry, True)
+    w_c, t = _tied(w, t)
+    gw, gb, gh = _chunk_grads(opts, h_c, u, t, w_c, b, y_c, lse, nll, a_c, None, carry, True)
     return (gw, gb), (loss, nll, lse, gh)
 
   init = (None, None)
@@ -344,9 +344,9 @@ def _chunked_grads(opts, h, w, b, y, lse, nll, a, bcoef, need_h, init=None):
 
   def body(carry, xs):
     h_c, y_c, lse_c, nll_c, a_c, b_c = xs
-    u, z = _logits(opts, h_c, w, b)
-    w_c, z = _tied(w, z)
-    gw, gb, gh = _chunk_grads(opts, h_c, u, z, w_c, b, y_c, lse_c, nll_c, a_c, b_c, carry, need_h)
+    u, t = _logits(opts, h_c, w, b)
+    w_c, t = _tied(w, t)
+    gw, gb, gh = _chunk_grads(opts, h_c, u, t, w_c, b, y_c, lse_c, nll_c, a_c, b_c, carry, need_h)
     return (gw, gb), gh
 
   b_chunks = None if bcoef is None else _chunks(bcoef, opts)
@@ -381,20 +381,20 @@ def _tangent_impl(*args, opts, has_b):
 
   def body(_, xs):
     h_c, y_c, lse_c, nll_c, a_c, dh_c = xs
-    u, z = _logits(opts, h_c, w, b)
+    u, t = _logits(opts, h_c, w, b)
 
     def block(start, size, acc):
       cols = lambda x: lax.dynamic_slice_in_dim(x, start, size, axis=x.ndim - 1)
       du = _matmul(h_c, cols(dw), opts, ((1,), (0,)))
       if db is not None:
         du = du + cols(db)[None, :]
-      g = _grad_logits(opts, cols(u), cols(z), offset + start, y_c, lse_c, nll_c, a_c, None)
+      g = _grad_logits(opts, cols(u), cols(t), offset + start, y_c, lse_c, nll_c, a_c, None)
       acc = (acc[0] + jnp.sum(g * du, axis=1), acc[1])
       if dh_c is None:
         return acc
       du = du + _matmul(dh_c, cols(w), opts, ((1,), (0,)))
       zeros, ones = jnp.zeros_like(a_c), jnp.ones_like(a_c)
-      p = _grad_logits(opts, cols(u), cols(z), offset + start, y_c, lse_c, nll_c, zeros, ones)
+      p = _grad_logits(opts, cols(u), cols(t), offset + start, y_c, lse_c, nll_c, zeros, ones)
       return acc[0], acc[1] + jnp.sum(p * du, axis=1)
 
     zero = _vary_like(jnp.zeros_like(lse_c), u)  # varying like the block sums (shard_map)

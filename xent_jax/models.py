@@ -143,8 +143,8 @@ def _check_params(fn: str, params: Params, ndim: int) -> None:
     raise ValueError(f"{fn}: `params` must be a dict with keys 'w' and 'b'; got {params!r:.80}.")
   for k in ("w", "b"):  # (arrays, or shapes and dtypes under eval_shape)
     dtype = getattr(params[k], "dtype", None)
-    dtype = np.asarray(params[k]).dtype if dtype is None else jnp.dtype(dtype)
-    if dtype.kind not in "biuf" and dtype != jnp.bfloat16:
+    dtype = np.asarray(params[k]).dtype if dtype is None else dtype
+    if not _validate.is_real_dtype(dtype):
       raise TypeError(f"{fn}: `params` must hold real arrays; got params['{k}'].dtype={dtype}.")
   w_shape, b_shape = jnp.shape(params["w"]), jnp.shape(params["b"])
   if len(w_shape) != ndim or b_shape != w_shape[1:]:

@@ -219,20 +219,21 @@ class _InjectedSGD(optax.GradientTransformationExtraArgs):
   state they are given, so a state built for another η trains with this optimiser's η."""
 
 
-def _with_hyperparams_of(optimizer, state: TrainState) -> TrainState:
-  """``state`` with the optimiser's own η and μ (new scalars; the caller's state untouched)."""
+def _with_hyperparams_of(fn: str, optimizer, state: TrainState) -> TrainState:
+  """``state`` with the optimiser's own η and μ (new scalars; the caller's state untouched),
+  after checking the hyperparameters the run will use."""
   wanted = getattr(optimizer, "hyperparams", None)
   held = getattr(state.opt_state, "hyperparams", None)
-  if not isinstance(wanted, dict) or not isinstance(held, dict) or set(wanted) != set(held):
-    return state
-  hyperparams = {k: jnp.asarray(wanted[k], _float_dtype(held[k])) for k in held}
-  return state._replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+  if isinstance(wanted, dict) and isinstance(held, dict) and set(wanted) == set(held):
+    held = {k: jnp.asarray(wanted[k], _float_dtype(held[k])) for k in held}
+    state = state._replace(opt_state=state.opt_state._replace(hyperparams=held))
+  _check_hyperparams(fn, held)
+  return state
 
 
-def _check_hyperparams(fn: str, state: TrainState) -> None:
-  """The η, μ, ... an ``optax.inject_hyperparams`` state holds (the ones the run will use),
-  finite where they are concrete: NaN trained silently to NaN parameters."""
-  held = getattr(state.opt_state, "hyperparams", None)
+def _check_hyperparams(fn: str, held) -> None:
+  """The η, μ, ... an ``optax.inject_hyperparams`` state holds, finite where they are
+  concrete: NaN trained silently to NaN parameters."""
   if not isinstance(held, dict):
     return
   for k, v in held.items():
@@ -287,8 +288,7 @@ def train_step(
   """
   _check_state("train_step", state, optimizer)
   _check_batch("train_step", batch, loss_fn, state.params)
-  state = _with_hyperparams_of(optimizer, state)
-  _check_hyperparams("train_step", state)
+  state = _with_hyperparams_of("train_step", optimizer, state)
   return _step(state, batch, _on_rows_unless_ours(loss_fn), optimizer.update)
 
 
@@ -517,8 +517,7 @@ def train_full_batch(
   progress = _progress(fn, log_every, hook)
   _check_state(fn, state, optimizer)
   _check_batch(fn, batch, loss_fn, state.params)
-  state = _with_hyperparams_of(optimizer, state)
-  _check_hyperparams(fn, state)
+  state = _with_hyperparams_of(fn, optimizer, state)
   run = _full_batch_jit
   if _donate(fn, donate):
     run, state = _full_batch_donating, _unaliased(state)
@@ -682,8 +681,7 @@ def train_minibatch(
       f"{fn}: `batch_sharding` must be a jax.sharding.NamedSharding (e.g. "
       f"data_sharding(make_data_mesh())) or None; got {batch_sharding!r:.80}."
     )
-  state = _with_hyperparams_of(optimizer, state)
-  _check_hyperparams(fn, state)
+  state = _with_hyperparams_of(fn, optimizer, state)
   run = _minibatch_jit
   if _donate(fn, donate):
     run, state = _minibatch_donating, _unaliased(state)
